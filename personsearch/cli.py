@@ -1,0 +1,70 @@
+"""One entry point: `personsearch <command>`.
+
+Every module in `personsearch.commands` is one command. It defines `COMMAND` (its name), `HELP`
+(one line), `add_arguments(parser)` and `run(args) -> int`. Command modules import nothing heavy
+at module level (torch, FAISS, ...), so `personsearch --help` starts fast; heavy imports happen
+inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+from personsearch import __version__
+from personsearch.errors import PersonSearchError
+
+
+def _command_modules() -> list[ModuleType]:
+    import personsearch.commands as package
+
+    modules = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if hasattr(module, "COMMAND"):
+            modules.append(module)
+    return sorted(modules, key=lambda m: m.COMMAND)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="personsearch",
+        description="Person search in scene images: detect every person, rank them by identity.",
+    )
+    parser.add_argument("--version", action="version", version=f"personsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+    for module in _command_modules():
+        command_parser = sub.add_parser(
+            module.COMMAND,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except PersonSearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

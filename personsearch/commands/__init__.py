@@ -1,0 +1,1 @@
+"""One module per CLI command (see personsearch.cli). Keep module-level imports light."""
