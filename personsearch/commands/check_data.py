@@ -1,0 +1,318 @@
+"""`personsearch check-data`: validate a dataset folder and print its statistics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from personsearch.errors import DatasetError, ImageError, PersonSearchError
+
+COMMAND = "check-data"
+HELP = "Validate a dataset folder (annotations, protocols, images) and print its statistics."
+DESCRIPTION = """\
+Read a dataset the way training and evaluation will, and report what it holds: images, boxes,
+labelled boxes, identities, the search protocols found with their queries, and the range of box
+sizes. Every image header is read to check that it decodes and that every box lies inside it
+(--no-images only checks that the image files exist). Any problem is reported as one error naming
+the file; exit status 1.
+
+examples:
+  personsearch check-data --dataset cuhk-sysu --root data/CUHK-SYSU
+  personsearch check-data --dataset prw --root data/PRW-v16.04.20 --no-images
+  personsearch check-data --dataset market1501 --root data/Market-1501-v15.09.15
+"""
+
+DATASETS = ("cuhk-sysu", "prw", "market1501")
+#: A box may extend this far past the image border (annotation rounding) before it is an error:
+#: the larger of a few pixels and a small fraction of the image side.
+BORDER_TOLERANCE_PX = 8
+BORDER_TOLERANCE_FRACTION = 0.01
+#: Show a progress bar when checking at least this many images.
+PROGRESS_MIN_IMAGES = 200
+#: How many example problems a warning or error lists.
+EXAMPLES = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
+    parser.add_argument("--root", required=True, type=Path, help="the unpacked dataset folder")
+    parser.add_argument("--no-images", action="store_true",
+                        help="check that image files exist without reading them (faster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dataset == "market1501":
+        _check_crops(args.root, read_images=not args.no_images)
+    else:
+        _check_scenes(args.dataset, args.root, read_images=not args.no_images)
+    print("OK")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# scene datasets (CUHK-SYSU and datasets in its layout, PRW)
+
+
+def _check_scenes(name: str, root: Path, read_images: bool) -> None:
+    import numpy as np
+
+    from personsearch.data.registry import load_scene_dataset
+
+    dataset = load_scene_dataset(name, root)
+    print(f"{name} at {root}")
+    for split, scenes in (("train", dataset.train), ("test", dataset.test)):
+        boxes = sum(len(s.boxes) for s in scenes)
+        labelled = sum(int(s.labeled.sum()) for s in scenes)
+        print(f"  {split}: {len(scenes)} images, {boxes} boxes ({labelled} labelled), "
+              f"{len(dataset.identities(split))} identities")
+    all_boxes = np.concatenate([s.boxes for s in dataset.train + dataset.test] + [np.zeros((0, 4))])
+    if len(all_boxes) == 0:
+        raise DatasetError(f"{root}: the dataset holds no person boxes")
+    heights = all_boxes[:, 3] - all_boxes[:, 1]
+    widths = all_boxes[:, 2] - all_boxes[:, 0]
+    print(f"  box height {heights.min():g}-{heights.max():g} px, "
+          f"width {widths.min():g}-{widths.max():g} px")
+
+    for line in (_cuhk_identity_lists if name == "cuhk-sysu" else _prw_identity_lists)(dataset):
+        print(f"  {line}")
+    test_scenes = {s.name: s for s in dataset.test}
+    for protocol in _protocols(name, root, dataset):
+        print(f"  protocol {_describe_protocol(protocol)}")
+        _warn(f"protocol {protocol.name}", _protocol_problems(protocol, test_scenes))
+
+    scenes = dataset.train + dataset.test
+    items = [(s.path, s.boxes) for s in scenes]
+    sizes = _check_images(items, read_images)
+    if read_images:
+        print(f"  images: {len(items)} read, every box inside its image "
+              f"(sizes {_size_range(sizes)})")
+    else:
+        print(f"  images: {len(items)} found (not read: --no-images)")
+
+
+def _protocols(name: str, root: Path, dataset: Any) -> list[Any]:
+    """Every search protocol the folder provides (CUHK-SYSU: each TestG<N>.mat found)."""
+    from personsearch.data.registry import load_search_protocol
+
+    if name == "prw":
+        from personsearch.data.prw import protocol_from_scenes
+
+        return [protocol_from_scenes(root, dataset.test, cross_camera=c) for c in (False, True)]
+    from personsearch.data.cuhk_sysu import PROTOCOL_DIR, available_gallery_sizes
+
+    sizes = available_gallery_sizes(root)
+    if not sizes:
+        raise DatasetError(f"no protocol file (TestG50.mat ... TestG4000.mat) found in "
+                             f"{root / PROTOCOL_DIR}")
+    return [load_search_protocol(name, root, gallery_size=size) for size in sizes]
+
+
+def _describe_protocol(protocol: Any) -> str:
+    import numpy as np
+
+    index = protocol.image_index()
+    listed = [len(q.gallery) for q in protocol.queries]
+    holders = [int(q.holds_person.sum()) for q in protocol.queries]
+    text = f"{protocol.name}: {len(protocol.queries)} queries"
+    if listed:
+        text += (f", {_range(listed)} listed images per query, "
+                 f"{_range(holders)} holding the person")
+    duplicates = sum(len(np.unique(q.gallery)) < len(q.gallery) for q in protocol.queries)
+    own = sum(index.get(q.image, -1) in q.gallery for q in protocol.queries)
+    if duplicates:
+        text += f"; {duplicates} list an image twice"
+    if own:
+        text += f"; {own} list their own image"
+    if protocol.unlisted != "none":
+        text += f"; other images as negatives: {protocol.unlisted}"
+    return text
+
+
+def _protocol_problems(protocol: Any, test_scenes: dict[str, Any]) -> list[str]:
+    """Queries whose person is not where the protocol says, checked against the scenes' labels."""
+    import numpy as np
+
+    problems = []
+    no_target = 0
+    for k, query in enumerate(protocol.queries):
+        where = f"query {k + 1} (person {query.pid} in {query.image})"
+        scene = test_scenes.get(query.image)
+        if scene is None:
+            problems.append(f"{where}: not a test image")
+            continue
+        if not _holds(scene, query.pid, query.box):
+            problems.append(f"{where}: the image has no box of that person there")
+        if not query.holds_person.any():
+            no_target += 1
+        for j in query.gallery[query.holds_person]:
+            gallery_scene = test_scenes.get(protocol.images[j])
+            if gallery_scene is None or not np.any(gallery_scene.pids == query.pid):
+                problems.append(f"{where}: listed image {protocol.images[j]} has no box of that "
+                                "person")
+    if no_target:
+        problems.append(f"{no_target} queries have no gallery image holding their person (AP 0)")
+    return problems
+
+
+def _holds(scene: Any, pid: int, box: Any) -> bool:
+    """Whether `scene` labels `pid` on a box overlapping `box` by IoU >= 0.5."""
+    import numpy as np
+
+    boxes = scene.boxes[scene.pids == pid]
+    if not len(boxes):
+        return False
+    x1 = np.maximum(boxes[:, 0], box[0])
+    y1 = np.maximum(boxes[:, 1], box[1])
+    x2 = np.minimum(boxes[:, 2], box[2])
+    y2 = np.minimum(boxes[:, 3], box[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return bool(np.any(inter >= 0.5 * union))
+
+
+def _cuhk_identity_lists(dataset: Any) -> list[str]:
+    """Cross-check Train.mat's identities with the labels of the training images."""
+    from personsearch.data.cuhk_sysu import TRAIN_MAT, read_train_identities
+
+    if not (dataset.root / TRAIN_MAT).is_file():
+        return [f"{TRAIN_MAT}: not found (not needed to train or evaluate)"]
+    listed = {pid for pid, _ in read_train_identities(dataset.root)}
+    found = {int(p) for p in dataset.identities("train")}
+    line = f"{TRAIN_MAT}: {len(listed)} identities"
+    if listed == found:
+        return [line + ", the same as the training images' labels"]
+    _warn(TRAIN_MAT, [f"{len(listed - found)} listed identities are not labelled in the training "
+                      f"images, {len(found - listed)} labelled ones are not listed"])
+    return [line]
+
+
+def _prw_identity_lists(dataset: Any) -> list[str]:
+    """Report ID_train.mat / ID_test.mat beside the identities the frames hold."""
+    from personsearch.data.prw import ID_LISTS, read_id_list
+
+    lines = []
+    for split, (filename, _) in ID_LISTS.items():
+        listed = {int(p) for p in read_id_list(dataset.root, split)}
+        found = {int(p) for p in dataset.identities(split)}
+        lines.append(f"{filename}: {len(listed)} identities listed, {len(found & listed)} of them "
+                     f"labelled in the {split} frames")
+        if found - listed:
+            _warn(filename, [f"{len(found - listed)} identities labelled in the {split} frames are "
+                             f"not listed, e.g. {min(found - listed)}"])
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# crop datasets (Market-1501)
+
+
+def _check_crops(root: Path, read_images: bool) -> None:
+    from personsearch.data.registry import load_crop_dataset
+
+    dataset = load_crop_dataset("market1501", root)
+    print(f"market1501 at {root}")
+    for split in ("train", "query", "gallery"):
+        crops = getattr(dataset, split)
+        ids = {c.pid for c in crops if c.pid > 0}
+        cameras = sorted({c.camera for c in crops})
+        distractors = sum(c.pid == 0 for c in crops)
+        text = f"  {split}: {len(crops)} crops, {len(ids)} identities, cameras {cameras}"
+        print(text + (f", {distractors} distractors" if distractors else ""))
+    gallery_views = {(c.pid, c.camera) for c in dataset.gallery}
+    gallery_cameras: dict[int, set[int]] = {}
+    for pid, camera in gallery_views:
+        gallery_cameras.setdefault(pid, set()).add(camera)
+    lonely = [c for c in dataset.query if not gallery_cameras.get(c.pid, set()) - {c.camera}]
+    if lonely:
+        _warn("query", [f"{len(lonely)} queries have no gallery crop of their person from "
+                        f"another camera, e.g. {lonely[0].path.name}"])
+    crops = dataset.train + dataset.query + dataset.gallery
+    sizes = _check_images([(c.path, None) for c in crops], read_images)
+    if read_images:
+        print(f"  images: {len(crops)} read (sizes {_size_range(sizes)})")
+    else:
+        print(f"  images: {len(crops)} found (not read: --no-images)")
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def _check_images(items: list[tuple[Path, Any]], read_images: bool) -> list[tuple[int, int]]:
+    """Check each (image path, boxes or None); return the sizes read. Raises on any problem."""
+    from tqdm import tqdm
+
+    from personsearch.data.images import image_size
+
+    problems: list[PersonSearchError] = []
+    sizes = []
+    progress = tqdm(items, desc="checking images", unit="image", mininterval=0.5,
+                    disable=len(items) < PROGRESS_MIN_IMAGES)
+    for path, boxes in progress:
+        if not read_images:
+            if not path.is_file():
+                problems.append(ImageError(f"image not found: {path}"))
+            continue
+        try:
+            size = image_size(path)
+        except ImageError as error:
+            problems.append(error)
+            continue
+        sizes.append(size)
+        if boxes is not None:
+            problem = _box_outside(path, boxes, size)
+            if problem:
+                problems.append(DatasetError(problem))
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise type(first)(f"{first}{more}")
+    return sizes
+
+
+def _box_outside(path: Path, boxes: Any, size: tuple[int, int]) -> str | None:
+    """A message for the first box extending past the image border beyond the tolerance."""
+    import numpy as np
+
+    width, height = size
+    tol_x = max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * width)
+    tol_y = max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * height)
+    excess = np.stack([
+        (-boxes[:, 0]) / tol_x, (-boxes[:, 1]) / tol_y,
+        (boxes[:, 2] - width) / tol_x, (boxes[:, 3] - height) / tol_y,
+    ], axis=1)
+    bad = np.flatnonzero((excess > 1).any(axis=1))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    box = " ".join(f"{v:g}" for v in boxes[i])
+    return (f"{path}: box {i + 1} [x1 y1 x2 y2 = {box}] extends outside the {width}x{height} image "
+            f"({len(bad)} such boxes in this image)")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _warn(what: str, problems: list[str]) -> None:
+    import sys
+
+    for problem in problems[:EXAMPLES]:
+        print(f"warning: {what}: {problem}", file=sys.stderr)
+    if len(problems) > EXAMPLES:
+        print(f"warning: {what}: {len(problems) - EXAMPLES} more such problems", file=sys.stderr)
+
+
+def _range(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def _size_range(sizes: list[tuple[int, int]]) -> str:
+    if not sizes:
+        return "none"
+    widths = [w for w, _ in sizes]
+    heights = [h for _, h in sizes]
+    return f"{_range(widths)} x {_range(heights)} px"
