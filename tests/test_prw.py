@@ -103,10 +103,10 @@ def test_lf_line_endings_and_negative_corners(copy):
     scipy.io.savemat(copy / "annotations" / "c1s1_001051.jpg.mat",
                      {"box_new": np.array([[7.0, -4, 433, 152, 315], [-2, 10, -6, 40, 100]])})
     protocol = load_prw_protocol(copy)
-    np.testing.assert_array_equal(protocol.queries[0].box, [0, 433, 148, 748])
+    np.testing.assert_array_equal(protocol.queries[0].box, [0, 433, 152, 748])
     scene = load_prw(copy).test[0]
-    # the far edge stays where the annotation puts it
-    np.testing.assert_array_equal(scene.boxes, [[0, 433, 148, 748], [10, 0, 50, 94]])
+    # x, y, w, h are clipped at 0 before conversion, as the field's evaluation code does
+    np.testing.assert_array_equal(scene.boxes, [[0, 433, 152, 748], [10, 0, 50, 100]])
 
 
 def test_wrong_root_and_missing_files(copy):

@@ -78,7 +78,7 @@ def protocol_from_scenes(
                   and not (cross_camera and cameras[i] == cameras[own])]
         tasks.append(QueryTask(
             image=image,
-            box=_clip_corner(xywh_to_xyxy(xywh))[0],
+            box=xywh_to_xyxy(_clip_negative(xywh))[0],
             pid=pid,
             camera=int(cameras[own]),
             gallery=np.array([i for i, _ in listed], dtype=np.int64),
@@ -148,10 +148,10 @@ def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
         row = rows[sizes_bad[0]]
         raise DatasetError(f"{path}: row {sizes_bad[0] + 1} has a box of non-positive size "
                            f"(w={row[3]:g}, h={row[4]:g})")
-    boxes = _clip_corner(xywh_to_xyxy(rows[:, 1:]))
-    outside = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+    outside = np.flatnonzero((rows[:, 1] + rows[:, 3] <= 0) | (rows[:, 2] + rows[:, 4] <= 0))
     if outside.size:
         raise DatasetError(f"{path}: row {outside[0] + 1} lies entirely left of or above the image")
+    boxes = xywh_to_xyxy(_clip_negative(rows[:, 1:]))
     pids = np.where(ids == PRW_UNLABELED, UNLABELED, ids).astype(np.int64)
     return boxes, pids
 
@@ -196,10 +196,13 @@ def _appearances(scenes: tuple[Scene, ...]) -> dict[int, list[tuple[int, np.ndar
     return where
 
 
-def _clip_corner(boxes: np.ndarray) -> np.ndarray:
-    """Some PRW boxes start left of or above the image: clip x1, y1 at 0, keep the far edge."""
-    boxes[:, :2] = np.clip(boxes[:, :2], 0, None)
-    return boxes
+def _clip_negative(xywh: np.ndarray) -> np.ndarray:
+    """Some PRW boxes start left of or above the image: clip x, y, w, h at 0 BEFORE converting.
+
+    This moves the far edge of such a box left/up by the clipped amount; it is what the field's
+    evaluation code (SeqNet, COAT) does, so gt boxes, IoU thresholds and mAP stay comparable.
+    """
+    return np.clip(np.asarray(xywh, dtype=np.float32).reshape(-1, 4), 0, None)
 
 
 def _strip_jpg(name: str) -> str:
