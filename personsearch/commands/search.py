@@ -1,0 +1,190 @@
+"""`personsearch search`: find a probe person in a gallery index; print and picture the ranking."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COMMAND = "search"
+HELP = "Search a gallery index for the person in a probe image."
+DESCRIPTION = """\
+Embed the person in --box of the --probe image (or the whole probe image, when it is a person
+crop) and rank the persons of the gallery index by similarity. Prints the ranked list; --out
+writes a picture of the top results with their boxes drawn: an HTML page (.html) or a PNG/JPEG
+contact sheet (.png, .jpg). Use the same --run that built the index (none for the baseline).
+
+example:
+  personsearch search --index gallery.index --probe frames/c1s1_000151.jpg \\
+      --box 420,110,480,290 --top-k 10 --out results.html
+"""
+
+THUMB_HEIGHT = 240
+PROBE_COLOUR = (40, 200, 40)
+HIT_COLOUR = (230, 30, 30)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, metavar="INDEX", help="gallery index folder")
+    parser.add_argument("--probe", required=True, metavar="IMG", help="probe image")
+    parser.add_argument(
+        "--box", metavar="x1,y1,x2,y2", help="the probe person's box in pixels (default: all)"
+    )
+    parser.add_argument("--top-k", type=int, default=10, metavar="K", help="results (default 10)")
+    parser.add_argument(
+        "--camera",
+        type=int,
+        action="append",
+        metavar="C",
+        help="only gallery persons from this camera (repeatable)",
+    )
+    parser.add_argument(
+        "--run", metavar="RUNDIR", help="the trained run folder that built the index"
+    )
+    parser.add_argument("--out", metavar="FILE", help="write a picture: .html, .png or .jpg")
+
+
+def run(args: argparse.Namespace) -> int:
+    from personsearch.errors import PersonSearchError
+    from personsearch.search.index import GalleryIndex
+    from personsearch.search.pipeline import baseline_pipeline, load_pipeline
+    from personsearch.search.searcher import PersonSearcher
+
+    box = parse_box(args.box) if args.box else None
+    if args.top_k <= 0:
+        raise PersonSearchError(f"--top-k must be positive, got {args.top_k}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".html", ".htm", ".png", ".jpg", ".jpeg"):
+        raise PersonSearchError(f"--out {out}: use a .html, .png or .jpg file name")
+    embedder = (load_pipeline(args.run) if args.run else baseline_pipeline()).embedder
+    index = GalleryIndex.open(args.index, fingerprint=embedder.fingerprint)
+    with PersonSearcher(None, embedder, index) as searcher:
+        hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
+    print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
+    for rank, hit in enumerate(hits, 1):
+        box_text = ",".join(f"{v:.0f}" for v in hit.box)
+        print(
+            f"{rank:>4}  {hit.similarity:>10.4f}  {hit.det_score:>5.2f}  {hit.camera:>3}  "
+            f"{box_text:<24}  {hit.image_path}"
+        )
+    if not hits:
+        print("no results: the index holds no persons (or none pass the camera filter)")
+    if out is not None:
+        write_results_picture(out, Path(args.probe), box, hits)
+        print(f"wrote {out}")
+    return 0
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'x1,y1,x2,y2' -> four floats, or PersonSearchError saying what is wrong."""
+    from personsearch.errors import PersonSearchError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise PersonSearchError(f"--box {text!r}: expected four numbers x1,y1,x2,y2")
+    return values  # type: ignore[return-value]
+
+
+def write_results_picture(
+    out: Path, probe: Path, probe_box: Sequence[float] | None, hits: Sequence[Any]
+) -> None:
+    """The probe and its top hits with boxes drawn: an HTML page or a contact-sheet image."""
+    probe_tile = _tile(probe, probe_box, PROBE_COLOUR)
+    tiles = [_tile(Path(hit.image_path), hit.box, HIT_COLOUR) for hit in hits]
+    if out.suffix.lower() in (".html", ".htm"):
+        _write_html(out, probe, probe_tile, hits, tiles)
+    else:
+        _write_sheet(out, probe_tile, hits, tiles)
+
+
+def _tile(path: Path, box: Sequence[float] | None, colour: tuple[int, int, int]) -> Any:
+    """The image scaled to THUMB_HEIGHT with the box drawn; a grey placeholder if unreadable."""
+    from PIL import Image, ImageDraw
+
+    from personsearch.data.images import open_rgb
+    from personsearch.errors import ImageError
+
+    try:
+        image = open_rgb(path)
+    except ImageError:
+        placeholder = Image.new("RGB", (THUMB_HEIGHT // 2, THUMB_HEIGHT), (128, 128, 128))
+        ImageDraw.Draw(placeholder).text((4, 4), "missing", fill=(255, 255, 255))
+        return placeholder
+    scale = THUMB_HEIGHT / image.height
+    thumb = image.resize((max(1, round(image.width * scale)), THUMB_HEIGHT))
+    if box is None:
+        return thumb
+    width = max(2, THUMB_HEIGHT // 80)
+    ImageDraw.Draw(thumb).rectangle([v * scale for v in box], outline=colour, width=width)
+    # Persons are often small in a scene: show the person enlarged beside it.
+    crop = image.crop(tuple(round(v) for v in box))
+    crop = crop.resize((max(1, round(crop.width * THUMB_HEIGHT / crop.height)), THUMB_HEIGHT))
+    tile = Image.new("RGB", (thumb.width + crop.width + width, THUMB_HEIGHT), colour)
+    tile.paste(crop, (0, 0))
+    tile.paste(thumb, (crop.width + width, 0))
+    return tile
+
+
+def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
+    from personsearch.io import atomic_open
+
+    def img(tile: Any) -> str:
+        buffer = io.BytesIO()
+        tile.save(buffer, format="JPEG", quality=85)
+        return f'<img src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+    cells = [
+        f'<figure class="probe">{img(probe_tile)}<figcaption>probe<br>'
+        f"{html.escape(probe.name)}</figcaption></figure>"
+    ]
+    for rank, (hit, tile) in enumerate(zip(hits, tiles, strict=True), 1):
+        cells.append(
+            f"<figure>{img(tile)}<figcaption>#{rank} sim {hit.similarity:.3f} "
+            f"det {hit.det_score:.2f}<br>{html.escape(os.path.basename(hit.image_path))}"
+            f"</figcaption></figure>"
+        )
+    page = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>person search: "
+        f"{html.escape(probe.name)}</title><style>body{{font-family:sans-serif}}"
+        "figure{display:inline-block;margin:6px;text-align:center;font-size:12px}"
+        ".probe img{outline:3px solid #2c2}</style></head><body>"
+        f"<h1>Top {len(hits)} for {html.escape(str(probe))}</h1>\n"
+        + "\n".join(cells)
+        + "\n</body></html>\n"
+    )
+    with atomic_open(out, "w", encoding="utf-8") as handle:
+        handle.write(page)
+
+
+def _write_sheet(out: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
+    from PIL import Image, ImageDraw
+
+    from personsearch.io import atomic_path
+
+    captions = ["probe"] + [f"#{r} {h.similarity:.3f}" for r, h in enumerate(hits, 1)]
+    tiles = [probe_tile, *tiles]
+    caption_height, gap, columns = 16, 6, min(6, len(tiles))
+    cell_width = max(t.width for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = Image.new(
+        "RGB",
+        (columns * (cell_width + gap) + gap, rows * (THUMB_HEIGHT + caption_height + gap) + gap),
+        (255, 255, 255),
+    )
+    draw = ImageDraw.Draw(sheet)
+    for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
+        x = gap + (i % columns) * (cell_width + gap)
+        y = gap + (i // columns) * (THUMB_HEIGHT + caption_height + gap)
+        sheet.paste(tile, (x, y))
+        draw.text((x, y + THUMB_HEIGHT + 2), caption, fill=(0, 0, 0))
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG" if out.suffix.lower() == ".png" else "JPEG")

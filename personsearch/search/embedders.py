@@ -1,0 +1,204 @@
+"""The two small interfaces the searcher is built on, and dependency-free implementations.
+
+`Detector` finds person boxes in a scene image; `Embedder` turns person crops into L2-normalised
+feature vectors. The gallery index and the searcher only speak these two protocols, so any model
+plugs in by providing them.
+
+Extension point: adapters wrapping the project's trained torch models (detector, re-id net) are
+meant to implement these protocols; `personsearch.search.pipeline.load_pipeline` is where a run
+folder is turned into such a pair.
+
+The implementations here need nothing beyond numpy and Pillow:
+- `ColorHistogramEmbedder`: HSV colour histograms over horizontal stripes. A WEAK baseline: it
+  matches clothing colours, not identities; use it to try the tools, not to measure anything.
+- `WholeImageDetector`: the whole image is one person (galleries of person crops).
+- `GroundTruthBoxes`: returns known boxes for known images (tests, evaluation with given boxes).
+- `HogPeopleDetector`: OpenCV's HOG + linear SVM pedestrian detector, when OpenCV 4 is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from personsearch.data.images import read_rgb
+from personsearch.errors import PersonSearchError
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns person crops into comparable feature vectors."""
+
+    #: length of one feature vector
+    dim: int
+    #: identifies the model and its weights; features of different fingerprints never mix
+    fingerprint: str
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """N crops (H x W x 3 uint8, any size: the embedder resizes) -> N x dim float32, L2-normed."""
+        ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds persons in a scene image.
+
+    A detector may also carry a `fingerprint` string attribute (see `detector_fingerprint`); the
+    gallery index records it so that one index never mixes boxes of two detectors.
+    """
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """H x W x 3 uint8 image -> (N x 4 float32 boxes x1 y1 x2 y2 in pixels, N float32 scores)."""
+        ...
+
+
+def detector_fingerprint(detector: Detector) -> str:
+    """The detector's `fingerprint` attribute, or its class name when it has none."""
+    return str(getattr(detector, "fingerprint", type(detector).__name__))
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; all-zero rows stay zero."""
+    features = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+class ColorHistogramEmbedder:
+    """Weak, dependency-free baseline embedder: HSV colour histograms over horizontal stripes.
+
+    Each crop is resized to `size` (width, height), split into `stripes` horizontal bands (head,
+    torso, legs, ...), and each band gets a joint hue x saturation x value histogram. Square roots
+    of the normalised histograms (Hellinger kernel) are concatenated and L2-normalised, so the
+    inner product of two features is a colour-layout similarity in [0, 1]. It recognises clothing
+    colours, not people: a baseline that makes the tools work out of the box, nothing more.
+    """
+
+    fingerprint = "color-hist-v1"
+
+    def __init__(self) -> None:
+        # Fixed parameters: they are part of what "color-hist-v1" means.
+        self.size = (64, 128)
+        self.stripes = 8
+        self.bins = (8, 3, 3)  # hue, saturation, value
+        self.dim = self.stripes * int(np.prod(self.bins))
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.stack([self._embed_one(crop) for crop in crops]))
+
+    def _embed_one(self, crop: np.ndarray) -> np.ndarray:
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+        image = Image.fromarray(crop.astype(np.uint8, copy=False), "RGB")
+        hsv = np.asarray(image.resize(self.size, Image.Resampling.BILINEAR).convert("HSV"))
+        h_bins, s_bins, v_bins = self.bins
+        # Joint bin per pixel, then offset by the pixel's stripe: one bincount does all stripes.
+        hsv = hsv.astype(np.int64)
+        joint = (hsv[..., 0] * h_bins >> 8) * (s_bins * v_bins)
+        joint += (hsv[..., 1] * s_bins >> 8) * v_bins + (hsv[..., 2] * v_bins >> 8)
+        height = hsv.shape[0]
+        stripe = (np.arange(height) * self.stripes // height)[:, None]
+        per_stripe = h_bins * s_bins * v_bins
+        counts = np.bincount((stripe * per_stripe + joint).ravel(), minlength=self.dim)
+        counts = counts.reshape(self.stripes, per_stripe).astype(np.float32)
+        counts /= np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        return np.sqrt(counts).ravel()
+
+
+class WholeImageDetector:
+    """Every image is one person: for galleries made of person crops."""
+
+    fingerprint = "whole-image"
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = np.asarray(image).shape[:2]
+        boxes = np.array([[0.0, 0.0, width, height]], dtype=np.float32)
+        return boxes, np.ones(1, dtype=np.float32)
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """A digest of decoded pixels (shape included): identifies an image independent of its path."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha1(repr(image.shape).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class GroundTruthBoxes:
+    """A "detector" that returns known boxes, looked up by the image's pixels.
+
+    The Detector protocol sees pixels only, so images are recognised by `pixel_digest`. An image
+    it was not told about has no persons. Scores are 1.
+    """
+
+    fingerprint = "ground-truth"
+
+    def __init__(self, boxes_by_digest: Mapping[str, np.ndarray]) -> None:
+        self._boxes = {
+            key: np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            for key, boxes in boxes_by_digest.items()
+        }
+
+    @classmethod
+    def from_files(
+        cls, boxes_by_path: Mapping[str | os.PathLike[str], np.ndarray] | Iterable[tuple]
+    ) -> GroundTruthBoxes:
+        """Read each image once to learn its digest: {path: N x 4 boxes} or (path, boxes) pairs."""
+        items = boxes_by_path.items() if isinstance(boxes_by_path, Mapping) else boxes_by_path
+        return cls({pixel_digest(read_rgb(path)): boxes for path, boxes in items})
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes = self._boxes.get(pixel_digest(image), np.zeros((0, 4), dtype=np.float32))
+        return boxes.copy(), np.ones(len(boxes), dtype=np.float32)
+
+
+class HogPeopleDetector:
+    """OpenCV's HOG + linear SVM pedestrian detector (Dalal & Triggs): needs `cv2`.
+
+    A classic, weak detector: it finds upright people of at least 64 x 128 pixels. Scores are the
+    SVM margins, so they are not probabilities.
+    """
+
+    fingerprint = "opencv-hog-people-v1"
+
+    def __init__(self, min_score: float = 0.0) -> None:
+        if not hog_available():
+            raise PersonSearchError(
+                "the HOG people detector needs OpenCV 4 (`pip install opencv-python-headless<5`):"
+                " cv2 is missing or, as in OpenCV 5, has no HOGDescriptor"
+            )
+        import cv2  # optional dependency: imported here so the module loads without it
+
+        self._cv2 = cv2
+        self._hog = cv2.HOGDescriptor()
+        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.min_score = min_score
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bgr = self._cv2.cvtColor(np.ascontiguousarray(image), self._cv2.COLOR_RGB2BGR)
+        rects, weights = self._hog.detectMultiScale(
+            bgr, winStride=(8, 8), padding=(8, 8), scale=1.05
+        )
+        rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(weights, dtype=np.float32).reshape(-1)
+        keep = scores >= self.min_score
+        boxes = rects[keep].copy()
+        boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
+        return boxes, scores[keep]
+
+
+def hog_available() -> bool:
+    """Whether OpenCV with its HOG people detector can be imported (OpenCV 5 moved HOG out)."""
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return hasattr(cv2, "HOGDescriptor")

@@ -1,0 +1,675 @@
+"""The gallery index: person boxes of scene images and their features, on disk, crash-safe.
+
+An index is a folder:
+
+    index.sqlite         metadata: meta(key, value), images, boxes, shards (schema below)
+    shards/*.npy         features, float32 rows; feature row r belongs to boxes.id = r
+    faiss/<kind>-<rows>.faiss   cached FAISS index covering the first <rows> rows (derived data)
+    write.lock           held (flock) by the one process allowed to add images
+
+Adding is incremental and crash-safe: a batch's features are written to a new shard file first
+(atomically, fsynced), then ONE SQLite transaction records the shard, the batch's images and
+their boxes. A crash before the commit leaves an unreferenced shard, deleted the next time the
+index is opened for writing; a crash after it leaves a complete batch. Either way nothing is lost
+or recorded twice, and re-running the indexing picks up where it stopped.
+
+The FAISS index is derived from the shards: built on first search, cached to disk atomically
+under a name that says how many rows it covers, and extended (not rebuilt) when rows were added.
+Kinds: "flat" (exact inner product, the default), "hnsw" and "ivf" (approximate, for large
+galleries). Features are L2-normalised, so inner product is cosine similarity.
+
+An index belongs to the embedder that built it (its `fingerprint` and `dim`): opening it with
+another embedder is refused, since features of two models cannot be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from personsearch.errors import PersonSearchError
+from personsearch.io import atomic_open, atomic_path
+
+IndexKind = Literal["flat", "hnsw", "ivf"]
+INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+INDEX_VERSION = "1"
+
+DB_NAME = "index.sqlite"
+SHARD_DIR = "shards"
+CACHE_DIR = "faiss"
+LOCK_NAME = "write.lock"
+
+HNSW_NEIGHBORS = 32  # graph degree M: recall vs memory
+HNSW_EF_CONSTRUCTION = 80
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL UNIQUE,
+    first_row INTEGER NOT NULL,
+    n_rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha1 TEXT,
+    size INTEGER,
+    mtime REAL,
+    width INTEGER,
+    height INTEGER,
+    camera INTEGER NOT NULL DEFAULT -1,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS boxes (
+    id INTEGER PRIMARY KEY,  -- the feature row
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+    det_score REAL NOT NULL,
+    shard_id INTEGER NOT NULL REFERENCES shards(id)
+);
+CREATE INDEX IF NOT EXISTS boxes_image ON boxes(image_id);
+"""
+
+_CACHE_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<rows>\d+)\.faiss$")
+
+
+class GalleryIndexError(PersonSearchError):
+    """A gallery index is missing, damaged, busy, or belongs to another model."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One gallery image as the indexer saw it: its boxes, or why it could not be read."""
+
+    path: str
+    sha1: str | None
+    size: int
+    mtime: float
+    width: int = 0
+    height: int = 0
+    camera: int = -1
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    error: str | None = None  #: set when the image failed; it then has no boxes
+
+    def __post_init__(self) -> None:
+        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if len(boxes) != len(scores):
+            raise ValueError(f"{self.path}: {len(boxes)} boxes but {len(scores)} scores")
+        if self.error is not None and len(boxes):
+            raise ValueError(f"{self.path}: a failed image cannot have boxes")
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.error is None else "failed"
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    """What the index remembers about an image file (to decide what is new)."""
+
+    path: str
+    size: int
+    mtime: float
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked result: a person box in a gallery image."""
+
+    image_path: str
+    box: tuple[float, float, float, float]  #: x1 y1 x2 y2 in pixels
+    det_score: float
+    similarity: float  #: inner product of L2-normalised features (cosine)
+    camera: int  #: -1 where unknown
+    row: int  #: the feature row / boxes.id in the index
+
+
+class GalleryIndex:
+    """A gallery of person boxes with features; see the module docstring for the layout.
+
+    Open with `GalleryIndex.open` (search only) or `GalleryIndex.open_for_writing` (create or add).
+    """
+
+    def __init__(self, folder: Path, conn: sqlite3.Connection, lock: Any | None = None) -> None:
+        self.folder = folder
+        self._conn = conn
+        self._lock = lock
+        self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self._faiss: Any | None = None
+        self._faiss_rows = -1
+        self._faiss_kind = ""
+
+    # ---- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, folder: str | os.PathLike[str], *, fingerprint: str | None = None
+    ) -> GalleryIndex:
+        """Open an existing index for searching; refuse it if `fingerprint` differs from its model."""
+        folder = Path(folder)
+        db = folder / DB_NAME
+        if not db.is_file():
+            raise GalleryIndexError(
+                f"no gallery index at {folder} ({DB_NAME} not found): build one with "
+                "`personsearch index --gallery DIR --out INDEX`"
+            )
+        index = cls(folder, _connect(db))
+        index._check_version()
+        if fingerprint is not None:
+            index.check_model(fingerprint, None)
+        return index
+
+    @classmethod
+    def open_for_writing(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        fingerprint: str,
+        dim: int,
+        index_kind: str | None = None,
+        info: Mapping[str, str] | None = None,
+    ) -> GalleryIndex:
+        """Create the index, or open an existing one to add images (one writer at a time).
+
+        `info` is extra metadata stored at creation (e.g. the detector, the run folder). On an
+        existing index, `index_kind` (if given) replaces the stored kind: the FAISS index is
+        derived data and is rebuilt.
+        """
+        if index_kind is not None and index_kind not in INDEX_KINDS:
+            raise GalleryIndexError(f"unknown index kind {index_kind!r}: use one of {INDEX_KINDS}")
+        if int(dim) <= 0:
+            raise GalleryIndexError(f"feature dimension must be positive, got {dim}")
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise GalleryIndexError(f"index path {folder} exists and is not a folder")
+        fresh = not (folder / DB_NAME).exists()
+        own_names = {SHARD_DIR, CACHE_DIR, LOCK_NAME}  # left by a writer killed while creating
+        if fresh and folder.is_dir() and any(p.name not in own_names for p in folder.iterdir()):
+            raise GalleryIndexError(
+                f"{folder} is a non-empty folder without {DB_NAME}: refusing to write an index "
+                "into it; choose a new or empty folder"
+            )
+        (folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        lock = _acquire_write_lock(folder / LOCK_NAME)
+        try:
+            conn = _connect(folder / DB_NAME)
+            conn.executescript(_SCHEMA)
+            if fresh or not conn.execute("SELECT 1 FROM meta").fetchone():
+                meta = {
+                    **{str(k): str(v) for k, v in (info or {}).items()},
+                    "version": INDEX_VERSION,
+                    "fingerprint": fingerprint,
+                    "dim": str(int(dim)),
+                    "index_kind": index_kind or "flat",
+                }
+                with _transaction(conn):
+                    conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+            index = cls(folder, conn, lock)
+            index._check_version()
+            index.check_model(fingerprint, int(dim))
+            if index_kind is not None and index_kind != index.index_kind:
+                index._set_meta("index_kind", index_kind)
+            index._delete_unreferenced_files()
+            return index
+        except BaseException:
+            lock.close()
+            raise
+
+    def close(self) -> None:
+        """Close the database and release the write lock."""
+        self._conn.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> GalleryIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- metadata ------------------------------------------------------------------------
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._meta["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta["dim"])
+
+    @property
+    def index_kind(self) -> str:
+        return self._meta["index_kind"]
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    @property
+    def num_boxes(self) -> int:
+        """Number of indexed boxes = feature rows."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM boxes").fetchone()[0])
+
+    @property
+    def num_images(self) -> int:
+        """Number of images indexed successfully (with or without persons)."""
+        return int(
+            self._conn.execute("SELECT COUNT(*) FROM images WHERE status='ok'").fetchone()[0]
+        )
+
+    def __len__(self) -> int:
+        return self.num_boxes
+
+    def known_images(self) -> dict[str, IndexedImage]:
+        """Every image the index has seen, ok or failed, by stored path."""
+        rows = self._conn.execute("SELECT path, size, mtime, status, error FROM images")
+        return {row[0]: IndexedImage(*row) for row in rows}
+
+    def failed_images(self) -> list[tuple[str, str]]:
+        """(path, error) of every image that could not be indexed."""
+        rows = self._conn.execute(
+            "SELECT path, COALESCE(error, '') FROM images WHERE status='failed' ORDER BY path"
+        )
+        return [(path, error) for path, error in rows]
+
+    def rows(self) -> list[tuple[str, tuple[float, float, float, float], float]]:
+        """(image path, box, detection score) of every feature row, in row order."""
+        query = (
+            "SELECT i.path, b.x1, b.y1, b.x2, b.y2, b.det_score FROM boxes b "
+            "JOIN images i ON i.id = b.image_id ORDER BY b.id"
+        )
+        return [(p, (x1, y1, x2, y2), s) for p, x1, y1, x2, y2, s in self._conn.execute(query)]
+
+    def vectors(self) -> np.ndarray:
+        """All features, rows x dim float32, in row order (read from the shards)."""
+        parts = []
+        expected = 0
+        query = "SELECT file, first_row, n_rows FROM shards ORDER BY first_row"
+        for file, first_row, n_rows in self._conn.execute(query).fetchall():
+            if first_row != expected:
+                raise GalleryIndexError(
+                    f"gallery index {self.folder} is damaged: shard {file} starts at row "
+                    f"{first_row}, expected {expected}"
+                )
+            parts.append(self._load_shard(file, n_rows))
+            expected += n_rows
+        if not parts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(parts)
+
+    # ---- adding --------------------------------------------------------------------------
+
+    def add_batch(self, records: Sequence[ImageRecord], features: np.ndarray) -> None:
+        """Record a batch of images and their boxes; `features` has one row per box, in order.
+
+        Images already indexed successfully are refused (the caller filters them); a previously
+        failed image may be recorded again (it is retried).
+        """
+        if not self.writable:
+            raise GalleryIndexError(f"gallery index {self.folder} was opened read-only")
+        n_boxes = sum(len(r.boxes) for r in records)
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.shape != (n_boxes, self.dim):
+            raise GalleryIndexError(
+                f"expected {n_boxes} x {self.dim} features for this batch, got {features.shape}"
+            )
+        if not np.isfinite(features).all():
+            raise GalleryIndexError("features contain NaN or infinite values")
+        first_row = self.num_boxes
+        shard_file = f"{first_row:012d}-{n_boxes:06d}.npy" if n_boxes else None
+        if shard_file is not None:
+            # Durable before any row references it; an unreferenced shard is garbage.
+            with atomic_open(self.folder / SHARD_DIR / shard_file, "wb") as handle:
+                np.save(handle, features)
+            _fsync_dir(self.folder / SHARD_DIR)
+        try:
+            with _transaction(self._conn):
+                self._insert_batch(records, shard_file, first_row, n_boxes)
+        except BaseException:
+            if shard_file is not None:
+                (self.folder / SHARD_DIR / shard_file).unlink(missing_ok=True)
+            raise
+
+    def _insert_batch(
+        self, records: Sequence[ImageRecord], shard_file: str | None, first_row: int, n_boxes: int
+    ) -> None:
+        conn = self._conn
+        shard_id = None
+        if shard_file is not None:
+            shard_id = conn.execute(
+                "INSERT INTO shards (file, first_row, n_rows) VALUES (?, ?, ?)",
+                (shard_file, first_row, n_boxes),
+            ).lastrowid
+        row = first_row
+        for record in records:
+            previous = conn.execute(
+                "SELECT id, status FROM images WHERE path = ?", (record.path,)
+            ).fetchone()
+            if previous is not None and previous[1] == "ok":
+                raise GalleryIndexError(f"image already indexed: {record.path}")
+            if previous is not None:  # a retried failure: replace its record
+                conn.execute("DELETE FROM images WHERE id = ?", (previous[0],))
+            image_id = conn.execute(
+                "INSERT INTO images (path, sha1, size, mtime, width, height, camera, status, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.path,
+                    record.sha1,
+                    int(record.size),
+                    float(record.mtime),
+                    int(record.width),
+                    int(record.height),
+                    int(record.camera),
+                    record.status,
+                    record.error,
+                ),
+            ).lastrowid
+            for box, score in zip(record.boxes.tolist(), record.scores.tolist(), strict=True):
+                conn.execute(
+                    "INSERT INTO boxes (id, image_id, x1, y1, x2, y2, det_score, shard_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row, image_id, *box, score, shard_id),
+                )
+                row += 1
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with _transaction(self._conn):
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._meta[key] = value
+
+    # ---- searching -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Build (or load) the FAISS index now and cache it, so the first search is fast."""
+        self._faiss_index()
+
+    def search(
+        self,
+        queries: np.ndarray,
+        top_k: int = 10,
+        *,
+        cameras: Iterable[int] | None = None,
+        exclude_paths: Iterable[str] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[SearchHit]]:
+        """Rank gallery boxes for each query (Q x dim, L2-normalised): best first, top_k each.
+
+        `cameras` keeps only boxes from those cameras; `exclude_paths` drops boxes of those
+        images (e.g. the probe's own image). `ef_search` (HNSW) and `nprobe` (IVF) trade speed
+        for recall.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise GalleryIndexError(
+                f"queries must be Q x {self.dim} features for this index, got {queries.shape}"
+            )
+        allowed = self._allowed_rows(cameras, exclude_paths)
+        candidates = self.num_boxes if allowed is None else len(allowed)
+        k = min(int(top_k), candidates)
+        if k <= 0:
+            return [[] for _ in range(len(queries))]
+        index = self._faiss_index()
+        params = self._search_params(index, allowed, k, ef_search, nprobe)
+        similarities, rows = index.search(queries, k, params=params)
+        metadata = self._box_metadata(rows[rows >= 0].tolist())
+        return [
+            [
+                SearchHit(**metadata[int(r)], similarity=float(s), row=int(r))
+                for s, r in zip(sims, ids, strict=True)
+                if r >= 0
+            ]
+            for sims, ids in zip(similarities, rows, strict=True)
+        ]
+
+    def search_one(self, query: np.ndarray, top_k: int = 10, **filters: Any) -> list[SearchHit]:
+        """`search` for a single feature vector."""
+        return self.search(np.asarray(query, dtype=np.float32).reshape(1, -1), top_k, **filters)[0]
+
+    def _allowed_rows(
+        self, cameras: Iterable[int] | None, exclude_paths: Iterable[str] | None
+    ) -> np.ndarray | None:
+        if cameras is None and not exclude_paths:
+            return None
+        conditions, args = [], []
+        if cameras is not None:
+            cams = [int(c) for c in cameras]
+            if not cams:
+                return np.zeros(0, dtype=np.int64)
+            conditions.append(f"i.camera IN ({','.join('?' * len(cams))})")
+            args += cams
+        excluded = list(exclude_paths or [])
+        if excluded:
+            conditions.append(f"i.path NOT IN ({','.join('?' * len(excluded))})")
+            args += excluded
+        query = "SELECT b.id FROM boxes b JOIN images i ON i.id = b.image_id WHERE " + " AND ".join(
+            conditions
+        )
+        return np.array([r[0] for r in self._conn.execute(query, args)], dtype=np.int64)
+
+    def _search_params(
+        self, index: Any, allowed: np.ndarray | None, k: int, ef: int | None, nprobe: int | None
+    ) -> Any:
+        import faiss
+
+        selector = None if allowed is None else faiss.IDSelectorBatch(allowed)
+        if isinstance(index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=ef or max(64, 2 * k))
+        elif isinstance(index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(nprobe=nprobe or min(index.nlist, 16))
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+            params._selector = selector  # keep the selector alive as long as the parameters
+        return params
+
+    def _box_metadata(self, rows: list[int]) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        unique = sorted(set(rows))
+        for start in range(0, len(unique), 500):  # stay under SQLite's bound-variable limit
+            chunk = unique[start : start + 500]
+            query = (
+                "SELECT b.id, i.path, b.x1, b.y1, b.x2, b.y2, b.det_score, i.camera FROM boxes b "
+                f"JOIN images i ON i.id = b.image_id WHERE b.id IN ({','.join('?' * len(chunk))})"
+            )
+            for row, path, x1, y1, x2, y2, score, camera in self._conn.execute(query, chunk):
+                found[row] = {
+                    "image_path": path,
+                    "box": (x1, y1, x2, y2),
+                    "det_score": score,
+                    "camera": camera,
+                }
+        return found
+
+    # ---- the FAISS index (derived, cached) -----------------------------------------------
+
+    def _faiss_index(self) -> Any:
+        rows, kind = self.num_boxes, self.index_kind
+        if self._faiss is not None and (self._faiss_rows, self._faiss_kind) == (rows, kind):
+            return self._faiss
+        cache_dir = self.folder / CACHE_DIR
+        cached_rows, index = self._load_cached(kind, rows)
+        if index is None or cached_rows < rows:
+            vectors = self.vectors()
+            if index is not None and _can_extend(kind, cached_rows, rows):
+                index.add(np.ascontiguousarray(vectors[cached_rows:]))
+            else:
+                index = build_faiss_index(vectors, kind)
+            with atomic_path(cache_dir / f"{kind}-{rows}.faiss") as tmp:
+                import faiss
+
+                faiss.write_index(index, str(tmp))
+            for old in cache_dir.glob(f"{kind}-*.faiss"):  # superseded caches
+                if old.name != f"{kind}-{rows}.faiss":
+                    old.unlink(missing_ok=True)
+        self._faiss, self._faiss_rows, self._faiss_kind = index, rows, kind
+        return index
+
+    def _load_cached(self, kind: str, rows: int) -> tuple[int, Any | None]:
+        """The cached index of this kind covering the most rows (<= rows), if readable."""
+        import faiss
+
+        candidates = []
+        for path in (self.folder / CACHE_DIR).glob(f"{kind}-*.faiss"):
+            match = _CACHE_NAME.match(path.name)
+            if match and match["kind"] == kind and int(match["rows"]) <= rows:
+                candidates.append((int(match["rows"]), path))
+        for cached_rows, path in sorted(candidates, reverse=True):
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError:  # damaged or being replaced: it is only a cache
+                continue
+            if index.ntotal == cached_rows and index.d == self.dim:
+                return cached_rows, index
+        return 0, None
+
+    # ---- housekeeping --------------------------------------------------------------------
+
+    def _check_version(self) -> None:
+        version = self._meta.get("version")
+        if version != INDEX_VERSION:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} has format version {version!r}; this personsearch "
+                f"reads version {INDEX_VERSION!r}: rebuild the index"
+            )
+
+    def check_model(self, fingerprint: str, dim: int | None = None) -> None:
+        """Refuse (GalleryIndexError) a model other than the one that built this index."""
+        stored = self.fingerprint
+        if stored != fingerprint:
+            built_by = f" (from {self._meta['run']})" if self._meta.get("run") else ""
+            raise GalleryIndexError(
+                f"gallery index {self.folder} was built by model {stored!r}{built_by}, not by the "
+                f"current model {fingerprint!r}: features of different models cannot be compared. "
+                "Use the model that built the index, or build a new index with this one."
+            )
+        if dim is not None and dim != self.dim:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} holds {self.dim}-d features but the model makes "
+                f"{dim}-d features"
+            )
+
+    def _load_shard(self, file: str, n_rows: int) -> np.ndarray:
+        path = self.folder / SHARD_DIR / file
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} is damaged: cannot read feature shard {path}: {error}"
+            ) from error
+        if array.shape != (n_rows, self.dim) or array.dtype != np.float32:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} is damaged: shard {path} holds {array.shape} "
+                f"{array.dtype}, expected ({n_rows}, {self.dim}) float32"
+            )
+        return np.asarray(array)
+
+    def _delete_unreferenced_files(self) -> None:
+        """Remove shards no transaction committed and temporary files of killed writers."""
+        referenced = {r[0] for r in self._conn.execute("SELECT file FROM shards")}
+        for path in (self.folder / SHARD_DIR).iterdir():
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
+        cache_dir = self.folder / CACHE_DIR
+        if cache_dir.is_dir():
+            for path in cache_dir.iterdir():
+                if not _CACHE_NAME.match(path.name):
+                    path.unlink(missing_ok=True)
+
+
+def build_faiss_index(vectors: np.ndarray, kind: str) -> Any:
+    """A FAISS inner-product index of `kind` ("flat", "hnsw", "ivf") holding `vectors`."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    elif kind == "ivf":
+        # ~4 sqrt(N) lists, and at least 39 training points per list (FAISS's own minimum).
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if n:
+            index.train(vectors)
+    else:
+        raise GalleryIndexError(f"unknown index kind {kind!r}: use one of {INDEX_KINDS}")
+    if n:
+        index.add(vectors)
+    return index
+
+
+def _can_extend(kind: str, cached_rows: int, rows: int) -> bool:
+    # Flat and HNSW grow exactly; an IVF's lists were trained on a sample that must stay
+    # representative, so it is retrained once the gallery has more than doubled.
+    if cached_rows == 0:
+        return False
+    return kind != "ivf" or 2 * cached_rows >= rows
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(db, isolation_level=None)  # transactions are explicit
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise GalleryIndexError(f"cannot read gallery index database {db}: {error}") from error
+    return conn
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _acquire_write_lock(path: Path) -> Any:
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the index's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise GalleryIndexError(
+            f"gallery index {path.parent} is being written by another process "
+            f"(lock {path} is held); wait for it to finish"
+        ) from None
+    return handle
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,349 @@
+"""End-to-end person search over a folder of scene images, in a few lines:
+
+    from personsearch.search.pipeline import baseline_pipeline   # or load_pipeline(run_dir)
+    from personsearch.search.searcher import PersonSearcher
+
+    pipeline = baseline_pipeline()
+    searcher = PersonSearcher.open("gallery.index", pipeline.detector, pipeline.embedder)
+    searcher.index_folder("frames/")                     # incremental: only new images
+    for hit in searcher.search("probe.jpg", box=(40, 20, 110, 230), top_k=5):
+        print(hit.similarity, hit.image_path, hit.box)
+
+Indexing detects persons in every image, crops them, embeds the crops, and adds the batch to the
+gallery index (see `personsearch.search.index` for why that is crash-safe). Images that cannot
+be read are recorded as failed and reported; the rest carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from personsearch.data.images import read_rgb
+from personsearch.errors import ImageError, PersonSearchError
+from personsearch.search.embedders import Detector, Embedder, detector_fingerprint, l2_normalize
+from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
+
+__all__ = ["IMAGE_SUFFIXES", "IndexReport", "PersonSearcher", "SearchHit", "validate_box"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+#: Boxes may overshoot the image by this many pixels (rounding in annotations); they are clipped.
+BOX_TOLERANCE = 1.0
+
+_CAMERA_IN_NAME = re.compile(r"^c(\d+)s\d+_")  # PRW / Market-1501 names: c<camera>s<sequence>_
+
+
+def camera_from_name(path: Path) -> int:
+    """Camera id from PRW/Market-style file names ("c3s2_012345.jpg" -> 3), else -1."""
+    match = _CAMERA_IN_NAME.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+@dataclass
+class IndexReport:
+    """What one `index_folder` call did."""
+
+    folder: Path
+    found: int = 0  #: image files found in the folder
+    added: int = 0  #: images newly indexed
+    boxes: int = 0  #: person boxes added
+    skipped: int = 0  #: images already in the index, left as they were
+    failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error) not indexed
+    changed: list[str] = field(default_factory=list)  #: indexed earlier, file modified since
+
+    def summary(self) -> str:
+        text = (
+            f"{self.found} images in {self.folder}: {self.added} indexed ({self.boxes} persons), "
+            f"{self.skipped} already in the index, {len(self.failed)} failed"
+        )
+        if self.changed:
+            text += f"; {len(self.changed)} changed since indexed (kept; rebuild to refresh)"
+        return text
+
+
+class PersonSearcher:
+    """A detector + an embedder + a gallery index: index folders, search with probes.
+
+    `detector` may be None for a search-only searcher (probes come with their box).
+    """
+
+    def __init__(
+        self,
+        detector: Detector | None,
+        embedder: Embedder,
+        index: GalleryIndex,
+        *,
+        batch_images: int = 8,
+    ) -> None:
+        index.check_model(embedder.fingerprint, embedder.dim)
+        self.detector = detector
+        self.embedder = embedder
+        self.index = index
+        self.batch_images = max(1, int(batch_images))
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | os.PathLike[str],
+        detector: Detector | None,
+        embedder: Embedder,
+        *,
+        index_kind: str | None = None,
+        info: dict[str, str] | None = None,
+        batch_images: int = 8,
+    ) -> PersonSearcher:
+        """Create or open the index at `index_dir` for this embedder (writable: one at a time)."""
+        meta = dict(info or {})
+        if detector is not None:
+            meta.setdefault("detector", detector_fingerprint(detector))
+        index = GalleryIndex.open_for_writing(
+            index_dir,
+            fingerprint=embedder.fingerprint,
+            dim=embedder.dim,
+            index_kind=index_kind,
+            info=meta,
+        )
+        return cls(detector, embedder, index, batch_images=batch_images)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> PersonSearcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- indexing ------------------------------------------------------------------------
+
+    def index_folder(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        camera_of: Callable[[Path], int] = camera_from_name,
+    ) -> IndexReport:
+        """Index the images under `folder` (recursively) that the index does not hold yet.
+
+        Unreadable images are recorded as failed, reported, and retried on the next call. An
+        exception from the detector or the embedder stops indexing; every batch committed before
+        it stays, so calling again resumes.
+        """
+        if self.detector is None:
+            raise PersonSearchError("indexing needs a detector; this searcher has none")
+        self._check_detector()
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PersonSearchError(f"gallery folder not found: {folder}")
+        paths = list_images(folder)
+        report = IndexReport(folder=folder, found=len(paths))
+        known = self.index.known_images()
+        todo = []
+        for path in paths:
+            key = str(path.resolve())
+            seen = known.get(key)
+            if seen is None or seen.status == "failed":
+                todo.append(path)
+                continue
+            report.skipped += 1
+            stat = path.stat()
+            if stat.st_size != seen.size or not math.isclose(stat.st_mtime, seen.mtime):
+                report.changed.append(key)
+
+        from tqdm import tqdm
+
+        with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
+            for start in range(0, len(todo), self.batch_images):
+                batch = todo[start : start + self.batch_images]
+                records, crops = self._read_and_detect(batch, camera_of)
+                self.index.add_batch(records, self._embed(crops))
+                for record in records:
+                    if record.error is None:
+                        report.added += 1
+                        report.boxes += len(record.boxes)
+                    else:
+                        report.failed.append((record.path, record.error))
+                        log.warning("skipped %s: %s", record.path, record.error)
+                        if progress:
+                            bar.write(f"skipped (cannot read): {record.error}")
+                bar.update(len(batch))
+        return report
+
+    def _check_detector(self) -> None:
+        stored = self.index.meta.get("detector")
+        current = detector_fingerprint(self.detector)
+        if stored is not None and stored != current:
+            raise GalleryIndexError(
+                f"gallery index {self.index.folder} holds boxes of detector {stored!r}; adding "
+                f"images with detector {current!r} would mix two detectors in one index. "
+                "Use the same detector, or build a new index."
+            )
+
+    def _read_and_detect(
+        self, paths: Sequence[Path], camera_of: Callable[[Path], int]
+    ) -> tuple[list[ImageRecord], list[np.ndarray]]:
+        records, crops = [], []
+        for path in paths:
+            key = str(path.resolve())
+            size, mtime = 0, 0.0
+            try:
+                stat = path.stat()
+                size, mtime = stat.st_size, stat.st_mtime
+                sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+                image = read_rgb(path)
+            except (ImageError, OSError) as error:
+                message = str(error) if isinstance(error, ImageError) else f"{path}: {error}"
+                records.append(ImageRecord(key, None, size, mtime, error=message))
+                continue
+            height, width = image.shape[:2]
+            boxes, scores = self._detect(image, path)
+            crops += [crop_box(image, box) for box in boxes]
+            records.append(
+                ImageRecord(
+                    key,
+                    sha1,
+                    size,
+                    mtime,
+                    width,
+                    height,
+                    camera=camera_of(path),
+                    boxes=boxes,
+                    scores=scores,
+                )
+            )
+        return records, crops
+
+    def _detect(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Run the detector; clip its boxes to the image and drop the empty ones."""
+        boxes, scores = self.detector.detect(image)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if len(boxes) != len(scores):
+            raise PersonSearchError(
+                f"detector returned {len(boxes)} boxes but {len(scores)} scores for {path}"
+            )
+        height, width = image.shape[:2]
+        boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        return boxes[keep], scores[keep]
+
+    def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        features = np.asarray(self.embedder.embed_crops(crops), dtype=np.float32)
+        if features.shape != (len(crops), self.embedder.dim):
+            raise PersonSearchError(
+                f"embedder {self.embedder.fingerprint!r} returned features of shape "
+                f"{features.shape} for {len(crops)} crops; expected ({len(crops)}, "
+                f"{self.embedder.dim})"
+            )
+        # Inner product ranks correctly only on unit vectors: normalise whatever came back.
+        return l2_normalize(features)
+
+    # ---- searching -----------------------------------------------------------------------
+
+    def embed_probe(
+        self,
+        probe: str | os.PathLike[str] | np.ndarray,
+        box: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """The probe's feature: the person in `box` of the probe image, or the whole image."""
+        image, source = _load_probe(probe)
+        if box is not None:
+            height, width = image.shape[:2]
+            image = crop_box(image, validate_box(box, width, height, source))
+        return self._embed([image])[0]
+
+    def search(
+        self,
+        probe: str | os.PathLike[str] | np.ndarray,
+        box: Sequence[float] | None = None,
+        top_k: int = 10,
+        *,
+        cameras: Iterable[int] | None = None,
+        exclude_probe_image: bool = True,
+    ) -> list[SearchHit]:
+        """Rank the gallery's persons by similarity to the probe person, best first.
+
+        `probe` is an image path (or an H x W x 3 array); `box` (x1, y1, x2, y2) marks the person
+        in it, or None when the probe is itself a person crop. When the probe image is in the
+        gallery, its own boxes are left out (`exclude_probe_image`).
+        """
+        if int(top_k) <= 0:
+            raise PersonSearchError(f"top_k must be positive, got {top_k}")
+        feature = self.embed_probe(probe, box)
+        excluded = []
+        if exclude_probe_image and not isinstance(probe, np.ndarray):
+            excluded.append(str(Path(probe).resolve()))
+        return self.index.search_one(feature, top_k, cameras=cameras, exclude_paths=excluded)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable (sorted) order."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def validate_box(
+    box: Sequence[float], width: int, height: int, source: str = "the probe image"
+) -> np.ndarray:
+    """Check a probe box against its image; return it clipped, as float32 x1 y1 x2 y2.
+
+    Raises PersonSearchError when it is not 4 finite numbers, has no positive width and height,
+    or does not lie inside the image (up to BOX_TOLERANCE pixels).
+    """
+    try:
+        values = np.asarray(box, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as error:
+        raise PersonSearchError(f"probe box {box!r} is not 4 numbers x1,y1,x2,y2") from error
+    if values.shape != (4,) or not np.isfinite(values).all():
+        raise PersonSearchError(f"probe box {box!r} must be 4 finite numbers x1,y1,x2,y2")
+    x1, y1, x2, y2 = values.tolist()
+    shown = f"({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+    if x2 <= x1 or y2 <= y1:
+        raise PersonSearchError(
+            f"probe box {shown} has no positive size: it needs x2 > x1 and y2 > y1"
+        )
+    t = BOX_TOLERANCE
+    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
+        raise PersonSearchError(
+            f"probe box {shown} lies outside {source}, which is {width} x {height} pixels: "
+            f"a box needs 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height}"
+        )
+    clipped = np.clip(values, 0, [width, height, width, height])
+    if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+        raise PersonSearchError(f"probe box {shown} covers less than one pixel of {source}")
+    return clipped.astype(np.float32)
+
+
+def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The pixels covered by a box (x1 y1 x2 y2, already inside the image), at least 1 x 1."""
+    height, width = image.shape[:2]
+    x1 = min(max(int(math.floor(box[0])), 0), width - 1)
+    y1 = min(max(int(math.floor(box[1])), 0), height - 1)
+    x2 = max(min(int(math.ceil(box[2])), width), x1 + 1)
+    y2 = max(min(int(math.ceil(box[3])), height), y1 + 1)
+    return image[y1:y2, x1:x2]
+
+
+def _load_probe(probe: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, str]:
+    if isinstance(probe, np.ndarray):
+        if probe.ndim != 3 or probe.shape[2] != 3 or probe.dtype != np.uint8:
+            raise PersonSearchError(
+                f"a probe array must be H x W x 3 uint8, got {probe.shape} {probe.dtype}"
+            )
+        return probe, "the probe array"
+    return read_rgb(probe), f"image {probe}"
