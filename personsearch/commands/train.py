@@ -1,0 +1,96 @@
+"""`personsearch train reid|detector --config FILE [--out RUNDIR] [--resume] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train the re-id network or the detector from a config (single process or torchrun)"
+COMMAND = "train"
+DESCRIPTION = """\
+Train a model from a YAML config (a file, or the name of a shipped config such as
+synthetic-reid, cuhk-sysu-reid, prw-reid, market1501-reid), with dotted key=value overrides:
+
+  personsearch train reid --config synthetic-reid
+  personsearch train reid --config cuhk-sysu-reid data.root=/data/cuhk-sysu optim.lr=0.005
+  personsearch train reid --resume --out runs/cuhk-sysu-reid      # continue a stopped run
+  torchrun --nproc_per_node=4 -m personsearch train reid --config cuhk-sysu-reid data.root=...
+
+The run folder (--out, else run.out, else runs/<config name>) receives config.yaml (resolved),
+metrics.jsonl / metrics.json, TensorBoard events, checkpoints/last.pt and the final model.pt.
+"""
+
+#: task name -> "module:function" taking (Config, resume: bool); a new task is one line here
+TASKS: dict[str, str | None] = {
+    "reid": "personsearch.engine.reid_task:train_reid",
+    "detector": "personsearch.engine.detector_task:train_detector",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=sorted(TASKS), help="what to train")
+    parser.add_argument("--config", help="YAML file or shipped config name")
+    parser.add_argument("--out", help="run folder (overrides run.out)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run folder's last checkpoint; without --config the run's own "
+        "config.yaml is used",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _accept_positionals_after_options(parser)
+
+
+def _accept_positionals_after_options(parser: argparse.ArgumentParser) -> None:
+    """Let `key=value` overrides follow options (`reid --config F a=b`).
+
+    Plain argparse fills every positional at its first run of positional strings, so later ones
+    are "unrecognized" (bpo-14191); intermixed parsing fixes that. It calls the plain method
+    internally, hence the swap while it runs.
+    """
+    plain = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parser.parse_known_args = plain  # type: ignore[method-assign]
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+    from pathlib import Path
+
+    from personsearch.config import load_config
+    from personsearch.errors import ConfigError, PersonSearchError
+
+    target = TASKS[args.task]
+    if target is None:
+        raise PersonSearchError(f"training the {args.task} is not implemented yet")
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out={args.out}")
+    config_source = args.config
+    if config_source is None:
+        if not (args.resume and args.out):
+            raise ConfigError("give --config FILE (or --resume --out RUNDIR to continue a run)")
+        config_source = Path(args.out) / "config.yaml"
+        if not config_source.is_file():
+            raise ConfigError(f"{config_source} not found: is {args.out} a training run folder?")
+    config = load_config(config_source, overrides)
+    if config.task != args.task:
+        raise ConfigError(f"config {config_source} is for task {config.task!r}, not {args.task!r}")
+    module_name, function_name = target.split(":")
+    train = getattr(importlib.import_module(module_name), function_name)
+    summary = train(config, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
+    final = summary.get("final") if isinstance(summary, dict) else None
+    if final:
+        shown = {k: v for k, v in final.items() if k not in ("split", "iteration", "epoch")}
+        print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    print(f"run folder: {config.run_dir}")
+    return 0

@@ -1,0 +1,311 @@
+"""Typed training configs: dataclass defaults, YAML in, `key=value` overrides, resolved YAML out.
+
+A config has five sections: `data` (what to train on and how crops look), `model` (passed as a
+dict to the model builder, which owns its keys), `optim` (optimiser and schedule), `run` (where,
+seed, workers, periods) and the top-level `task` / `name`. The defaults of the dataclasses are the
+paper's re-id settings, so a shipped config only lists what differs.
+
+Overrides use dotted keys (`optim.lr=0.001`, `data.crop_height=128`); values are parsed as YAML and
+checked against the field's type. Unknown keys raise ConfigError naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from personsearch.errors import ConfigError
+from personsearch.io import atomic_open
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """What to train on and how a training crop is made."""
+
+    dataset: str = "cuhk-sysu"  #: "cuhk-sysu", "prw", "market1501" or "synthetic"
+    root: str = ""  #: dataset folder (the synthetic world: where it is, or is generated)
+    synthetic_size: str = "small"  #: size preset when the synthetic world must be generated
+    detections: str = ""  #: optional .npz of detections on the training scenes (extra crops)
+    det_iou: float = 0.5  #: a detection joins a labelled box's identity above this IoU
+    crop_height: int = 256
+    crop_width: int = 128
+    flip: bool = True  #: random horizontal flip
+    random_erasing: float = 0.0  #: probability of erasing a random rectangle
+    color_jitter: float = 0.0  #: strength of brightness/contrast/saturation jitter (0 = off)
+    low_resolution: float = 0.0  #: probability of a random scale-down-up (simulates small people)
+    cache_dir: str = ""  #: pre-crop scene boxes into this folder once ("" = crop on the fly)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with step decay; the length and milestones are in epochs or in iterations."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    nesterov: bool = False
+    batch_size: int = 64  #: global batch, split evenly across DDP ranks
+    epochs: int = 100  #: schedule length in epochs (used when iterations is 0)
+    iterations: int = 0  #: > 0 makes the schedule iteration-based
+    milestones: list[int] = field(default_factory=lambda: [40, 80])  #: in the schedule's unit
+    gamma: float = 0.1
+    warmup_iterations: int = 0  #: linear warm-up from warmup_factor * lr
+    warmup_factor: float = 0.1
+    amp: bool = True  #: mixed precision on CUDA (ignored on CPU)
+    grad_clip: float = 0.0  #: max gradient norm (0 = off)
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how it is seeded and how often it evaluates and checkpoints."""
+
+    out: str = ""  #: run folder ("" = runs/<name>)
+    seed: int = 0
+    device: str = "auto"  #: "auto", "cpu", "cuda" or "cuda:N"
+    workers: int = 4
+    deterministic: bool = False  #: deterministic kernels (slower; exact reruns on GPU)
+    eval_period: int = 0  #: evaluate every N units of the schedule (0 = at the end only)
+    checkpoint_period: int = 1  #: checkpoint every N units of the schedule
+    keep_checkpoints: bool = False  #: also keep checkpoints/<unit>_<N>.pt besides last.pt
+    log_period: int = 20  #: iterations between logged training scalars
+    eval_batch_size: int = 128
+    progress: bool = True  #: progress bars (rank 0 only)
+    find_unused_parameters: bool = False  #: DDP option for models with unused branches
+
+
+@dataclass
+class Config:
+    """A full training config."""
+
+    task: str = "reid"
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def iteration_based(self) -> bool:
+        return self.optim.iterations > 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out or os.path.join("runs", self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of what a checkpoint's tensors depend on: the task, the model and the crop size."""
+        key = {
+            "task": self.task,
+            "model": self.model,
+            "dataset": self.data.dataset,
+            "crop": [self.data.crop_height, self.data.crop_width],
+        }
+        blob = json.dumps(key, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# building a Config from nested dicts, with type checks
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation; convert the harmless cases (int -> float)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: {value!r} is not {annotation}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key}: expected a number, got {value!r}")
+    if annotation is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key}: expected a string, got {value!r}")
+    raise ConfigError(f"config key {key}: unsupported type {annotation}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'}: expected a mapping")
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys in "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(types_))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        annotation = types_[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested dicts (missing keys keep their defaults)."""
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check the relations between fields that the types cannot express."""
+    optim, data, run = config.optim, config.data, config.run
+    if optim.iterations < 0 or (optim.iterations == 0 and optim.epochs <= 0):
+        raise ConfigError("optim.epochs (or optim.iterations) must be positive")
+    length = optim.iterations or optim.epochs
+    if any(m <= 0 or m > length for m in optim.milestones):
+        raise ConfigError(f"optim.milestones {optim.milestones} must lie in 1..{length}")
+    if optim.milestones != sorted(optim.milestones):
+        raise ConfigError(f"optim.milestones {optim.milestones} must be increasing")
+    if optim.batch_size <= 0 or optim.lr <= 0:
+        raise ConfigError("optim.batch_size and optim.lr must be positive")
+    if data.crop_height <= 0 or data.crop_width <= 0:
+        raise ConfigError("data.crop_height and data.crop_width must be positive")
+    for name in ("random_erasing", "low_resolution"):
+        if not 0.0 <= getattr(data, name) <= 1.0:
+            raise ConfigError(f"data.{name} is a probability in [0, 1]")
+    if run.checkpoint_period <= 0 or run.log_period <= 0 or run.eval_period < 0:
+        raise ConfigError("run.checkpoint_period and run.log_period must be positive")
+
+
+# --------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A YAML file path, or the name of a shipped config (`synthetic-reid`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.suffix in ("", ".yaml") and len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    names = ", ".join(shipped_configs())
+    raise ConfigError(f"config {name_or_path} not found: give a YAML file or one of: {names}")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot parse config {path}: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path}: expected a mapping at the top level")
+    return values
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn `["optim.lr=0.1", "model.backbone=resnet18"]` into nested dicts (values as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.001)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {error}") from error
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part}")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Load a YAML config (or the defaults when None) and apply dotted `key=value` overrides."""
+    values = read_yaml(resolve_config_path(name_or_path)) if name_or_path is not None else {}
+    if "name" not in values and name_or_path is not None:
+        values["name"] = Path(name_or_path).stem
+    # The model section's keys belong to the task's model builder, which checks them.
+    return config_from_dict(_merge(values, parse_overrides(overrides or [])))
+
+
+def save_config(config: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)

@@ -1,0 +1,167 @@
+"""The detector task for the trainer: its data, its model, its evaluation and its exported weights.
+
+`train_detector(config)` is what `personsearch train detector` runs (single process or torchrun);
+`load_detector(run)` rebuilds the trained detector from a run folder alone (model.pt holds the
+detector config), for evaluation, export of detections and search.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from personsearch.config import Config, save_config
+from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
+from personsearch.data.scenes import Scene, SceneDataset
+from personsearch.engine import distributed
+from personsearch.engine.checkpoint import latest_checkpoint
+from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
+from personsearch.engine.distributed import DistInfo
+from personsearch.engine.trainer import Trainer, build_train_loader, seed_everything
+from personsearch.errors import CheckpointError, ConfigError, DatasetError
+from personsearch.io import atomic_path
+from personsearch.models.detector import DetectorConfig, PersonDetector, build_detector
+
+DETECTOR_DATASETS = ("cuhk-sysu", "prw", "synthetic")
+MODEL_FILE = "model.pt"
+MODEL_FORMAT = 1
+TASK = "detector"
+FLIP_PROB = 0.5  # data.flip: mirror half of the training images
+
+
+def detector_config(config: Config) -> DetectorConfig:
+    """The model section as a DetectorConfig (ConfigError on unknown or invalid keys)."""
+    return DetectorConfig.from_dict(dict(config.model))
+
+
+def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
+    """Training and test scenes of a detector dataset (the synthetic world reads as CUHK-SYSU)."""
+    if dataset not in DETECTOR_DATASETS:
+        raise ConfigError(f"data.dataset={dataset!r}: choose one of {', '.join(DETECTOR_DATASETS)}")
+    if not str(root):
+        raise ConfigError(f"data.root is empty: give the {dataset} folder (data.root=DIR)")
+    from personsearch.data import registry
+
+    return registry.load_scene_dataset("cuhk-sysu" if dataset == "synthetic" else dataset, root)
+
+
+def train_detector(config: Config, resume: bool = False) -> dict[str, Any]:
+    """Train (or continue) a detector run; returns the metrics summary. Works under torchrun."""
+    detector_config(config)  # fail on a bad model section before touching data or devices
+    dist_info = distributed.init_distributed(config.run.device)
+    try:
+        return _train(config, resume, dist_info)
+    finally:
+        distributed.shutdown_distributed()
+
+
+def _train(config: Config, resume: bool, dist_info: DistInfo) -> dict[str, Any]:
+    from personsearch.engine.reid_task import ensure_synthetic_world
+
+    run_dir = config.run_dir
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:
+        raise ConfigError(
+            f"run folder {run_dir} already holds {checkpoint}: pass --resume to continue it, "
+            "or choose another folder with --out"
+        )
+    if resume and checkpoint is None and dist_info.is_main:
+        print(f"no checkpoint in {run_dir}: starting from the beginning")
+    if dist_info.is_main:
+        save_config(config, run_dir / "config.yaml")
+    if config.data.dataset == "synthetic":
+        ensure_synthetic_world(config, dist_info)
+    seed_everything(config.run.seed, config.run.deterministic)
+    scenes = load_scenes(config.data.dataset, config.data.root)
+    if not scenes.train:
+        raise DatasetError(f"{config.data.root}: no training scenes in {config.data.dataset}")
+    model = build_detector(detector_config(config))
+    if dist_info.is_main:
+        print(f"detector backbone {model.config.backbone}, initial weights: {model.weights_source}")
+    train_set = SceneDetectionDataset(scenes.train, flip_prob=FLIP_PROB if config.data.flip else 0.0)
+    loader = build_train_loader(train_set, config, dist_info, collate_fn=collate_detection)
+    trainer = Trainer(model, loader, config, dist_info,
+                      evaluate=detector_evaluator(scenes.test, config, dist_info))
+    if checkpoint is not None:
+        trainer.resume(checkpoint)
+    summary = trainer.train()
+    if dist_info.is_main:
+        export_detector(run_dir / MODEL_FILE, trainer.module, config)
+    return summary
+
+
+def detector_evaluator(
+    scenes: tuple[Scene, ...], config: Config, dist_info: DistInfo
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """The trainer's evaluation: recall and AP on the test scenes (None without test scenes)."""
+    if not scenes:
+        return None
+
+    def evaluate(module: nn.Module) -> dict[str, float]:
+        detections = detect_scenes(
+            module,  # type: ignore[arg-type]
+            scenes,
+            score_thresh=EVAL_SCORE_THRESH,
+            workers=config.run.workers,
+            dist_info=dist_info,
+            progress=config.run.progress,
+        )
+        return detection_metrics(scenes, detections, det_thresh=module.config.score_thresh)  # type: ignore[union-attr]
+
+    return evaluate
+
+
+# --------------------------------------------------------------------------------------------
+# the trained model, for evaluation, export and search
+
+
+def export_detector(path: str | os.PathLike[str], model: PersonDetector, config: Config) -> None:
+    """Write the final weights with the detector config that rebuilds them (atomically)."""
+    state = {
+        "format_version": MODEL_FORMAT,
+        "task": TASK,
+        "model_config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+        "dataset": config.data.dataset,
+        "weights_source": model.weights_source,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_detector(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[PersonDetector, dict[str, Any]]:
+    """The trained detector (eval mode) of a run folder or model.pt, and the file's metadata."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: did the detector training run finish?")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or foreign files raise many types
+        raise CheckpointError(f"cannot read model file {path}: {error}") from error
+    if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
+    if state.get("task") != TASK:
+        raise CheckpointError(f"{path} holds a {state.get('task')!r} model, not a detector")
+    try:
+        # the weights come from the file: skip loading (or warning about) ImageNet ones
+        config = DetectorConfig.from_dict({**state["model_config"], "pretrained": False})
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}") from error
+    model = build_detector(config)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the detector config: {error}") from error
+    model.weights_source = f"file:{path}"
+    model.to(device).eval()
+    meta = {k: v for k, v in state.items() if k != "state_dict"}
+    return model, meta

@@ -1,0 +1,138 @@
+"""Backbones that return named stages: ``res2``..``res5`` at strides 4, 8, 16, 32.
+
+ResNet-50 is the paper's backbone; ResNet-18 and MobileNetV2 are lighter ones for CPU work. All
+three are torchvision networks cut into the same five pieces (``stem`` + four stages), so a head
+names the stages it reads and never needs to know which network it sits on. MobileNetV2 has no
+ResNet stages: its blocks are grouped by output stride and given the ResNet names.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+import torchvision
+from torch import Tensor, nn
+
+from personsearch.errors import ConfigError
+from personsearch.models.pretrained import MissingWeights, load_pretrained
+
+STAGES = ("res2", "res3", "res4", "res5")
+STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+FREEZABLE = ("stem", *STAGES)
+BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
+
+# torchvision mobilenet_v2().features indices of each piece, split where the stride doubles
+# (features[18], the 1x1 conv to 1280 channels, ends res5 so its ImageNet weights are used).
+MOBILENET_V2_SPLITS = {
+    "stem": (0, 2),
+    "res2": (2, 4),
+    "res3": (4, 7),
+    "res4": (7, 14),
+    "res5": (14, 19),
+}
+
+
+class Backbone(nn.Module):
+    """A stem and four stages run in sequence; forward returns the four stage outputs by name.
+
+    Attributes: `stage_channels` and `stage_strides` (by stage name), `weights_source` (where the
+    initial weights came from), `frozen_stages`. Frozen stages get no gradient and keep their
+    BatchNorm statistics fixed even in training mode.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: OrderedDict[str, nn.Module],
+        stage_channels: dict[str, int],
+        weights_source: str = "random",
+    ) -> None:
+        super().__init__()
+        if tuple(stages) != STAGES:
+            raise ValueError(f"stages must be {STAGES}, got {tuple(stages)}")
+        self.stem = stem
+        for name, module in stages.items():
+            self.add_module(name, module)
+        self.stage_channels = dict(stage_channels)
+        self.stage_strides = dict(STAGE_STRIDES)
+        self.weights_source = weights_source
+        self.frozen_stages: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.stem(x)
+        outputs: OrderedDict[str, Tensor] = OrderedDict()
+        for name in STAGES:
+            x = getattr(self, name)(x)
+            outputs[name] = x
+        return outputs
+
+    def freeze(self, names: Iterable[str]) -> None:
+        """Fix the parameters and BatchNorm statistics of the named pieces ("stem", "res2", ...)."""
+        names = tuple(names)
+        unknown = [n for n in names if n not in FREEZABLE]
+        if unknown:
+            raise ConfigError(f"cannot freeze {unknown}: stages are {', '.join(FREEZABLE)}")
+        for name in names:
+            for parameter in getattr(self, name).parameters():
+                parameter.requires_grad_(False)
+        self.frozen_stages = tuple(n for n in FREEZABLE if n in names or n in self.frozen_stages)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for name in self.frozen_stages:  # fixed statistics: the frozen layers see no updates
+            getattr(self, name).eval()
+        return self
+
+
+def _resnet(arch: str, pretrained: bool | str | Path, missing: MissingWeights) -> Backbone:
+    net = getattr(torchvision.models, arch)(weights=None)
+    source = load_pretrained(net, arch, pretrained, missing)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    layers = (net.layer1, net.layer2, net.layer3, net.layer4)
+    stages = OrderedDict(zip(STAGES, layers, strict=True))
+    # The last block's last BatchNorm gives each stage's width (bn3 in Bottleneck, bn2 in Basic).
+    channels = {
+        name: [m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        for name, layer in stages.items()
+    }
+    return Backbone(stem, stages, channels, source)
+
+
+def _mobilenet_v2(pretrained: bool | str | Path, missing: MissingWeights) -> Backbone:
+    net = torchvision.models.mobilenet_v2(weights=None)
+    source = load_pretrained(net, "mobilenet_v2", pretrained, missing)
+    pieces = {
+        name: nn.Sequential(*net.features[a:b]) for name, (a, b) in MOBILENET_V2_SPLITS.items()
+    }
+    stages = OrderedDict((name, pieces[name]) for name in STAGES)
+    channels = {
+        name: [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        for name, stage in stages.items()
+    }
+    return Backbone(pieces["stem"], stages, channels, source)
+
+
+def build_backbone(
+    name: str,
+    pretrained: bool | str | Path = False,
+    *,
+    frozen_stages: Iterable[str] = (),
+    missing_weights: MissingWeights = "warn",
+) -> Backbone:
+    """Build backbone `name` ("resnet50", "resnet18", "mobilenet_v2").
+
+    `pretrained`: False (random), True (ImageNet weights, see personsearch.models.pretrained) or the
+    path of a weights file. `missing_weights`: when True cannot be honoured, "raise" a
+    WeightsUnavailableError or "warn" and keep random weights. `frozen_stages`: pieces to freeze.
+    """
+    if name in ("resnet50", "resnet18"):
+        backbone = _resnet(name, pretrained, missing_weights)
+    elif name == "mobilenet_v2":
+        backbone = _mobilenet_v2(pretrained, missing_weights)
+    else:
+        raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    backbone.freeze(frozen_stages)
+    return backbone

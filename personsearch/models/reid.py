@@ -1,0 +1,297 @@
+"""The re-id network: one backbone, one head, the losses; built from a `ReidConfig`.
+
+    model = ReidModel(ReidConfig(num_classes=5532))              # CLSA on ResNet-50
+    losses = model.train()(crops, labels)                        # {"ce": ..., "kl": ...}
+    sum(losses.values()).backward()                              # each value already weighted
+    embeddings = model.eval()(crops)                             # N x D, rows of unit length
+
+Heads ("clsa", "pyramid", "fpn", "plain", "mst") differ in layers and in their default loss
+weights; every weight lives in the config, so the training objective is always
+    ce_weight * CE(top) + level_ce_weight * sum_s CE(level s) + kl_weight * T^2 sum_s KL(top || s)
+(CLSA, paper Eq. 4: 1, 0, 1; the baselines: 1, 1, 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from personsearch.errors import ConfigError
+from personsearch.models.backbones import BACKBONES, STAGES, build_backbone
+from personsearch.models.baselines import FPNHead, PlainHead, resize_crops
+from personsearch.models.clsa import PyramidHead
+from personsearch.models.losses import clsa_alignment_kl, cross_entropy, l2_normalize
+
+HEADS = ("clsa", "pyramid", "fpn", "plain", "mst")
+
+
+@dataclass(frozen=True)
+class HeadDefaults:
+    levels: tuple[str, ...]
+    level_ce_weight: float
+    kl_weight: float
+
+
+HEAD_DEFAULTS = {
+    # The paper's final model: pyramid "5-4-3", CE on the top level, alignment on the others.
+    "clsa": HeadDefaults(("res3", "res4", "res5"), level_ce_weight=0.0, kl_weight=1.0),
+    # Same layers as CLSA; each level learns from its own CE instead of being aligned.
+    "pyramid": HeadDefaults(("res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0),
+    # FPN's P2..P5; it also reproduces the paper's FPN cost (4.519 GFLOPs, see docs/models.md).
+    "fpn": HeadDefaults(("res2", "res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0),
+    "plain": HeadDefaults(("res5",), level_ce_weight=0.0, kl_weight=0.0),
+    # Each smaller scale is classified with the shared classifier and its own CE.
+    "mst": HeadDefaults(("res5",), level_ce_weight=1.0, kl_weight=0.0),
+}
+
+
+def parse_levels(levels: str | Sequence[str]) -> tuple[str, ...]:
+    """Pyramid levels as stage names, lowest first: "5-4-3" -> ("res3", "res4", "res5").
+
+    Accepts the paper's block notation ("5-4", "5-4-3", "5-4-3-2") or stage names in any order.
+    """
+    if isinstance(levels, str):
+        parts = [p.strip() for p in levels.replace(",", "-").split("-") if p.strip()]
+        names = [f"res{p}" if p.isdigit() else p for p in parts]
+    else:
+        names = list(levels)
+    unknown = [n for n in names if n not in STAGES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ConfigError(
+            f"pyramid levels {levels!r} are not distinct stages among {', '.join(STAGES)} "
+            "(or the paper's block notation such as '5-4-3')"
+        )
+    return tuple(sorted(names, key=STAGES.index))
+
+
+@dataclass(frozen=True)
+class ReidConfig:
+    """Everything that defines a re-id model, its initial weights and its loss weights.
+
+    None fields take the head's default (HEAD_DEFAULTS) in `resolved()`, which the model keeps,
+    so a saved config always holds concrete numbers.
+    """
+
+    num_classes: int
+    head: str = "clsa"
+    backbone: str = "resnet50"
+    pretrained: bool | str = True
+    missing_weights: str = "warn"  # when pretrained=True cannot be honoured: "warn" or "raise"
+    frozen_stages: tuple[str, ...] = ()
+    levels: tuple[str, ...] | str | None = None
+    # Per-level feature size x^k. Not stated in the paper; 512 matches its +0.002 GFLOPs of CLSA
+    # over ResNet-50 (3 FC layers of 512 outputs on ResNet-50 add 0.0018 G multiply-adds).
+    feature_dim: int = 512
+    fpn_channels: int = 256
+    mst_scales: tuple[float, ...] = (1.0, 0.75, 0.5)
+    temperature: float = 3.0
+    detach_teacher: bool = True
+    ce_weight: float = 1.0
+    level_ce_weight: float | None = None
+    kl_weight: float | None = None
+
+    def resolved(self) -> ReidConfig:
+        """This config with head defaults filled in and every field checked."""
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown re-id head '{self.head}'; choose one of {', '.join(HEADS)}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"unknown backbone '{self.backbone}'; choose one of {', '.join(BACKBONES)}"
+            )
+        defaults = HEAD_DEFAULTS[self.head]
+        levels = parse_levels(self.levels) if self.levels is not None else defaults.levels
+        config = dataclasses.replace(
+            self,
+            levels=levels,
+            frozen_stages=tuple(self.frozen_stages),
+            mst_scales=tuple(sorted({float(s) for s in self.mst_scales})),
+            level_ce_weight=_default(self.level_ce_weight, defaults.level_ce_weight),
+            kl_weight=_default(self.kl_weight, defaults.kl_weight),
+        )
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        problems = []
+        if self.num_classes < 1:
+            problems.append(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.feature_dim < 1 or self.fpn_channels < 1:
+            problems.append("feature_dim and fpn_channels must be >= 1")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if min(self.ce_weight, self.level_ce_weight, self.kl_weight) < 0:
+            problems.append("loss weights must be >= 0")
+        if self.missing_weights not in ("warn", "raise"):
+            problems.append(
+                f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
+            )
+        if self.head in ("plain", "mst") and len(self.levels) != 1:
+            problems.append(f"head '{self.head}' pools one stage, got levels {self.levels}")
+        if self.head == "mst" and (min(self.mst_scales) <= 0 or max(self.mst_scales) != 1.0):
+            problems.append(
+                f"mst_scales must be positive with 1.0 the largest, got {self.mst_scales}"
+            )
+        if self.kl_weight > 0 and self.num_levels < 2:
+            problems.append("the alignment loss (kl_weight > 0) needs at least two levels")
+        if problems:
+            raise ConfigError("invalid re-id config: " + "; ".join(problems))
+
+    @property
+    def num_levels(self) -> int:
+        """Feature vectors concatenated into the embedding (scales for "mst")."""
+        if self.head == "mst":
+            return len(self.mst_scales)
+        return len(
+            parse_levels(self.levels)
+            if self.levels is not None
+            else HEAD_DEFAULTS[self.head].levels
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists for tuples): ready for YAML/JSON."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ReidConfig:
+        """The inverse of `to_dict`; unknown keys are a ConfigError naming them."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError(f"unknown re-id config keys {unknown}; known: {sorted(fields)}")
+        if "num_classes" not in values:
+            raise ConfigError("re-id config needs num_classes (training identities)")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
+
+
+def _default(value: float | None, default: float) -> float:
+    return float(default if value is None else value)
+
+
+@dataclass
+class ReidOutputs:
+    """Per-level features and logits (lowest level first, top last), and the embedding."""
+
+    level_names: tuple[str, ...]
+    features: list[Tensor]
+    logits: list[Tensor]
+    embedding: Tensor
+
+
+class ReidModel(nn.Module):
+    """Backbone + head. Training mode: forward(images, labels) -> dict of weighted losses whose sum
+    is the objective. Eval mode: forward(images) -> L2-normalised embeddings (N x embedding_dim),
+    the concatenation of the level features."""
+
+    def __init__(self, config: ReidConfig) -> None:
+        super().__init__()
+        self.config = config = config.resolved()
+        self.backbone = build_backbone(
+            config.backbone,
+            config.pretrained,
+            frozen_stages=config.frozen_stages,
+            missing_weights=config.missing_weights,  # type: ignore[arg-type]
+        )
+        self.head = _build_head(config, self.backbone.stage_channels)
+        if config.head == "mst":
+            self.level_names = tuple(f"scale{s:g}" for s in config.mst_scales)
+            self.feature_dims = self.head.feature_dims * len(config.mst_scales)
+        else:
+            self.level_names = self.head.level_names
+            self.feature_dims = self.head.feature_dims
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(self.feature_dims)
+
+    def level_features(self, images: Tensor) -> list[Tensor]:
+        """x^1..x^K: one feature batch per level (per scale for "mst"), top level last."""
+        if self.config.head == "mst":
+            # Shared weights over scales; ascending scales put the full-size crop last (the top).
+            return [
+                self.head(self.backbone(resize_crops(images, scale)))[0]
+                for scale in self.config.mst_scales
+            ]
+        return self.head(self.backbone(images))
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The matching representation: concatenated level features, L2-normalised."""
+        return l2_normalize(torch.cat(self.level_features(images), dim=1))
+
+    def outputs(self, images: Tensor) -> ReidOutputs:
+        """Features, logits and embedding together, for analysis (works in either mode)."""
+        features = self.level_features(images)
+        return ReidOutputs(
+            level_names=self.level_names,
+            features=features,
+            logits=self.classify(features),
+            embedding=l2_normalize(torch.cat(features, dim=1)),
+        )
+
+    def classify(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Identity logits per level."""
+        if self.config.head == "mst":  # one classifier shared by every scale
+            return [self.head.classify([feature])[0] for feature in features]
+        return self.head.classify(features)
+
+    def losses(self, logits: Sequence[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """The weighted loss terms (weights from the config; zero-weight terms are left out)."""
+        config = self.config
+        _check_labels(labels, config.num_classes)
+        labels = labels.long()
+        top, lower = logits[-1], list(logits[:-1])
+        losses = {"ce": config.ce_weight * cross_entropy(top, labels)}
+        if lower and config.level_ce_weight > 0:
+            level_ce = torch.stack([cross_entropy(level, labels) for level in lower]).sum()
+            losses["ce_levels"] = config.level_ce_weight * level_ce
+        if lower and config.kl_weight > 0:
+            kl = clsa_alignment_kl(top, lower, config.temperature, config.detach_teacher)
+            losses["kl"] = config.kl_weight * kl
+        return losses
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor] | Tensor:
+        if not self.training:
+            return self.embed(images)
+        if labels is None:
+            raise ValueError(
+                "training mode needs labels: model(images, labels); use model.eval() to embed"
+            )
+        return self.losses(self.classify(self.level_features(images)), labels)
+
+
+def _build_head(config: ReidConfig, channels: Mapping[str, int]) -> nn.Module:
+    levels = config.levels
+    if config.head in ("clsa", "pyramid"):
+        return PyramidHead(levels, channels, config.feature_dim, config.num_classes)
+    if config.head == "fpn":
+        return FPNHead(
+            levels, channels, config.fpn_channels, config.feature_dim, config.num_classes
+        )
+    return PlainHead(levels[0], channels[levels[0]], config.num_classes)
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    if labels.is_floating_point() or labels.is_complex() or labels.dim() != 1:
+        raise ValueError(
+            f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ConfigError(
+            f"identity labels span [{low}, {high}] but the model has num_classes={num_classes}: "
+            "labels must be 0..num_classes-1 (unlabelled crops, -1, cannot be trained on)"
+        )
+
+
+def build_reid_model(config: ReidConfig | Mapping[str, Any]) -> ReidModel:
+    """A ReidModel from a config or its dict form (as read from YAML)."""
+    if not isinstance(config, ReidConfig):
+        config = ReidConfig.from_dict(config)
+    return ReidModel(config)
