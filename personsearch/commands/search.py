@@ -51,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from personsearch.errors import PersonSearchError
-    from personsearch.search.index import GalleryIndex
-    from personsearch.search.pipeline import baseline_pipeline, load_pipeline
-    from personsearch.search.searcher import PersonSearcher
+    from personsearch.search.pipeline import open_searcher
 
     box = parse_box(args.box) if args.box else None
     if args.top_k <= 0:
@@ -61,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".html", ".htm", ".png", ".jpg", ".jpeg"):
         raise PersonSearchError(f"--out {out}: use a .html, .png or .jpg file name")
-    embedder = (load_pipeline(args.run) if args.run else baseline_pipeline()).embedder
-    index = GalleryIndex.open(args.index, fingerprint=embedder.fingerprint)
-    with PersonSearcher(None, embedder, index) as searcher:
+    with open_searcher(args.index, args.run) as searcher:
         hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
     print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
     for rank, hit in enumerate(hits, 1):

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from personsearch.errors import ConfigError, PersonSearchError
 from personsearch.search.embedders import (
@@ -30,6 +30,9 @@ from personsearch.search.embedders import (
     WholeImageDetector,
     hog_available,
 )
+
+if TYPE_CHECKING:
+    from personsearch.search.searcher import PersonSearcher
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -49,6 +52,22 @@ def baseline_pipeline() -> Pipeline:
     """The dependency-free weak baseline: HOG people detector (or whole image) + colour histograms."""
     detector: Detector = HogPeopleDetector() if hog_available() else WholeImageDetector()
     return Pipeline(detector=detector, embedder=ColorHistogramEmbedder(), source="baseline")
+
+
+def open_searcher(
+    index_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None
+) -> PersonSearcher:
+    """A search-only searcher on an existing index: the run's embedder, or the baseline's.
+
+    The one way `personsearch search` and `personsearch serve` open an index, so both refuse an
+    index built by another model with the same message.
+    """
+    from personsearch.search.index import GalleryIndex
+    from personsearch.search.searcher import PersonSearcher
+
+    embedder = (load_pipeline(run_dir) if run_dir else baseline_pipeline()).embedder
+    index = GalleryIndex.open(index_dir, fingerprint=embedder.fingerprint)
+    return PersonSearcher(None, embedder, index)
 
 
 def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:

@@ -1,0 +1,133 @@
+"""`personsearch serve`: the search page and JSON API over a gallery index."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import secrets
+
+COMMAND = "serve"
+HELP = "Serve a web page and JSON API to search a gallery index by drawing a box."
+DESCRIPTION = """\
+Serve the gallery index --index on http://HOST:PORT/: upload a picture (or pick a gallery image),
+drag a box around a person, and browse the ranked scenes. The JSON API is described at /docs
+(OpenAPI schema at /openapi.json). Use the same --run that built the index (none for the
+baseline).
+
+Safe by default: it listens on 127.0.0.1 only. To listen on another address, give an access
+token (--token, or the PERSONSEARCH_TOKEN environment variable, or --token generate); the
+printed link carries it in its #fragment, which browsers never send to the server. --insecure
+serves a non-loopback address without a token: anyone who can reach it can search the gallery.
+
+example:
+  personsearch serve --index gallery.index
+  personsearch serve --index gallery.index --host 0.0.0.0 --token generate
+"""
+
+TOKEN_ENV = "PERSONSEARCH_TOKEN"
+MIN_TOKEN_LENGTH = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, metavar="INDEX", help="gallery index folder")
+    parser.add_argument(
+        "--run", metavar="RUNDIR", help="the trained run folder that built the index"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"access token the API requires ('generate': a random one; default ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without a token (anyone reaching it can search)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=10.0, metavar="MB", help="upload limit (10)"
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=40.0,
+        metavar="MP",
+        help="largest upload in megapixels, checked before decoding (40)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The access token from --token or the environment; refuse an unsafe combination."""
+    from personsearch.errors import ConfigError
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if token == "generate":
+        token = secrets.token_urlsafe(24)
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"the access token must be at least {MIN_TOKEN_LENGTH} characters long")
+    if token is None and not is_loopback(args.host) and not args.insecure:
+        raise ConfigError(
+            f"--host {args.host} is reachable from other machines: give an access token "
+            f"(--token generate, --token TOKEN or ${TOKEN_ENV}), or --insecure to serve "
+            "without one"
+        )
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from personsearch.errors import ConfigError
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise ConfigError("--max-upload-mb and --max-megapixels must be positive")
+    token = resolve_token(args)
+    try:
+        import uvicorn
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"`personsearch serve` needs the web extras ({error.name} is missing): "
+            "pip install 'personsearch[serve]'"
+        ) from None
+    from personsearch.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
+
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+    )
+    # On loopback, Host headers other than loopback names are refused (DNS rebinding); on
+    # another address the token is what guards the API.
+    allowed_hosts = (*LOOPBACK_HOSTS, args.host) if is_loopback(args.host) else None
+    app = create_app(args.index, args.run, token=token, limits=limits, allowed_hosts=allowed_hosts)
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    if args.host in ("0.0.0.0", "::"):
+        shown_host = "<this-machine's-address>"
+    link = f"http://{shown_host}:{args.port}/" + (f"#token={token}" if token else "")
+    print(f"personsearch: serving {args.index} at {link}", flush=True)
+    if token is None and not is_loopback(args.host):
+        print("warning: no access token: anyone who can reach this address can search", flush=True)
+    print("API docs at /docs; press Ctrl+C to stop", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.access_log else "warning",
+        access_log=args.access_log,
+        server_header=False,
+    )
+    return 0
