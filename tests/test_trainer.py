@@ -24,7 +24,7 @@ from personsearch.engine.trainer import (
     build_train_loader,
     seed_everything,
 )
-from personsearch.errors import CheckpointError, ConfigError
+from personsearch.errors import CheckpointError
 
 
 def make_config(tmp_path, name="run", **optim):

@@ -1,0 +1,620 @@
+"""Person-search evaluation: mAP and top-k over a SearchProtocol, as the field computes them.
+
+The protocol (../shared/evaluation.md): for each query, every detection of every gallery image it
+is searched in is a candidate scored by cosine similarity. In an image that holds the query
+person, the highest-similarity detection whose IoU with the person's box reaches
+min(0.5, wh / ((w+10)(h+10))) is the one positive; everything else is a negative.
+AP = (1 / count_gt) * sum over positives of the precision at the positive's score, with tied
+scores forming one threshold (scikit-learn's `average_precision_score` semantics); top-k is a hit
+when fewer than k negatives score at least as high as the best positive (ties count against the
+system, so a constant feature cannot score a perfect top-1).
+
+Everything below needs only each positive's score and, per positive, the weighted number of
+candidates scoring at least as much (a listed image named twice counts twice). Two paths compute
+the similarities: a sparse one for short gallery lists (only listed image x query pairs, grouped
+per image into small matrix products, then one sort of all candidates) and a dense one (one
+matrix product per batch of queries against every detection, counts by comparison) for long
+lists and the full-gallery protocols.
+
+A similarity is the float64 dot product rounded to float32, so rankings and ties do not depend on
+the BLAS kernel or the batch size. The sparse path computes float32 products first (half the
+memory traffic) and recomputes exactly only the candidates within their proven error bound of a
+positive's score, so its numbers are those of the exact computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from personsearch.data.scenes import SearchProtocol
+from personsearch.evaluation.boxes import paired_iou, search_iou_threshold
+from personsearch.evaluation.cbgm import (
+    CBGMOptions,
+    QueryContext,
+    rescore_image,
+    top_candidate_images,
+)
+
+Duplicates = Literal["original", "first"]
+TOP_K = (1, 5, 10)
+
+#: Use the sparse path while the listed candidates are under this fraction of queries x detections.
+SPARSE_FRACTION = 0.05
+#: Largest number of (positive, candidate) comparisons materialised at once.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray:
+    """Cosine similarities (dot products of L2-normalised features): float64 sums stored as float32."""
+    q = np.asarray(query_feats, dtype=np.float64)
+    g = np.asarray(gallery_feats, dtype=np.float64)
+    return (q @ g.T).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GalleryDetections:
+    """Detections grouped per gallery image (indices into SearchProtocol.images), thresholded.
+
+    Rows are sorted by image; image g's detections are rows offsets[g]:offsets[g+1].
+    """
+
+    image: np.ndarray  #: (M,) int64, sorted
+    boxes: np.ndarray  #: (M, 4) x1 y1 x2 y2
+    scores: np.ndarray  #: (M,)
+    feats: np.ndarray  #: (M, D), L2-normalised
+    offsets: np.ndarray  #: (G + 1,) int64
+
+    @classmethod
+    def from_flat(
+        cls,
+        det_image: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        feats: np.ndarray,
+        num_images: int,
+        det_thresh: float = 0.5,
+    ) -> GalleryDetections:
+        """Keep detections scored at least `det_thresh` and group them by image (stable)."""
+        det_image = np.asarray(det_image, dtype=np.int64).reshape(-1)
+        scores = np.asarray(scores).reshape(-1)
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        feats = np.asarray(feats)
+        if not (len(det_image) == len(scores) == len(boxes) == len(feats)):
+            raise ValueError(
+                f"detection arrays disagree in length: image {len(det_image)}, boxes {len(boxes)}, "
+                f"scores {len(scores)}, feats {len(feats)}"
+            )
+        if len(det_image) and (det_image.min() < 0 or det_image.max() >= num_images):
+            raise ValueError(f"det_image must index {num_images} images")
+        keep = np.flatnonzero(scores >= det_thresh)
+        order = keep[np.argsort(det_image[keep], kind="stable")]
+        image = det_image[order]
+        offsets = np.searchsorted(image, np.arange(num_images + 1)).astype(np.int64)
+        return cls(image, boxes[order], scores[order], feats[order], offsets)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Detections per image."""
+        return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per-query outcomes of a search evaluation, and their means."""
+
+    protocol: str
+    ks: tuple[int, ...]
+    ap: np.ndarray  #: (Q,) average precision (already scaled by count_tp / count_gt)
+    hits: np.ndarray  #: (Q, len(ks)) bool, top-k hit per k
+    count_gt: np.ndarray  #: (Q,) listed entries holding the query person
+    count_tp: np.ndarray  #: (Q,) positives found
+
+    @property
+    def mAP(self) -> float:  # noqa: N802 - the field's name for it
+        return float(self.ap.mean()) if len(self.ap) else 0.0
+
+    def top(self, k: int) -> float:
+        """Fraction of queries with a positive among the k best-scored candidates."""
+        column = self.ks.index(k)
+        return float(self.hits[:, column].mean()) if len(self.hits) else 0.0
+
+    def summary(self) -> dict[str, float]:
+        """{"mAP": ..., "top1": ..., "top5": ..., ...} as fractions in 0..1."""
+        out = {"mAP": self.mAP}
+        out.update({f"top{k}": self.top(k) for k in self.ks})
+        return out
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The protocol flattened: one row per evaluated listed entry, queries in order."""
+
+    query: np.ndarray  #: (E,) query index
+    image: np.ndarray  #: (E,) gallery image index
+    gt: np.ndarray  #: (E, 4) query person's box, NaN where absent
+    holds: np.ndarray  #: (E,) bool
+    count_gt: np.ndarray  #: (Q,) holding entries, every entry counted
+    named_query: np.ndarray  #: (N,) every listed entry (evaluated or not): query index
+    named_image: np.ndarray  #: (N,) ... and image index
+    own_image: np.ndarray  #: (Q,) index of the query's own image, -1 if not a gallery image
+    camera: np.ndarray  #: (Q,) query camera
+
+
+def _flatten_protocol(protocol: SearchProtocol, duplicates: Duplicates) -> _Entries:
+    if duplicates not in ("original", "first"):
+        raise ValueError(f"duplicates must be 'original' or 'first', got {duplicates!r}")
+    queries = protocol.queries
+    num_images = len(protocol.images)
+    lengths = np.array([len(t.gallery) for t in queries], dtype=np.int64)
+    named_query = np.repeat(np.arange(len(queries), dtype=np.int64), lengths)
+    if len(queries) and lengths.sum():
+        named_image = np.concatenate([t.gallery for t in queries])
+        gt = np.concatenate([t.gt_boxes for t in queries]).astype(np.float64)
+    else:
+        named_image = np.zeros(0, dtype=np.int64)
+        gt = np.zeros((0, 4), dtype=np.float64)
+    if len(named_image) and (named_image.min() < 0 or named_image.max() >= num_images):
+        raise ValueError(f"{protocol.name}: gallery indices outside the {num_images} images")
+    holds = ~np.isnan(gt[:, 0])
+    count_gt = np.bincount(named_query[holds], minlength=len(queries)).astype(np.int64)
+    if duplicates == "first":
+        # SeqNet: an image listed twice is evaluated once, with its first entry's box
+        _, first = np.unique(named_query * num_images + named_image, return_index=True)
+        evaluated = np.sort(first)
+    else:
+        evaluated = np.arange(len(named_image))
+    index = protocol.image_index()
+    own = np.array([index.get(t.image, -1) for t in queries], dtype=np.int64)
+    camera = np.array([t.camera for t in queries], dtype=np.int64)
+    return _Entries(
+        query=named_query[evaluated],
+        image=named_image[evaluated],
+        gt=gt[evaluated],
+        holds=holds[evaluated],
+        count_gt=count_gt,
+        named_query=named_query,
+        named_image=named_image,
+        own_image=own,
+        camera=camera,
+    )
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for every (s, n): the vectorised gather index."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    seg_start = np.cumsum(lengths) - lengths
+    return np.repeat(starts - seg_start, lengths) + np.arange(total, dtype=np.int64)
+
+
+def _qualifying_pairs(entries: _Entries, gallery: GalleryDetections) -> tuple[np.ndarray, np.ndarray]:
+    """(entry, detection) pairs whose IoU with the entry's ground truth reaches the threshold."""
+    holding = np.flatnonzero(entries.holds)
+    counts = gallery.counts[entries.image[holding]]
+    entry = np.repeat(holding, counts)
+    det = _ranges(gallery.offsets[entries.image[holding]], counts)
+    thresholds = np.repeat(search_iou_threshold(entries.gt[holding]), counts)
+    ok = paired_iou(gallery.boxes[det], entries.gt[entry]) >= thresholds
+    return entry[ok], det[ok]
+
+
+def _positive_scores(
+    qual_entry: np.ndarray, qual_sim: np.ndarray, entry_query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per entry with a qualifying detection: (query, highest similarity) - its one positive."""
+    if len(qual_entry) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    starts = np.flatnonzero(np.r_[True, qual_entry[1:] != qual_entry[:-1]])
+    return entry_query[qual_entry[starts]], np.maximum.reduceat(qual_sim, starts)
+
+
+def _sortable(sims: np.ndarray) -> np.ndarray:
+    """Map float32 similarities to uint32 keys with the same order (and equal keys for ties)."""
+    bits = (np.asarray(sims, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
+    negative = (bits >> 31).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint32(1 << 31))
+
+
+def _count_at_least_sorted(
+    row_query: np.ndarray,
+    row_det: np.ndarray,
+    sims: np.ndarray,
+    row_weight: np.ndarray,
+    pos_query: np.ndarray,
+    pos_score: np.ndarray,
+    exact: _ExactPairs | None,
+) -> np.ndarray:
+    """Per positive: weighted count of its query's candidates scoring >= it, via one sort.
+
+    Candidates are sorted on one uint64 key per row: query, then score, then detection (so the
+    band of rows near a positive's score tells which pairs to recompute). With `exact` given,
+    `sims` are fast float32 products within `exact.bound` of the exact values: candidates
+    clearly above or below a positive are counted from them, and only those inside the error
+    band are recomputed exactly.
+    """
+    det_bits = max(1, int(row_det.max(initial=0)).bit_length())
+    query_bits = max(1, int(row_query.max(initial=0) + 1).bit_length())
+    if det_bits + query_bits > 32:  # does not fit one uint64: no realistic protocol gets here
+        raise ValueError("too many queries x detections for the sparse path")
+    shift_score, shift_query = np.uint64(det_bits), np.uint64(det_bits + 32)
+    keys = (
+        (row_query.astype(np.uint64) << shift_query)
+        | (_sortable(sims).astype(np.uint64) << shift_score)
+        | row_det.astype(np.uint64)
+    )
+    if (row_weight != 1).any():
+        keys = np.repeat(keys, row_weight)
+    keys = np.sort(keys)
+    base = pos_query.astype(np.uint64) << shift_query
+    query_end = np.searchsorted(keys, base + (np.uint64(1) << shift_query))
+
+    def first_at_least(score: np.ndarray) -> np.ndarray:
+        return np.searchsorted(keys, base | (_sortable(score).astype(np.uint64) << shift_score))
+
+    if exact is None:
+        return (query_end - first_at_least(pos_score)).astype(np.int64)
+    bound = exact.bound[pos_query]
+    score64 = pos_score.astype(np.float64)
+    upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
+    lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
+    high, low = first_at_least(upper), first_at_least(lower)
+    count = (query_end - high).astype(np.int64)
+    band = high - low
+    if band.sum():
+        in_band = keys[_ranges(low, band)]
+        det = (in_band & np.uint64((1 << det_bits) - 1)).astype(np.int64)
+        query = (in_band >> shift_query).astype(np.int64)
+        above = exact(query, det) >= np.repeat(pos_score, band)
+        owner = np.repeat(np.arange(len(band)), band)
+        count += np.bincount(owner, weights=above, minlength=len(band)).astype(np.int64)
+    return count
+
+
+class _ExactPairs:
+    """Exact similarities of chosen (query, detection) pairs, and the error bound of float32 products.
+
+    Float32 products of D-dim vectors are within gamma_D * |q| * |f| of the true dot product
+    (gamma_D = D u / (1 - D u), u = 2^-24, any summation order); casting the inputs to float32
+    and rounding the exact value to float32 add at most 3 u |q| |f| more.
+    """
+
+    def __init__(self, queries: np.ndarray, feats: np.ndarray) -> None:
+        self.queries = queries
+        self.feats = feats
+        dim = queries.shape[1]
+        u = 2.0**-24
+        gamma = dim * u / (1 - dim * u)
+        det_norm = float(np.max(_row_norms(feats), initial=0.0))
+        self.bound = (gamma + 4 * u) * _row_norms(queries) * det_norm * 1.001
+
+    def __call__(self, query: np.ndarray, det: np.ndarray, chunk: int = 256) -> np.ndarray:
+        out = np.empty(len(query), dtype=np.float32)
+        for lo in range(0, len(query), chunk):
+            q = np.asarray(self.queries[query[lo : lo + chunk]], dtype=np.float64)
+            f = np.asarray(self.feats[det[lo : lo + chunk]], dtype=np.float64)
+            out[lo : lo + chunk] = np.einsum("ij,ij->i", q, f)
+        return out
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Upper bounds of the rows' Euclidean norms, without a converted copy of `x`.
+
+    Computed in `x`'s own precision; the squared norm's rounding error is at most gamma_D times
+    itself, which the 1 / (1 - gamma_D) factor covers.
+    """
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    eps = np.finfo(x.dtype).eps / 2
+    gamma = x.shape[1] * eps / (1 - x.shape[1] * eps) if x.ndim == 2 else 0.0
+    squares = np.einsum("ij,ij->i", x, x).astype(np.float64)
+    return np.sqrt(squares / (1 - gamma)) * (1 + 2 * eps)
+
+
+def _finish(
+    name: str,
+    ks: tuple[int, ...],
+    count_gt: np.ndarray,
+    pos_query: np.ndarray,
+    pos_score: np.ndarray,
+    cand_at_least: np.ndarray,
+) -> SearchResult:
+    """AP and top-k from every positive's (query, score, weighted candidates scoring >= it)."""
+    num_queries = len(count_gt)
+    order = np.lexsort((-pos_score.astype(np.float64), pos_query))
+    q, s, cand = pos_query[order], pos_score[order], cand_at_least[order]
+    n = len(q)
+    ap = np.zeros(num_queries)
+    hits = np.zeros((num_queries, len(ks)), dtype=bool)
+    count_tp = np.bincount(q, minlength=num_queries).astype(np.int64)
+    if n:
+        # positives scoring >= this one within its query: the end of its run of equal scores
+        group_start = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+        run_end = np.flatnonzero(np.r_[(q[1:] != q[:-1]) | (s[1:] != s[:-1]), True])
+        run_of = np.cumsum(np.r_[True, (q[1:] != q[:-1]) | (s[1:] != s[:-1])]) - 1
+        first_of_query = group_start[np.cumsum(np.r_[True, q[1:] != q[:-1]]) - 1]
+        pos_at_least = run_end[run_of] - first_of_query + 1
+        precision = pos_at_least / cand
+        ap = np.bincount(q, weights=precision, minlength=num_queries)
+        ap = np.divide(ap, count_gt, out=np.zeros(num_queries), where=count_gt > 0)
+        # the best positive opens each query's group
+        negatives_above = cand[group_start] - pos_at_least[group_start]
+        hits[q[group_start]] = negatives_above[:, None] < np.asarray(ks)[None, :]
+    return SearchResult(name, ks, ap, hits, count_gt, count_tp)
+
+
+def evaluate_search(
+    protocol: SearchProtocol,
+    gallery: GalleryDetections,
+    query_feats: np.ndarray,
+    *,
+    duplicates: Duplicates = "original",
+    ks: tuple[int, ...] = TOP_K,
+    cbgm: CBGMOptions | None = None,
+    query_context: QueryContext | None = None,
+    batch_size: int = 1024,
+) -> SearchResult:
+    """Evaluate one search protocol.
+
+    `gallery` holds the detections of every image in `protocol.images` (see
+    GalleryDetections.from_flat), `query_feats` one L2-normalised feature per query, in protocol
+    order. `duplicates` picks the original (OIM) handling of images listed twice or SeqNet's
+    ("first"). `cbgm` turns on SeqNet's context re-scoring; it needs `query_context`.
+    `batch_size` queries share one matrix product on the dense path (it changes no number).
+    """
+    query_feats = np.asarray(query_feats)
+    if query_feats.ndim != 2 or len(query_feats) != len(protocol.queries):
+        raise ValueError(
+            f"{protocol.name}: need {len(protocol.queries)} query features, got shape {query_feats.shape}"
+        )
+    if gallery.num_images != len(protocol.images):
+        raise ValueError(
+            f"{protocol.name}: detections grouped over {gallery.num_images} images, "
+            f"protocol has {len(protocol.images)}"
+        )
+    if len(gallery.feats) and gallery.feats.shape[1] != query_feats.shape[1]:
+        raise ValueError(
+            f"feature sizes differ: queries {query_feats.shape[1]}, detections {gallery.feats.shape[1]}"
+        )
+    context = None
+    if cbgm is not None:
+        if query_context is None:
+            raise ValueError("CBGM needs the query images' context detections (query_context)")
+        query_boxes = np.stack([t.box for t in protocol.queries]) if protocol.queries else np.zeros((0, 4))
+        context = query_context.persons_per_query(query_boxes, cbgm.k2 - 1)
+    ks = tuple(int(k) for k in ks)
+    entries = _flatten_protocol(protocol, duplicates)
+    qual_entry, qual_det = _qualifying_pairs(entries, gallery)
+    listed_rows = int(gallery.counts[entries.image].sum())
+    dense_rows = len(protocol.queries) * len(gallery.image)
+    fits_keys = (len(protocol.queries) + 1) * (len(gallery.image) + 1) < 2**32
+    if protocol.unlisted == "none" and fits_keys and listed_rows <= SPARSE_FRACTION * max(dense_rows, 1):
+        pos_query, pos_score, cand = _sparse(
+            entries, gallery, query_feats, qual_entry, qual_det, cbgm, context
+        )
+    else:
+        pos_query, pos_score, cand = _dense(
+            protocol, entries, gallery, query_feats, qual_entry, qual_det, cbgm, context, batch_size
+        )
+    return _finish(protocol.name, ks, entries.count_gt, pos_query, pos_score, cand)
+
+
+def _sparse(
+    entries: _Entries,
+    gallery: GalleryDetections,
+    query_feats: np.ndarray,
+    qual_entry: np.ndarray,
+    qual_det: np.ndarray,
+    cbgm: CBGMOptions | None,
+    context: list[np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates = listed images only: similarities of each (query, listed image) pair.
+
+    Pairs are laid out image by image, so each image's detections meet the queries listing it
+    in one small matrix product (memory-bound: float32 unless CBGM needs exact values first).
+    """
+    num_images = gallery.num_images
+    keys, entry_pair, weight = np.unique(
+        entries.query * num_images + entries.image, return_inverse=True, return_counts=True
+    )
+    pair_query, pair_image = keys // num_images, keys % num_images
+    by_image = np.argsort(pair_image, kind="stable")
+    pair_len = gallery.counts[pair_image]
+    # row where each pair's detections start, in the image-by-image layout
+    pair_start = np.empty(len(keys), dtype=np.int64)
+    pair_start[by_image] = np.cumsum(pair_len[by_image]) - pair_len[by_image]
+    fast = cbgm is None
+    sims = _pair_similarities(
+        np.asarray(query_feats, dtype=np.float32 if fast else np.float64),
+        gallery,
+        pair_query[by_image],
+        pair_image[by_image],
+        pair_start[by_image],
+    )
+    if cbgm is not None and context is not None:
+        _cbgm_sparse(sims, pair_query, pair_image, pair_start, pair_len, gallery, cbgm, context)
+
+    row_query = np.repeat(pair_query[by_image], pair_len[by_image])
+    row_det = _ranges(gallery.offsets[pair_image[by_image]], pair_len[by_image])
+    row_weight = np.repeat(weight[by_image], pair_len[by_image])
+    if fast:
+        exact = _ExactPairs(query_feats, gallery.feats)
+        qual_sim = exact(entries.query[qual_entry], qual_det)
+    else:
+        exact = None
+        pair_of = entry_pair[qual_entry]
+        qual_sim = sims[pair_start[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
+    pos_query, pos_score = _positive_scores(qual_entry, qual_sim, entries.query)
+    cand = _count_at_least_sorted(
+        row_query, row_det, sims, row_weight, pos_query, pos_score, exact
+    )
+    return pos_query, pos_score, cand
+
+
+def _pair_similarities(
+    queries: np.ndarray,
+    gallery: GalleryDetections,
+    pair_query: np.ndarray,
+    pair_image: np.ndarray,
+    pair_start: np.ndarray,
+) -> np.ndarray:
+    """Similarities of every (query, image) pair's detections, pairs given grouped by image.
+
+    Float32 products when `queries` is float32 (fast, approximate), else float64 rounded to
+    float32 (exact). Gathering each image's query rows is the memory-bound part; it moves 6x
+    fewer bytes than gathering each query's detection rows.
+    """
+    total = int(gallery.counts[pair_image].sum())
+    out = np.empty(total, dtype=np.float32)
+    bounds = np.searchsorted(pair_image, np.arange(gallery.num_images + 1))
+    with _single_threaded_blas():
+        for g in np.flatnonzero((np.diff(bounds) > 0) & (gallery.counts > 0)):
+            b0, b1 = bounds[g], bounds[g + 1]
+            rows = queries.take(pair_query[b0:b1], axis=0)
+            feats = gallery.feats[gallery.offsets[g] : gallery.offsets[g + 1]]
+            block = rows @ feats.astype(queries.dtype, copy=False).T
+            out[pair_start[b0] : pair_start[b0] + block.size] = block.ravel()
+    return out
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Keep BLAS to one thread: waking its thread pool costs ten times more than each of the
+    thousands of tiny per-image products (threadpoolctl, when installed, does the switching)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _cbgm_sparse(
+    sims: np.ndarray,
+    pair_query: np.ndarray,
+    pair_image: np.ndarray,
+    pair_start: np.ndarray,
+    pair_len: np.ndarray,
+    gallery: GalleryDetections,
+    cbgm: CBGMOptions,
+    context: list[np.ndarray],
+) -> None:
+    """Apply CBGM in place to the listed-pair similarities, query by query."""
+    query_bounds = np.searchsorted(pair_query, np.arange(len(context) + 1))
+    for q in range(len(context)):
+        pairs = np.arange(query_bounds[q], query_bounds[q + 1])
+        pairs = pairs[pair_len[pairs] > 0]
+        if not len(pairs):
+            continue
+        rows = _ranges(pair_start[pairs], pair_len[pairs])
+        images = np.repeat(pair_image[pairs], pair_len[pairs])
+        for g in top_candidate_images(sims[rows], images, cbgm.k1):
+            p = pairs[np.searchsorted(pair_image[pairs], g)]
+            span = slice(pair_start[p], pair_start[p] + pair_len[p])
+            lo, hi = gallery.offsets[g], gallery.offsets[g + 1]
+            sims[span] = rescore_image(sims[span], context[q], gallery.feats[lo:hi])
+
+
+def _dense(
+    protocol: SearchProtocol,
+    entries: _Entries,
+    gallery: GalleryDetections,
+    query_feats: np.ndarray,
+    qual_entry: np.ndarray,
+    qual_det: np.ndarray,
+    cbgm: CBGMOptions | None,
+    context: list[np.ndarray] | None,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates = every detection, weighted per query (listed multiplicity, unlisted 0 or 1):
+    one matrix product per batch of queries against every detection."""
+    num_queries = len(entries.count_gt)
+    queries64 = np.asarray(query_feats, dtype=np.float64)
+    out_query, out_score, out_cand = [], [], []
+    for q0 in range(0, num_queries, batch_size):
+        q1 = min(q0 + batch_size, num_queries)
+        weights = _image_weights(protocol, entries, q0, q1)[:, gallery.image]
+        sims = _batch_similarity(queries64[q0:q1], gallery.feats)
+        if cbgm is not None and context is not None:
+            for local in range(q1 - q0):
+                _cbgm_dense_row(sims[local], weights[local], gallery, cbgm, context[q0 + local])
+        in_batch = (entries.query[qual_entry] >= q0) & (entries.query[qual_entry] < q1)
+        entry, det = qual_entry[in_batch], qual_det[in_batch]
+        pos_query, pos_score = _positive_scores(
+            entry, sims[entries.query[entry] - q0, det], entries.query
+        )
+        cand = np.zeros(len(pos_query), dtype=np.int64)
+        # a detection counted w times is counted once per level 1..w
+        for level in range(1, int(weights.max(initial=0)) + 1):
+            masked = np.where(weights >= level, sims, np.float32(-np.inf))
+            step = max(1, _CHUNK_ELEMENTS // max(sims.shape[1], 1))
+            for c in range(0, len(pos_query), step):
+                rows = masked[pos_query[c : c + step] - q0]
+                cand[c : c + step] += np.count_nonzero(
+                    rows >= pos_score[c : c + step, None], axis=1
+                )
+        out_query.append(pos_query)
+        out_score.append(pos_score)
+        out_cand.append(cand)
+    if not out_query:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0, dtype=np.float32), empty
+    return np.concatenate(out_query), np.concatenate(out_score), np.concatenate(out_cand)
+
+
+def _batch_similarity(queries64: np.ndarray, feats: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Queries x all detections, converting the detections to float64 a chunk at a time."""
+    out = np.empty((len(queries64), len(feats)), dtype=np.float32)
+    for lo in range(0, len(feats), chunk):
+        block = np.asarray(feats[lo : lo + chunk], dtype=np.float64)
+        out[:, lo : lo + chunk] = queries64 @ block.T
+    return out
+
+
+def _image_weights(protocol: SearchProtocol, entries: _Entries, q0: int, q1: int) -> np.ndarray:
+    """(q1 - q0) x G: how many times each image's detections are candidates for each query."""
+    num_images = len(protocol.images)
+    if protocol.unlisted == "all":
+        weights = np.ones((q1 - q0, num_images), dtype=np.int8)
+    elif protocol.unlisted == "other-cameras":
+        weights = (protocol.image_cameras[None, :] != entries.camera[q0:q1, None]).astype(np.int8)
+    elif protocol.unlisted == "none":
+        weights = np.zeros((q1 - q0, num_images), dtype=np.int8)
+    else:
+        raise ValueError(f"unknown unlisted mode {protocol.unlisted!r}")
+    # the query's own image and every named image are not unlisted negatives
+    own = entries.own_image[q0:q1]
+    has_own = own >= 0
+    weights[np.flatnonzero(has_own), own[has_own]] = 0
+    named = (entries.named_query >= q0) & (entries.named_query < q1)
+    weights[entries.named_query[named] - q0, entries.named_image[named]] = 0
+    evaluated = (entries.query >= q0) & (entries.query < q1)
+    np.add.at(weights, (entries.query[evaluated] - q0, entries.image[evaluated]), 1)
+    return weights
+
+
+def _cbgm_dense_row(
+    sims: np.ndarray,
+    det_weights: np.ndarray,
+    gallery: GalleryDetections,
+    cbgm: CBGMOptions,
+    context: np.ndarray,
+) -> None:
+    """Apply CBGM in place to one query's similarity row over all detections."""
+    candidates = np.flatnonzero(det_weights > 0)
+    if not len(candidates):
+        return
+    for g in top_candidate_images(sims[candidates], gallery.image[candidates], cbgm.k1):
+        lo, hi = gallery.offsets[g], gallery.offsets[g + 1]
+        sims[lo:hi] = rescore_image(sims[lo:hi], context, gallery.feats[lo:hi])
