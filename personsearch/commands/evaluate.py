@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ CUHK-SYSU: --gallery-size 50|100|500|1000|2000|4000|full, or all-sizes for every
 TestG file exists plus the full test set, with a table and a plot of mAP/top-1 against gallery
 size. PRW: every other test frame is the gallery; --cross-camera keeps other cameras only.
 
+End to end: --run FOLDER (a trained pipeline: a folder with pipeline.yaml pairing a detector run
+and a re-id run, see docs/search.md) detects and embeds the test set first and writes the results
+file (to --results, default FOLDER/results-<dataset>.npz); --gt-boxes uses the ground-truth
+gallery boxes instead of detections (the paper's Figure 6(b) comparison).
+
 examples:
   personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --results runs/x/results.npz
+  personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --run runs/pipeline
   personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --results r.npz --gallery-size all-sizes
   personsearch evaluate --dataset prw --root data/PRW-v16.04.20 --results r.npz --cross-camera --json
 """
@@ -33,7 +40,11 @@ ALL_SIZES = "all-sizes"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=("cuhk-sysu", "prw"))
     parser.add_argument("--root", required=True, type=Path, help="the unpacked dataset folder")
-    parser.add_argument("--results", required=True, type=Path, help="results .npz file")
+    parser.add_argument("--results", type=Path, help="results .npz file (written when --run is given)")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="trained pipeline folder: detect and embed the test set first")
+    parser.add_argument("--gt-boxes", action="store_true",
+                        help="with --run: embed the ground-truth gallery boxes instead of detections")
     parser.add_argument("--gallery-size", default="100", choices=GALLERY_CHOICES, metavar="N",
                         help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000, "
                              "full, or all-sizes")
@@ -72,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.det_thresh <= 1.0:
         raise ConfigError(f"--det-thresh must be in 0..1, got {args.det_thresh}")
 
+    if args.run is None and args.results is None:
+        raise ConfigError("give --results FILE.npz, or --run FOLDER to compute it")
+    if args.gt_boxes and args.run is None:
+        raise ConfigError("--gt-boxes needs --run (it decides which boxes get embedded)")
+    if args.run is not None:
+        args.results = _compute_results(args)
     results = load_results(args.results)
     cbgm = None
     if args.cbgm:
@@ -137,6 +154,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(rows, summary)
     return 0
+
+
+def _compute_results(args: argparse.Namespace) -> Path:
+    """Run the --run pipeline over the test set and write the results file."""
+    from personsearch.data.registry import load_scene_dataset, load_search_protocol
+    from personsearch.search.benchmark import (
+        detect_and_embed,
+        protocol_scenes,
+        write_search_results,
+    )
+    from personsearch.search.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.run)
+    dataset = load_scene_dataset(args.dataset, args.root)
+    protocol = load_search_protocol(args.dataset, args.root, gallery_size=100,
+                                    cross_camera=args.cross_camera)
+    scenes = protocol_scenes(dataset.test, protocol)
+    detector = None if args.gt_boxes else pipeline.detector
+    detections = detect_and_embed(detector, pipeline.embedder, scenes)
+    suffix = "-gt-boxes" if args.gt_boxes else ""
+    out = args.results or Path(args.run) / f"results-{args.dataset}{suffix}.npz"
+    path = write_search_results(detections, pipeline.embedder, scenes, protocol, out)
+    print(f"results file: {path}", file=sys.stderr)  # stdout stays one JSON object with --json
+    return path
 
 
 def _check_queries(results: Any, protocol: Any, path: Path) -> None:

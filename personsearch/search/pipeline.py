@@ -1,7 +1,7 @@
 """Where a detector and an embedder come from: a training run folder, or the built-in baseline.
 
-`load_pipeline(run_dir)` is the single place that turns a run folder into a (detector, embedder)
-pair for `personsearch index` / `personsearch search`. It checks what a run folder must hold and
+`load_pipeline(run_dir)` is the single place that turns a run folder (or a folder whose
+`pipeline.yaml` pairs a detector run with a re-id run) into a (detector, embedder) pair for `personsearch index` / `personsearch search`. It checks what a run folder must hold and
 says what is missing; building the torch models from it is delegated to the adapter module
 `personsearch.search.adapters` (function `pipeline_from_run(run_dir, config, checkpoint)`
 returning a `Pipeline`), which wraps the project's trained detector and re-id net in the
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ADAPTER_MODULE = "personsearch.search.adapters"
+PIPELINE_FILE = "pipeline.yaml"
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
     run = Path(run_dir)
     if not run.is_dir():
         raise PersonSearchError(f"run folder not found: {run}")
+    spec_path = run / PIPELINE_FILE
+    if spec_path.is_file():  # a detector + re-id pairing (see personsearch.search.adapters)
+        from personsearch.search.adapters import pipeline_from_spec
+
+        return pipeline_from_spec(run, read_run_config(spec_path))
     config_path = next((run / name for name in CONFIG_NAMES if (run / name).is_file()), None)
     if config_path is None:
         raise PersonSearchError(

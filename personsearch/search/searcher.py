@@ -140,14 +140,26 @@ class PersonSearcher:
         exception from the detector or the embedder stops indexing; every batch committed before
         it stays, so calling again resumes.
         """
-        if self.detector is None:
-            raise PersonSearchError("indexing needs a detector; this searcher has none")
-        self._check_detector()
         folder = Path(folder)
         if not folder.is_dir():
             raise PersonSearchError(f"gallery folder not found: {folder}")
-        paths = list_images(folder)
-        report = IndexReport(folder=folder, found=len(paths))
+        return self.index_paths(list_images(folder), progress=progress, camera_of=camera_of,
+                                folder=folder)
+
+    def index_paths(
+        self,
+        paths: Sequence[Path],
+        *,
+        progress: bool = True,
+        camera_of: Callable[[Path], int] = camera_from_name,
+        folder: Path | None = None,
+    ) -> IndexReport:
+        """Index the given image files that the index does not hold yet (see `index_folder`)."""
+        if self.detector is None:
+            raise PersonSearchError("indexing needs a detector; this searcher has none")
+        self._check_detector()
+        paths = [Path(p) for p in paths]
+        report = IndexReport(folder=folder or Path("."), found=len(paths))
         known = self.index.known_images()
         todo = []
         for path in paths:
