@@ -36,7 +36,8 @@ class DataConfig:
     dataset: str = "cuhk-sysu"  #: "cuhk-sysu", "prw", "market1501" or "synthetic"
     root: str = ""  #: dataset folder (the synthetic world: where it is, or is generated)
     synthetic_size: str = "small"  #: size preset when the synthetic world must be generated
-    detections: str = ""  #: optional .npz of detections on the training scenes (extra crops)
+    #: optional detections on the training scenes (extra crops), as `personsearch detect` writes
+    detections: str = ""
     det_iou: float = 0.5  #: a detection joins a labelled box's identity above this IoU
     crop_height: int = 256
     crop_width: int = 128

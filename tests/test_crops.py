@@ -81,12 +81,19 @@ def test_eval_split_uses_images_as_cameras(scenes):
 def test_load_detections_round_trip_and_errors(tmp_path):
     path = tmp_path / "det.npz"
     boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
-    np.savez(path, names=np.array(["x.jpg", "y.jpg", "z.jpg"]), boxes=boxes, image_index=[1, 0, 1])
+    np.savez(path, image_names=np.array(["x.jpg", "y.jpg", "z.jpg"]), det_boxes=boxes,
+             det_image=[1, 0, 1])
     found = load_detections(path)
     np.testing.assert_array_equal(found["x.jpg"], boxes[[1]])
     np.testing.assert_array_equal(found["y.jpg"], boxes[[0, 2]])
     assert found["z.jpg"].shape == (0, 4)
-    np.savez(path, names=np.array(["x.jpg"]), boxes=boxes)
+    # the layout `personsearch detect` writes: low-scored detections are left out
+    np.savez(path, image_names=np.array(["x.jpg", "y.jpg"]), det_boxes=boxes, det_image=[1, 0, 1],
+             det_scores=np.array([0.9, 0.2, 0.5], dtype=np.float32))
+    found = load_detections(path)
+    np.testing.assert_array_equal(found["y.jpg"], boxes[[0, 2]])
+    assert found["x.jpg"].shape == (0, 4)
+    np.savez(path, image_names=np.array(["x.jpg"]), det_boxes=boxes)
     with pytest.raises(ResultsError, match="lacks arrays"):
         load_detections(path)
     with pytest.raises(ResultsError, match="not found"):

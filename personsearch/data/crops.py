@@ -118,9 +118,13 @@ def scene_eval_samples(scenes: Sequence[Scene]) -> tuple[list[CropSample], list[
     return queries, gallery
 
 
-def load_detections(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read detections as {image name: K x 4 boxes} from an .npz holding `names` (M image names),
-    `boxes` (K x 4, x1y1x2y2) and `image_index` (K, index into names)."""
+def load_detections(path: str | os.PathLike[str], score_thresh: float = 0.5) -> dict[str, np.ndarray]:
+    """Read detections as {image name: K x 4 boxes}, from a file in the results-file layout.
+
+    The file is what `personsearch detect` (or any system) writes: `image_names` (M), `det_image`
+    (K, index into image_names), `det_boxes` (K x 4, x1y1x2y2) and optionally `det_scores` (K);
+    detections scored below `score_thresh` are left out.
+    """
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"detections file not found: {path}")
@@ -129,17 +133,20 @@ def load_detections(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as error:
         raise ResultsError(f"cannot read detections {path}: {error}") from error
-    missing = [k for k in ("names", "boxes", "image_index") if k not in arrays]
+    missing = [k for k in ("image_names", "det_image", "det_boxes") if k not in arrays]
     if missing:
         raise ResultsError(f"detections {path} lacks arrays {missing} (has {sorted(arrays)})")
-    names, boxes, index = arrays["names"], arrays["boxes"], arrays["image_index"]
+    names, boxes, index = arrays["image_names"], arrays["det_boxes"], arrays["det_image"]
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(index) != len(boxes):
         raise ResultsError(
-            f"detections {path}: boxes must be K x 4 with K image_index entries, got "
+            f"detections {path}: det_boxes must be K x 4 with K det_image entries, got "
             f"{boxes.shape} and {index.shape}"
         )
     if len(index) and (index.min() < 0 or index.max() >= len(names)):
-        raise ResultsError(f"detections {path}: image_index outside 0..{len(names) - 1}")
+        raise ResultsError(f"detections {path}: det_image outside 0..{len(names) - 1}")
+    if "det_scores" in arrays:
+        keep = arrays["det_scores"] >= score_thresh
+        boxes, index = boxes[keep], index[keep]
     order = np.argsort(index, kind="stable")
     split = np.searchsorted(index[order], np.arange(len(names) + 1))
     return {
