@@ -77,6 +77,7 @@ class RunConfig:
     workers: int = 4
     deterministic: bool = False  #: deterministic kernels (slower; exact reruns on GPU)
     eval_period: int = 0  #: evaluate every N units of the schedule (0 = at the end only)
+    evaluate: bool = True  #: evaluate at all (off when the caller evaluates the result itself)
     checkpoint_period: int = 1  #: checkpoint every N units of the schedule
     keep_checkpoints: bool = False  #: also keep checkpoints/<unit>_<N>.pt besides last.pt
     log_period: int = 20  #: iterations between logged training scalars

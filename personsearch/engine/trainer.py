@@ -194,7 +194,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.logger = logger or MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.hooks: list[Hook] = [LoggingHook(config.run.log_period, config.run.progress)]
-        if evaluate is not None:
+        if evaluate is not None and config.run.evaluate:
             self.hooks.append(EvalHook(evaluate, config.run.eval_period * self.iters_per_unit))
         self.hooks.append(CheckpointHook(config.run.checkpoint_period * self.iters_per_unit))
         self.hooks.extend(extra_hooks)

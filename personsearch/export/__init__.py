@@ -1,0 +1,1 @@
+"""Exporting trained models for other runtimes (ONNX); see personsearch.export.onnx."""

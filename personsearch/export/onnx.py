@@ -1,0 +1,253 @@
+"""ONNX export of the re-id net (and an attempt at the detector), checked against PyTorch.
+
+    path = export_reid_run("runs/clsa", "clsa.onnx")      # also writes clsa.onnx.yaml
+    embedder = load_onnx_embedder("clsa.onnx.yaml")         # the same features, no torch needed
+
+The re-id net becomes a graph `images` (N x 3 x H x W, dynamic N) -> `embeddings` (N x D, L2-
+normalised), written with torch's TorchScript-based exporter (`dynamo=False`: it needs no extra
+package and handles these plain convolutional nets). Beside it goes the embedder config
+(crop size, ImageNet normalisation) that `personsearch.search.onnx_embedder` reads. Every export
+is verified: ONNX Runtime and PyTorch must agree within `PARITY_TOLERANCE` on a check batch, or
+nothing is written.
+
+The detector (torchvision's GeneralizedRCNN with the paper's box pooling) is exported per image:
+`image` (3 x H x W in [0, 1]) -> `boxes` (K x 4), `scores` (K). See docs/benchmarks.md for what
+torchvision's exporter allows.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from personsearch.errors import CheckpointError, PersonSearchError
+from personsearch.io import atomic_path
+from personsearch.search.onnx_embedder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OnnxEmbedderConfig,
+    write_embedder_config,
+)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+DEFAULT_CROP_SIZE = (256, 128)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote and how closely ONNX Runtime reproduced PyTorch."""
+
+    path: Path
+    config_path: Path | None
+    max_diff: float
+    check_shape: tuple[int, ...]
+
+
+class ParityError(PersonSearchError):
+    """The exported graph does not reproduce the PyTorch model within the tolerance."""
+
+
+def embedder_config_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """Where the embedder config of an exported model goes: `<model>.onnx.yaml`."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".yaml")
+
+
+def export_reid_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    crop_size: Sequence[int] = DEFAULT_CROP_SIZE,
+    *,
+    name: str = "",
+    extra: dict[str, Any] | None = None,
+    check_batch: int = 3,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportReport:
+    """Export a re-id model (eval-mode forward: N x 3 x H x W -> N x D) to `path`, with its
+    embedder config beside it; both are written only once the parity check passes."""
+    height, width = (int(s) for s in crop_size)
+    model = model.eval()
+    sample = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _torch_export(
+            model, (sample,), tmp, ["images"], ["embeddings"],
+            {"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        )
+        check = torch.randn(check_batch, 3, height, width, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = [model(check)]
+        diff = onnx_parity(tmp, {"images": check}, expected, tolerance, what=f"re-id export {path}")
+        config = OnnxEmbedderConfig(
+            model=str(path), input_height=height, input_width=width,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_scale=255.0, channel_order="rgb",
+            name=name or path.stem, extra=dict(extra or {}),
+        )
+        config_path = embedder_config_path(path)
+        write_embedder_config(config_path, config)
+    return ExportReport(path, config_path, diff, tuple(check.shape))
+
+
+def export_reid_run(
+    run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> ExportReport:
+    """Export the trained re-id net of a run folder (or model.pt) to `out` (default
+    `<run>/reid.onnx`), with the run's crop size."""
+    from personsearch.engine.reid_task import load_reid_model
+
+    run = Path(run)
+    model, meta = load_reid_model(run)
+    crop_size = meta.get("crop_size") or DEFAULT_CROP_SIZE
+    folder = run if run.is_dir() else run.parent
+    out = Path(out) if out is not None else folder / "reid.onnx"
+    extra = {"run": str(folder), "dataset": str(meta.get("dataset", ""))}
+    head = meta.get("model_config", {}).get("head", "reid")
+    return export_reid_onnx(model, out, crop_size, name=f"{head}-{folder.name}", extra=extra, **kwargs)
+
+
+def export_detector_run(
+    run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> ExportReport:
+    """Export the trained detector of a run folder (or model.pt) to `out` (default
+    `<run>/detector.onnx`)."""
+    from personsearch.engine.detector_task import load_detector
+
+    run = Path(run)
+    detector, _ = load_detector(run)
+    folder = run if run.is_dir() else run.parent
+    out = Path(out) if out is not None else folder / "detector.onnx"
+    return export_detector_onnx(detector, out, **kwargs)
+
+
+def run_task(run: str | os.PathLike[str]) -> str:
+    """The task ("reid", "detector", ...) a run folder's model.pt was trained for."""
+    path = Path(run)
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: did the training run finish?")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated or foreign files raise many types
+        raise CheckpointError(f"cannot read model file {path}: {error}") from error
+    if not isinstance(state, dict) or "task" not in state:
+        raise CheckpointError(f"{path} is not a personsearch model file")
+    return str(state["task"])
+
+
+def export_detector_onnx(
+    detector: nn.Module,
+    path: str | os.PathLike[str],
+    image_size: Sequence[int] = (480, 640),
+    *,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportReport:
+    """Export a torchvision-style detector (eval forward: list of 3 x H x W images -> list of
+    {"boxes", "scores"}) for one image per call, checked on a second image of another size."""
+    detector = detector.eval()
+    height, width = (int(s) for s in image_size)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.rand(3, height, width, generator=generator)
+    wrapped = _SingleImageDetector(detector).eval()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _torch_export(
+            wrapped, (sample,), tmp, ["image"], ["boxes", "scores"],
+            {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+             "scores": {0: "detections"}},
+        )
+        check = torch.rand(3, height + 32, width - 64, generator=generator)
+        with torch.no_grad():
+            expected = list(wrapped(check))
+        # boxes are in pixels: their tolerance is relative to the image size
+        scales = (float(max(check.shape[1:])), 1.0)
+        diff = onnx_parity(
+            tmp, {"image": check}, expected, tolerance, scales=scales,
+            what=f"detector export {path}",
+        )
+    return ExportReport(path, None, diff, tuple(check.shape))
+
+
+class _SingleImageDetector(nn.Module):
+    """One image in, (boxes, scores) out: the tensor-only signature an ONNX graph needs."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (result,) = self.detector([image])
+        return result["boxes"], result["scores"]
+
+
+def _torch_export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter's deprecation and tracer warnings are expected here
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module, args, str(path), dynamo=False, opset_version=OPSET,
+                input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        except Exception as error:  # the exporter raises many types for unsupported operators
+            raise PersonSearchError(
+                f"torch.onnx.export could not export {type(module).__name__}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
+def onnx_parity(
+    path: str | os.PathLike[str],
+    inputs: dict[str, torch.Tensor],
+    expected: Sequence[torch.Tensor],
+    tolerance: float = PARITY_TOLERANCE,
+    *,
+    scales: Sequence[float] | None = None,
+    what: str = "ONNX export",
+) -> float:
+    """Run the ONNX graph at `path` on `inputs` and compare with `expected` (the PyTorch outputs,
+    in graph output order); return the largest difference, each output's divided by its entry in
+    `scales` (default 1: absolute), and raise ParityError above `tolerance` or on a shape
+    mismatch."""
+    from personsearch.search.onnx_embedder import _import_onnxruntime
+
+    ort = _import_onnxruntime()
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise CheckpointError(f"{what}: ONNX Runtime cannot load the graph: {error}") from error
+    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in inputs.items()}
+    outputs = session.run(None, feeds)
+    worst = 0.0
+    scales = scales or [1.0] * len(expected)
+    for output, reference, scale in zip(outputs, expected, scales, strict=True):
+        reference = reference.detach().cpu().numpy()
+        if output.shape != reference.shape:
+            raise ParityError(
+                f"{what}: ONNX Runtime gives shape {output.shape}, PyTorch {reference.shape}"
+            )
+        if output.size:
+            difference = np.abs(output.astype(np.float64) - reference).max() / scale
+            worst = max(worst, float(difference))
+    if worst > tolerance:
+        raise ParityError(
+            f"{what}: ONNX Runtime differs from PyTorch by up to {worst:.3g} (> {tolerance:g}"
+            f"{', relative to the image size for boxes' if scales[0] != 1.0 else ''})"
+        )
+    return worst

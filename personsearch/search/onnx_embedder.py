@@ -1,0 +1,306 @@
+"""Bring your own re-id model: any ONNX network taking N x 3 x H x W and returning N x D.
+
+A model exported from torchreid, fast-reid or `personsearch export onnx` replaces the built-in
+re-id net for indexing and search. What the network expects of its input lives in a small YAML
+(or JSON) file beside it:
+
+    model: osnet_x1_0.onnx          # path, relative to this file
+    input_height: 256               # crops are resized to this (omit to take the model's own)
+    input_width: 128
+    mean: [0.485, 0.456, 0.406]     # per channel, in the units of pixel_scale
+    std: [0.229, 0.224, 0.225]
+    pixel_scale: 255.0              # pixels are divided by this first (1.0 keeps 0..255)
+    channel_order: rgb              # or bgr (Caffe-era models)
+    batch_size: 32                  # crops per ONNX Runtime call
+
+    embedder = load_onnx_embedder("osnet_x1_0.yaml")
+    features = embedder.embed_crops(list_of_hxwx3_uint8_crops)   # N x D float32, unit rows
+
+Preprocessing is done with numpy and Pillow (bilinear resize, as the training crops are), so this
+module needs `onnxruntime` and nothing from torch. The embedder's `fingerprint` hashes the model
+file and the preprocessing, so a gallery index built with one model refuses features of another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
+from personsearch.search.embedders import l2_normalize
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ONNX_INSTALL = "pip install onnxruntime (or pip install 'personsearch[export]')"
+
+
+def preprocess_crops(
+    crops: Sequence[np.ndarray],
+    height: int,
+    width: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    pixel_scale: float = 255.0,
+    channel_order: str = "rgb",
+) -> np.ndarray:
+    """H x W x 3 uint8 RGB crops of any sizes -> N x 3 x height x width float32 network input.
+
+    Each crop is resized (Pillow bilinear, like the training crops), divided by `pixel_scale`
+    and normalised per channel: (pixel / pixel_scale - mean) / std, in `channel_order`.
+    """
+    batch = np.empty((len(crops), height, width, 3), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+        image = Image.fromarray(crop.astype(np.uint8, copy=False), "RGB")
+        batch[i] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    if channel_order == "bgr":
+        batch = batch[..., ::-1]
+    batch /= np.float32(pixel_scale)
+    batch -= np.asarray(mean, dtype=np.float32)
+    batch /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+@dataclass(frozen=True)
+class OnnxEmbedderConfig:
+    """How to feed an ONNX re-id model; see the module docstring for the file format."""
+
+    model: str
+    input_height: int | None = None
+    input_width: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pixel_scale: float = 255.0
+    channel_order: str = "rgb"
+    batch_size: int = 32
+    input_name: str | None = None  #: the graph input to feed (default: the only one)
+    output_name: str | None = None  #: the graph output to read (default: the first one)
+    name: str = ""  #: a label for messages and the fingerprint (default: the file name)
+    extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes, e.g. the source run
+
+    def __post_init__(self) -> None:
+        problems = []
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if not isinstance(value, list | tuple) or len(value) != 3:
+                problems.append(f"{key} must be 3 numbers (one per channel), got {value!r}")
+            else:
+                object.__setattr__(self, key, tuple(float(v) for v in value))
+        if not problems and min(self.std) <= 0:
+            problems.append(f"std must be positive, got {self.std}")
+        for key in ("input_height", "input_width"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                problems.append(f"{key} must be a positive integer, got {value!r}")
+        if not isinstance(self.pixel_scale, int | float) or self.pixel_scale <= 0:
+            problems.append(f"pixel_scale must be a positive number, got {self.pixel_scale!r}")
+        if self.channel_order not in ("rgb", "bgr"):
+            problems.append(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if problems:
+            raise ConfigError("invalid ONNX embedder config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> OnnxEmbedderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown ONNX embedder keys {unknown}; known: {sorted(known)}")
+        if not values.get("model"):
+            raise ConfigError(f"{source}: 'model' (the .onnx file) is required")
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def read_embedder_config(path: str | os.PathLike[str]) -> OnnxEmbedderConfig:
+    """Read a YAML/JSON embedder config; its `model` path becomes relative to the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"ONNX embedder config not found: {path}") from None
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read ONNX embedder config {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"ONNX embedder config {path} must be a mapping of settings")
+    config = OnnxEmbedderConfig.from_dict(values, source=str(path))
+    model = Path(config.model).expanduser()
+    if not model.is_absolute():
+        model = path.parent / model
+    return OnnxEmbedderConfig.from_dict({**values, "model": str(model)}, source=str(path))
+
+
+def write_embedder_config(path: str | os.PathLike[str], config: OnnxEmbedderConfig) -> None:
+    """Write `config` as YAML (atomically), with the model path relative to the file if beside it."""
+    import yaml
+
+    from personsearch.io import atomic_open
+
+    path = Path(path)
+    values = config.to_dict()
+    model = Path(config.model)
+    if model.parent.resolve() == path.parent.resolve():
+        values["model"] = model.name
+    if not values["extra"]:
+        del values["extra"]
+    with atomic_open(path, "w") as handle:
+        yaml.safe_dump(values, handle, sort_keys=False)
+
+
+class OnnxEmbedder:
+    """An `Embedder` running an ONNX re-id model with ONNX Runtime on the CPU.
+
+    The model's input must be N x 3 x H x W. A fixed batch size in the graph is honoured by
+    padding the last chunk; fixed H and W in the graph must agree with the config (or fill it).
+    Outputs N x D (or N x D x 1 x 1) are flattened and L2-normalised.
+    """
+
+    def __init__(self, config: OnnxEmbedderConfig, *, threads: int | None = None) -> None:
+        ort = _import_onnxruntime()
+        model = Path(config.model)
+        if not model.is_file():
+            raise ConfigError(f"ONNX model not found: {model}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self._session = ort.InferenceSession(
+                str(model), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"cannot load ONNX model {model}: {error}") from error
+        self.config = config
+        self._input = self._pick_input(config)
+        self._output = config.output_name or self._session.get_outputs()[0].name
+        if self._output not in {o.name for o in self._session.get_outputs()}:
+            raise ConfigError(
+                f"{model}: no output named {self._output!r}; outputs are "
+                f"{[o.name for o in self._session.get_outputs()]}"
+            )
+        self.height, self.width, self._fixed_batch = self._input_geometry(config, model)
+        self.dim = int(self._run(np.zeros((1, 3, self.height, self.width), np.float32)).shape[1])
+        self.fingerprint = self._fingerprint(model)
+
+    def _pick_input(self, config: OnnxEmbedderConfig) -> Any:
+        inputs = self._session.get_inputs()
+        if config.input_name is not None:
+            chosen = [i for i in inputs if i.name == config.input_name]
+            if not chosen:
+                raise ConfigError(
+                    f"{config.model}: no input named {config.input_name!r}; inputs are "
+                    f"{[i.name for i in inputs]}"
+                )
+            return chosen[0]
+        if len(inputs) != 1:
+            raise ConfigError(
+                f"{config.model} has {len(inputs)} inputs {[i.name for i in inputs]}: "
+                "name the image input with input_name"
+            )
+        return inputs[0]
+
+    def _input_geometry(self, config: OnnxEmbedderConfig, model: Path) -> tuple[int, int, int]:
+        shape = list(self._input.shape)
+        symbolic_channels = len(shape) == 4 and not isinstance(shape[1], int)
+        if len(shape) != 4 or not (symbolic_channels or shape[1] == 3):
+            raise ConfigError(
+                f"{model}: input {self._input.name!r} has shape {shape}; a re-id model must "
+                "take N x 3 x H x W images"
+            )
+        batch, _, model_h, model_w = (s if isinstance(s, int) and s > 0 else None for s in shape)
+        sizes = []
+        for key, wanted, fixed in (
+            ("input_height", config.input_height, model_h),
+            ("input_width", config.input_width, model_w),
+        ):
+            if wanted is not None and fixed is not None and wanted != fixed:
+                raise ConfigError(
+                    f"{model} takes {key.split('_')[1]} {fixed} but the config says {key}={wanted}"
+                )
+            size = wanted or fixed
+            if size is None:
+                raise ConfigError(
+                    f"{model}: its input size is not fixed in the graph: give input_height and "
+                    "input_width in the config"
+                )
+            sizes.append(size)
+        return sizes[0], sizes[1], batch or 0
+
+    def _fingerprint(self, model: Path) -> str:
+        digest = hashlib.sha1()
+        with open(model, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        c = self.config
+        digest.update(
+            repr(
+                (self.height, self.width, c.mean, c.std, c.pixel_scale, c.channel_order,
+                 self._input.name, self._output)
+            ).encode()
+        )
+        return f"onnx:{c.name or model.stem}:{digest.hexdigest()[:16]}"
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        if self._fixed_batch and count != self._fixed_batch:
+            # a graph exported with a fixed batch: pad the chunk to it and drop the padding after
+            padded = np.zeros((self._fixed_batch, *batch.shape[1:]), dtype=np.float32)
+            padded[:count] = batch
+            batch = padded
+        (output,) = self._session.run([self._output], {self._input.name: batch})
+        output = np.asarray(output, dtype=np.float32)[:count]
+        return output.reshape(count, -1)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        c = self.config
+        chunk = self._fixed_batch or c.batch_size
+        outputs = []
+        for start in range(0, len(crops), chunk):
+            batch = preprocess_crops(
+                crops[start : start + chunk], self.height, self.width,
+                c.mean, c.std, c.pixel_scale, c.channel_order,
+            )
+            outputs.append(self._run(batch))
+        features = np.concatenate(outputs)
+        if features.shape[1] != self.dim:
+            raise PersonSearchError(
+                f"{c.model} returned {features.shape[1]}-d features, {self.dim}-d before"
+            )
+        return l2_normalize(features)
+
+
+def load_onnx_embedder(
+    config_path: str | os.PathLike[str], *, threads: int | None = None
+) -> OnnxEmbedder:
+    """The embedder described by a YAML/JSON config file (see the module docstring)."""
+    return OnnxEmbedder(read_embedder_config(config_path), threads=threads)
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PersonSearchError(
+            f"ONNX models need ONNX Runtime, which is not installed: {ONNX_INSTALL}"
+        ) from None
+    return onnxruntime
