@@ -122,3 +122,18 @@ def test_pipeline_spec_errors(tmp_path, reid_run):
     (folder / "pipeline.yaml").write_text("reid: x\n")
     with pytest.raises(PersonSearchError, match="must name detector"):
         load_pipeline(folder)
+
+
+def test_pipeline_spec_with_imagenet_features(tmp_path):
+    from personsearch.search.adapters import write_pipeline_spec
+    from personsearch.search.embedders import WholeImageDetector
+    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.torch_embedders import ImageNetEmbedder
+
+    folder = tmp_path / "p"
+    write_pipeline_spec(folder, "whole-image", "imagenet")
+    pipeline = load_pipeline(folder)
+    assert isinstance(pipeline.detector, WholeImageDetector)
+    assert isinstance(pipeline.embedder, ImageNetEmbedder)
+    feats = pipeline.embedder.embed_crops([np.full((60, 30, 3), 128, np.uint8)])
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)

@@ -4,7 +4,8 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
 `pipeline.yaml` in a folder names both, so that `--run FOLDER` gives the searcher the pair:
 
     detector: runs/synthetic-detector   # a detector run folder or its model.pt, or "hog" / "whole-image"
-    reid: runs/synthetic-reid           # a re-id run folder or its model.pt
+    reid: runs/synthetic-reid           # a re-id run folder or its model.pt, an ONNX embedder's
+                                        # .yaml (see onnx_embedder.py), or "imagenet"
     det_thresh: 0.5                     # keep detections scored above this (the paper's 0.5)
 
 Relative paths are relative to the folder holding pipeline.yaml. A re-id run folder alone also
@@ -29,6 +30,7 @@ from personsearch.io import atomic_open
 from personsearch.models.inference import prepare_for_inference
 from personsearch.search.embedders import (
     Detector,
+    Embedder,
     HogPeopleDetector,
     WholeImageDetector,
     hog_available,
@@ -176,7 +178,7 @@ def write_pipeline_spec(
     folder.mkdir(parents=True, exist_ok=True)
 
     def rel(target: str | os.PathLike[str]) -> str:
-        if str(target) in ("hog", "whole-image"):
+        if str(target) in ("hog", "whole-image", "imagenet"):
             return str(target)
         return os.path.relpath(Path(target).resolve(), folder.resolve())
 
@@ -212,7 +214,18 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
         detector = WholeImageDetector()
     else:
         detector = TorchDetector.from_run(resolve(detector_spec), det_thresh, device)
-    embedder = TorchReidEmbedder.from_run(resolve(str(spec["reid"])), device)
+    reid_spec = str(spec["reid"])
+    embedder: Embedder
+    if reid_spec == "imagenet":  # pooled ImageNet features: before any re-id net is trained
+        from personsearch.search.torch_embedders import ImageNetEmbedder
+
+        embedder = ImageNetEmbedder()
+    elif reid_spec.endswith((".yaml", ".yml", ".json")):  # any exported re-id model
+        from personsearch.search.onnx_embedder import load_onnx_embedder
+
+        embedder = load_onnx_embedder(resolve(reid_spec))
+    else:
+        embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
     return Pipeline(detector=detector, embedder=embedder, source=str(folder))
 
 
