@@ -26,7 +26,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
 lint: install
-	$(BIN)/ruff check personsearch tests benchmarks
+	$(BIN)/ruff check personsearch tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

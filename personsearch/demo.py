@@ -39,19 +39,19 @@ PLANS = {
     "full": DemoPlan(
         world="small",
         detector_overrides=(),  # the shipped synthetic-detector config: 600 iterations
-        reid_overrides=("optim.epochs=4", "optim.milestones=[3]"),
+        reid_overrides=("optim.epochs=12", "optim.milestones=[9]"),
         gallery_sizes=(50, 100, 500, "full"),
     ),
     # a first look in about 2 minutes (and what the test suite runs)
     "quick": DemoPlan(
         world="tiny",
         detector_overrides=(
-            "optim.iterations=120",
-            "optim.milestones=[100]",
-            "optim.warmup_iterations=20",
-            "model.min_size=256",
+            "optim.iterations=270",
+            "optim.milestones=[230]",
+            "optim.warmup_iterations=30",
+            "model.min_size=240",
         ),
-        reid_overrides=("optim.epochs=3", "optim.milestones=[2]", "optim.batch_size=32"),
+        reid_overrides=("optim.epochs=10", "optim.milestones=[8]", "optim.batch_size=32"),
         gallery_sizes=(50, 100, "full"),
         examples=4,
     ),

@@ -9,7 +9,7 @@ from typing import Any
 from personsearch.errors import DatasetError, ImageError, PersonSearchError
 
 COMMAND = "check-data"
-HELP = "Validate a dataset folder (annotations, protocols, images) and print its statistics."
+HELP = "validate a dataset folder (annotations, protocols, images) and print its statistics"
 DESCRIPTION = """\
 Read a dataset the way training and evaluation will, and report what it holds: images, boxes,
 labelled boxes, identities, the search protocols found with their queries, and the range of box

@@ -10,7 +10,7 @@ from typing import Any
 from personsearch.errors import ConfigError, ResultsError
 
 COMMAND = "evaluate"
-HELP = "Evaluate a search results file (.npz) on CUHK-SYSU or PRW: mAP and top-1/5/10."
+HELP = "evaluate a search results file (.npz) on CUHK-SYSU or PRW: mAP and top-1/5/10"
 DESCRIPTION = """\
 Compute person-search mAP and top-1/5/10 exactly as the published tables do (see
 docs/evaluation.md), from a results file any detector + re-id system can write: image_names,

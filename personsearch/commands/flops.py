@@ -6,7 +6,7 @@ import argparse
 import json
 
 COMMAND = "flops"
-HELP = "GFLOPs (multiply-adds) per person crop of each re-id model, beside the paper's Table 4."
+HELP = "GFLOPs (multiply-adds) per person crop of each re-id model, beside the paper's Table 4"
 DESCRIPTION = """\
 Builds each re-id model (random weights: the cost does not depend on them), runs it in eval mode
 on one crop and counts the multiply-adds of its convolutions and linear layers (BatchNorm, ReLU

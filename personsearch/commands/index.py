@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 COMMAND = "index"
-HELP = "Index a folder of scene images for person search (incremental, resumable)."
+HELP = "index a folder of scene images for person search (incremental, resumable)"
 DESCRIPTION = """\
 Detect every person in the images under --gallery, embed each person, and add them to the
 gallery index folder --out. Running it again adds only images not indexed yet; a run that was

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 COMMAND = "search"
-HELP = "Search a gallery index for the person in a probe image."
+HELP = "search a gallery index for the person in a probe image"
 DESCRIPTION = """\
 Embed the person in --box of the --probe image (or the whole probe image, when it is a person
 crop) and rank the persons of the gallery index by similarity. Prints the ranked list; --out

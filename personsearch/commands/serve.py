@@ -8,7 +8,7 @@ import os
 import secrets
 
 COMMAND = "serve"
-HELP = "Serve a web page and JSON API to search a gallery index by drawing a box."
+HELP = "serve a web page and JSON API to search a gallery index by drawing a box"
 DESCRIPTION = """\
 Serve the gallery index --index on http://HOST:PORT/: upload a picture (or pick a gallery image),
 drag a box around a person, and browse the ranked scenes. The JSON API is described at /docs

@@ -6,7 +6,7 @@ import argparse
 import time
 
 COMMAND = "synth"
-HELP = "Generate a synthetic person-search world in CUHK-SYSU's layout (no download needed)."
+HELP = "generate a synthetic person-search world in CUHK-SYSU's layout (no download needed)"
 DESCRIPTION = """\
 Generate a procedural person-search benchmark: identities with stable clothing, body shape and
 accessories seen at widely varying scales (30 pixels to most of the image height), unlabelled

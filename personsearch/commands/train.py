@@ -7,11 +7,13 @@ import argparse
 HELP = "train the re-id network or the detector from a config (single process or torchrun)"
 COMMAND = "train"
 DESCRIPTION = """\
-Train a model from a YAML config (a file, or the name of a shipped config such as
-synthetic-reid, cuhk-sysu-reid, prw-reid, market1501-reid), with dotted key=value overrides:
+Train a model from a YAML config (a file, or the name of a shipped config: synthetic-reid,
+cuhk-sysu-reid, prw-reid, market1501-reid, synthetic-detector, cuhk-sysu-detector,
+prw-detector), with dotted key=value overrides:
 
   personsearch train reid --config synthetic-reid
   personsearch train reid --config cuhk-sysu-reid data.root=/data/cuhk-sysu optim.lr=0.005
+  personsearch train detector --config synthetic-detector
   personsearch train reid --resume --out runs/cuhk-sysu-reid      # continue a stopped run
   torchrun --nproc_per_node=4 -m personsearch train reid --config cuhk-sysu-reid data.root=...
 

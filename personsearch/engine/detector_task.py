@@ -15,14 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from personsearch.config import Config, save_config
+from personsearch.config import Config
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
-from personsearch.engine import distributed
-from personsearch.engine.checkpoint import latest_checkpoint
 from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
 from personsearch.engine.distributed import DistInfo
-from personsearch.engine.trainer import Trainer, build_train_loader, seed_everything
+from personsearch.engine.runs import run_task
+from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import CheckpointError, ConfigError, DatasetError
 from personsearch.io import atomic_path
 from personsearch.models.detector import DetectorConfig, PersonDetector, build_detector
@@ -53,30 +52,10 @@ def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
 def train_detector(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a detector run; returns the metrics summary. Works under torchrun."""
     detector_config(config)  # fail on a bad model section before touching data or devices
-    dist_info = distributed.init_distributed(config.run.device)
-    try:
-        return _train(config, resume, dist_info)
-    finally:
-        distributed.shutdown_distributed()
+    return run_task(_train, config, resume)
 
 
-def _train(config: Config, resume: bool, dist_info: DistInfo) -> dict[str, Any]:
-    from personsearch.engine.reid_task import ensure_synthetic_world
-
-    run_dir = config.run_dir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None and not resume:
-        raise ConfigError(
-            f"run folder {run_dir} already holds {checkpoint}: pass --resume to continue it, "
-            "or choose another folder with --out"
-        )
-    if resume and checkpoint is None and dist_info.is_main:
-        print(f"no checkpoint in {run_dir}: starting from the beginning")
-    if dist_info.is_main:
-        save_config(config, run_dir / "config.yaml")
-    if config.data.dataset == "synthetic":
-        ensure_synthetic_world(config, dist_info)
-    seed_everything(config.run.seed, config.run.deterministic)
+def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict[str, Any]:
     scenes = load_scenes(config.data.dataset, config.data.root)
     if not scenes.train:
         raise DatasetError(f"{config.data.root}: no training scenes in {config.data.dataset}")
@@ -91,7 +70,7 @@ def _train(config: Config, resume: bool, dist_info: DistInfo) -> dict[str, Any]:
         trainer.resume(checkpoint)
     summary = trainer.train()
     if dist_info.is_main:
-        export_detector(run_dir / MODEL_FILE, trainer.module, config)
+        export_detector(config.run_dir / MODEL_FILE, trainer.module, config)
     return summary
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from personsearch.config import Config, save_config
+from personsearch.config import Config
 from personsearch.data.crops import (
     CropImageDataset,
     CropSample,
@@ -29,10 +29,10 @@ from personsearch.data.crops import (
 )
 from personsearch.data.transforms import build_crop_transform
 from personsearch.engine import distributed
-from personsearch.engine.checkpoint import latest_checkpoint
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import evaluate_crops
-from personsearch.engine.trainer import Trainer, build_train_loader, seed_everything
+from personsearch.engine.runs import run_task
+from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import CheckpointError, ConfigError, DatasetError
 from personsearch.io import atomic_path
 
@@ -80,21 +80,6 @@ def reid_samples(config: Config) -> tuple[CropSamples, CropSamples, CropSamples]
     return train, query, gallery
 
 
-def ensure_synthetic_world(config: Config, dist_info: DistInfo | None = None) -> Path:
-    """Generate the synthetic world at data.root (preset data.synthetic_size) unless it exists."""
-    from personsearch.data.synthetic import generate_world
-
-    dist_info = dist_info or DistInfo()
-    if not config.data.root:
-        raise ConfigError("data.root is empty: give the folder of the synthetic world")
-    root = Path(config.data.root)
-    if dist_info.is_main and not (root / "annotation").is_dir():
-        print(f"generating the {config.data.synthetic_size} synthetic world in {root}")
-        generate_world(root, config.data.synthetic_size, seed=0, progress=config.run.progress)
-    distributed.barrier()
-    return root
-
-
 def load_reid_data(config: Config, dist_info: DistInfo | None = None) -> ReidData:
     """Crop datasets of the configured dataset; with data.cache_dir, scene crops are cut once."""
     data = config.data
@@ -138,28 +123,10 @@ def build_model(model: dict[str, Any], num_classes: int) -> nn.Module:
 def train_reid(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a re-id run; returns the metrics summary. Works under torchrun."""
     check_model_config(config.model)
-    dist_info = distributed.init_distributed(config.run.device)
-    try:
-        return _train(config, resume, dist_info)
-    finally:
-        distributed.shutdown_distributed()
+    return run_task(_train, config, resume)
 
 
-def _train(config: Config, resume: bool, dist_info: DistInfo) -> dict[str, Any]:
-    run_dir = config.run_dir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None and not resume:
-        raise ConfigError(
-            f"run folder {run_dir} already holds {checkpoint}: pass --resume to continue it, "
-            "or choose another folder with --out"
-        )
-    if resume and checkpoint is None and dist_info.is_main:
-        print(f"no checkpoint in {run_dir}: starting from the beginning")
-    if dist_info.is_main:
-        save_config(config, run_dir / "config.yaml")
-    if config.data.dataset == "synthetic":
-        ensure_synthetic_world(config, dist_info)
-    seed_everything(config.run.seed, config.run.deterministic)
+def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict[str, Any]:
     data = load_reid_data(config, dist_info)
     model = build_model(config.model, data.num_classes)
     evaluator = reid_evaluator(data, config, dist_info)
@@ -169,7 +136,7 @@ def _train(config: Config, resume: bool, dist_info: DistInfo) -> dict[str, Any]:
         trainer.resume(checkpoint)
     summary = trainer.train()
     if dist_info.is_main:
-        export_model(run_dir / MODEL_FILE, trainer.module, config, sorted(data.train.labels))
+        export_model(config.run_dir / MODEL_FILE, trainer.module, config, sorted(data.train.labels))
     return summary
 
 
