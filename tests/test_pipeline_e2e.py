@@ -137,3 +137,14 @@ def test_pipeline_spec_with_imagenet_features(tmp_path):
     assert isinstance(pipeline.embedder, ImageNetEmbedder)
     feats = pipeline.embedder.embed_crops([np.full((60, 30, 3), 128, np.uint8)])
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+
+
+def test_model_files_are_checked_for_their_task(reid_run, detector_run):
+    from personsearch.engine.detector_task import load_detector
+    from personsearch.engine.reid_task import load_reid_model
+    from personsearch.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="holds a 'detector' model, not a reid model"):
+        load_reid_model(detector_run)
+    with pytest.raises(CheckpointError, match="holds a 'reid' model, not a detector model"):
+        load_detector(reid_run)

@@ -102,3 +102,30 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The run's last complete checkpoint (checkpoints/last.pt), or None."""
     path = Path(run_dir) / "checkpoints" / "last.pt"
     return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# the final model file of a run (model.pt): weights plus the config that rebuilds the model
+
+MODEL_FILE = "model.pt"
+MODEL_FORMAT = 1
+
+
+def read_model_file(
+    path: str | os.PathLike[str], task: str, device: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]]:
+    """Read a run folder's (or a path's) model.pt holding a `task` model; CheckpointError if not."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: did the {task} training run finish?")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or foreign files raise many types
+        raise CheckpointError(f"cannot read model file {path}: {error}") from error
+    if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
+    if state.get("task") != task:
+        raise CheckpointError(f"{path} holds a {state.get('task')!r} model, not a {task} model")
+    return path, state

@@ -18,6 +18,7 @@ from torch import nn
 from personsearch.config import Config
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
+from personsearch.engine.checkpoint import MODEL_FILE, MODEL_FORMAT, read_model_file
 from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.runs import run_task
@@ -27,8 +28,6 @@ from personsearch.io import atomic_path
 from personsearch.models.detector import DetectorConfig, PersonDetector, build_detector
 
 DETECTOR_DATASETS = ("cuhk-sysu", "prw", "synthetic")
-MODEL_FILE = "model.pt"
-MODEL_FORMAT = 1
 TASK = "detector"
 FLIP_PROB = 0.5  # data.flip: mirror half of the training images
 
@@ -117,19 +116,7 @@ def load_detector(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[PersonDetector, dict[str, Any]]:
     """The trained detector (eval mode) of a run folder or model.pt, and the file's metadata."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: did the detector training run finish?")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated or foreign files raise many types
-        raise CheckpointError(f"cannot read model file {path}: {error}") from error
-    if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
-    if state.get("task") != TASK:
-        raise CheckpointError(f"{path} holds a {state.get('task')!r} model, not a detector")
+    path, state = read_model_file(path, TASK, device)
     try:
         # the weights come from the file: skip loading (or warning about) ImageNet ones
         config = DetectorConfig.from_dict({**state["model_config"], "pretrained": False})

@@ -29,6 +29,7 @@ from personsearch.data.crops import (
 )
 from personsearch.data.transforms import build_crop_transform
 from personsearch.engine import distributed
+from personsearch.engine.checkpoint import MODEL_FILE, MODEL_FORMAT, read_model_file
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import evaluate_crops
 from personsearch.engine.runs import run_task
@@ -37,8 +38,6 @@ from personsearch.errors import CheckpointError, ConfigError, DatasetError
 from personsearch.io import atomic_path
 
 REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "synthetic")
-MODEL_FILE = "model.pt"
-MODEL_FORMAT = 1
 
 
 @dataclass
@@ -168,7 +167,7 @@ def export_model(path: str | os.PathLike[str], model: nn.Module, config: Config,
     model_config = model.config.to_dict() if hasattr(model, "config") else dict(config.model)
     state = {
         "format_version": MODEL_FORMAT,
-        "task": config.task,
+        "task": "reid",
         "model_config": model_config,
         "state_dict": model.state_dict(),
         "crop_size": [config.data.crop_height, config.data.crop_width],
@@ -185,17 +184,7 @@ def load_reid_model(
     """The trained re-id model (eval mode) of a run folder or model.pt, and the file's metadata."""
     from personsearch.models.reid import build_reid_model
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: did the training run finish?")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated or foreign files raise many types
-        raise CheckpointError(f"cannot read model file {path}: {error}") from error
-    if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
+    path, state = read_model_file(path, "reid", device)
     # The weights come from the file: skip loading (or warning about) ImageNet ones.
     model = build_reid_model({**state["model_config"], "pretrained": False})
     try:
