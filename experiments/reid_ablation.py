@@ -44,6 +44,7 @@ def main() -> None:
                     f"model.head={head}", f"optim.epochs={args.epochs}",
                     f"optim.milestones=[{max(1, args.epochs - 1)}]", "run.eval_period=0",
                     f"run.workers={args.workers}", "run.progress=false",
+                    *(["model.levels=5"] if head == "plain" else []),  # plain pools res5 only
                 ])
                 start = time.perf_counter()
                 train_reid(config, resume=(run / "checkpoints" / "last.pt").is_file())

@@ -257,3 +257,10 @@ def test_bad_training_calls(batch) -> None:
         model(images, torch.tensor([0, 1, 2, 3, 4, -1]))
     with pytest.raises(ConfigError, match="unknown re-id config keys"):
         ReidConfig.from_dict({"num_classes": 3, "dim": 4})
+
+
+def test_levels_accept_the_integer_yaml_gives_for_one_block():
+    from personsearch.models.reid import parse_levels
+
+    assert parse_levels(5) == ("res5",)
+    assert parse_levels("5-4-3") == ("res3", "res4", "res5")

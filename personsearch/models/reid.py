@@ -50,11 +50,14 @@ HEAD_DEFAULTS = {
 }
 
 
-def parse_levels(levels: str | Sequence[str]) -> tuple[str, ...]:
+def parse_levels(levels: str | int | Sequence[str]) -> tuple[str, ...]:
     """Pyramid levels as stage names, lowest first: "5-4-3" -> ("res3", "res4", "res5").
 
-    Accepts the paper's block notation ("5-4", "5-4-3", "5-4-3-2") or stage names in any order.
+    Accepts the paper's block notation ("5-4", "5-4-3", "5-4-3-2", or 5 for one level, as YAML
+    reads `levels: 5`) or stage names in any order.
     """
+    if isinstance(levels, int):
+        levels = str(levels)
     if isinstance(levels, str):
         parts = [p.strip() for p in levels.replace(",", "-").split("-") if p.strip()]
         names = [f"res{p}" if p.isdigit() else p for p in parts]
