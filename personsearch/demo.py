@@ -11,8 +11,9 @@ Steps (each cached in the output folder, so a second run, or a killed one, picks
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,6 @@ PLANS = {
     ),
 }
 
-#: CLSA on CUHK-SYSU as published (ECCV 2018, ResNet-50): mAP / top-1 in %.
-PAPER_CUHK = {50: (88.4, None), 100: (87.2, 88.5), 500: (85.4, None), "full": (None, None)}
-
 
 @dataclass
 class DemoResult:
@@ -71,19 +69,14 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _step(timings: dict[str, float], name: str, log: Callable[[str], None]):
-    """Context manager that times a step and logs its start."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def timer():
-        log(f"== {name}")
-        start = time.perf_counter()
-        yield
-        timings[name] = round(time.perf_counter() - start, 1)
-        log(f"   {name}: {timings[name]:.0f} s")
-
-    return timer()
+@contextlib.contextmanager
+def _step(timings: dict[str, float], name: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Log a step's start, time it into `timings`."""
+    log(f"== {name}")
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 1)
+    log(f"   {name}: {timings[name]:.0f} s")
 
 
 def _train(task: str, config_name: str, run_dir: Path, world: Path, overrides: tuple[str, ...],
