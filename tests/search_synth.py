@@ -112,7 +112,8 @@ def make_world(
         else:
             others = [g for g in range(num_images) if g != own and g not in holding]
             k = max(0, gallery_size - len(holding))
-            gallery = list(holding[:gallery_size]) + rng.choice(others, size=min(k, len(others)), replace=False).tolist()
+            # every holding image is listed, as in CUHK-SYSU: an unlisted one would be a negative
+            gallery = list(holding) + rng.choice(others, size=min(k, len(others)), replace=False).tolist()
             rng.shuffle(gallery)
         if n < own_image_listed:
             gallery.append(own)

@@ -12,9 +12,9 @@ system, so a constant feature cannot score a perfect top-1).
 Everything below needs only each positive's score and, per positive, the weighted number of
 candidates scoring at least as much (a listed image named twice counts twice). Two paths compute
 the similarities: a sparse one for short gallery lists (only listed image x query pairs, grouped
-per image into small matrix products, then one sort of all candidates) and a dense one (one
-matrix product per batch of queries against every detection, counts by comparison) for long
-lists and the full-gallery protocols.
+per image into small matrix products, then each positive compared with its own query's
+candidates) and a dense one (one matrix product per batch of queries against every detection,
+counts by comparison) for long lists and the full-gallery protocols.
 
 A similarity is the float64 dot product rounded to float32, so rankings and ties do not depend on
 the BLAS kernel or the batch size. The sparse path computes float32 products first (half the
@@ -25,8 +25,9 @@ positive's score, so its numbers are those of the exact computation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -60,14 +61,17 @@ def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray
 class GalleryDetections:
     """Detections grouped per gallery image (indices into SearchProtocol.images), thresholded.
 
-    Rows are sorted by image; image g's detections are rows offsets[g]:offsets[g+1].
+    Rows are sorted by image; image g's detections are rows offsets[g]:offsets[g+1]. Features
+    stay in the caller's array (`source_feats`, row `feat_rows[i]` for detection i) until a path
+    needs them all in order: the sparse path reads them image by image, without a full copy.
     """
 
     image: np.ndarray  #: (M,) int64, sorted
     boxes: np.ndarray  #: (M, 4) x1 y1 x2 y2
     scores: np.ndarray  #: (M,)
-    feats: np.ndarray  #: (M, D), L2-normalised
     offsets: np.ndarray  #: (G + 1,) int64
+    source_feats: np.ndarray  #: (N, D) L2-normalised features as given (N >= M)
+    feat_rows: np.ndarray  #: (M,) row of source_feats holding each detection's feature
 
     @classmethod
     def from_flat(
@@ -95,7 +99,17 @@ class GalleryDetections:
         order = keep[np.argsort(det_image[keep], kind="stable")]
         image = det_image[order]
         offsets = np.searchsorted(image, np.arange(num_images + 1)).astype(np.int64)
-        return cls(image, boxes[order], scores[order], feats[order], offsets)
+        return cls(image, boxes[order], scores[order], offsets, feats, order)
+
+    @cached_property
+    def feats(self) -> np.ndarray:
+        """(M, D) every detection's feature, in row order (a copy, made on first use)."""
+        return self.source_feats.take(self.feat_rows, axis=0)
+
+    def image_feats(self, image: int) -> np.ndarray:
+        """(n, D) the features of one image's detections."""
+        rows = self.feat_rows[self.offsets[image] : self.offsets[image + 1]]
+        return self.source_feats.take(rows, axis=0)
 
     @property
     def num_images(self) -> int:
@@ -225,59 +239,71 @@ def _sortable(sims: np.ndarray) -> np.ndarray:
     return np.where(negative, ~bits, bits | np.uint32(1 << 31))
 
 
-def _count_at_least_sorted(
-    row_query: np.ndarray,
-    row_det: np.ndarray,
+def _count_at_least(
     sims: np.ndarray,
-    row_weight: np.ndarray,
+    row_bounds: np.ndarray,
+    row_weight: np.ndarray | None,
     pos_query: np.ndarray,
     pos_score: np.ndarray,
     exact: _ExactPairs | None,
+    row_pair_det: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """Per positive: weighted count of its query's candidates scoring >= it, via one sort.
+    """Per positive: weighted count of its query's candidates scoring >= it.
 
-    Candidates are sorted on one uint64 key per row: query, then score, then detection (so the
-    band of rows near a positive's score tells which pairs to recompute). With `exact` given,
-    `sims` are fast float32 products within `exact.bound` of the exact values: candidates
-    clearly above or below a positive are counted from them, and only those inside the error
-    band are recomputed exactly.
+    `sims` hold every query's candidates contiguously (query q's are rows
+    row_bounds[q]:row_bounds[q + 1]), so each positive is compared with its own query's rows
+    only: about (positives x candidates per query) comparisons, cheaper than sorting. With
+    `exact` given, `sims` are fast float32 products within `exact.bound` of the exact values:
+    candidates clearly above or below a positive are counted from them, and only those inside
+    the error band are recomputed exactly (`row_pair_det` maps rows to detection indices).
     """
-    det_bits = max(1, int(row_det.max(initial=0)).bit_length())
-    query_bits = max(1, int(row_query.max(initial=0) + 1).bit_length())
-    if det_bits + query_bits > 32:  # does not fit one uint64: no realistic protocol gets here
-        raise ValueError("too many queries x detections for the sparse path")
-    shift_score, shift_query = np.uint64(det_bits), np.uint64(det_bits + 32)
-    keys = (
-        (row_query.astype(np.uint64) << shift_query)
-        | (_sortable(sims).astype(np.uint64) << shift_score)
-        | row_det.astype(np.uint64)
-    )
-    if (row_weight != 1).any():
-        keys = np.repeat(keys, row_weight)
-    keys = np.sort(keys)
-    base = pos_query.astype(np.uint64) << shift_query
-    query_end = np.searchsorted(keys, base + (np.uint64(1) << shift_query))
-
-    def first_at_least(score: np.ndarray) -> np.ndarray:
-        return np.searchsorted(keys, base | (_sortable(score).astype(np.uint64) << shift_score))
-
-    if exact is None:
-        return (query_end - first_at_least(pos_score)).astype(np.int64)
-    bound = exact.bound[pos_query]
-    score64 = pos_score.astype(np.float64)
-    upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
-    lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
-    high, low = first_at_least(upper), first_at_least(lower)
-    count = (query_end - high).astype(np.int64)
-    band = high - low
-    if band.sum():
-        in_band = keys[_ranges(low, band)]
-        det = (in_band & np.uint64((1 << det_bits) - 1)).astype(np.int64)
-        query = (in_band >> shift_query).astype(np.int64)
-        above = exact(query, det) >= np.repeat(pos_score, band)
-        owner = np.repeat(np.arange(len(band)), band)
-        count += np.bincount(owner, weights=above, minlength=len(band)).astype(np.int64)
+    lengths = row_bounds[pos_query + 1] - row_bounds[pos_query]
+    count = np.zeros(len(pos_query), dtype=np.int64)
+    for lo, hi in _chunks(lengths, _CHUNK_ELEMENTS):
+        n = lengths[lo:hi]
+        rows = _ranges(row_bounds[pos_query[lo:hi]], n)
+        owner = np.repeat(np.arange(hi - lo), n)
+        values = sims[rows]
+        score = pos_score[lo:hi]
+        weight = None if row_weight is None else row_weight[rows]
+        if exact is None:
+            count[lo:hi] = _weighted_count(values >= np.repeat(score, n), owner, weight, hi - lo)
+            continue
+        bound = exact.bound[pos_query[lo:hi]]
+        score64 = score.astype(np.float64)
+        upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
+        lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
+        above = values >= np.repeat(upper, n)
+        count[lo:hi] = _weighted_count(above, owner, weight, hi - lo)
+        band = np.flatnonzero((values >= np.repeat(lower, n)) & ~above)
+        if len(band):
+            band_owner = owner[band]
+            exact_values = exact(pos_query[lo:hi][band_owner], row_pair_det(rows[band]))
+            count[lo:hi] += _weighted_count(
+                exact_values >= score[band_owner], band_owner,
+                None if weight is None else weight[band], hi - lo,
+            )
     return count
+
+
+def _weighted_count(
+    flags: np.ndarray, owner: np.ndarray, weight: np.ndarray | None, size: int
+) -> np.ndarray:
+    """Per owner: how many (or how much weight) of its flags are set."""
+    if weight is None:
+        return np.bincount(owner[flags], minlength=size).astype(np.int64)
+    return np.bincount(owner[flags], weights=weight[flags], minlength=size).astype(np.int64)
+
+
+def _chunks(lengths: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """Consecutive [lo, hi) spans of `lengths` summing to about `budget` (at least one item)."""
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(lengths):
+        start = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, start + budget, side="right")))
+        yield lo, hi
+        lo = hi
 
 
 class _ExactPairs:
@@ -285,24 +311,44 @@ class _ExactPairs:
 
     Float32 products of D-dim vectors are within gamma_D * |q| * |f| of the true dot product
     (gamma_D = D u / (1 - D u), u = 2^-24, any summation order); casting the inputs to float32
-    and rounding the exact value to float32 add at most 3 u |q| |f| more.
+    and rounding the exact value to float32 add at most 3 u |q| |f| more. Detections are rows
+    of `feats` (`det_rows` are those that will be asked for). Pairs computed once are remembered: the
+    positives found first come back in the error bands of the counting.
     """
 
-    def __init__(self, queries: np.ndarray, feats: np.ndarray) -> None:
+    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_rows: np.ndarray) -> None:
         self.queries = queries
         self.feats = feats
         dim = queries.shape[1]
         u = 2.0**-24
         gamma = dim * u / (1 - dim * u)
-        det_norm = float(np.max(_row_norms(feats), initial=0.0))
+        # over every row (streaming them is cheaper than gathering the chosen ones): a bound still
+        det_norm = float(np.max(_row_norms(feats), initial=0.0)) if len(det_rows) else 0.0
         self.bound = (gamma + 4 * u) * _row_norms(queries) * det_norm * 1.001
+        self._known_keys = np.zeros(0, dtype=np.int64)
+        self._known_values = np.zeros(0, dtype=np.float32)
 
-    def __call__(self, query: np.ndarray, det: np.ndarray, chunk: int = 256) -> np.ndarray:
+    def __call__(self, query: np.ndarray, det: np.ndarray) -> np.ndarray:
+        keys = np.asarray(query, dtype=np.int64) * len(self.feats) + det
+        out = np.empty(len(keys), dtype=np.float32)
+        at = np.minimum(np.searchsorted(self._known_keys, keys), len(self._known_keys) - 1)
+        known = (self._known_keys[at] == keys) if len(self._known_keys) else np.zeros(len(keys), bool)
+        out[known] = self._known_values[at[known]]
+        missing = np.flatnonzero(~known)
+        out[missing] = self._compute(query[missing], det[missing])
+        keys = np.r_[self._known_keys, keys[missing]]
+        order = np.argsort(keys)
+        self._known_keys = keys[order]
+        self._known_values = np.r_[self._known_values, out[missing]][order]
+        return out
+
+    def _compute(self, query: np.ndarray, det: np.ndarray, chunk: int = 1024) -> np.ndarray:
         out = np.empty(len(query), dtype=np.float32)
         for lo in range(0, len(query), chunk):
-            q = np.asarray(self.queries[query[lo : lo + chunk]], dtype=np.float64)
-            f = np.asarray(self.feats[det[lo : lo + chunk]], dtype=np.float64)
-            out[lo : lo + chunk] = np.einsum("ij,ij->i", q, f)
+            q = self.queries.take(query[lo : lo + chunk], axis=0)
+            f = self.feats.take(det[lo : lo + chunk], axis=0)
+            # cast to float64 (exactly) and summed there: float32 x float32 products are exact
+            out[lo : lo + chunk] = np.einsum("ij,ij->i", q, f, dtype=np.float64)
         return out
 
 
@@ -382,9 +428,9 @@ def evaluate_search(
             f"{protocol.name}: detections grouped over {gallery.num_images} images, "
             f"protocol has {len(protocol.images)}"
         )
-    if len(gallery.feats) and gallery.feats.shape[1] != query_feats.shape[1]:
+    if len(gallery.feat_rows) and gallery.source_feats.shape[1] != query_feats.shape[1]:
         raise ValueError(
-            f"feature sizes differ: queries {query_feats.shape[1]}, detections {gallery.feats.shape[1]}"
+            f"feature sizes differ: queries {query_feats.shape[1]}, detections {gallery.source_feats.shape[1]}"
         )
     context = None
     if cbgm is not None:
@@ -428,7 +474,9 @@ def _sparse(
         entries.query * num_images + entries.image, return_inverse=True, return_counts=True
     )
     pair_query, pair_image = keys // num_images, keys % num_images
-    by_image = np.argsort(pair_image, kind="stable")
+    # a stable sort of small integers is numpy's radix sort: ten times faster than on int64
+    narrow = pair_image.astype(np.uint16) if num_images <= 1 << 16 else pair_image
+    by_image = np.argsort(narrow, kind="stable")
     pair_len = gallery.counts[pair_image]
     # row where each pair's detections start, in the image-by-image layout
     pair_start = np.empty(len(keys), dtype=np.int64)
@@ -444,20 +492,26 @@ def _sparse(
     if cbgm is not None and context is not None:
         _cbgm_sparse(sims, pair_query, pair_image, pair_start, pair_len, gallery, cbgm, context)
 
-    row_query = np.repeat(pair_query[by_image], pair_len[by_image])
-    row_det = _ranges(gallery.offsets[pair_image[by_image]], pair_len[by_image])
-    row_weight = np.repeat(weight[by_image], pair_len[by_image])
+    # the same rows laid out query by query (pairs are already in query order), for counting
+    pair_rows = np.r_[0, np.cumsum(pair_len)]
+    by_query = sims[_ranges(pair_start, pair_len)]
+    row_bounds = pair_rows[np.searchsorted(pair_query, np.arange(len(entries.count_gt) + 1))]
+    row_weight = np.repeat(weight, pair_len) if (weight != 1).any() else None
+
+    def row_det(rows: np.ndarray) -> np.ndarray:
+        pair = np.searchsorted(pair_rows, rows, side="right") - 1
+        return gallery.feat_rows[gallery.offsets[pair_image[pair]] + (rows - pair_rows[pair])]
+
     if fast:
-        exact = _ExactPairs(query_feats, gallery.feats)
-        qual_sim = exact(entries.query[qual_entry], qual_det)
+        # detections are named by their row in the caller's array: no reordered copy is made
+        exact = _ExactPairs(query_feats, gallery.source_feats, gallery.feat_rows)
+        qual_sim = exact(entries.query[qual_entry], gallery.feat_rows[qual_det])
     else:
         exact = None
         pair_of = entry_pair[qual_entry]
         qual_sim = sims[pair_start[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
     pos_query, pos_score = _positive_scores(qual_entry, qual_sim, entries.query)
-    cand = _count_at_least_sorted(
-        row_query, row_det, sims, row_weight, pos_query, pos_score, exact
-    )
+    cand = _count_at_least(by_query, row_bounds, row_weight, pos_query, pos_score, exact, row_det)
     return pos_query, pos_score, cand
 
 
@@ -477,13 +531,22 @@ def _pair_similarities(
     total = int(gallery.counts[pair_image].sum())
     out = np.empty(total, dtype=np.float32)
     bounds = np.searchsorted(pair_image, np.arange(gallery.num_images + 1))
+    images = np.flatnonzero((np.diff(bounds) > 0) & (gallery.counts > 0))
+    feats, rows, offsets = gallery.source_feats, gallery.feat_rows, gallery.offsets
+    # an image whose features are consecutive rows of the caller's array is read in place
+    breaks = np.r_[0, np.cumsum(np.diff(rows) != 1)]  # breaks[i]: jumps among rows[0..i]
+    first_row = np.minimum(offsets[:-1], max(len(rows) - 1, 0))
+    last_row = np.maximum(offsets[1:] - 1, first_row)
+    consecutive = breaks[last_row] == breaks[first_row] if len(rows) else np.ones(0, dtype=bool)
+    # plain Python ints in the loop: it runs once per image, numpy scalars cost more
+    bound, start, first = bounds.tolist(), pair_start.tolist(), offsets.tolist()
+    in_place = consecutive.tolist()
     with _single_threaded_blas():
-        for g in np.flatnonzero((np.diff(bounds) > 0) & (gallery.counts > 0)):
-            b0, b1 = bounds[g], bounds[g + 1]
-            rows = queries.take(pair_query[b0:b1], axis=0)
-            feats = gallery.feats[gallery.offsets[g] : gallery.offsets[g + 1]]
-            block = rows @ feats.astype(queries.dtype, copy=False).T
-            out[pair_start[b0] : pair_start[b0] + block.size] = block.ravel()
+        for g in images.tolist():
+            b0, b1, lo, hi = bound[g], bound[g + 1], first[g], first[g + 1]
+            image_feats = feats[rows[lo] : rows[lo] + hi - lo] if in_place[g] else feats.take(rows[lo:hi], axis=0)
+            block = np.dot(queries.take(pair_query[b0:b1], axis=0), image_feats.T)
+            out[start[b0] : start[b0] + block.size] = block.ravel()
     return out
 
 
