@@ -164,12 +164,18 @@ class HogPeopleDetector:
     """OpenCV's HOG + linear SVM pedestrian detector (Dalal & Triggs): needs `cv2`.
 
     A classic, weak detector: it finds upright people of at least 64 x 128 pixels. Scores are the
-    SVM margins, so they are not probabilities.
+    SVM margins, so they are not probabilities. OpenCV returns its whole 64 x 128 detection
+    window, which holds a margin of background around the person; `trim` (on by default) cuts
+    each box to the person inside it, which matters both for IoU-based evaluation and for the
+    crops the re-id net sees.
     """
 
-    fingerprint = "opencv-hog-people-v1"
+    #: Fractions of the window cut off (left, top, right, bottom): where the person stands in
+    #: OpenCV's 64 x 128 training windows. On the 16 PRW sample frames, trimming raises the
+    #: annotated persons found at IoU >= 0.5 from 10 to 33 of 61 (tests/test_hog_detector.py).
+    WINDOW_TRIM = (0.20, 0.08, 0.20, 0.12)
 
-    def __init__(self, min_score: float = 0.0) -> None:
+    def __init__(self, min_score: float = 0.0, trim: bool = True) -> None:
         if not hog_available():
             raise PersonSearchError(
                 "the HOG people detector needs OpenCV 4 (`pip install opencv-python-headless<5`):"
@@ -181,6 +187,9 @@ class HogPeopleDetector:
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.min_score = min_score
+        self.trim = trim
+        # boxes differ with trimming: an index built one way must not be extended the other
+        self.fingerprint = "opencv-hog-people-v2-trimmed" if trim else "opencv-hog-people-v1"
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bgr = self._cv2.cvtColor(np.ascontiguousarray(image), self._cv2.COLOR_RGB2BGR)
@@ -192,7 +201,21 @@ class HogPeopleDetector:
         keep = scores >= self.min_score
         boxes = rects[keep].copy()
         boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
+        if self.trim:
+            boxes = trim_hog_windows(boxes, image.shape[:2])
         return boxes, scores[keep]
+
+
+def trim_hog_windows(windows: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Cut HOG detection windows (x1 y1 x2 y2) to the person inside, within the image."""
+    left, top, right, bottom = HogPeopleDetector.WINDOW_TRIM
+    x1, y1, x2, y2 = np.asarray(windows, dtype=np.float32).reshape(-1, 4).T
+    w, h = x2 - x1, y2 - y1
+    boxes = np.stack([x1 + left * w, y1 + top * h, x2 - right * w, y2 - bottom * h], axis=1)
+    height, width = image_size
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)  # windows may reach past the border
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes
 
 
 def hog_available() -> bool:
