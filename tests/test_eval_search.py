@@ -76,6 +76,27 @@ def test_sparse_and_dense_paths_agree(seed, monkeypatch):
     assert (sparse.hits == dense.hits).all()
 
 
+def test_threaded_products_match_reference(monkeypatch):
+    """Enough images for several threads to share the sparse path's per-image products."""
+    world = make_world(seed=5, num_images=240, num_queries=40, gallery_size=30, quantise=0.25,
+                       duplicate_entries=3)
+    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
+    monkeypatch.setattr(search_module, "_IMAGES_PER_THREAD", 20)
+    monkeypatch.setattr(search_module, "_cpu_count", lambda: 4)
+    threads = []
+    original = search_module.ThreadPoolExecutor
+
+    def recording(count):
+        threads.append(count)
+        return original(count)
+
+    monkeypatch.setattr(search_module, "ThreadPoolExecutor", recording)
+    result = run(world)
+    assert threads == [4]
+    assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
+                                                      world.query_feats))
+
+
 @pytest.mark.parametrize("gallery_size", [20, 60])
 def test_high_dimension_float32_products_match_reference(gallery_size, path):
     # D = 512: the float32 error band of the sparse path is wider; tied features fall inside it

@@ -25,7 +25,9 @@ positive's score, so its numbers are those of the exact computation.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -48,6 +50,9 @@ TOP_K = (1, 5, 10)
 SPARSE_FRACTION = 0.05
 #: Largest number of (positive, candidate) comparisons materialised at once.
 _CHUNK_ELEMENTS = 1 << 23
+#: Threads for the sparse path's per-image products, and the images that make one worth it.
+_MAX_THREADS = 4
+_IMAGES_PER_THREAD = 500
 
 
 def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray:
@@ -541,13 +546,35 @@ def _pair_similarities(
     # plain Python ints in the loop: it runs once per image, numpy scalars cost more
     bound, start, first = bounds.tolist(), pair_start.tolist(), offsets.tolist()
     in_place = consecutive.tolist()
-    with _single_threaded_blas():
-        for g in images.tolist():
+    def products(chunk: list[int]) -> None:
+        for g in chunk:
             b0, b1, lo, hi = bound[g], bound[g + 1], first[g], first[g + 1]
-            image_feats = feats[rows[lo] : rows[lo] + hi - lo] if in_place[g] else feats.take(rows[lo:hi], axis=0)
+            if in_place[g]:
+                image_feats = feats[rows[lo] : rows[lo] + hi - lo]
+            else:
+                image_feats = feats.take(rows[lo:hi], axis=0)
             block = np.dot(queries.take(pair_query[b0:b1], axis=0), image_feats.T)
             out[start[b0] : start[b0] + block.size] = block.ravel()
+
+    # numpy releases the GIL in its gathers and BLAS products: a few threads share the images
+    # (interleaved, so each gets a like share), each product on one BLAS thread
+    todo = images.tolist()
+    threads = min(_cpu_count(), _MAX_THREADS, max(1, len(todo) // _IMAGES_PER_THREAD))
+    with _single_threaded_blas():
+        if threads == 1:
+            products(todo)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(products, [todo[t::threads] for t in range(threads)]))
     return out
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
