@@ -15,11 +15,20 @@ Without --run, a weak built-in baseline is used (OpenCV HOG people detector if c
 else each image is one person; colour-histogram features): fine to try the tools, not to
 measure anything.
 
-example:
+With --ray-workers N the images are detected and embedded by N Ray worker processes (the
+optional extra: pip install 'personsearch[ray]'), each writing index shards that are merged into
+--out with FAISS's merge tools; the result equals the single-process index. Without
+--ray-address a local Ray instance is started; with it, the job joins that cluster (the gallery
+and --out must then be on storage every node sees).
+
+examples:
   personsearch index --gallery frames/ --out gallery.index
+  personsearch index --gallery frames/ --out gallery.index --ray-workers 8
+  personsearch index --gallery /nfs/frames --out /nfs/gallery.index --ray-workers 64 \
+      --ray-address HEAD_IP:6379
 """
 
-INDEX_KIND_CHOICES = ("flat", "hnsw", "ivf")
+INDEX_KIND_CHOICES = ("flat", "hnsw", "ivf", "ivfpq")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index-kind",
         choices=INDEX_KIND_CHOICES,
         default=None,
-        help="flat = exact (default for a new index); hnsw / ivf = approximate, for large galleries",
+        help="flat = exact (default for a new index); hnsw / ivf / ivfpq = approximate, for large "
+        "galleries (ivfpq: the fast one at 1M boxes, see docs/search.md)",
     )
     parser.add_argument(
         "--batch-images",
@@ -42,9 +52,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images per committed batch (default 8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("indexing with Ray (optional extra: personsearch[ray])")
+    ray.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="detect and embed with N Ray worker processes (one CPU each), merging their shards",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this running Ray cluster (HEAD_IP:6379) instead of starting a local instance",
+    )
+    ray.add_argument(
+        "--shard-images",
+        type=int,
+        default=64,
+        metavar="N",
+        help="images per shard, the unit of work of one Ray worker (default 64)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray_workers is not None or args.ray_address:
+        return _run_with_ray(args)
     from personsearch.search.pipeline import baseline_pipeline, load_pipeline
     from personsearch.search.searcher import PersonSearcher
 
@@ -69,5 +100,38 @@ def run(args: argparse.Namespace) -> int:
             f"index {args.out}: {searcher.index.num_images} images, "
             f"{searcher.index.num_boxes} persons, {searcher.index.index_kind} FAISS index, "
             f"model {searcher.index.fingerprint}"
+        )
+    return 0
+
+
+def _run_with_ray(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from personsearch.errors import PersonSearchError
+    from personsearch.search.index import GalleryIndex
+    from personsearch.search.ray_indexing import RunPipeline, index_with_ray
+
+    if args.ray_workers is None:
+        raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
+    run_dir = str(Path(args.run).resolve()) if args.run else None
+    report = index_with_ray(
+        args.gallery,
+        args.out,
+        pipeline=RunPipeline(run_dir),
+        num_workers=args.ray_workers,
+        address=args.ray_address,
+        index_kind=args.index_kind,
+        shard_images=args.shard_images,
+        batch_images=args.batch_images,
+        info={"run": str(args.run)} if args.run else None,
+        progress=not args.no_progress,
+    )
+    for path, error in report.failed:
+        print(f"failed: {path}: {error}")
+    print(report.summary())
+    with GalleryIndex.open(args.out) as index:
+        print(
+            f"index {args.out}: {index.num_images} images, {index.num_boxes} persons, "
+            f"{index.index_kind} FAISS index, model {index.fingerprint}"
         )
     return 0

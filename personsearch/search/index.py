@@ -15,8 +15,9 @@ or recorded twice, and re-running the indexing picks up where it stopped.
 
 The FAISS index is derived from the shards: built on first search, cached to disk atomically
 under a name that says how many rows it covers, and extended (not rebuilt) when rows were added.
-Kinds: "flat" (exact inner product, the default), "hnsw" and "ivf" (approximate, for large
-galleries). Features are L2-normalised, so inner product is cosine similarity.
+Kinds: "flat" (exact inner product, the default), "hnsw", "ivf" and "ivfpq" (approximate, for
+large galleries; "ivfpq" scans compressed codes and re-ranks its candidates exactly, the fast one
+at a million boxes). Features are L2-normalised, so inner product is cosine similarity.
 
 An index belongs to the embedder that built it (its `fingerprint` and `dim`): opening it with
 another embedder is refused, since features of two models cannot be compared.
@@ -39,8 +40,8 @@ import numpy as np
 from personsearch.errors import PersonSearchError
 from personsearch.io import atomic_open, atomic_path
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
-INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq"]
+INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
 INDEX_VERSION = "1"
 
 DB_NAME = "index.sqlite"
@@ -50,6 +51,13 @@ LOCK_NAME = "write.lock"
 
 HNSW_NEIGHBORS = 32  # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 80
+
+# "ivfpq": 4-bit PQ codes (one byte per IVFPQ_SUBVECTOR_DIMS * 2 dims, scanned in SIMD
+# registers) find candidates; the best top_k * IVFPQ_K_FACTOR are re-ranked with the exact
+# vectors. Defaults measured with benchmarks/bench_index.py (docs/benchmarks.md).
+IVFPQ_SUBVECTOR_DIMS = 8
+IVFPQ_K_FACTOR = 16
+IVFPQ_PROBE_FRACTION = 0.5  # default nprobe = this share of the lists
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -319,6 +327,26 @@ class GalleryIndex:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(parts)
 
+    def records(self) -> list[ImageRecord]:
+        """Every image as recorded, in the order it was added, with its boxes in row order.
+
+        With `vectors()` this is exactly what `add_batch` took: adding both to an empty index
+        reproduces this one row for row (how shards built elsewhere are merged).
+        """
+        boxes: dict[int, list[tuple[float, float, float, float, float]]] = {}
+        query = "SELECT image_id, x1, y1, x2, y2, det_score FROM boxes ORDER BY id"
+        for image_id, x1, y1, x2, y2, score in self._conn.execute(query):
+            boxes.setdefault(image_id, []).append((x1, y1, x2, y2, score))
+        records = []
+        query = (
+            "SELECT id, path, sha1, size, mtime, width, height, camera, error FROM images "
+            "ORDER BY id"
+        )
+        for image_id, *fields, error in self._conn.execute(query).fetchall():
+            own = np.asarray(boxes.get(image_id, []), dtype=np.float32).reshape(-1, 5)
+            records.append(ImageRecord(*fields, boxes=own[:, :4], scores=own[:, 4], error=error))
+        return records
+
     # ---- adding --------------------------------------------------------------------------
 
     def add_batch(self, records: Sequence[ImageRecord], features: np.ndarray) -> None:
@@ -405,6 +433,34 @@ class GalleryIndex:
         """Build (or load) the FAISS index now and cache it, so the first search is fast."""
         self._faiss_index()
 
+    def adopt_faiss_index(self, index: Any) -> None:
+        """Make a FAISS index built elsewhere (e.g. merged from shards) this index's cached one.
+
+        It must be of this index's kind and hold exactly its rows, in row order (FAISS id = row);
+        searches then use it as if it had been built here.
+        """
+        import faiss
+
+        kind, rows = self.index_kind, self.num_boxes
+        expected = {
+            "flat": faiss.IndexFlat,
+            "hnsw": faiss.IndexHNSW,
+            "ivf": faiss.IndexIVF,
+            "ivfpq": faiss.IndexRefine,
+        }[kind]
+        if not isinstance(index, expected) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} is a {kind!r} inner-product index; cannot adopt a "
+                f"{type(index).__name__} (metric {index.metric_type})"
+            )
+        if index.ntotal != rows or index.d != self.dim:
+            raise GalleryIndexError(
+                f"gallery index {self.folder} has {rows} rows of {self.dim}-d features; cannot "
+                f"adopt a FAISS index of {index.ntotal} {index.d}-d vectors"
+            )
+        self._write_cache(index, kind, rows)
+        self._faiss, self._faiss_rows, self._faiss_kind = index, rows, kind
+
     def search(
         self,
         queries: np.ndarray,
@@ -475,15 +531,19 @@ class GalleryIndex:
         import faiss
 
         selector = None if allowed is None else faiss.IDSelectorBatch(allowed)
-        if isinstance(index, faiss.IndexHNSW):
+        filtered = None  # the parameters the selector goes to, when not `params` itself
+        if isinstance(index, faiss.IndexRefine):  # "ivfpq"
+            params, filtered = ivfpq_search_params(index, nprobe)
+        elif isinstance(index, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW(efSearch=ef or max(64, 2 * k))
         elif isinstance(index, faiss.IndexIVF):
             params = faiss.SearchParametersIVF(nprobe=nprobe or min(index.nlist, 16))
         else:
             params = faiss.SearchParameters()
         if selector is not None:
-            params.sel = selector
-            params._selector = selector  # keep the selector alive as long as the parameters
+            target = params if filtered is None else filtered
+            target.sel = selector
+            target._selector = selector  # keep the selector alive as long as the parameters
         return params
 
     def _box_metadata(self, rows: list[int]) -> dict[int, dict[str, Any]]:
@@ -510,7 +570,6 @@ class GalleryIndex:
         rows, kind = self.num_boxes, self.index_kind
         if self._faiss is not None and (self._faiss_rows, self._faiss_kind) == (rows, kind):
             return self._faiss
-        cache_dir = self.folder / CACHE_DIR
         cached_rows, index = self._load_cached(kind, rows)
         if index is None or cached_rows < rows:
             vectors = self.vectors()
@@ -518,15 +577,19 @@ class GalleryIndex:
                 index.add(np.ascontiguousarray(vectors[cached_rows:]))
             else:
                 index = build_faiss_index(vectors, kind)
-            with atomic_path(cache_dir / f"{kind}-{rows}.faiss") as tmp:
-                import faiss
-
-                faiss.write_index(index, str(tmp))
-            for old in cache_dir.glob(f"{kind}-*.faiss"):  # superseded caches
-                if old.name != f"{kind}-{rows}.faiss":
-                    old.unlink(missing_ok=True)
+            self._write_cache(index, kind, rows)
         self._faiss, self._faiss_rows, self._faiss_kind = index, rows, kind
         return index
+
+    def _write_cache(self, index: Any, kind: str, rows: int) -> None:
+        import faiss
+
+        cache_dir = self.folder / CACHE_DIR
+        with atomic_path(cache_dir / f"{kind}-{rows}.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
+        for old in cache_dir.glob(f"{kind}-*.faiss"):  # superseded caches
+            if old.name != f"{kind}-{rows}.faiss":
+                old.unlink(missing_ok=True)
 
     def _load_cached(self, kind: str, rows: int) -> tuple[int, Any | None]:
         """The cached index of this kind covering the most rows (<= rows), if readable."""
@@ -601,33 +664,99 @@ class GalleryIndex:
 
 
 def build_faiss_index(vectors: np.ndarray, kind: str) -> Any:
-    """A FAISS inner-product index of `kind` ("flat", "hnsw", "ivf") holding `vectors`."""
-    import faiss
-
+    """A FAISS inner-product index of `kind` ("flat", "hnsw", "ivf", "ivfpq") holding `vectors`."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    elif kind == "ivf":
-        # ~4 sqrt(N) lists, and at least 39 training points per list (FAISS's own minimum).
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        if n:
-            # k-means on a seeded sample (~64 points per list) instead of every vector: the
-            # lists are as good and training at 1M boxes takes minutes instead of an hour
-            sample = vectors
-            if n > 64 * nlist:
-                rng = np.random.default_rng(0)
-                sample = vectors[np.sort(rng.choice(n, 64 * nlist, replace=False))]
-            index.train(sample)
-    else:
-        raise GalleryIndexError(f"unknown index kind {kind!r}: use one of {INDEX_KINDS}")
+    index = empty_faiss_index(kind, dim, n)
+    if kind == "ivf" and n:
+        rows = ivf_training_rows(n, index.nlist)
+        index.train(vectors if rows is None else vectors[rows])
+    if kind == "ivfpq" and n:
+        rows = ivf_training_rows(n, ivfpq_nlist(n))
+        index.train(ivfpq_training_set(vectors if rows is None else vectors[rows]))
     if n:
         index.add(vectors)
     return index
+
+
+def empty_faiss_index(kind: str, dim: int, n: int) -> Any:
+    """The empty (untrained) FAISS inner-product index of `kind` for a gallery of `n` rows."""
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return index
+    if kind == "ivf":
+        # ~4 sqrt(N) lists, and at least 39 training points per list (FAISS's own minimum).
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfpq":
+        spec = f"IVF{ivfpq_nlist(n)},PQ{_pq_subquantizers(dim)}x4fs,RFlat"
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        index.k_factor = IVFPQ_K_FACTOR
+        ivf = faiss.downcast_index(index.base_index)
+        # Small galleries train on fewer points than FAISS asks for (39 per centroid): fine
+        # here, since the candidates are re-ranked exactly; keep its warnings off the console.
+        ivf.cp.min_points_per_centroid = 1
+        ivf.pq.cp.min_points_per_centroid = 1
+        return index
+    raise GalleryIndexError(f"unknown index kind {kind!r}: use one of {INDEX_KINDS}")
+
+
+def ivfpq_nlist(n: int) -> int:
+    """IVF lists of an "ivfpq" index over `n` rows: ~2 sqrt(N), at least 39 rows each.
+
+    Fewer lists than "ivf" (4 sqrt(N)): scanning codes is cheap, so a query probes a large
+    share of the lists, and fewer centroids make that share cheaper to pick.
+    """
+    return max(1, min(int(2 * np.sqrt(n)), n // 39))
+
+
+def ivfpq_training_set(sample: np.ndarray) -> np.ndarray:
+    """`sample`, repeated up to the 16 rows a 4-bit PQ codebook needs (tiny galleries)."""
+    if len(sample) >= 16:
+        return sample
+    return np.resize(sample, (16, sample.shape[1]))
+
+
+def ivfpq_search_params(
+    index: Any, nprobe: int | None = None, k_factor: int = IVFPQ_K_FACTOR
+) -> tuple[Any, Any]:
+    """Search parameters of an "ivfpq" index, and the IVF part's (where a selector goes).
+
+    `nprobe` defaults to IVFPQ_PROBE_FRACTION of the lists; the best k * `k_factor` candidates
+    of the compressed scan are re-ranked with the exact vectors.
+    """
+    import faiss
+
+    nlist = faiss.extract_index_ivf(index).nlist
+    base = faiss.SearchParametersIVF(nprobe=nprobe or max(1, round(IVFPQ_PROBE_FRACTION * nlist)))
+    params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
+    params._base = base  # the C++ parameters point at it: keep it alive with them
+    return params, base
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """PQ sub-quantizers of about IVFPQ_SUBVECTOR_DIMS dims each that split `dim` exactly."""
+    for sub_dims in range(min(IVFPQ_SUBVECTOR_DIMS, dim), dim + 1):
+        if dim % sub_dims == 0:
+            return dim // sub_dims
+    return 1
+
+
+def ivf_training_rows(n: int, nlist: int) -> np.ndarray | None:
+    """The rows an IVF index of `nlist` lists over `n` rows trains on (None: all of them).
+
+    k-means on a seeded sample (~64 points per list) instead of every vector: the lists are as
+    good and training at 1M boxes takes minutes instead of an hour.
+    """
+    if n <= 64 * nlist:
+        return None
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(n, 64 * nlist, replace=False))
 
 
 def _can_extend(kind: str, cached_rows: int, rows: int) -> bool:
@@ -635,7 +764,7 @@ def _can_extend(kind: str, cached_rows: int, rows: int) -> bool:
     # representative, so it is retrained once the gallery has more than doubled.
     if cached_rows == 0:
         return False
-    return kind != "ivf" or 2 * cached_rows >= rows
+    return kind not in ("ivf", "ivfpq") or 2 * cached_rows >= rows
 
 
 def _connect(db: Path) -> sqlite3.Connection:
