@@ -2,8 +2,10 @@
 
 For each gallery size: exact inner-product search (IndexFlatIP, the gallery index's "flat" kind),
 IVF-Flat over an nprobe sweep and HNSW-Flat over an efSearch sweep (the "ivf" and "hnsw" kinds),
-with single-query latency (p50, p99), recall@10 against the exact top 10, build time and the
-memory each index adds. The operating point of each approximate index is the cheapest setting
+and the "ivfpq" kind exactly as the gallery index builds it (IVF lists of 4-bit PQ codes scanned
+with SIMD, the top k * k_factor candidates re-ranked with the exact vectors) over an nprobe
+sweep, with single-query latency (p50, p99), recall@10 against the exact top 10, build time and
+the memory each index adds. The operating point of each approximate index is the cheapest setting
 reaching the target recall.
 
 Gallery features. `--data reid` (default): unit vectors of the real embedding size (CLSA, 1536)
@@ -18,7 +20,7 @@ The gallery is generated chunk by chunk from fixed seeds and streamed into one i
 so the benchmark never holds more than one copy of the features (6.1 GB at 1M x 1536).
 
     .venv/bin/python benchmarks/bench_index.py                    # 10k and 100k
-    .venv/bin/python benchmarks/bench_index.py --sizes 1000000 --no-hnsw    # the 1M figure
+    .venv/bin/python benchmarks/bench_index.py --sizes 1000000 --indexes ivfpq    # the 1M figure
 
 Prints a table and writes benchmarks/results/index.json (--out to change).
 """
@@ -42,12 +44,23 @@ import numpy as np  # noqa: E402
 
 from benchmarks import benchutil  # noqa: E402
 from personsearch.io import write_json  # noqa: E402
-from personsearch.search.index import HNSW_EF_CONSTRUCTION, HNSW_NEIGHBORS  # noqa: E402
+from personsearch.search.index import (  # noqa: E402
+    HNSW_EF_CONSTRUCTION,
+    HNSW_NEIGHBORS,
+    IVFPQ_K_FACTOR,
+    empty_faiss_index,
+    ivf_training_rows,
+    ivfpq_nlist,
+    ivfpq_search_params,
+    ivfpq_training_set,
+)
 
 CHUNK = 50_000
 K = 10
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 EF_SEARCHES = (16, 32, 64, 128, 256, 512)
+PROBE_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)  # of the IVF-PQ lists
+APPROXIMATE = ("ivf-flat", "hnsw", "ivfpq")
 
 
 class Gallery:
@@ -98,8 +111,20 @@ def add_streaming(index: Any, gallery: Gallery) -> float:
     return time.perf_counter() - start
 
 
+SEARCH_THREADS = 0  # FAISS threads while timing single queries (0: as many as building); set in main
+
+
 def latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float) -> list[float]:
     """Single-query latencies in ms (one search call per query), stopping after `budget_s`."""
+    build_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(SEARCH_THREADS or build_threads)
+    try:
+        return _latencies_ms(search, queries, budget_s)
+    finally:
+        faiss.omp_set_num_threads(build_threads)
+
+
+def _latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float) -> list[float]:
     search(queries[:1])  # warm-up
     times: list[float] = []
     started = time.perf_counter()
@@ -141,34 +166,38 @@ def bench_size(gallery: Gallery, args: argparse.Namespace) -> list[dict[str, Any
     del flat
     gc.collect()
 
-    # IVF-Flat: k-means on a sample, then the gallery streamed in
-    nlist = args.nlist or 2 ** round(math.log2(2 * math.sqrt(n)))
-    rss = benchutil.rss_mb()
-    start = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.niter = args.kmeans_iters
-    ivf.train(gallery.sample(min(n, args.train_per_list * nlist)))
-    train_s = time.perf_counter() - start
-    add_s = add_streaming(ivf, gallery)
-    memory = benchutil.rss_mb() - rss
-    for nprobe in NPROBES:
-        if nprobe > nlist:
-            break
-        ivf.nprobe = nprobe
-        _, found = ivf.search(queries, K)
-        recall = recall_at_k(found, truth)
-        lat = latencies_ms(lambda q, index=ivf: index.search(q, K), queries, args.budget_s)
-        rows.append(row(n, "ivf-flat", f"nlist={nlist} nprobe={nprobe}", lat, recall,
-                        build_s=round(train_s + add_s, 2), train_s=round(train_s, 2),
-                        memory_mb=round(memory), nprobe=nprobe, nlist=nlist))
-        print_progress(rows[-1])
-        if recall >= args.stop_recall:
-            break
-    del ivf, quantizer
-    gc.collect()
+    if "ivf-flat" in args.indexes:
+        # IVF-Flat: k-means on a sample, then the gallery streamed in
+        nlist = args.nlist or 2 ** round(math.log2(2 * math.sqrt(n)))
+        rss = benchutil.rss_mb()
+        start = time.perf_counter()
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = args.kmeans_iters
+        ivf.train(gallery.sample(min(n, args.train_per_list * nlist)))
+        train_s = time.perf_counter() - start
+        add_s = add_streaming(ivf, gallery)
+        memory = benchutil.rss_mb() - rss
+        for nprobe in NPROBES:
+            if nprobe > nlist:
+                break
+            ivf.nprobe = nprobe
+            _, found = ivf.search(queries, K)
+            recall = recall_at_k(found, truth)
+            lat = latencies_ms(lambda q, index=ivf: index.search(q, K), queries, args.budget_s)
+            rows.append(row(n, "ivf-flat", f"nlist={nlist} nprobe={nprobe}", lat, recall,
+                            build_s=round(train_s + add_s, 2), train_s=round(train_s, 2),
+                            memory_mb=round(memory), nprobe=nprobe, nlist=nlist))
+            print_progress(rows[-1])
+            if recall >= args.stop_recall:
+                break
+        del ivf, quantizer
+        gc.collect()
 
-    if args.hnsw and n <= args.hnsw_max_size:
+    if "ivfpq" in args.indexes:
+        rows += bench_ivfpq(gallery, queries, truth, args)
+
+    if "hnsw" in args.indexes and n <= args.hnsw_max_size:
         rss = benchutil.rss_mb()
         hnsw = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -186,6 +215,40 @@ def bench_size(gallery: Gallery, args: argparse.Namespace) -> list[dict[str, Any
                 break
         del hnsw
         gc.collect()
+    return rows
+
+
+def bench_ivfpq(
+    gallery: Gallery, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The gallery index's "ivfpq" kind, built as it builds it: IVF over 4-bit PQ codes
+    (fast scan), trained on its sample size, the top k * k_factor re-ranked exactly."""
+    n, rows = gallery.size, []
+    nlist = ivfpq_nlist(n)
+    sample = ivf_training_rows(n, nlist)
+    rss = benchutil.rss_mb()
+    start = time.perf_counter()
+    index = empty_faiss_index("ivfpq", gallery.dim, n)
+    index.train(ivfpq_training_set(gallery.sample(n if sample is None else len(sample))))
+    train_s = time.perf_counter() - start
+    add_s = add_streaming(index, gallery)
+    memory = benchutil.rss_mb() - rss
+    spec = f"nlist={nlist} PQ{faiss.downcast_index(index.base_index).pq.M}x4fs"
+    nprobes = sorted({max(1, round(f * nlist)) for f in PROBE_FRACTIONS})
+    for nprobe in nprobes:
+        for k_factor in args.k_factors:
+            params, _ = ivfpq_search_params(index, nprobe, k_factor)
+            _, found = index.search(queries, K, params=params)
+            recall = recall_at_k(found, truth)
+            lat = latencies_ms(lambda q, p=params, i=index: i.search(q, K, params=p), queries, args.budget_s)
+            rows.append(row(n, "ivfpq", f"{spec} nprobe={nprobe} k_factor={k_factor}", lat,
+                            recall, build_s=round(train_s + add_s, 2), train_s=round(train_s, 2),
+                            memory_mb=round(memory), nprobe=nprobe, nlist=nlist, k_factor=k_factor))
+            print_progress(rows[-1])
+        if max(r["recall_at_10"] for r in rows[-len(args.k_factors):]) >= args.stop_recall:
+            break
+    del index
+    gc.collect()
     return rows
 
 
@@ -222,19 +285,36 @@ def main() -> int:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--stop-recall", type=float, default=0.99,
                         help="stop a sweep once recall@10 reaches this")
-    parser.add_argument("--no-hnsw", dest="hnsw", action="store_false")
+    parser.add_argument("--indexes", default=",".join(APPROXIMATE),
+                        help=f"approximate indexes to run, comma-separated (of {', '.join(APPROXIMATE)});"
+                        " exact search always runs (it is the ground truth)")
+    parser.add_argument("--no-hnsw", action="store_true", help="same as leaving hnsw out of --indexes")
+    parser.add_argument("--k-factors", default=str(IVFPQ_K_FACTOR),
+                        help=f"IVF-PQ re-ranking factors to sweep (default {IVFPQ_K_FACTOR}, the index's)")
     parser.add_argument("--hnsw-max-size", type=int, default=100_000,
                         help="skip HNSW above this size (its build is slow on few cores)")
     parser.add_argument("--threads", type=int, default=0, help="FAISS threads (default: all)")
+    parser.add_argument("--search-threads", type=int, default=0,
+                        help="FAISS threads while timing single queries (default: as --threads); 1 "
+                        "avoids OpenMP stalls when other processes load the cores")
     parser.add_argument("--out", type=Path, default=benchutil.RESULTS / "index.json")
     args = parser.parse_args()
+    args.indexes = {name.strip() for name in args.indexes.split(",") if name.strip()}
+    if args.no_hnsw:
+        args.indexes.discard("hnsw")
+    if args.indexes - set(APPROXIMATE):
+        parser.error(f"--indexes: unknown {sorted(args.indexes - set(APPROXIMATE))}")
+    args.k_factors = [int(k) for k in args.k_factors.split(",") if k.strip()]
 
     started = time.perf_counter()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    global SEARCH_THREADS
+    SEARCH_THREADS = args.search_threads
     info = benchutil.machine_info()
     info["faiss"] = faiss.__version__
     info["faiss_threads"] = faiss.omp_get_max_threads()
+    info["faiss_search_threads"] = args.search_threads or info["faiss_threads"]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     rows: list[dict[str, Any]] = []
     benchutil.reset_peak_rss()

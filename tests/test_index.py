@@ -210,7 +210,7 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     index.close()
 
 
-@pytest.mark.parametrize("kind, min_recall", [("hnsw", 0.9), ("ivf", 0.6)])
+@pytest.mark.parametrize("kind, min_recall", [("hnsw", 0.9), ("ivf", 0.6), ("ivfpq", 0.5)])
 def test_approximate_kinds_agree_with_exact_search(tmp_path, kind, min_recall):
     """Recall@10 of the approximate index against exact inner product on random vectors."""
     rng = np.random.default_rng(7)
@@ -234,3 +234,61 @@ def test_approximate_kinds_agree_with_exact_search(tmp_path, kind, min_recall):
         if kind == "ivf":  # probing every list is exact
             full = index.search(queries, top_k=k, nprobe=10_000)
             assert [[h.row for h in hits] for hits in full] == exact.tolist()
+        if kind == "ivfpq":
+            # On structureless vectors the 4-bit codes (16 bits each here) rank coarsely, so
+            # probing every list does not help recall; the re-ranked similarities are exact.
+            full = index.search(queries, top_k=k, nprobe=10_000)
+            hit = full[0][0]
+            assert hit.similarity == pytest.approx(float(queries[0] @ vectors[hit.row]), abs=1e-5)
+
+
+def test_ivfpq_finds_planted_boxes_survives_reopening_and_grows_like_ivf(tmp_path):
+    rng = np.random.default_rng(8)
+    folder = tmp_path / "idx"
+    with GalleryIndex.open_for_writing(
+        folder, fingerprint="m", dim=DIM, index_kind="ivfpq"
+    ) as index:
+        feats = fill(index, rng, images=4)  # 12 rows: fewer than a 4-bit codebook's 16
+        top = index.search_one(feats[7], top_k=3)
+        assert top[0].row == 7 and top[0].similarity == pytest.approx(1.0, abs=1e-5)
+        assert [p.name for p in (folder / CACHE_DIR).iterdir()] == ["ivfpq-12.faiss"]
+        feats = np.concatenate([feats, fill(index, rng, images=2, start=4)])
+        assert index.search_one(feats[16], top_k=1)[0].row == 16  # extended: 12 -> 18 rows
+        assert [p.name for p in (folder / CACHE_DIR).iterdir()] == ["ivfpq-18.faiss"]
+        feats = np.concatenate([feats, fill(index, rng, images=200, start=6)])
+        assert index.search_one(feats[500], top_k=1)[0].row == 500  # retrained: 18 -> 618
+    reader = GalleryIndex.open(folder, fingerprint="m")
+    assert reader.index_kind == "ivfpq"
+    queries = feats[[3, 100, 617]] + 0.05 * unit_rows(rng, 3)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    assert [hits[0].row for hits in reader.search(queries, top_k=5)] == [3, 100, 617]
+    reader.close()
+
+
+def test_ivfpq_filters(tmp_path):
+    rng = np.random.default_rng(9)
+    with GalleryIndex.open_for_writing(
+        tmp_path / "idx", fingerprint="m", dim=DIM, index_kind="ivfpq"
+    ) as index:
+        feats = fill(index, rng, images=30)
+        query = feats[0]
+        # like "ivf", only the probed lists are searched: probe them all to see every match
+        hits = index.search_one(query, top_k=100, cameras=[1, 2], nprobe=1000)
+        assert len(hits) == 60 and {h.camera for h in hits} == {1, 2}
+        hits = index.search_one(query, top_k=3, exclude_paths=["/gallery/img0000.jpg"])
+        assert len(hits) == 3 and all(h.image_path != "/gallery/img0000.jpg" for h in hits)
+        assert index.search_one(query, top_k=5, cameras=[7]) == []
+        assert index.search_one(query, top_k=1, cameras=[0])[0].row == 0
+
+
+def test_ivfpq_code_size_follows_the_feature_size():
+    import faiss
+
+    from personsearch.search.index import build_faiss_index, ivfpq_nlist
+
+    rng = np.random.default_rng(10)
+    for dim, sub_quantizers in [(64, 8), (20, 2), (7, 1)]:
+        index = build_faiss_index(unit_rows(rng, 100, dim), "ivfpq")
+        ivf = faiss.downcast_index(index.base_index)
+        assert (ivf.pq.M, ivf.pq.nbits, ivf.nlist) == (sub_quantizers, 4, ivfpq_nlist(100))
+        assert index.ntotal == 100
