@@ -185,20 +185,20 @@ def _flatten_protocol(protocol: SearchProtocol, duplicates: Duplicates) -> _Entr
         raise ValueError(f"{protocol.name}: gallery indices outside the {num_images} images")
     holds = ~np.isnan(gt[:, 0])
     count_gt = np.bincount(named_query[holds], minlength=len(queries)).astype(np.int64)
+    query, image = named_query, named_image  # every listed entry is evaluated (OIM)
     if duplicates == "first":
         # SeqNet: an image listed twice is evaluated once, with its first entry's box
         _, first = np.unique(named_query * num_images + named_image, return_index=True)
         evaluated = np.sort(first)
-    else:
-        evaluated = np.arange(len(named_image))
+        query, image, gt, holds = query[evaluated], image[evaluated], gt[evaluated], holds[evaluated]
     index = protocol.image_index()
     own = np.array([index.get(t.image, -1) for t in queries], dtype=np.int64)
     camera = np.array([t.camera for t in queries], dtype=np.int64)
     return _Entries(
-        query=named_query[evaluated],
-        image=named_image[evaluated],
-        gt=gt[evaluated],
-        holds=holds[evaluated],
+        query=query,
+        image=image,
+        gt=gt,
+        holds=holds,
         count_gt=count_gt,
         named_query=named_query,
         named_image=named_image,
@@ -328,7 +328,7 @@ class _ExactPairs:
         u = 2.0**-24
         gamma = dim * u / (1 - dim * u)
         # over every row (streaming them is cheaper than gathering the chosen ones): a bound still
-        det_norm = float(np.max(_row_norms(feats), initial=0.0)) if len(det_rows) else 0.0
+        det_norm = _max_row_norm(feats) if len(det_rows) else 0.0
         self.bound = (gamma + 4 * u) * _row_norms(queries) * det_norm * 1.001
         self._known_keys = np.zeros(0, dtype=np.int64)
         self._known_values = np.zeros(0, dtype=np.float32)
@@ -349,12 +349,30 @@ class _ExactPairs:
 
     def _compute(self, query: np.ndarray, det: np.ndarray, chunk: int = 1024) -> np.ndarray:
         out = np.empty(len(query), dtype=np.float32)
-        for lo in range(0, len(query), chunk):
-            q = self.queries.take(query[lo : lo + chunk], axis=0)
-            f = self.feats.take(det[lo : lo + chunk], axis=0)
-            # cast to float64 (exactly) and summed there: float32 x float32 products are exact
-            out[lo : lo + chunk] = np.einsum("ij,ij->i", q, f, dtype=np.float64)
+
+        def part(span: slice) -> None:
+            for lo in range(span.start, span.stop, chunk):
+                hi = min(lo + chunk, span.stop)
+                q = self.queries.take(query[lo:hi], axis=0)
+                f = self.feats.take(det[lo:hi], axis=0)
+                # cast to float64 (exactly) and summed there: float32 x float32 products are exact
+                out[lo:hi] = np.einsum("ij,ij->i", q, f, dtype=np.float64)
+
+        _in_threads(part, len(query), 2 * chunk)
         return out
+
+
+def _max_row_norm(x: np.ndarray, chunk: int = 8192) -> float:
+    """Upper bound of the largest row norm of `x` (computed in slices, on threads)."""
+    starts = range(0, len(x), chunk)
+    maxima = np.zeros(len(starts))
+
+    def part(span: slice) -> None:
+        for i in range(span.start, span.stop):
+            maxima[i] = _row_norms(x[starts[i] : starts[i] + chunk]).max()
+
+    _in_threads(part, len(starts), 2)
+    return float(maxima.max(initial=0.0))
 
 
 def _row_norms(x: np.ndarray) -> np.ndarray:
@@ -567,6 +585,18 @@ def _pair_similarities(
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(products, [todo[t::threads] for t in range(threads)]))
     return out
+
+
+def _in_threads(function: Callable[[slice], None], total: int, min_chunk: int) -> None:
+    """Run `function` over consecutive slices of range(total), on a few threads when it is big
+    enough (the numpy kernels called release the GIL: gathers, products, einsum)."""
+    threads = min(_cpu_count(), _MAX_THREADS, max(1, total // min_chunk))
+    if threads == 1:
+        function(slice(0, total))
+        return
+    cuts = np.linspace(0, total, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(function, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
 
 
 def _cpu_count() -> int:
