@@ -77,11 +77,13 @@ def test_sparse_and_dense_paths_agree(seed, monkeypatch):
 
 
 def test_threaded_products_match_reference(monkeypatch):
-    """Enough images for several threads to share the sparse path's per-image products."""
+    """Enough images and candidates for threads to share the sparse path's per-image products
+    and the counting."""
     world = make_world(seed=5, num_images=240, num_queries=40, gallery_size=30, quantise=0.25,
                        duplicate_entries=3)
     monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
     monkeypatch.setattr(search_module, "_IMAGES_PER_THREAD", 20)
+    monkeypatch.setattr(search_module, "_ELEMENTS_PER_THREAD", 100)
     monkeypatch.setattr(search_module, "_cpu_count", lambda: 4)
     threads = []
     original = search_module.ThreadPoolExecutor
@@ -92,7 +94,7 @@ def test_threaded_products_match_reference(monkeypatch):
 
     monkeypatch.setattr(search_module, "ThreadPoolExecutor", recording)
     result = run(world)
-    assert threads == [4]
+    assert threads[0] == 4 and len(threads) == 2 and threads[1] >= 2  # products, then counting
     assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
                                                       world.query_feats))
 

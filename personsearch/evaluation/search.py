@@ -53,6 +53,8 @@ _CHUNK_ELEMENTS = 1 << 23
 #: Threads for the sparse path's per-image products, and the images that make one worth it.
 _MAX_THREADS = 4
 _IMAGES_PER_THREAD = 500
+#: Candidate comparisons that make a second thread worth it when counting.
+_ELEMENTS_PER_THREAD = 500_000
 
 
 def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray:
@@ -264,30 +266,42 @@ def _count_at_least(
     """
     lengths = row_bounds[pos_query + 1] - row_bounds[pos_query]
     count = np.zeros(len(pos_query), dtype=np.int64)
-    for lo, hi in _chunks(lengths, _CHUNK_ELEMENTS):
+    bands: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (positive, row, weight)
+    if exact is not None:
+        bound = exact.bound[pos_query]
+        score64 = pos_score.astype(np.float64)
+        upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
+        lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
+
+    def part(span: slice) -> None:
+        lo, hi = span.start, span.stop
         n = lengths[lo:hi]
         rows = _ranges(row_bounds[pos_query[lo:hi]], n)
         owner = np.repeat(np.arange(hi - lo), n)
         values = sims[rows]
-        score = pos_score[lo:hi]
         weight = None if row_weight is None else row_weight[rows]
         if exact is None:
-            count[lo:hi] = _weighted_count(values >= np.repeat(score, n), owner, weight, hi - lo)
-            continue
-        bound = exact.bound[pos_query[lo:hi]]
-        score64 = score.astype(np.float64)
-        upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
-        lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
-        above = values >= np.repeat(upper, n)
+            count[lo:hi] = _weighted_count(values >= np.repeat(pos_score[lo:hi], n), owner, weight, hi - lo)
+            return
+        above = values >= np.repeat(upper[lo:hi], n)
         count[lo:hi] = _weighted_count(above, owner, weight, hi - lo)
-        band = np.flatnonzero((values >= np.repeat(lower, n)) & ~above)
-        if len(band):
-            band_owner = owner[band]
-            exact_values = exact(pos_query[lo:hi][band_owner], row_pair_det(rows[band]))
-            count[lo:hi] += _weighted_count(
-                exact_values >= score[band_owner], band_owner,
-                None if weight is None else weight[band], hi - lo,
-            )
+        band = np.flatnonzero((values >= np.repeat(lower[lo:hi], n)) & ~above)
+        bands.append((lo + owner[band], rows[band], None if weight is None else weight[band]))
+
+    # slices of positives, in threads; the few pairs in error bands are resolved together after
+    spans = list(_chunks(lengths, min(_CHUNK_ELEMENTS, int(lengths.sum()) // 2 + 1)))
+    if len(spans) > 1 and int(lengths.sum()) >= _ELEMENTS_PER_THREAD:
+        with ThreadPoolExecutor(min(len(spans), _cpu_count(), _MAX_THREADS)) as pool:
+            list(pool.map(part, [slice(lo, hi) for lo, hi in spans]))
+    else:
+        for lo, hi in spans:
+            part(slice(lo, hi))
+    if exact is not None and bands:
+        owner = np.concatenate([b[0] for b in bands])
+        rows = np.concatenate([b[1] for b in bands])
+        weight = None if row_weight is None else np.concatenate([b[2] for b in bands])
+        above = exact(pos_query[owner], row_pair_det(rows)) >= pos_score[owner]
+        count += _weighted_count(above, owner, weight, len(count))
     return count
 
 
