@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import shutil
 import socket
@@ -59,6 +58,8 @@ from personsearch.search.searcher import (
     IMAGE_SUFFIXES,
     IndexReport,
     PersonSearcher,
+    check_same_detector,
+    images_to_index,
     list_images,
 )
 
@@ -161,9 +162,9 @@ def index_with_ray(
                 info=meta,
             )
         )
-        _check_same_detector(index, here)
+        check_same_detector(index, here.detector)
         report = RayIndexReport(folder=gallery, found=len(paths))
-        todo = _images_to_index(index, paths, report)
+        todo = images_to_index(index, paths, report)
         shard_root = out / SHARDS_DIR
         shutil.rmtree(shard_root, ignore_errors=True)  # left by a killed job: we hold the lock
         shard_root.mkdir()
@@ -342,33 +343,6 @@ def _rows_of(shards: list[_MergedShard], rows: np.ndarray | None, fingerprint: s
             mine = rows[(rows >= shard.first_row) & (rows < shard.first_row + shard.n_rows)]
             parts.append(vectors[mine - shard.first_row])
     return np.ascontiguousarray(np.concatenate(parts))
-
-
-def _images_to_index(index: GalleryIndex, paths: list[Path], report: RayIndexReport) -> list[Path]:
-    """The images not indexed yet (new or failed before), as `PersonSearcher.index_paths` picks."""
-    known = index.known_images()
-    todo = []
-    for path in paths:
-        key = str(path.resolve())  # how the index stores paths
-        seen = known.get(key)
-        if seen is None or seen.status == "failed":
-            todo.append(path)
-            continue
-        report.skipped += 1
-        stat = path.stat()
-        if stat.st_size != seen.size or not math.isclose(stat.st_mtime, seen.mtime):
-            report.changed.append(key)
-    return todo
-
-
-def _check_same_detector(index: GalleryIndex, pipeline: Pipeline) -> None:
-    stored, current = index.meta.get("detector"), detector_fingerprint(pipeline.detector)
-    if stored is not None and stored != current:
-        raise GalleryIndexError(
-            f"gallery index {index.folder} holds boxes of detector {stored!r}; adding images with "
-            f"detector {current!r} would mix two detectors in one index. Use the same detector, "
-            "or build a new index."
-        )
 
 
 def _connect(ray: Any, address: str | None, num_workers: int) -> bool:

@@ -157,21 +157,10 @@ class PersonSearcher:
         """Index the given image files that the index does not hold yet (see `index_folder`)."""
         if self.detector is None:
             raise PersonSearchError("indexing needs a detector; this searcher has none")
-        self._check_detector()
+        check_same_detector(self.index, self.detector)
         paths = [Path(p) for p in paths]
         report = IndexReport(folder=folder or Path("."), found=len(paths))
-        known = self.index.known_images()
-        todo = []
-        for path in paths:
-            key = str(path.resolve())
-            seen = known.get(key)
-            if seen is None or seen.status == "failed":
-                todo.append(path)
-                continue
-            report.skipped += 1
-            stat = path.stat()
-            if stat.st_size != seen.size or not math.isclose(stat.st_mtime, seen.mtime):
-                report.changed.append(key)
+        todo = images_to_index(self.index, paths, report)
 
         from tqdm import tqdm
 
@@ -191,16 +180,6 @@ class PersonSearcher:
                             bar.write(f"skipped (cannot read): {record.error}")
                 bar.update(len(batch))
         return report
-
-    def _check_detector(self) -> None:
-        stored = self.index.meta.get("detector")
-        current = detector_fingerprint(self.detector)
-        if stored is not None and stored != current:
-            raise GalleryIndexError(
-                f"gallery index {self.index.folder} holds boxes of detector {stored!r}; adding "
-                f"images with detector {current!r} would mix two detectors in one index. "
-                "Use the same detector, or build a new index."
-            )
 
     def _read_and_detect(
         self, paths: Sequence[Path], camera_of: Callable[[Path], int]
@@ -300,6 +279,35 @@ class PersonSearcher:
         if exclude_probe_image and not isinstance(probe, np.ndarray):
             excluded.append(str(Path(probe).resolve()))
         return self.index.search_one(feature, top_k, cameras=cameras, exclude_paths=excluded)
+
+
+def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexReport) -> list[Path]:
+    """The images `index` does not hold yet (new, or failed before); the others are counted in
+    `report` as skipped, and as changed when the file differs from when it was indexed."""
+    known = index.known_images()
+    todo = []
+    for path in paths:
+        key = str(path.resolve())  # how the index stores paths
+        seen = known.get(key)
+        if seen is None or seen.status == "failed":
+            todo.append(path)
+            continue
+        report.skipped += 1
+        stat = path.stat()
+        if stat.st_size != seen.size or not math.isclose(stat.st_mtime, seen.mtime):
+            report.changed.append(key)
+    return todo
+
+
+def check_same_detector(index: GalleryIndex, detector: Detector) -> None:
+    """Refuse to add boxes of another detector than the one the index already holds."""
+    stored, current = index.meta.get("detector"), detector_fingerprint(detector)
+    if stored is not None and stored != current:
+        raise GalleryIndexError(
+            f"gallery index {index.folder} holds boxes of detector {stored!r}; adding images with "
+            f"detector {current!r} would mix two detectors in one index. Use the same detector, "
+            "or build a new index."
+        )
 
 
 def list_images(folder: Path) -> list[Path]:
