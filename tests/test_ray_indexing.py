@@ -47,6 +47,12 @@ def single_machine(folder: Path, out: Path, detector, kind: str = "flat") -> Gal
     return GalleryIndex.open(out)
 
 
+def two_workers(folder: Path, out: Path, detector, kind: str):
+    """Index the gallery with 2 Ray workers, 8 images a shard."""
+    return index_with_ray(folder, out, pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
+                          num_workers=2, index_kind=kind, shard_images=8, progress=False)
+
+
 def assert_same_index(merged: GalleryIndex, single: GalleryIndex) -> None:
     assert merged.rows() == single.rows()  # same images, boxes and scores, in the same row order
     np.testing.assert_allclose(merged.vectors(), single.vectors(), atol=1e-5)
@@ -87,15 +93,7 @@ def test_ivf_is_trained_once_and_merged_from_worker_parts(tmp_path, ray_local, g
 
     folder, detector = gallery
     out = tmp_path / "ray.index"
-    report = index_with_ray(
-        folder,
-        out,
-        pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
-        num_workers=2,
-        index_kind="ivf",
-        shard_images=8,
-        progress=False,
-    )
+    report = two_workers(folder, out, detector, "ivf")
     assert report.shards == 4 and "ivf, merged" in report.faiss
     merged = GalleryIndex.open(out)
     single = single_machine(folder, tmp_path / "single.index", detector, kind="ivf")
@@ -185,15 +183,7 @@ def test_a_failing_worker_stops_the_job_with_its_error(tmp_path, ray_local, gall
 def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(tmp_path, ray_local, gallery):
     folder, detector = gallery
     out = tmp_path / "ray.index"
-    report = index_with_ray(
-        folder,
-        out,
-        pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
-        num_workers=2,
-        index_kind="ivfpq",
-        shard_images=8,
-        progress=False,
-    )
+    report = two_workers(folder, out, detector, "ivfpq")
     assert report.shards == 4 and report.faiss == "ivfpq, built by the driver"
     merged = GalleryIndex.open(out)
     single = single_machine(folder, tmp_path / "single.index", detector, kind="ivfpq")
