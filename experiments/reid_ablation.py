@@ -6,6 +6,10 @@ several seeds with the shipped `synthetic-reid` config, and reports crop re-id m
 
     python experiments/reid_ablation.py --root data/synthetic-small --out runs/ablation
     python experiments/reid_ablation.py --heads clsa plain --seeds 0 1 2 --epochs 4
+    python experiments/reid_ablation.py --heads clsa/level_ce_weight=1 clsa/detach_teacher=false
+
+A head may carry model settings after slashes (`clsa/level_ce_weight=1`: CLSA with a
+cross-entropy on every level too), to ablate one choice at a time.
 
 Writes OUT/ablation.json and prints a Markdown table (the one in docs/models.md).
 """
@@ -34,9 +38,10 @@ def main() -> None:
     from personsearch.engine.reid_task import train_reid
 
     rows = []
-    for head in args.heads:
+    for spec in args.heads:
+        head, *settings = spec.split("/")
         for seed in args.seeds:
-            run = args.out / f"{head}-seed{seed}"
+            run = args.out / f"{spec.replace('/', '-').replace('=', '')}-seed{seed}"
             metrics_file = run / "metrics.json"
             if not metrics_file.is_file() or "final" not in json.loads(metrics_file.read_text()):
                 config = load_config("synthetic-reid", [
@@ -45,12 +50,13 @@ def main() -> None:
                     f"optim.milestones=[{max(1, args.epochs - 1)}]", "run.eval_period=0",
                     f"run.workers={args.workers}", "run.progress=false",
                     *(["model.levels=5"] if head == "plain" else []),  # plain pools res5 only
+                    *(f"model.{setting}" for setting in settings),
                 ])
                 start = time.perf_counter()
                 train_reid(config, resume=(run / "checkpoints" / "last.pt").is_file())
-                print(f"{head} seed {seed}: {time.perf_counter() - start:.0f} s")
+                print(f"{spec} seed {seed}: {time.perf_counter() - start:.0f} s")
             final = json.loads(metrics_file.read_text())["final"]
-            rows.append({"head": head, "seed": seed, "mAP": final["mAP"], "rank1": final["rank1"]})
+            rows.append({"head": spec, "seed": seed, "mAP": final["mAP"], "rank1": final["rank1"]})
 
     summary = {}
     for head in args.heads:
