@@ -331,18 +331,17 @@ class _ExactPairs:
     Float32 products of D-dim vectors are within gamma_D * |q| * |f| of the true dot product
     (gamma_D = D u / (1 - D u), u = 2^-24, any summation order); casting the inputs to float32
     and rounding the exact value to float32 add at most 3 u |q| |f| more. Detections are rows
-    of `feats` (`det_rows` are those that will be asked for). Pairs computed once are remembered: the
-    positives found first come back in the error bands of the counting.
+    of `feats`, `det_norm` a bound on their norms (_max_row_norm: streaming every row is cheaper
+    than gathering the chosen ones). Pairs computed once are remembered: the positives found
+    first come back in the error bands of the counting.
     """
 
-    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_rows: np.ndarray) -> None:
+    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_norm: float) -> None:
         self.queries = queries
         self.feats = feats
         dim = queries.shape[1]
         u = 2.0**-24
         gamma = dim * u / (1 - dim * u)
-        # over every row (streaming them is cheaper than gathering the chosen ones): a bound still
-        det_norm = _max_row_norm(feats) if len(det_rows) else 0.0
         self.bound = (gamma + 4 * u) * _row_norms(queries) * det_norm * 1.001
         self._known_keys = np.zeros(0, dtype=np.int64)
         self._known_values = np.zeros(0, dtype=np.float32)
@@ -476,19 +475,27 @@ def evaluate_search(
         query_boxes = np.stack([t.box for t in protocol.queries]) if protocol.queries else np.zeros((0, 4))
         context = query_context.persons_per_query(query_boxes, cbgm.k2 - 1)
     ks = tuple(int(k) for k in ks)
-    entries = _flatten_protocol(protocol, duplicates)
-    qual_entry, qual_det = _qualifying_pairs(entries, gallery)
-    listed_rows = int(gallery.counts[entries.image].sum())
-    dense_rows = len(protocol.queries) * len(gallery.image)
-    fits_keys = (len(protocol.queries) + 1) * (len(gallery.image) + 1) < 2**32
-    if protocol.unlisted == "none" and fits_keys and listed_rows <= SPARSE_FRACTION * max(dense_rows, 1):
-        pos_query, pos_score, cand = _sparse(
-            entries, gallery, query_feats, qual_entry, qual_det, cbgm, context
-        )
-    else:
-        pos_query, pos_score, cand = _dense(
-            protocol, entries, gallery, query_feats, qual_entry, qual_det, cbgm, context, batch_size
-        )
+    with ThreadPoolExecutor(1) as background:
+        # the sparse path's float32 products need a bound on the detections' norms: stream
+        # them (numpy releases the GIL) while this thread flattens the protocol
+        det_norm = None
+        if cbgm is None and protocol.unlisted == "none" and len(gallery.feat_rows):
+            det_norm = background.submit(_max_row_norm, gallery.source_feats)
+        entries = _flatten_protocol(protocol, duplicates)
+        qual_entry, qual_det = _qualifying_pairs(entries, gallery)
+        listed_rows = int(gallery.counts[entries.image].sum())
+        dense_rows = len(protocol.queries) * len(gallery.image)
+        fits_keys = (len(protocol.queries) + 1) * (len(gallery.image) + 1) < 2**32
+        sparse = listed_rows <= SPARSE_FRACTION * max(dense_rows, 1)
+        if protocol.unlisted == "none" and fits_keys and sparse:
+            pos_query, pos_score, cand = _sparse(
+                entries, gallery, query_feats, qual_entry, qual_det, cbgm, context,
+                0.0 if det_norm is None else det_norm.result(),
+            )
+            return _finish(protocol.name, ks, entries.count_gt, pos_query, pos_score, cand)
+    pos_query, pos_score, cand = _dense(
+        protocol, entries, gallery, query_feats, qual_entry, qual_det, cbgm, context, batch_size
+    )
     return _finish(protocol.name, ks, entries.count_gt, pos_query, pos_score, cand)
 
 
@@ -500,8 +507,11 @@ def _sparse(
     qual_det: np.ndarray,
     cbgm: CBGMOptions | None,
     context: list[np.ndarray] | None,
+    det_norm: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates = listed images only: similarities of each (query, listed image) pair.
+
+    `det_norm` bounds the norm of every detection's feature (used without CBGM).
 
     Pairs are laid out image by image, so each image's detections meet the queries listing it
     in one small matrix product (memory-bound: float32 unless CBGM needs exact values first).
@@ -541,7 +551,7 @@ def _sparse(
 
     if fast:
         # detections are named by their row in the caller's array: no reordered copy is made
-        exact = _ExactPairs(query_feats, gallery.source_feats, gallery.feat_rows)
+        exact = _ExactPairs(query_feats, gallery.source_feats, det_norm)
         qual_sim = exact(entries.query[qual_entry], gallery.feat_rows[qual_det])
     else:
         exact = None
