@@ -265,12 +265,7 @@ def _merge_shard(index: GalleryIndex, folder: Path, report: RayIndexReport) -> i
             )
         records, vectors = shard.records(), shard.vectors()
     index.add_batch(records, vectors)
-    for record in records:
-        if record.error is None:
-            report.added += 1
-            report.boxes += len(record.boxes)
-        else:
-            report.failed.append((record.path, record.error))
+    report.count(records)
     return len(records)
 
 

@@ -62,6 +62,16 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error) not indexed
     changed: list[str] = field(default_factory=list)  #: indexed earlier, file modified since
 
+    def count(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """Count records just added to the index; returns those that failed."""
+        failed = [record for record in records if record.error is not None]
+        for record in records:
+            if record.error is None:
+                self.added += 1
+                self.boxes += len(record.boxes)
+        self.failed.extend((record.path, record.error) for record in failed)
+        return failed
+
     def summary(self) -> str:
         text = (
             f"{self.found} images in {self.folder}: {self.added} indexed ({self.boxes} persons), "
@@ -169,15 +179,10 @@ class PersonSearcher:
                 batch = todo[start : start + self.batch_images]
                 records, crops = self._read_and_detect(batch, camera_of)
                 self.index.add_batch(records, self._embed(crops))
-                for record in records:
-                    if record.error is None:
-                        report.added += 1
-                        report.boxes += len(record.boxes)
-                    else:
-                        report.failed.append((record.path, record.error))
-                        log.warning("skipped %s: %s", record.path, record.error)
-                        if progress:
-                            bar.write(f"skipped (cannot read): {record.error}")
+                for record in report.count(records):
+                    log.warning("skipped %s: %s", record.path, record.error)
+                    if progress:
+                        bar.write(f"skipped (cannot read): {record.error}")
                 bar.update(len(batch))
         return report
 
