@@ -77,8 +77,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             },
             os.path.join(out, f"rank{rank}.pt"),
         )
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(synchronize=False)
+        raise
+    shutdown_distributed()
 
 
 def test_two_process_training_and_gather(tmp_path):

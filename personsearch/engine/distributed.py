@@ -64,8 +64,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(synchronize: bool = True) -> None:
+    """Leave the process group. With `synchronize` (after a successful run), every rank waits
+    for the others first: a rank tearing its connections down while a peer is still using
+    them can make the peer abort at exit (seen with gloo). After an error, it does not wait,
+    since the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -62,6 +62,9 @@ def run_task(body: TaskBody, config: Config, resume: bool) -> dict[str, Any]:
     dist_info = distributed.init_distributed(config.run.device)
     try:
         checkpoint = prepare_run(config, resume, dist_info)
-        return body(config, checkpoint, dist_info)
-    finally:
-        distributed.shutdown_distributed()
+        result = body(config, checkpoint, dist_info)
+    except BaseException:
+        distributed.shutdown_distributed(synchronize=False)
+        raise
+    distributed.shutdown_distributed()
+    return result
