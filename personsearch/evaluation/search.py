@@ -113,11 +113,6 @@ class GalleryDetections:
         """(M, D) every detection's feature, in row order (a copy, made on first use)."""
         return self.source_feats.take(self.feat_rows, axis=0)
 
-    def image_feats(self, image: int) -> np.ndarray:
-        """(n, D) the features of one image's detections."""
-        rows = self.feat_rows[self.offsets[image] : self.offsets[image + 1]]
-        return self.source_feats.take(rows, axis=0)
-
     @property
     def num_images(self) -> int:
         return len(self.offsets) - 1
@@ -611,6 +606,7 @@ def _pair_similarities(
     # plain Python ints in the loop: it runs once per image, numpy scalars cost more
     bound, start, first = bounds.tolist(), pair_start.tolist(), offsets.tolist()
     in_place = consecutive.tolist()
+
     def products(chunk: list[int]) -> None:
         for g in chunk:
             b0, b1, lo, hi = bound[g], bound[g + 1], first[g], first[g + 1]
