@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -44,16 +44,17 @@ from personsearch.evaluation.cbgm import (
 )
 
 Duplicates = Literal["original", "first"]
+T = TypeVar("T")
 TOP_K = (1, 5, 10)
 
-#: Use the sparse path while the listed candidates are under this fraction of queries x detections.
+#: Use the sparse path while the listed (query, image) pairs are under this fraction of all of them.
 SPARSE_FRACTION = 0.05
 #: Largest number of (positive, candidate) comparisons materialised at once.
 _CHUNK_ELEMENTS = 1 << 23
 #: Threads for the sparse path's per-image products, and the images that make one worth it.
 _MAX_THREADS = 4
 _IMAGES_PER_THREAD = 500
-#: Candidate comparisons that make a second thread worth it when counting.
+#: Candidates that make a second thread worth it when counting.
 _ELEMENTS_PER_THREAD = 500_000
 
 
@@ -156,7 +157,7 @@ class _Entries:
 
     query: np.ndarray  #: (E,) query index
     image: np.ndarray  #: (E,) gallery image index
-    gt: np.ndarray  #: (E, 4) query person's box, NaN where absent
+    gt: np.ndarray  #: (E, 4) float32 query person's box, NaN where absent
     holds: np.ndarray  #: (E,) bool
     count_gt: np.ndarray  #: (Q,) holding entries, every entry counted
     named_query: np.ndarray  #: (N,) every listed entry (evaluated or not): query index
@@ -174,10 +175,10 @@ def _flatten_protocol(protocol: SearchProtocol, duplicates: Duplicates) -> _Entr
     named_query = np.repeat(np.arange(len(queries), dtype=np.int64), lengths)
     if len(queries) and lengths.sum():
         named_image = np.concatenate([t.gallery for t in queries])
-        gt = np.concatenate([t.gt_boxes for t in queries]).astype(np.float64)
+        gt = np.concatenate([t.gt_boxes for t in queries])
     else:
         named_image = np.zeros(0, dtype=np.int64)
-        gt = np.zeros((0, 4), dtype=np.float64)
+        gt = np.zeros((0, 4), dtype=np.float32)
     if len(named_image) and (named_image.min() < 0 or named_image.max() >= num_images):
         raise ValueError(f"{protocol.name}: gallery indices outside the {num_images} images")
     holds = ~np.isnan(gt[:, 0])
@@ -217,11 +218,11 @@ def _qualifying_pairs(entries: _Entries, gallery: GalleryDetections) -> tuple[np
     """(entry, detection) pairs whose IoU with the entry's ground truth reaches the threshold."""
     holding = np.flatnonzero(entries.holds)
     counts = gallery.counts[entries.image[holding]]
-    entry = np.repeat(holding, counts)
+    which = np.repeat(np.arange(len(holding)), counts)
     det = _ranges(gallery.offsets[entries.image[holding]], counts)
-    thresholds = np.repeat(search_iou_threshold(entries.gt[holding]), counts)
-    ok = paired_iou(gallery.boxes[det], entries.gt[entry]) >= thresholds
-    return entry[ok], det[ok]
+    gt = entries.gt[holding].astype(np.float64)
+    ok = paired_iou(gallery.boxes[det], gt[which]) >= search_iou_threshold(gt)[which]
+    return holding[which[ok]], det[ok]
 
 
 def _positive_scores(
@@ -234,69 +235,70 @@ def _positive_scores(
     return entry_query[qual_entry[starts]], np.maximum.reduceat(qual_sim, starts)
 
 
-def _sortable(sims: np.ndarray) -> np.ndarray:
-    """Map float32 similarities to uint32 keys with the same order (and equal keys for ties)."""
-    bits = (np.asarray(sims, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
-    negative = (bits >> 31).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint32(1 << 31))
-
-
 def _count_at_least(
     sims: np.ndarray,
-    row_bounds: np.ndarray,
-    row_weight: np.ndarray | None,
+    pair_bounds: np.ndarray,
+    pair_query: np.ndarray,
+    pair_weight: np.ndarray | None,
     pos_query: np.ndarray,
     pos_score: np.ndarray,
     exact: _ExactPairs | None,
-    row_pair_det: Callable[[np.ndarray], np.ndarray],
+    row_det: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """Per positive: weighted count of its query's candidates scoring >= it.
 
-    `sims` hold every query's candidates contiguously (query q's are rows
-    row_bounds[q]:row_bounds[q + 1]), so each positive is compared with its own query's rows
-    only: about (positives x candidates per query) comparisons, cheaper than sorting. With
-    `exact` given, `sims` are fast float32 products within `exact.bound` of the exact values:
-    candidates clearly above or below a positive are counted from them, and only those inside
-    the error band are recomputed exactly (`row_pair_det` maps rows to detection indices).
+    Pair p's candidates are rows pair_bounds[p]:pair_bounds[p + 1] of `sims` (any pair order);
+    `pos_query` is sorted. A candidate can only count for a positive of its own query, and only
+    if it reaches that query's lowest positive: one pass over every candidate keeps those
+    (usually few), and only they are compared with their query's positives. With `exact`
+    given, `sims` are fast float32 products within `exact.bound` of the exact values:
+    candidates clearly above or below a positive are decided from them, and only those inside
+    the error band are recomputed exactly (`row_det(pairs, rows)` names their detections).
     """
-    lengths = row_bounds[pos_query + 1] - row_bounds[pos_query]
-    count = np.zeros(len(pos_query), dtype=np.int64)
-    bands: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (positive, row, weight)
-    if exact is not None:
+    num = len(pos_query)
+    count = np.zeros(num, dtype=np.int64)
+    if num == 0 or len(sims) == 0:
+        return count
+    if exact is None:
+        upper = lower = np.asarray(pos_score, dtype=np.float32)
+    else:
         bound = exact.bound[pos_query]
         score64 = pos_score.astype(np.float64)
         upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
         lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
-
-    def part(span: slice) -> None:
-        lo, hi = span.start, span.stop
-        n = lengths[lo:hi]
-        rows = _ranges(row_bounds[pos_query[lo:hi]], n)
-        owner = np.repeat(np.arange(hi - lo), n)
-        values = sims[rows]
-        weight = None if row_weight is None else row_weight[rows]
-        if exact is None:
-            count[lo:hi] = _weighted_count(values >= np.repeat(pos_score[lo:hi], n), owner, weight, hi - lo)
-            return
-        above = values >= np.repeat(upper[lo:hi], n)
-        count[lo:hi] = _weighted_count(above, owner, weight, hi - lo)
-        band = np.flatnonzero((values >= np.repeat(lower[lo:hi], n)) & ~above)
-        bands.append((lo + owner[band], rows[band], None if weight is None else weight[band]))
-
-    # slices of positives, in threads; the few pairs in error bands are resolved together after
-    spans = list(_chunks(lengths, min(_CHUNK_ELEMENTS, int(lengths.sum()) // 2 + 1)))
-    if len(spans) > 1 and int(lengths.sum()) >= _ELEMENTS_PER_THREAD:
-        with ThreadPoolExecutor(min(len(spans), _cpu_count(), _MAX_THREADS)) as pool:
-            list(pool.map(part, [slice(lo, hi) for lo, hi in spans]))
-    else:
-        for lo, hi in spans:
-            part(slice(lo, hi))
+    num_queries = max(int(pair_query.max(initial=-1)), int(pos_query[-1])) + 1
+    pos_bounds = np.searchsorted(pos_query, np.arange(num_queries + 1))
+    # each query's lowest threshold (+inf without a positive): a candidate below it counts nowhere
+    has_pos = np.flatnonzero(pos_bounds[1:] > pos_bounds[:-1])
+    floor = np.full(num_queries, np.inf, dtype=np.float32)
+    floor[has_pos] = np.minimum.reduceat(lower, pos_bounds[has_pos])
+    pair_floor = np.repeat(floor[pair_query], np.diff(pair_bounds))
+    kept = np.concatenate(_in_threads(
+        lambda rows: rows.start + np.flatnonzero(sims[rows] >= pair_floor[rows]),
+        len(sims), _ELEMENTS_PER_THREAD,
+    ))
+    pair = np.searchsorted(pair_bounds, kept, side="right") - 1
+    query = pair_query[pair]
+    per_row = pos_bounds[query + 1] - pos_bounds[query]
+    bands: list[tuple[np.ndarray, np.ndarray]] = []  # (positive, kept index)
+    for lo, hi in _chunks(per_row, _CHUNK_ELEMENTS):
+        n = per_row[lo:hi]
+        owner = _ranges(pos_bounds[query[lo:hi]], n)  # every (kept row, positive of its query)
+        row = np.repeat(np.arange(lo, hi), n)
+        values = sims[kept[row]]
+        weight = None if pair_weight is None else pair_weight[pair[row]]
+        above = values >= upper[owner]
+        count += _weighted_count(above, owner, weight, num)
+        if exact is not None:
+            band = np.flatnonzero((values >= lower[owner]) & ~above)
+            bands.append((owner[band], row[band]))
     if exact is not None and bands:
         owner = np.concatenate([b[0] for b in bands])
-        rows = np.concatenate([b[1] for b in bands])
-        weight = None if row_weight is None else np.concatenate([b[2] for b in bands])
-        above = exact(pos_query[owner], row_pair_det(rows)) >= pos_score[owner]
-        count += _weighted_count(above, owner, weight, len(count))
+        row = np.concatenate([b[1] for b in bands])
+        weight = None if pair_weight is None else pair_weight[pair[row]]
+        det = row_det(pair[row], kept[row])
+        above = exact(pos_query[owner], det) >= pos_score[owner]
+        count += _weighted_count(above, owner, weight, num)
     return count
 
 
@@ -326,36 +328,42 @@ class _ExactPairs:
     Float32 products of D-dim vectors are within gamma_D * |q| * |f| of the true dot product
     (gamma_D = D u / (1 - D u), u = 2^-24, any summation order); casting the inputs to float32
     and rounding the exact value to float32 add at most 3 u |q| |f| more. Detections are rows
-    of `feats`, `det_norm` a bound on their norms (_max_row_norm: streaming every row is cheaper
-    than gathering the chosen ones). Pairs computed once are remembered: the positives found
-    first come back in the error bands of the counting.
+    of `feats`, `det_norm()` a bound on their norms (_max_row_norm: streaming every row is cheaper
+    than gathering the chosen ones), asked for on first use of `bound`. Pairs computed once are
+    remembered: the positives found first come back in the error bands of the counting.
     """
 
-    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_norm: float) -> None:
+    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_norm: Callable[[], float]) -> None:
         self.queries = queries
         self.feats = feats
-        dim = queries.shape[1]
-        u = 2.0**-24
-        gamma = dim * u / (1 - dim * u)
-        self.bound = (gamma + 4 * u) * _row_norms(queries) * det_norm * 1.001
+        self._det_norm = det_norm
         self._known_keys = np.zeros(0, dtype=np.int64)
         self._known_values = np.zeros(0, dtype=np.float32)
 
-    def __call__(self, query: np.ndarray, det: np.ndarray) -> np.ndarray:
+    @cached_property
+    def bound(self) -> np.ndarray:
+        """(Q,) per query: how far a float32 product may be from the exact similarity."""
+        dim = self.queries.shape[1]
+        u = 2.0**-24
+        gamma = dim * u / (1 - dim * u)
+        return (gamma + 4 * u) * _row_norms(self.queries) * self._det_norm() * 1.001
+
+    def __call__(self, query: np.ndarray, det: np.ndarray, threads: int = _MAX_THREADS) -> np.ndarray:
+        """Exact similarities of pairs (query[i], detection row det[i]), on up to `threads`."""
         keys = np.asarray(query, dtype=np.int64) * len(self.feats) + det
         out = np.empty(len(keys), dtype=np.float32)
         at = np.minimum(np.searchsorted(self._known_keys, keys), len(self._known_keys) - 1)
         known = (self._known_keys[at] == keys) if len(self._known_keys) else np.zeros(len(keys), bool)
         out[known] = self._known_values[at[known]]
         missing = np.flatnonzero(~known)
-        out[missing] = self._compute(query[missing], det[missing])
+        out[missing] = self._compute(query[missing], det[missing], threads)
         keys = np.r_[self._known_keys, keys[missing]]
         order = np.argsort(keys)
         self._known_keys = keys[order]
         self._known_values = np.r_[self._known_values, out[missing]][order]
         return out
 
-    def _compute(self, query: np.ndarray, det: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    def _compute(self, query: np.ndarray, det: np.ndarray, threads: int, chunk: int = 1024) -> np.ndarray:
         out = np.empty(len(query), dtype=np.float32)
 
         def part(span: slice) -> None:
@@ -366,12 +374,12 @@ class _ExactPairs:
                 # cast to float64 (exactly) and summed there: float32 x float32 products are exact
                 out[lo:hi] = np.einsum("ij,ij->i", q, f, dtype=np.float64)
 
-        _in_threads(part, len(query), 2 * chunk)
+        _in_threads(part, len(query), 2 * chunk, threads)
         return out
 
 
-def _max_row_norm(x: np.ndarray, chunk: int = 8192) -> float:
-    """Upper bound of the largest row norm of `x` (computed in slices, on threads)."""
+def _max_row_norm(x: np.ndarray, threads: int = _MAX_THREADS, chunk: int = 8192) -> float:
+    """Upper bound of the largest row norm of `x` (computed in slices, on up to `threads`)."""
     starts = range(0, len(x), chunk)
     maxima = np.zeros(len(starts))
 
@@ -379,7 +387,7 @@ def _max_row_norm(x: np.ndarray, chunk: int = 8192) -> float:
         for i in range(span.start, span.stop):
             maxima[i] = _row_norms(x[starts[i] : starts[i] + chunk]).max()
 
-    _in_threads(part, len(starts), 2)
+    _in_threads(part, len(starts), 2, threads)
     return float(maxima.max(initial=0.0))
 
 
@@ -470,24 +478,17 @@ def evaluate_search(
         query_boxes = np.stack([t.box for t in protocol.queries]) if protocol.queries else np.zeros((0, 4))
         context = query_context.persons_per_query(query_boxes, cbgm.k2 - 1)
     ks = tuple(int(k) for k in ks)
-    with ThreadPoolExecutor(1) as background:
-        # the sparse path's float32 products need a bound on the detections' norms: stream
-        # them (numpy releases the GIL) while this thread flattens the protocol
-        det_norm = None
-        if cbgm is None and protocol.unlisted == "none" and len(gallery.feat_rows):
-            det_norm = background.submit(_max_row_norm, gallery.source_feats)
-        entries = _flatten_protocol(protocol, duplicates)
-        qual_entry, qual_det = _qualifying_pairs(entries, gallery)
-        listed_rows = int(gallery.counts[entries.image].sum())
-        dense_rows = len(protocol.queries) * len(gallery.image)
-        fits_keys = (len(protocol.queries) + 1) * (len(gallery.image) + 1) < 2**32
-        sparse = listed_rows <= SPARSE_FRACTION * max(dense_rows, 1)
-        if protocol.unlisted == "none" and fits_keys and sparse:
-            pos_query, pos_score, cand = _sparse(
-                entries, gallery, query_feats, qual_entry, qual_det, cbgm, context,
-                0.0 if det_norm is None else det_norm.result(),
+    listed_pairs = sum(len(t.gallery) for t in protocol.queries)
+    all_pairs = len(protocol.queries) * len(protocol.images)
+    fits_keys = (len(protocol.queries) + 1) * (len(gallery.image) + 1) < 2**32
+    if protocol.unlisted == "none" and fits_keys and listed_pairs <= SPARSE_FRACTION * max(all_pairs, 1):
+        with ThreadPoolExecutor(1) as background:
+            count_gt, pos_query, pos_score, cand = _sparse(
+                protocol, gallery, query_feats, duplicates, cbgm, context, background
             )
-            return _finish(protocol.name, ks, entries.count_gt, pos_query, pos_score, cand)
+        return _finish(protocol.name, ks, count_gt, pos_query, pos_score, cand)
+    entries = _flatten_protocol(protocol, duplicates)
+    qual_entry, qual_det = _qualifying_pairs(entries, gallery)
     pos_query, pos_score, cand = _dense(
         protocol, entries, gallery, query_feats, qual_entry, qual_det, cbgm, context, batch_size
     )
@@ -495,66 +496,70 @@ def evaluate_search(
 
 
 def _sparse(
-    entries: _Entries,
+    protocol: SearchProtocol,
     gallery: GalleryDetections,
     query_feats: np.ndarray,
-    qual_entry: np.ndarray,
-    qual_det: np.ndarray,
+    duplicates: Duplicates,
     cbgm: CBGMOptions | None,
     context: list[np.ndarray] | None,
-    det_norm: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    background: ThreadPoolExecutor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidates = listed images only: similarities of each (query, listed image) pair.
-
-    `det_norm` bounds the norm of every detection's feature (used without CBGM).
 
     Pairs are laid out image by image, so each image's detections meet the queries listing it
     in one small matrix product (memory-bound: float32 unless CBGM needs exact values first).
+    Without CBGM, the `background` thread streams the detections' norm bound and finds the
+    positives' exact scores while this one prepares and computes the products (numpy releases
+    the GIL). Returns count_gt and, per positive, its query, score and candidates at least as
+    high.
     """
-    pair_query, pair_image, entry_pair, weight = _unique_pairs(entries.query, entries.image)
-    by_image = _stable_argsort(pair_image)
-    pair_len = gallery.counts[pair_image]
-    # row where each pair's detections start, in the image-by-image layout
-    pair_start = np.empty(len(pair_query), dtype=np.int64)
-    pair_start[by_image] = np.cumsum(pair_len[by_image]) - pair_len[by_image]
     fast = cbgm is None
+    if fast:
+        # detections are named by their row in the caller's array: no reordered copy is made
+        det_norm = background.submit(_max_row_norm, gallery.source_feats, 1)
+        exact = _ExactPairs(query_feats, gallery.source_feats, det_norm.result)
+    entries = _flatten_protocol(protocol, duplicates)
+    qual_entry, qual_det = _qualifying_pairs(entries, gallery)
+    if fast:
+
+        def find_positives() -> tuple[np.ndarray, np.ndarray]:
+            qual_sim = exact(entries.query[qual_entry], gallery.feat_rows[qual_det], threads=1)
+            exact.bound  # noqa: B018 - computed here, off the main thread
+            return _positive_scores(qual_entry, qual_sim, entries.query)
+
+        positives = background.submit(find_positives)
+    pair_query, pair_image, weight, entry_pair = _unique_pairs(entries.query, entries.image, not fast)
+    pair_len = gallery.counts[pair_image]
+    pair_bounds = np.r_[0, np.cumsum(pair_len)]  # pair p's detections are these rows of `sims`
     sims = _pair_similarities(
         np.asarray(query_feats, dtype=np.float32 if fast else np.float64),
         gallery,
-        pair_query[by_image],
-        pair_image[by_image],
-        pair_start[by_image],
+        pair_query,
+        pair_image,
+        pair_bounds[:-1],
     )
-    if cbgm is not None and context is not None:
-        _cbgm_sparse(sims, pair_query, pair_image, pair_start, pair_len, gallery, cbgm, context)
-
-    # the same rows laid out query by query (pairs are already in query order), for counting
-    pair_rows = np.r_[0, np.cumsum(pair_len)]
-    by_query = np.empty_like(sims)
-
-    def lay_out(pairs: slice) -> None:
-        rows = _ranges(pair_start[pairs], pair_len[pairs])
-        by_query[pair_rows[pairs.start] : pair_rows[pairs.stop]] = sims[rows]
-
-    _in_threads(lay_out, len(pair_len), 50_000)
-    row_bounds = pair_rows[np.searchsorted(pair_query, np.arange(len(entries.count_gt) + 1))]
-    row_weight = np.repeat(weight, pair_len) if (weight != 1).any() else None
-
-    def row_det(rows: np.ndarray) -> np.ndarray:
-        pair = np.searchsorted(pair_rows, rows, side="right") - 1
-        return gallery.feat_rows[gallery.offsets[pair_image[pair]] + (rows - pair_rows[pair])]
-
     if fast:
-        # detections are named by their row in the caller's array: no reordered copy is made
-        exact = _ExactPairs(query_feats, gallery.source_feats, det_norm)
-        qual_sim = exact(entries.query[qual_entry], gallery.feat_rows[qual_det])
+        pos_query, pos_score = positives.result()
     else:
         exact = None
+        if context is not None:
+            by_query = _stable_argsort(pair_query)  # images stay sorted within each query
+            _cbgm_sparse(
+                sims, pair_query[by_query], pair_image[by_query], pair_bounds[:-1][by_query],
+                pair_len[by_query], gallery, cbgm, context,
+            )
         pair_of = entry_pair[qual_entry]
-        qual_sim = sims[pair_start[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
-    pos_query, pos_score = _positive_scores(qual_entry, qual_sim, entries.query)
-    cand = _count_at_least(by_query, row_bounds, row_weight, pos_query, pos_score, exact, row_det)
-    return pos_query, pos_score, cand
+        qual_sim = sims[pair_bounds[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
+        pos_query, pos_score = _positive_scores(qual_entry, qual_sim, entries.query)
+
+    def row_det(pair: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return gallery.feat_rows[gallery.offsets[pair_image[pair]] + (rows - pair_bounds[pair])]
+
+    cand = _count_at_least(
+        sims, pair_bounds, pair_query, weight if (weight != 1).any() else None,
+        pos_query, pos_score, exact, row_det,
+    )
+    return entries.count_gt, pos_query, pos_score, cand
 
 
 def _stable_argsort(values: np.ndarray) -> np.ndarray:
@@ -566,18 +571,27 @@ def _stable_argsort(values: np.ndarray) -> np.ndarray:
 
 
 def _unique_pairs(
-    query: np.ndarray, image: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (query, image) pairs sorted by query then image, each entry's pair, and
-    how many entries name each pair (np.unique of the pairs, by two radix passes)."""
-    order = _stable_argsort(image)
-    order = order[_stable_argsort(query[order])]
+    query: np.ndarray, image: np.ndarray, entry_pairs: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The distinct (query, image) pairs sorted by image then query, how many entries name each
+    pair, and (with `entry_pairs`) each entry's pair: np.unique of the pairs, by radix sorts.
+    Entries come query by query, so one stable pass by image leaves each image's queries in
+    order."""
+    if len(query) and (query[1:] < query[:-1]).any():
+        order = _stable_argsort(query)
+        order = order[_stable_argsort(image[order])]
+    else:
+        order = _stable_argsort(image)
     q, g = query[order], image[order]
     first = np.r_[True, (q[1:] != q[:-1]) | (g[1:] != g[:-1])] if len(q) else np.zeros(0, bool)
-    entry_pair = np.empty(len(q), dtype=np.int64)
-    entry_pair[order] = np.cumsum(first) - 1
+    entry_pair = None
+    if entry_pairs:
+        entry_pair = np.empty(len(q), dtype=np.int64)
+        entry_pair[order] = np.cumsum(first) - 1
+    if first.all():  # no pair named twice: the usual case
+        return q, g, np.ones(len(q), dtype=np.int64), entry_pair
     starts = np.flatnonzero(first)
-    return q[starts], g[starts], entry_pair, np.diff(np.r_[starts, len(q)])
+    return q[starts], g[starts], np.diff(np.r_[starts, len(q)]), entry_pair
 
 
 def _pair_similarities(
@@ -630,16 +644,18 @@ def _pair_similarities(
     return out
 
 
-def _in_threads(function: Callable[[slice], None], total: int, min_chunk: int) -> None:
+def _in_threads(
+    function: Callable[[slice], T], total: int, min_chunk: int, max_threads: int = _MAX_THREADS
+) -> list[T]:
     """Run `function` over consecutive slices of range(total), on a few threads when it is big
-    enough (the numpy kernels called release the GIL: gathers, products, einsum)."""
-    threads = min(_cpu_count(), _MAX_THREADS, max(1, total // min_chunk))
+    enough (the numpy kernels called release the GIL: gathers, products, einsum); its results
+    in order."""
+    threads = min(_cpu_count(), max_threads, max(1, total // min_chunk))
     if threads == 1:
-        function(slice(0, total))
-        return
+        return [function(slice(0, total))]
     cuts = np.linspace(0, total, threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(function, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+        return list(pool.map(function, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
 
 
 def _cpu_count() -> int:
