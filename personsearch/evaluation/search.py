@@ -12,9 +12,10 @@ system, so a constant feature cannot score a perfect top-1).
 Everything below needs only each positive's score and, per positive, the weighted number of
 candidates scoring at least as much (a listed image named twice counts twice). Two paths compute
 the similarities: a sparse one for short gallery lists (only listed image x query pairs, grouped
-per image into small matrix products, then each positive compared with its own query's
-candidates) and a dense one (one matrix product per batch of queries against every detection,
-counts by comparison) for long lists and the full-gallery protocols.
+per image into small matrix products; queries without a positive are skipped, and each positive
+is compared only with its own query's candidates that reach the query's lowest positive) and a
+dense one (one matrix product per batch of queries against every detection, counts by
+comparison) for long lists and the full-gallery protocols.
 
 A similarity is the float64 dot product rounded to float32, so rankings and ties do not depend on
 the BLAS kernel or the batch size. The sparse path computes float32 products first (half the
@@ -528,7 +529,13 @@ def _sparse(
             return _positive_scores(qual_entry, qual_sim, entries.query)
 
         positives = background.submit(find_positives)
-    pair_query, pair_image, weight, entry_pair = _unique_pairs(entries.query, entries.image, not fast)
+    # a query without any positive scores 0 whatever its candidates: its pairs are skipped
+    has_positive = np.zeros(len(entries.count_gt), dtype=bool)
+    has_positive[entries.query[qual_entry]] = True
+    searched = np.flatnonzero(has_positive[entries.query])
+    pair_query, pair_image, weight, entry_pair = _unique_pairs(
+        entries.query[searched], entries.image[searched], not fast
+    )
     pair_len = gallery.counts[pair_image]
     pair_bounds = np.r_[0, np.cumsum(pair_len)]  # pair p's detections are these rows of `sims`
     sims = _pair_similarities(
@@ -548,7 +555,7 @@ def _sparse(
                 sims, pair_query[by_query], pair_image[by_query], pair_bounds[:-1][by_query],
                 pair_len[by_query], gallery, cbgm, context,
             )
-        pair_of = entry_pair[qual_entry]
+        pair_of = entry_pair[np.searchsorted(searched, qual_entry)]
         qual_sim = sims[pair_bounds[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
         pos_query, pos_score = _positive_scores(qual_entry, qual_sim, entries.query)
 
