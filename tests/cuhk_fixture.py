@@ -32,6 +32,9 @@ DEFAULT_IMAGES: Persons = {
     "s8.jpg": [(11, (30, 25, 26, 72)), (None, (90, 20, 30, 80))],
 }
 DEFAULT_POOL = ("s5.jpg", "s6.jpg", "s7.jpg", "s8.jpg")
+#: The released TestG100.mat among the shared samples (absent on machines without them).
+REAL_TESTG100 = (Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol"
+                 / "TestG100.mat")
 IMAGE_SIZE = (160, 120)  # width, height
 
 
@@ -152,3 +155,20 @@ def _cell(values: list[str]) -> np.ndarray:
     for i, value in enumerate(values):
         cell[i, 0] = value
     return cell
+
+
+def write_real_testg100_root(root: Path) -> Path:
+    """A CUHK-SYSU folder holding the released TestG100.mat (linked) and a pool.mat of the images
+    it names, in first-seen order (the real pool.mat is not among the shared samples)."""
+    folder = root / "annotation" / "test" / "train_test"
+    folder.mkdir(parents=True)
+    (folder / "TestG100.mat").symlink_to(REAL_TESTG100)
+    raw = scipy.io.loadmat(REAL_TESTG100)["TestG100"].reshape(-1)
+    names: dict[str, None] = {}
+    for record in raw:
+        names[str(record["Query"][0, 0]["imname"][0])] = None
+        names.update((str(g["imname"][0]), None) for g in record["Gallery"].reshape(-1))
+    pool = np.empty((len(names), 1), dtype=object)
+    pool[:, 0] = list(names)
+    scipy.io.savemat(root / "annotation" / "pool.mat", {"pool": pool})
+    return root

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.io
-from cuhk_fixture import DEFAULT_IMAGES, DEFAULT_POOL, write_cuhk_sysu
+from cuhk_fixture import (
+    DEFAULT_IMAGES,
+    DEFAULT_POOL,
+    REAL_TESTG100,
+    write_cuhk_sysu,
+    write_real_testg100_root,
+)
 
 from personsearch.data.cuhk_sysu import (
     available_gallery_sizes,
@@ -20,33 +24,16 @@ from personsearch.data.registry import load_scene_dataset, load_search_protocol
 from personsearch.data.scenes import UNLABELED
 from personsearch.errors import ConfigError, DatasetError
 
-REAL_TESTG100 = (Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol"
-                 / "TestG100.mat")
-
-
 # ---------------------------------------------------------------------------------------------
 # the real protocol file
 
 
 @pytest.fixture(scope="module")
 def real_protocol(tmp_path_factory):
-    """TestG100 read through the reader, with a pool.mat of the images it names (in first-seen
-    order: the real pool.mat is not among the shared samples)."""
+    """TestG100 read through the reader (see cuhk_fixture.write_real_testg100_root)."""
     if not REAL_TESTG100.is_file():
         pytest.skip(f"real CUHK-SYSU protocol sample not found at {REAL_TESTG100}")
-    root = tmp_path_factory.mktemp("cuhk-real")
-    folder = root / "annotation" / "test" / "train_test"
-    folder.mkdir(parents=True)
-    (folder / "TestG100.mat").symlink_to(REAL_TESTG100)
-    raw = scipy.io.loadmat(REAL_TESTG100)["TestG100"].reshape(-1)
-    names: dict[str, None] = {}
-    for record in raw:
-        names[str(record["Query"][0, 0]["imname"][0])] = None
-        names.update((str(g["imname"][0]), None) for g in record["Gallery"].reshape(-1))
-    pool = np.empty((len(names), 1), dtype=object)
-    pool[:, 0] = list(names)
-    scipy.io.savemat(root / "annotation" / "pool.mat", {"pool": pool})
-    return load_cuhk_sysu_protocol(root, 100)
+    return load_cuhk_sysu_protocol(write_real_testg100_root(tmp_path_factory.mktemp("cuhk-real")), 100)
 
 
 def test_real_testg100_structure(real_protocol):

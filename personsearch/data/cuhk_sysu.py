@@ -30,6 +30,7 @@ from personsearch.data.mat import (
     mat_variable,
     require_file,
 )
+from personsearch.data.protocol_cache import cached_protocol
 from personsearch.data.scenes import (
     UNLABELED,
     QueryTask,
@@ -86,19 +87,24 @@ def load_cuhk_sysu_protocol(
 ) -> SearchProtocol:
     """Read the search protocol of one gallery size (50 ... 4000, or "full").
 
-    Images are pool.mat's test images in order. "full" takes TestG50's queries and listed
+    Parsed once per file version (personsearch.data.protocol_cache). Images are pool.mat's test
+    images in order. "full" takes TestG50's queries and listed
     galleries, and every other pool image contributes negatives (unlisted="all").
     """
     size = parse_gallery_size(gallery_size)
     root = Path(root)
-    pool = read_pool(root)
     file_size = 50 if size == "full" else size
     key = f"TestG{file_size}"
     path = require_file(root, f"{PROTOCOL_DIR}/{key}.mat", ROOT_HINT)
-    queries = read_test_protocol(path, key, {name: i for i, name in enumerate(pool)})
-    if size == "full":
-        return SearchProtocol("cuhk-sysu/full", tuple(pool), tuple(queries), unlisted="all")
-    return SearchProtocol(f"cuhk-sysu/{key}", tuple(pool), tuple(queries), unlisted="none")
+    name = "cuhk-sysu/full" if size == "full" else f"cuhk-sysu/{key}"
+
+    def parse() -> SearchProtocol:
+        pool = read_pool(root)
+        queries = read_test_protocol(path, key, {image: i for i, image in enumerate(pool)})
+        return SearchProtocol(name, tuple(pool), tuple(queries), unlisted="all" if size == "full" else "none")
+
+    # parsing TestG4000.mat takes scipy about 90 s: the parsed protocol is cached on disk
+    return cached_protocol(name, [root / POOL_MAT, path], parse)
 
 
 def parse_gallery_size(value: GallerySize | str) -> GallerySize:
