@@ -111,8 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="a CUHK-SYSU-format dataset folder")
     parser.add_argument("--dim", type=int, default=2048, help="feature size (default 2048)")
-    parser.add_argument("--noise", type=float, default=1.2,
-                        help="feature noise relative to the identity signal (default 1.2)")
+    parser.add_argument("--noise", type=float, default=3.5,
+                        help="feature noise relative to the identity signal (default 3.5)")
     parser.add_argument("--reference-queries", type=int, default=100,
                         help="queries the reference loop is timed on per gallery size")
     parser.add_argument("--seed", type=int, default=0)

@@ -181,3 +181,41 @@ def test_evaluate_does_not_import_torch(cuhk, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_results_images_outside_the_protocol_are_ignored(cuhk, tmp_path, capsys):
+    """Detections of images the protocol does not know (e.g. training images) change nothing,
+    even when they would outrank every true match."""
+    arrays = perfect_arrays(cuhk, distractors=True)
+    code, out, _ = evaluate(cuhk, write(tmp_path / "r.npz", arrays), "--json", capsys=capsys)
+    plain = json.loads(out)
+    query_feats = arrays["query_feats"]
+    arrays["image_names"] = np.r_[arrays["image_names"], ["train_only.jpg"]]
+    arrays["det_image"] = np.r_[arrays["det_image"], [len(arrays["image_names"]) - 1] * len(query_feats)]
+    arrays["det_boxes"] = np.r_[arrays["det_boxes"], np.tile([[5, 5, 40, 100]], (len(query_feats), 1))]
+    arrays["det_scores"] = np.r_[arrays["det_scores"], np.ones(len(query_feats))].astype(np.float32)
+    arrays["det_feats"] = np.r_[arrays["det_feats"], query_feats]  # the queries themselves
+    code, out, _ = evaluate(cuhk, write(tmp_path / "extra.npz", arrays), "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["mAP"] == plain["mAP"]
+    assert json.loads(out)["top1"] == plain["top1"]
+
+
+def test_gallery_for_shares_the_features_and_their_validated_norm_bound(cuhk, tmp_path, monkeypatch):
+    """The gallery reads the results file's feature array in place, and the bound its validation
+    proved spares the evaluator its own pass over every feature; numbers stay exact."""
+    import personsearch.evaluation.search as search_module
+    from personsearch.evaluation.results_file import NORM_BOUND
+
+    results = load_results(write(tmp_path / "r.npz", perfect_arrays(cuhk, distractors=True)))
+    protocol = load_search_protocol("cuhk-sysu", cuhk, 100)
+    gallery = results.gallery_for(protocol.images)
+    assert np.shares_memory(gallery.source_feats, results.det_feats)
+    assert gallery.norm_bound == NORM_BOUND > 1 + 1e-2
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the norm bound was recomputed")
+
+    monkeypatch.setattr(search_module, "_max_row_norm", no_pass)
+    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
+    result = search_module.evaluate_search(protocol, gallery, results.query_feats)
+    assert result.mAP == 1.0

@@ -37,6 +37,9 @@ REQUIRED = ("image_names", "det_image", "det_boxes", "det_scores", "det_feats", 
 CONTEXT = ("ctx_query", "ctx_boxes", "ctx_scores", "ctx_feats")
 #: Rows whose norm is further than this from 1 are not L2-normalised.
 NORM_TOLERANCE = 1e-2
+#: So every validated feature row's norm is at most this (the check sums in float64, whose
+#: rounding the factor covers): the evaluator's float32 error bound needs no pass of its own.
+NORM_BOUND = (1 + NORM_TOLERANCE) * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -68,17 +71,23 @@ class SearchResults:
                 f"{len(images)} gallery images ({shown}); list every test image, "
                 "with or without detections"
             )
-        # results images outside the protocol (e.g. training images) are ignored
+        # results images outside the protocol (e.g. training images) are ignored: their
+        # detections get a NaN score, which no threshold keeps (the features are not copied)
         mapping = np.array([position.get(name, -1) for name in self.image_names], dtype=np.int64)
         target = mapping[self.det_image] if len(self.det_image) else np.zeros(0, dtype=np.int64)
-        inside = target >= 0
+        outside = target < 0
+        scores = self.det_scores
+        if outside.any():
+            scores = np.where(outside, np.float32(np.nan), scores)
+            target = np.where(outside, 0, target)
         return GalleryDetections.from_flat(
-            target[inside],
-            self.det_boxes[inside],
-            self.det_scores[inside],
-            self.det_feats[inside],
+            target,
+            self.det_boxes,
+            scores,
+            self.det_feats,
             num_images=len(images),
             det_thresh=det_thresh,
+            norm_bound=NORM_BOUND,
         )
 
 

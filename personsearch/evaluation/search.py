@@ -81,6 +81,9 @@ class GalleryDetections:
     offsets: np.ndarray  #: (G + 1,) int64
     source_feats: np.ndarray  #: (N, D) L2-normalised features as given (N >= M)
     feat_rows: np.ndarray  #: (M,) row of source_feats holding each detection's feature
+    #: A proven upper bound of every source_feats row's norm (a validated results file knows
+    #: one), or None: the evaluator then computes one, reading every feature once.
+    norm_bound: float | None = None
 
     @classmethod
     def from_flat(
@@ -91,8 +94,10 @@ class GalleryDetections:
         feats: np.ndarray,
         num_images: int,
         det_thresh: float = 0.5,
+        norm_bound: float | None = None,
     ) -> GalleryDetections:
-        """Keep detections scored at least `det_thresh` and group them by image (stable)."""
+        """Keep detections scored at least `det_thresh` (NaN scores never are) and group them by
+        image (stable). `feats` are kept as given, not copied."""
         det_image = np.asarray(det_image, dtype=np.int64).reshape(-1)
         scores = np.asarray(scores).reshape(-1)
         boxes = np.asarray(boxes).reshape(-1, 4)
@@ -108,7 +113,7 @@ class GalleryDetections:
         order = keep[np.argsort(det_image[keep], kind="stable")]
         image = det_image[order]
         offsets = np.searchsorted(image, np.arange(num_images + 1)).astype(np.int64)
-        return cls(image, boxes[order], scores[order], offsets, feats, order)
+        return cls(image, boxes[order], scores[order], offsets, feats, order, norm_bound)
 
     @cached_property
     def feats(self) -> np.ndarray:
@@ -517,8 +522,12 @@ def _sparse(
     fast = cbgm is None
     if fast:
         # detections are named by their row in the caller's array: no reordered copy is made
-        det_norm = background.submit(_max_row_norm, gallery.source_feats, 1)
-        exact = _ExactPairs(query_feats, gallery.source_feats, det_norm.result)
+        known = gallery.norm_bound
+        det_norm = (
+            (lambda: known) if known is not None
+            else background.submit(_max_row_norm, gallery.source_feats, 1).result
+        )
+        exact = _ExactPairs(query_feats, gallery.source_feats, det_norm)
     entries = _flatten_protocol(protocol, duplicates)
     qual_entry, qual_det = _qualifying_pairs(entries, gallery)
     if fast:
