@@ -150,3 +150,16 @@ def test_real_testg100_round_trips(tmp_path, cache, monkeypatch):
     arrays = protocol_arrays(parsed)
     assert arrays["gallery"].dtype == np.int32 and len(arrays["gallery"]) == 290_000
     assert len(arrays["held_entry"]) == sum(int(q.holds_person.sum()) for q in parsed.queries)
+
+
+def test_a_slow_first_parse_is_announced(cuhk, cache, monkeypatch, capsys):
+    import personsearch.data.protocol_cache as protocol_cache
+
+    load_cuhk_sysu_protocol(cuhk, 50)  # small: parsed silently
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(protocol_cache, "_PARSE_BYTES_PER_S", 10.0)  # as if it were huge
+    load_cuhk_sysu_protocol(cuhk, 100)
+    err = capsys.readouterr().err
+    assert "reading cuhk-sysu/TestG100" in err and "then cached in" in err
+    load_cuhk_sysu_protocol(cuhk, 100)  # from the cache: nothing to announce
+    assert capsys.readouterr().err == ""

@@ -54,6 +54,7 @@ def cached_protocol(
             return protocol_from_arrays(entry)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable: parse again and replace it
+    _announce_slow_parse(name, sources, folder)
     protocol = parse()
     try:
         with atomic_path(entry) as tmp, open(tmp, "wb") as handle:
@@ -61,6 +62,19 @@ def cached_protocol(
     except OSError as error:
         print(f"note: could not cache the parsed protocol in {folder} ({error})", file=sys.stderr)
     return protocol
+
+
+#: scipy parses a protocol .mat file at about this rate (TestG4000.mat: 61 MB in 93 s).
+_PARSE_BYTES_PER_S = 0.65e6
+
+
+def _announce_slow_parse(name: str, sources: Sequence[Path], folder: Path) -> None:
+    """Say so before a parse that takes more than a few seconds: it prints nothing itself."""
+    size = sum(Path(source).stat().st_size for source in sources)
+    seconds = size / _PARSE_BYTES_PER_S
+    if seconds >= 5:
+        print(f"reading {name} from {size / 2**20:.0f} MB of .mat files: about {seconds:.0f} s "
+              f"this once, then cached in {folder}", file=sys.stderr)
 
 
 def protocol_arrays(protocol: SearchProtocol) -> dict[str, np.ndarray]:
