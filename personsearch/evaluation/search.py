@@ -265,13 +265,7 @@ def _count_at_least(
     count = np.zeros(num, dtype=np.int64)
     if num == 0 or len(sims) == 0:
         return count
-    if exact is None:
-        upper = lower = np.asarray(pos_score, dtype=np.float32)
-    else:
-        bound = exact.bound[pos_query]
-        score64 = pos_score.astype(np.float64)
-        upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
-        lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
+    upper, lower = _band(pos_query, pos_score, exact)
     num_queries = max(int(pair_query.max(initial=-1)), int(pos_query[-1])) + 1
     pos_bounds = np.searchsorted(pos_query, np.arange(num_queries + 1))
     # each query's lowest threshold (+inf without a positive): a candidate below it counts nowhere
@@ -306,6 +300,22 @@ def _count_at_least(
         above = exact(pos_query[owner], det) >= pos_score[owner]
         count += _weighted_count(above, owner, weight, num)
     return count
+
+
+def _band(
+    pos_query: np.ndarray, pos_score: np.ndarray, exact: _ExactPairs | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per positive, (upper, lower) float32 thresholds on approximate similarities: a candidate
+    at least `upper` surely scores at least the positive, one under `lower` surely does not.
+    Without `exact` the similarities are exact and both are the score."""
+    if exact is None:
+        score = np.asarray(pos_score, dtype=np.float32)
+        return score, score
+    bound = exact.bound[pos_query]
+    score64 = pos_score.astype(np.float64)
+    upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
+    lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
+    return upper, lower
 
 
 def _weighted_count(
@@ -780,14 +790,7 @@ def _dense(
         else:
             qual_sim = sims[entries.query[entry] - q0, column]
         pos_query, pos_score = _positive_scores(entry, qual_sim, entries.query)
-        if exact is None:
-            upper = lower = pos_score
-        else:
-            bound = exact.bound[pos_query]
-            score64 = pos_score.astype(np.float64)
-            upper = np.nextafter((score64 + bound).astype(np.float32), np.float32(np.inf))
-            lower = np.nextafter((score64 - bound).astype(np.float32), np.float32(-np.inf))
-        cand = _count_dense(sims, weights, q0, pos_query, pos_score, upper, lower, exact)
+        cand = _count_dense(sims, weights, q0, pos_query, pos_score, *_band(pos_query, pos_score, exact), exact)
         out_query.append(pos_query)
         out_score.append(pos_score)
         out_cand.append(cand)
