@@ -38,6 +38,31 @@ def test_matches_reference(seed, quantise):
     assert s.mAP == pytest.approx(r.mAP, abs=1e-12) and s.rank1 == r.rank1
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_infinite_and_integer_scores_match_reference(seed):
+    """Infinite distances (shared with dropped same-camera crops) and integer matrices, with
+    ties everywhere: positions still follow gallery order among the kept crops."""
+    dist, q_pids, q_cams, g_pids, g_cams = random_split(seed, num_query=40, quantise=True)
+    rng = np.random.default_rng(seed)
+    dist[rng.random(dist.shape) < 0.15] = np.inf
+    dist[:, :3] = np.inf  # whole columns, junk and dropped crops among them
+    cmc, mean_ap, aps = reference_reid(dist, q_pids, q_cams, g_pids, g_cams)
+    r = evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, kind="distance", batch_size=16)
+    assert r.mAP == pytest.approx(mean_ap, abs=1e-12) and [r.rank1, r.rank5, r.rank10] == cmc
+    np.testing.assert_allclose(r.ap[~np.isnan(r.ap)], aps, atol=1e-12)
+    finite = np.where(np.isinf(dist), 99, dist).astype(np.int64)
+    cmc, mean_ap, _ = reference_reid(finite, q_pids, q_cams, g_pids, g_cams)
+    r = evaluate_reid(finite, q_pids, g_pids, q_cams, g_cams, kind="distance")
+    assert r.mAP == pytest.approx(mean_ap, abs=1e-12) and [r.rank1, r.rank5, r.rank10] == cmc
+
+
+def test_nan_scores_are_rejected():
+    dist, q_pids, q_cams, g_pids, g_cams = random_split(0)
+    dist[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, kind="distance")
+
+
 def test_hand_worked_cmc_and_ap():
     # query pid 1 camera 1; gallery ranked by distance:
     #   g0 pid 1 cam 1 (same camera: dropped), g1 pid 0 (distractor), g2 pid 1 cam 2,

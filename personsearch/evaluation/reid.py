@@ -56,28 +56,59 @@ def evaluate_reid(
         )
     if kind not in ("similarity", "distance"):
         raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    # junk crops are not in the gallery: never kept (cheaper than a copy without their columns)
     not_junk = g_pids != JUNK_PID
-    scores, g_pids, g_cams = scores[:, not_junk], g_pids[not_junk], g_cams[not_junk]
 
-    num_queries, num_gallery = scores.shape
+    num_queries = len(scores)
+    num_gallery = int(not_junk.sum())
     depth = max(1, min(max_rank, num_gallery))
     first_hit = np.full(num_queries, -1, dtype=np.int64)
     ap = np.full(num_queries, np.nan)
-    for lo in range(0, num_queries, batch_size):
+    columns = np.arange(scores.shape[1])
+    for lo in range(0, num_queries if num_gallery else 0, batch_size):
         hi = min(lo + batch_size, num_queries)
-        block = scores[lo:hi].astype(np.float64)
-        order = np.argsort(-block if kind == "similarity" else block, axis=1, kind="stable")
-        pids, cams = g_pids[order], g_cams[order]
-        same_pid = pids == q_pids[lo:hi, None]
-        kept = ~(same_pid & (cams == q_cams[lo:hi, None]))
-        good = same_pid & kept
-        rank = np.cumsum(kept, axis=1) - 1  # position among the kept crops
-        has_good = good.any(axis=1)
-        first_hit[lo:hi] = np.where(has_good, np.where(good, rank, num_gallery).min(axis=1), -1)
-        hits_so_far = np.cumsum(good, axis=1)
-        precision = np.where(good, hits_so_far / np.maximum(rank + 1, 1), 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap[lo:hi] = np.where(has_good, precision.sum(axis=1) / good.sum(axis=1), np.nan)
+        same_pid = g_pids[None, :] == q_pids[lo:hi, None]
+        kept = ~(same_pid & (g_cams[None, :] == q_cams[lo:hi, None])) & not_junk
+        # ascending key = best first (negating a float is exact, so ties stay ties); crops not
+        # kept get +inf
+        key = np.full((hi - lo, scores.shape[1]), np.inf, dtype=scores.dtype)
+        if kind == "similarity":
+            np.negative(scores[lo:hi], out=key, where=kept)
+        else:
+            np.copyto(key, scores[lo:hi], where=kept)
+        # a correct match's position among the kept crops: those with a smaller key, plus equal
+        # keys earlier in gallery order. Sorting values (SIMD in numpy) and counting replaces a
+        # stable argsort of every row, which took five times longer.
+        ranked = np.sort(key, axis=1)
+        if np.isnan(ranked[:, -1]).any():  # NaN sorts last
+            raise ValueError("the score matrix holds NaN")
+        row, col = np.nonzero(same_pid & kept)
+        if not len(row):
+            continue
+        match_key = key[row, col]
+        bounds = np.searchsorted(row, np.arange(hi - lo + 1))
+        rank = np.empty(len(row), dtype=np.int64)
+        tied = np.empty(len(row), dtype=bool)
+        for r in np.flatnonzero(np.diff(bounds)):
+            span = slice(bounds[r], bounds[r + 1])
+            rank[span] = np.searchsorted(ranked[r], match_key[span], side="left")
+            equal = np.searchsorted(ranked[r], match_key[span], side="right") - rank[span]
+            # an infinite key is shared with the crops not kept: count those ties directly too
+            tied[span] = (equal > 1) | np.isinf(match_key[span])
+        for r in np.unique(row[tied]):
+            ties = np.flatnonzero(tied[bounds[r] : bounds[r + 1]]) + bounds[r]
+            earlier = (key[r] == match_key[ties, None]) & kept[r] & (columns < col[ties, None])
+            rank[ties] += np.count_nonzero(earlier, axis=1)
+        order = np.lexsort((rank, row))
+        row, rank = row[order], rank[order]
+        nth = np.arange(len(row)) - bounds[row] + 1  # 1st, 2nd ... correct match of its query
+        precision = nth / (rank + 1)
+        has_good = bounds[1:] > bounds[:-1]
+        queries = lo + np.flatnonzero(has_good)
+        first_hit[queries] = rank[bounds[:-1][has_good]]
+        ap[queries] = np.add.reduceat(precision, bounds[:-1][has_good]) / np.diff(bounds)[has_good]
 
     valid = first_hit >= 0
     if valid.any():
