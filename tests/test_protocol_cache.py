@@ -163,3 +163,31 @@ def test_a_slow_first_parse_is_announced(cuhk, cache, monkeypatch, capsys):
     assert "reading cuhk-sysu/TestG100" in err and "then cached in" in err
     load_cuhk_sysu_protocol(cuhk, 100)  # from the cache: nothing to announce
     assert capsys.readouterr().err == ""
+
+
+def test_cache_protocols_parses_the_missing_ones_in_parallel_processes(cuhk, cache, monkeypatch):
+    from personsearch.data.cuhk_sysu import cache_protocols
+
+    load_cuhk_sysu_protocol(cuhk, 50)  # cached already: not parsed again
+    before = {p.name for p in cache.glob("*.npz")}
+    calls = parses_counted(monkeypatch)  # counts this process's parses only
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    cache_protocols(cuhk, [50, 100, "full"])
+    assert calls == []  # the two missing ones were parsed in worker processes
+    assert len(set(p.name for p in cache.glob("*.npz")) - before) == 2
+    monkeypatch.setenv(CACHE_ENV, "off")
+    for size in (100, "full"):
+        parsed = load_cuhk_sysu_protocol(cuhk, size)
+        monkeypatch.setenv(CACHE_ENV, str(cache.parent))
+        assert_same_protocol(parsed, load_cuhk_sysu_protocol(cuhk, size))
+        monkeypatch.setenv(CACHE_ENV, "off")
+    assert calls == ["TestG100", "TestG50"]  # only the cache-off loads parsed here
+
+
+def test_cache_protocols_reports_a_broken_file(cuhk, cache):
+    from personsearch.data.cuhk_sysu import cache_protocols
+    from personsearch.errors import DatasetError
+
+    (cuhk / "annotation" / "test" / "train_test" / "TestG100.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DatasetError, match="TestG100.mat"):
+        cache_protocols(cuhk, [50, 100])

@@ -99,12 +99,13 @@ def _protocols(name: str, root: Path, dataset: Any) -> list[Any]:
         from personsearch.data.prw import protocol_from_scenes
 
         return [protocol_from_scenes(root, dataset.test, cross_camera=c) for c in (False, True)]
-    from personsearch.data.cuhk_sysu import PROTOCOL_DIR, available_gallery_sizes
+    from personsearch.data.cuhk_sysu import PROTOCOL_DIR, available_gallery_sizes, cache_protocols
 
     sizes = available_gallery_sizes(root)
     if not sizes:
         raise DatasetError(f"no protocol file (TestG50.mat ... TestG4000.mat) found in "
                              f"{root / PROTOCOL_DIR}")
+    cache_protocols(root, sizes)  # first parse of every .mat file, in parallel
     return [load_search_protocol(name, root, gallery_size=size) for size in sizes]
 
 

@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         sizes = [args.gallery_size if args.gallery_size == "full" else int(args.gallery_size)]
 
+    if args.dataset == "cuhk-sysu" and len(sizes) > 1:
+        from personsearch.data.cuhk_sysu import cache_protocols
+
+        cache_protocols(args.root, sizes)  # first parse of every .mat file, in parallel
     rows = []
     gallery_cache: dict[tuple[str, ...], Any] = {}
     for size in sizes:

@@ -30,7 +30,7 @@ from personsearch.data.mat import (
     mat_variable,
     require_file,
 )
-from personsearch.data.protocol_cache import cached_protocol
+from personsearch.data.protocol_cache import cache_dir, cached_protocol, is_cached
 from personsearch.data.scenes import (
     UNLABELED,
     QueryTask,
@@ -93,10 +93,7 @@ def load_cuhk_sysu_protocol(
     """
     size = parse_gallery_size(gallery_size)
     root = Path(root)
-    file_size = 50 if size == "full" else size
-    key = f"TestG{file_size}"
-    path = require_file(root, f"{PROTOCOL_DIR}/{key}.mat", ROOT_HINT)
-    name = "cuhk-sysu/full" if size == "full" else f"cuhk-sysu/{key}"
+    name, key, path = _protocol_source(root, size)
 
     def parse() -> SearchProtocol:
         pool = read_pool(root)
@@ -105,6 +102,40 @@ def load_cuhk_sysu_protocol(
 
     # parsing TestG4000.mat takes scipy about 90 s: the parsed protocol is cached on disk
     return cached_protocol(name, [root / POOL_MAT, path], parse)
+
+
+def cache_protocols(root: str | os.PathLike[str], gallery_sizes: Sequence[GallerySize | str]) -> None:
+    """Parse the gallery sizes' protocols not cached yet, in parallel processes, largest file
+    first (scipy's parse is single-threaded and TestG4000.mat alone takes it about 90 s), so
+    that loading them one by one afterwards is fast. Does nothing with the cache off, or with
+    fewer than two to parse."""
+    root = Path(root)
+    todo = []
+    for size in dict.fromkeys(parse_gallery_size(size) for size in gallery_sizes):
+        name, _, path = _protocol_source(root, size)
+        if not is_cached(name, [root / POOL_MAT, path]):
+            todo.append((path.stat().st_size, size))
+    workers = min(len(todo), os.cpu_count() or 1)
+    if workers < 2 or cache_dir() is None:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo.sort(key=lambda item: -item[0])
+    # spawn: a forked child would inherit whatever threads the caller runs
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_parse_into_cache, [str(root)] * len(todo), [size for _, size in todo]))
+
+
+def _parse_into_cache(root: str, size: GallerySize) -> None:
+    load_cuhk_sysu_protocol(root, size)  # returns nothing: the parent reads the cache entry
+
+
+def _protocol_source(root: Path, size: GallerySize) -> tuple[str, str, Path]:
+    """(protocol name, .mat variable name, .mat path) of a gallery size."""
+    key = f"TestG{50 if size == 'full' else size}"
+    path = require_file(root, f"{PROTOCOL_DIR}/{key}.mat", ROOT_HINT)
+    return ("cuhk-sysu/full" if size == "full" else f"cuhk-sysu/{key}"), key, path
 
 
 def parse_gallery_size(value: GallerySize | str) -> GallerySize:

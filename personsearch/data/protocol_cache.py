@@ -39,6 +39,13 @@ def cache_dir() -> Path | None:
     return Path(base) / "personsearch" / "protocols"
 
 
+def is_cached(name: str, sources: Sequence[Path]) -> bool:
+    """Whether `cached_protocol(name, sources, ...)` would be served from the cache."""
+    folder = cache_dir()
+    key = _key(name, sources)
+    return folder is not None and key is not None and (folder / f"{key}.npz").is_file()
+
+
 def cached_protocol(
     name: str, sources: Sequence[Path], parse: Callable[[], SearchProtocol]
 ) -> SearchProtocol:
