@@ -44,7 +44,8 @@ NORM_BOUND = (1 + NORM_TOLERANCE) * (1 + 1e-9)
 
 @dataclass(frozen=True)
 class SearchResults:
-    """A validated results file."""
+    """A validated results file. Build it with `load_results` or `validate_results`:
+    `gallery_for` relies on their check that every feature is L2-normalised."""
 
     image_names: tuple[str, ...]
     det_image: np.ndarray
