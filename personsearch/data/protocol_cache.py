@@ -41,9 +41,8 @@ def cache_dir() -> Path | None:
 
 def is_cached(name: str, sources: Sequence[Path]) -> bool:
     """Whether `cached_protocol(name, sources, ...)` would be served from the cache."""
-    folder = cache_dir()
-    key = _key(name, sources)
-    return folder is not None and key is not None and (folder / f"{key}.npz").is_file()
+    entry = _entry(name, sources)
+    return entry is not None and entry.is_file()
 
 
 def cached_protocol(
@@ -51,11 +50,10 @@ def cached_protocol(
 ) -> SearchProtocol:
     """`parse()`'s protocol, from the cache when it already holds one parsed from `sources` as
     they are now (their bytes, not their names or times)."""
-    folder = cache_dir()
-    key = _key(name, sources)
-    if folder is None or key is None:
+    entry = _entry(name, sources)
+    if entry is None:
         return parse()
-    entry = folder / f"{key}.npz"
+    folder = entry.parent
     if entry.is_file():
         try:
             return protocol_from_arrays(entry)
@@ -130,6 +128,14 @@ def protocol_from_arrays(path: Path) -> SearchProtocol:
         str(arrays["name"]), tuple(str(n) for n in arrays["images"]), queries,
         unlisted=str(arrays["unlisted"]), image_cameras=arrays["image_cameras"],
     )
+
+
+def _entry(name: str, sources: Sequence[Path]) -> Path | None:
+    """The cache file for this protocol and these sources; None with the cache off or a source
+    unreadable."""
+    folder = cache_dir()
+    key = None if folder is None else _key(name, sources)
+    return None if key is None else folder / f"{key}.npz"
 
 
 def _key(name: str, sources: Sequence[Path]) -> str | None:
