@@ -43,8 +43,13 @@ def evaluate_reid(
     kind: Literal["similarity", "distance"] = "similarity",
     max_rank: int = 50,
     batch_size: int = 256,
+    exclude: np.ndarray | None = None,
 ) -> ReidResult:
-    """Evaluate a Q x G matrix of similarities (higher = closer) or distances (`kind`)."""
+    """Evaluate a Q x G matrix of similarities (higher = closer) or distances (`kind`).
+
+    `exclude` (Q x G bool, optional) drops more crops from each query's gallery, like junk:
+    neither correct matches nor negatives (the scale-gap metrics drop out-of-bin matches).
+    """
     scores = np.asarray(scores)
     q_pids = np.asarray(query_pids, dtype=np.int64).reshape(-1)
     g_pids = np.asarray(gallery_pids, dtype=np.int64).reshape(-1)
@@ -54,6 +59,10 @@ def evaluate_reid(
         raise ValueError(
             f"score matrix {scores.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery"
         )
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude mask {exclude.shape} does not match the score matrix {scores.shape}")
     if kind not in ("similarity", "distance"):
         raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
     if scores.dtype.kind != "f":
@@ -71,6 +80,8 @@ def evaluate_reid(
         hi = min(lo + batch_size, num_queries)
         same_pid = g_pids[None, :] == q_pids[lo:hi, None]
         kept = ~(same_pid & (g_cams[None, :] == q_cams[lo:hi, None])) & not_junk
+        if exclude is not None:
+            kept &= ~exclude[lo:hi]
         # ascending key = best first (negating a float is exact, so ties stay ties); crops not
         # kept get +inf
         key = np.full((hi - lo, scores.shape[1]), np.inf, dtype=scores.dtype)
