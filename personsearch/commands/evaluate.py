@@ -26,11 +26,17 @@ and a re-id run, see docs/search.md) detects and embeds the test set first and w
 file (to --results, default FOLDER/results-<dataset>.npz); --gt-boxes uses the ground-truth
 gallery boxes instead of detections (the paper's Figure 6(b) comparison).
 
+--by-scale adds mAP and top-1 per bin of r = gallery person height / query person height
+(r <= 1/3, 1/3-2/3, 2/3-1.5, 1.5-3, >= 3): each query is scored against only its true matches in
+the bin (the others are removed from its gallery), queries without one are not counted. With
+--json they come as "by_scale": {bin: {mAP, top1, queries, pairs, label, range}}.
+
 examples:
   personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --results runs/x/results.npz
   personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --run runs/pipeline
   personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --results r.npz --gallery-size all-sizes
   personsearch evaluate --dataset prw --root data/PRW-v16.04.20 --results r.npz --cross-camera --json
+  personsearch evaluate --dataset cuhk-sysu --root data/CUHK-SYSU --results r.npz --by-scale
 """
 
 GALLERY_CHOICES = ("50", "100", "500", "1000", "2000", "4000", "full", "all-sizes")
@@ -65,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write per-query AP, top-k hits and counts to this CSV")
     parser.add_argument("--plot", type=Path, default=None,
                         help="all-sizes: where to write the plot (default: beside the results file)")
+    parser.add_argument("--by-scale", action="store_true",
+                        help="also mAP and top-1 per bin of the gallery/query person height ratio "
+                             "(scale-gap metrics, docs/evaluation.md), for every gallery size")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
         cache_protocols(args.root, sizes)  # first parse of every .mat file, in parallel
     rows = []
+    scale_rows: list[dict[str, Any]] = []  # with --by-scale: one per row, aligned
     gallery_cache: dict[tuple[str, ...], Any] = {}
     for size in sizes:
         protocol = load_search_protocol(
@@ -133,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
             cbgm=cbgm, query_context=results.context,
         )
         rows.append((size, protocol, result))
+        if args.by_scale:
+            from personsearch.evaluation.scale_gap import search_by_scale
+
+            scale_rows.append(search_by_scale(
+                protocol, gallery_cache[key], results.query_feats, duplicates=args.duplicates,
+                cbgm=cbgm, query_context=results.context,
+            ))
 
     summary: dict[str, Any] = {
         "dataset": args.dataset,
@@ -141,13 +158,18 @@ def run(args: argparse.Namespace) -> int:
         "duplicates": args.duplicates,
         "cbgm": None if cbgm is None else {"k1": cbgm.k1, "k2": cbgm.k2},
     }
-    main_row = next((r for r in rows if r[0] == 100), rows[0])
+    main_index = next((i for i, r in enumerate(rows) if r[0] == 100), 0)
+    main_row = rows[main_index]
     summary.update(protocol=main_row[1].name, num_queries=len(main_row[1].queries))
     summary.update(main_row[2].summary())
+    if scale_rows:
+        summary["by_scale"] = scale_rows[main_index]
     if len(rows) > 1:
         summary["gallery_sizes"] = [
             {"gallery_size": size, "protocol": p.name, **r.summary()} for size, p, r in rows
         ]
+        for entry, by_scale in zip(summary["gallery_sizes"], scale_rows, strict=False):
+            entry["by_scale"] = by_scale
         summary["plot"] = str(_plot(rows, args))
     if args.per_query is not None:
         _write_per_query(args.per_query, rows)
@@ -157,6 +179,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         _print_table(rows, summary)
+        if scale_rows:
+            from personsearch.evaluation.scale_gap import scale_table
+
+            for (_, protocol, _), by_scale in zip(rows, scale_rows, strict=True):
+                print()
+                print(scale_table(by_scale, f"{protocol.name} by scale (r = gallery / query person height)"))
     return 0
 
 

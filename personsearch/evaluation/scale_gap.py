@@ -324,3 +324,20 @@ def search_by_scale(
         mean_top1 = float(np.concatenate(top1).mean()) if part.queries else 0.0
         out[spec.key] = _bin_entry(spec, mean_ap, mean_top1, part.queries, part.pairs, "top1")
     return out
+
+
+def scale_table(by_scale: dict[str, dict[str, Any]], title: str = "") -> str:
+    """A plain-text table of a `search_by_scale` / `reid_by_scale` result (percentages; an empty
+    bin shows dashes)."""
+    top_key = "rank1" if any("rank1" in v for v in by_scale.values()) else "top1"
+    top_name = "rank-1" if top_key == "rank1" else "top-1"
+    lines = [title] if title else []
+    lines.append(f"{'scale bin':<24}{'range':<17}{'queries':>8}{'pairs':>8}{'mAP':>8}{top_name:>8}")
+    for key, values in by_scale.items():
+        counted = values["queries"] > 0
+        mean_ap = f"{100 * values['mAP']:>8.2f}" if counted else f"{'-':>8}"
+        top = f"{100 * values[top_key]:>8.2f}" if counted else f"{'-':>8}"
+        label = values.get("label", key)
+        lines.append(f"{label:<24}{values.get('range', ''):<17}{values['queries']:>8}"
+                     f"{values['pairs']:>8}{mean_ap}{top}")
+    return "\n".join(lines)
