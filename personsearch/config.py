@@ -44,7 +44,13 @@ class DataConfig:
     flip: bool = True  #: random horizontal flip
     random_erasing: float = 0.0  #: probability of erasing a random rectangle
     color_jitter: float = 0.0  #: strength of brightness/contrast/saturation jitter (0 = off)
-    low_resolution: float = 0.0  #: probability of a random scale-down-up (simulates small people)
+    #: probability that a training crop is shrunk by a random factor and resized back up
+    #: (simulates small, low-resolution people; the cheap alternative to multi-scale matching)
+    lowres_prob: float = 0.0
+    #: [min, max] of that factor, a fraction of the crop size (0 < min <= max <= 1)
+    lowres_scale: list[float] = field(default_factory=lambda: [0.25, 0.75])
+    #: the older name of lowres_prob (kept so earlier run folders' config.yaml still load)
+    low_resolution: float = 0.0
     cache_dir: str = ""  #: pre-crop scene boxes into this folder once ("" = crop on the fly)
 
 
@@ -230,9 +236,19 @@ def validate(config: Config) -> None:
         raise ConfigError("optim.batch_size and optim.lr must be positive")
     if data.crop_height <= 0 or data.crop_width <= 0:
         raise ConfigError("data.crop_height and data.crop_width must be positive")
-    for name in ("random_erasing", "low_resolution"):
+    for name in ("random_erasing", "low_resolution", "lowres_prob"):
         if not 0.0 <= getattr(data, name) <= 1.0:
             raise ConfigError(f"data.{name} is a probability in [0, 1]")
+    if data.low_resolution and data.lowres_prob and data.low_resolution != data.lowres_prob:
+        raise ConfigError(
+            "data.low_resolution is the older name of data.lowres_prob: set only lowres_prob"
+        )
+    scale = data.lowres_scale
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ConfigError(
+            f"data.lowres_scale={scale} must be [min, max] with 0 < min <= max <= 1 "
+            "(fractions of the crop size)"
+        )
     if run.checkpoint_period <= 0 or run.log_period <= 0 or run.eval_period < 0:
         raise ConfigError("run.checkpoint_period and run.log_period must be positive")
 

@@ -135,7 +135,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(scenes):
 def test_optional_augmentations_keep_shape_and_change_pixels():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 30, 3), np.uint8))
     plain = CropTransform(32, 16)(image)
-    augmented = CropTransform(32, 16, random_erasing=1.0, color_jitter=0.4, low_resolution=1.0)
+    augmented = CropTransform(32, 16, random_erasing=1.0, color_jitter=0.4, lowres_prob=1.0)
     out = augmented(image, np.random.default_rng(3))
     assert out.shape == plain.shape and not torch.equal(out, plain)
     assert (out == 0).all(dim=0).any()  # the erased rectangle

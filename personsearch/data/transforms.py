@@ -30,15 +30,30 @@ class CropTransform:
     flip: bool = False  #: random horizontal flip with probability 0.5
     random_erasing: float = 0.0  #: probability of erasing one random rectangle
     color_jitter: float = 0.0  #: brightness/contrast/saturation factors in [1 - s, 1 + s]
-    low_resolution: float = 0.0  #: probability of shrinking to 25-75 % and back up
+    #: probability of shrinking to a factor in `lowres_scale` of the crop size and back up
+    lowres_prob: float = 0.0
+    lowres_scale: tuple[float, float] = (0.25, 0.75)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def __post_init__(self) -> None:
+        low, high = self.lowres_scale
+        if not 0.0 <= self.lowres_prob <= 1.0 or not 0.0 < low <= high <= 1.0:
+            raise ValueError(
+                f"lowres_prob {self.lowres_prob} must lie in [0, 1] and lowres_scale "
+                f"{self.lowres_scale} satisfy 0 < min <= max <= 1"
+            )
+
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         size = (self.width, self.height)
-        if rng is not None and self.low_resolution and rng.random() < self.low_resolution:
-            scale = rng.uniform(0.25, 0.75)
+        # Drawn only when enabled, so runs without it keep the random stream (and numbers) of
+        # the other augmentations.
+        if rng is not None and self.lowres_prob and rng.random() < self.lowres_prob:
+            scale = rng.uniform(*self.lowres_scale)
             small = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
+            # One resampling from the source straight to the small size (PIL's bilinear filter
+            # widens with the reduction, so it averages like an area filter), then bilinear up:
+            # the detail a camera would not have resolved for a person that small.
             image = image.resize(small, Image.BILINEAR)
         image = image.resize(size, Image.BILINEAR)
         if rng is not None and self.flip and rng.random() < 0.5:
@@ -95,5 +110,6 @@ def build_crop_transform(data: DataConfig, train: bool) -> CropTransform:
         flip=data.flip,
         random_erasing=data.random_erasing,
         color_jitter=data.color_jitter,
-        low_resolution=data.low_resolution,
+        lowres_prob=data.lowres_prob or data.low_resolution,
+        lowres_scale=(float(data.lowres_scale[0]), float(data.lowres_scale[1])),
     )

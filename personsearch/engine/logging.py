@@ -49,8 +49,12 @@ class MetricsLogger:
             with atomic_open(self.jsonl_path, "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
 
-    def log(self, split: str, iteration: int, epoch: float, values: dict[str, float]) -> None:
-        """Record scalars of one split ("train", "eval") at a global iteration."""
+    def log(self, split: str, iteration: int, epoch: float, values: dict[str, Any]) -> None:
+        """Record scalars of one split ("train", "eval") at a global iteration.
+
+        A value may be a dict of scalars (a group, e.g. "teacher": {"entropy": ...}): it stays
+        nested in metrics.jsonl and becomes `split/group/name` in TensorBoard.
+        """
         if not self.enabled:
             return
         record = {"split": split, "iteration": iteration, "epoch": epoch, **values}
@@ -58,19 +62,36 @@ class MetricsLogger:
         with open(self.jsonl_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         writer = self._tensorboard()
-        for key, value in values.items():
+        for key, value in _flatten(values).items():
             writer.add_scalar(f"{split}/{key}", value, iteration)
         writer.flush()
 
     def summary(self) -> dict[str, Any]:
-        """Last train record, every eval record and the last eval (the final numbers)."""
+        """Last train record, every eval record and the last eval (the final numbers).
+
+        Runs whose model logs diagnostics (the re-id models) also get `teacher`: the top level's
+        softened-distribution statistics at every logged period, `teacher_final` (the last
+        period, which ends at the last iteration) and `accuracy`: per-level training accuracy
+        at every logged period.
+        """
         train = [r for r in self.records if r["split"] == "train"]
         evals = [r for r in self.records if r["split"] == "eval"]
-        return {
+        summary: dict[str, Any] = {
             "train_last": train[-1] if train else None,
             "eval": evals,
             "final": evals[-1] if evals else None,
         }
+        for group in DIAGNOSTIC_GROUPS:
+            periods = [
+                {"iteration": r["iteration"], "epoch": r["epoch"], **r[group]}
+                for r in train
+                if isinstance(r.get(group), dict)
+            ]
+            if periods:
+                summary[group] = periods
+                if group == "teacher":
+                    summary["teacher_final"] = periods[-1]
+        return summary
 
     def write_summary(self, extra: dict[str, Any] | None = None) -> None:
         if self.enabled:
@@ -80,6 +101,32 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# Groups of training diagnostics whose history metrics.json keeps (see `summary`).
+DIAGNOSTIC_GROUPS = ("teacher", "accuracy")
+
+
+def nest_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """{"teacher/entropy": x, "ce": y} -> {"teacher": {"entropy": x}, "ce": y} (one level)."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        group, sep, name = key.partition("/")
+        if sep:
+            nested.setdefault(group, {})[name] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

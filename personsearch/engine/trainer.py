@@ -2,7 +2,10 @@
 
 The contract with a model: in training mode `model(*batch)` returns a dict of named scalar
 losses, already weighted: every loss weight lives in the model's own config section, the one place
-that defines the objective, and the trainer sums what it is given. The loader's
+that defines the objective, and the trainer sums what it is given. A model may also offer
+`training_metrics()`: named scalar tensors it computed in its last training forward (diagnostics,
+not losses); they are averaged and logged with the losses, and a "group/name" key is logged as
+`name` inside `group` (metrics.jsonl) and as `train/group/name` (TensorBoard). The loader's
 sampler must offer `set_epoch(epoch, start_batch)` and `batches_per_epoch` (`EpochSampler`
 does), which makes the data order a function of the epoch and lets a resumed run skip exactly the
 batches it already trained on.
@@ -27,7 +30,7 @@ from personsearch.config import Config, OptimConfig
 from personsearch.data.samplers import EpochSampler
 from personsearch.engine import checkpoint as ckpt
 from personsearch.engine.distributed import DistInfo, broadcast_buffers, reduce_mean
-from personsearch.engine.logging import MetricsLogger, progress_bar
+from personsearch.engine.logging import MetricsLogger, nest_keys, progress_bar
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -199,6 +202,7 @@ class Trainer:
         self.hooks.append(CheckpointHook(config.run.checkpoint_period * self.iters_per_unit))
         self.hooks.extend(extra_hooks)
         self.last_losses: dict[str, torch.Tensor] = {}
+        self.last_metrics: dict[str, torch.Tensor] = {}
         self.last_eval: dict[str, float] | None = None
 
     # ---- progress in the schedule's terms
@@ -255,6 +259,9 @@ class Trainer:
         self.iteration += 1
         self.last_losses = {name: value.detach() for name, value in losses.items()}
         self.last_losses["total"] = total.detach()
+        metrics = getattr(self.module, "training_metrics", None)
+        if callable(metrics):  # computed in the forward above: nothing extra to run
+            self.last_metrics = {name: value.detach() for name, value in metrics().items()}
 
     def evaluate(self, evaluator: Evaluator) -> dict[str, float]:
         """Run an evaluator on every rank with the model in eval mode; log the result."""
@@ -324,7 +331,7 @@ class LoggingHook(Hook):
         )
 
     def after_step(self, trainer: Trainer) -> None:
-        for name, value in trainer.last_losses.items():
+        for name, value in {**trainer.last_metrics, **trainer.last_losses}.items():
             self.sums[name] = self.sums.get(name, 0) + value.float()
         self.count += 1
         self.bar.update(1)
@@ -339,7 +346,7 @@ class LoggingHook(Hook):
             )
         values["lr"] = trainer.optimizer.param_groups[0]["lr"]
         epoch = trainer.iteration / trainer.iters_per_epoch
-        trainer.logger.log("train", trainer.iteration, epoch, values)
+        trainer.logger.log("train", trainer.iteration, epoch, nest_keys(values))
         self.bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{values['total']:.4f}", lr=f"{values['lr']:.2g}")
         self.sums, self.count = {}, 0
 

@@ -19,6 +19,9 @@ from personsearch.errors import ConfigError
 from personsearch.models.pretrained import MissingWeights, load_pretrained
 
 STAGES = ("res2", "res3", "res4", "res5")
+# Where MobileNetV2's res3/res4 are read: "bottleneck" (the blocks' 32- and 96-channel linear
+# outputs) or "expanded" (the next block's 192- and 576-channel expansion, after ReLU6).
+MOBILENET_TAPS = ("bottleneck", "expanded")
 STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 FREEZABLE = ("stem", *STAGES)
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
@@ -32,6 +35,16 @@ MOBILENET_V2_SPLITS = {
     "res4": (7, 14),
     "res5": (14, 19),
 }
+# With taps="expanded", res3 and res4 end inside the stride-2 block that opens the next stage:
+# after its expansion, a 1x1 conv + BN + ReLU6 at the input's resolution (features[7].conv[0]:
+# 32 -> 192 channels at stride 8; features[14].conv[0]: 96 -> 576 at stride 16). Its depthwise
+# conv (conv[1], stride 2) then starts the next stage. Why these: the bottleneck outputs are
+# narrow and linear (no activation, by MobileNetV2's design), while ResNet-50's res3/res4 are
+# 512/1024-channel post-ReLU maps; the expansion is the widest post-activation map at each
+# stride, and tapping it adds no layer and keeps every ImageNet weight. The split is exact only
+# because these blocks have no residual connection (stride 2), which `_split_after_expansion`
+# checks.
+MOBILENET_V2_EXPANDED_TAPS = {"res3": 7, "res4": 14}
 
 
 class Backbone(nn.Module):
@@ -101,12 +114,28 @@ def _resnet(arch: str, pretrained: bool | str | Path, missing: MissingWeights) -
     return Backbone(stem, stages, channels, source)
 
 
-def _mobilenet_v2(pretrained: bool | str | Path, missing: MissingWeights) -> Backbone:
+def _mobilenet_v2(
+    pretrained: bool | str | Path, missing: MissingWeights, taps: str = "bottleneck"
+) -> Backbone:
     net = torchvision.models.mobilenet_v2(weights=None)
+    # Weights are loaded into the intact torchvision network; the pieces below share its modules.
     source = load_pretrained(net, "mobilenet_v2", pretrained, missing)
-    pieces = {
-        name: nn.Sequential(*net.features[a:b]) for name, (a, b) in MOBILENET_V2_SPLITS.items()
+    modules = {
+        name: list(net.features[a:b]) for name, (a, b) in MOBILENET_V2_SPLITS.items()
     }
+    if taps == "expanded":
+        for name, index in MOBILENET_V2_EXPANDED_TAPS.items():
+            following = STAGES[STAGES.index(name) + 1]
+            expansion, rest = _split_after_expansion(net.features[index], index)
+            # The block opens the following stage; its expansion moves to the end of this one.
+            assert modules[following][0] is net.features[index]
+            modules[name].append(expansion)
+            modules[following] = [*rest, *modules[following][1:]]
+    elif taps != "bottleneck":
+        raise ConfigError(
+            f"unknown MobileNetV2 taps '{taps}'; choose one of {', '.join(MOBILENET_TAPS)}"
+        )
+    pieces = {name: nn.Sequential(*layers) for name, layers in modules.items()}
     stages = OrderedDict((name, pieces[name]) for name in STAGES)
     channels = {
         name: [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
@@ -115,23 +144,43 @@ def _mobilenet_v2(pretrained: bool | str | Path, missing: MissingWeights) -> Bac
     return Backbone(pieces["stem"], stages, channels, source)
 
 
+def _split_after_expansion(block: nn.Module, index: int) -> tuple[nn.Module, list[nn.Module]]:
+    """An inverted residual block cut after its expansion (1x1 conv + BN + ReLU6)."""
+    # A residual block adds its input to its output, which a cut in the middle would drop.
+    if getattr(block, "use_res_connect", True) or len(block.conv) != 4:
+        raise RuntimeError(
+            f"mobilenet_v2().features[{index}] is not a stride-2 expanding block without a "
+            "residual connection; this torchvision version's layout differs from the expected one"
+        )
+    return block.conv[0], list(block.conv[1:])
+
+
 def build_backbone(
     name: str,
     pretrained: bool | str | Path = False,
     *,
     frozen_stages: Iterable[str] = (),
     missing_weights: MissingWeights = "warn",
+    mobilenet_taps: str = "bottleneck",
 ) -> Backbone:
     """Build backbone `name` ("resnet50", "resnet18", "mobilenet_v2").
 
     `pretrained`: False (random), True (ImageNet weights, see personsearch.models.pretrained) or the
     path of a weights file. `missing_weights`: when True cannot be honoured, "raise" a
     WeightsUnavailableError or "warn" and keep random weights. `frozen_stages`: pieces to freeze.
+    `mobilenet_taps`: where MobileNetV2's res3/res4 end, "bottleneck" (32/96 channels) or
+    "expanded" (192/576; see MOBILENET_V2_EXPANDED_TAPS); other backbones accept "bottleneck" only.
     """
+    if mobilenet_taps not in MOBILENET_TAPS:
+        raise ConfigError(
+            f"unknown mobilenet_taps '{mobilenet_taps}'; choose one of {', '.join(MOBILENET_TAPS)}"
+        )
+    if mobilenet_taps != "bottleneck" and name != "mobilenet_v2":
+        raise ConfigError(f"mobilenet_taps='{mobilenet_taps}' applies to mobilenet_v2, not {name}")
     if name in ("resnet50", "resnet18"):
         backbone = _resnet(name, pretrained, missing_weights)
     elif name == "mobilenet_v2":
-        backbone = _mobilenet_v2(pretrained, missing_weights)
+        backbone = _mobilenet_v2(pretrained, missing_weights, mobilenet_taps)
     else:
         raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
     backbone.freeze(frozen_stages)

@@ -6,8 +6,10 @@ the softmax.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -45,6 +47,31 @@ def clsa_alignment_kl(
         student = softened_log_probs(logits, temperature)
         total = total + F.kl_div(student, teacher, reduction="batchmean", log_target=True)
     return temperature**2 * total
+
+
+@torch.no_grad()
+def softened_distribution_stats(logits: Tensor, temperature: float) -> dict[str, Tensor]:
+    """How peaked softmax(logits / T) is: batch means of its entropy (nats) and top probability.
+
+    `max_entropy` = log(number of classes), the entropy of the uniform distribution, for
+    reference: a teacher near it has little to teach the levels aligned to it. Diagnostics only
+    (no gradient); 0-dim float32 tensors, left on the logits' device so logging them every step
+    costs no synchronisation.
+    """
+    log_probs = softened_log_probs(logits, temperature)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(dim=1)
+    return {
+        "entropy": entropy.mean(),
+        "max_entropy": log_probs.new_tensor(math.log(logits.shape[1])),
+        "max_prob": probs.max(dim=1).values.mean(),
+    }
+
+
+@torch.no_grad()
+def top1_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of rows whose highest logit is the label (0-dim float32, no gradient)."""
+    return (logits.argmax(dim=1) == labels).float().mean()
 
 
 def l2_normalize(features: Tensor, eps: float = 1e-12) -> Tensor:

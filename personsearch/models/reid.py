@@ -22,10 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
-from personsearch.models.backbones import BACKBONES, STAGES, build_backbone
+from personsearch.models.backbones import BACKBONES, MOBILENET_TAPS, STAGES, build_backbone
 from personsearch.models.baselines import FPNHead, PlainHead, resize_crops
 from personsearch.models.clsa import PyramidHead
-from personsearch.models.losses import clsa_alignment_kl, cross_entropy, l2_normalize
+from personsearch.models.losses import (
+    clsa_alignment_kl,
+    cross_entropy,
+    l2_normalize,
+    softened_distribution_stats,
+    top1_accuracy,
+)
 
 HEADS = ("clsa", "pyramid", "fpn", "plain", "mst")
 
@@ -86,6 +92,9 @@ class ReidConfig:
     pretrained: bool | str = True
     missing_weights: str = "warn"  # when pretrained=True cannot be honoured: "warn" or "raise"
     frozen_stages: tuple[str, ...] = ()
+    # MobileNetV2 only: res3/res4 from the linear bottlenecks (32/96 channels) or from the next
+    # block's expansion after ReLU6 (192/576), closer to ResNet's wide post-ReLU stages.
+    mobilenet_taps: str = "bottleneck"
     levels: tuple[str, ...] | str | None = None
     # Per-level feature size x^k. Not stated in the paper; 512 matches its +0.002 GFLOPs of CLSA
     # over ResNet-50 (3 FC layers of 512 outputs on ResNet-50 add 0.0018 G multiply-adds).
@@ -129,6 +138,16 @@ class ReidConfig:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if min(self.ce_weight, self.level_ce_weight, self.kl_weight) < 0:
             problems.append("loss weights must be >= 0")
+        if self.mobilenet_taps not in MOBILENET_TAPS:
+            problems.append(
+                f"mobilenet_taps must be one of {', '.join(MOBILENET_TAPS)}, "
+                f"got {self.mobilenet_taps!r}"
+            )
+        elif self.mobilenet_taps != "bottleneck" and self.backbone != "mobilenet_v2":
+            problems.append(
+                f"mobilenet_taps={self.mobilenet_taps!r} applies to backbone mobilenet_v2 only "
+                f"(backbone is {self.backbone})"
+            )
         if self.missing_weights not in ("warn", "raise"):
             problems.append(
                 f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
@@ -201,6 +220,7 @@ class ReidModel(nn.Module):
             config.pretrained,
             frozen_stages=config.frozen_stages,
             missing_weights=config.missing_weights,  # type: ignore[arg-type]
+            mobilenet_taps=config.mobilenet_taps,
         )
         self.head = _build_head(config, self.backbone.stage_channels)
         if config.head == "mst":
@@ -209,6 +229,7 @@ class ReidModel(nn.Module):
         else:
             self.level_names = self.head.level_names
             self.feature_dims = self.head.feature_dims
+        self._last_metrics: dict[str, Tensor] = {}
 
     @property
     def embedding_dim(self) -> int:
@@ -259,6 +280,26 @@ class ReidModel(nn.Module):
             losses["kl"] = config.kl_weight * kl
         return losses
 
+    def diagnostics(self, logits: Sequence[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """Training diagnostics from the logits of one batch (no gradient, no extra forward).
+
+        "teacher/entropy", "teacher/max_entropy", "teacher/max_prob": the top level's softmax
+        at the loss temperature T, i.e. the distribution CLSA aligns the lower levels to (every
+        head reports it, so heads without alignment can be compared); "accuracy/<level>": each
+        level's classifier top-1 on the batch.
+        """
+        with torch.no_grad():
+            teacher = softened_distribution_stats(logits[-1], self.config.temperature)
+            metrics = {f"teacher/{name}": value for name, value in teacher.items()}
+            labels = labels.long()
+            for name, level in zip(self.level_names, logits, strict=True):
+                metrics[f"accuracy/{name}"] = top1_accuracy(level, labels)
+        return metrics
+
+    def training_metrics(self) -> dict[str, Tensor]:
+        """The diagnostics of the last training forward (the trainer logs them with the losses)."""
+        return dict(self._last_metrics)
+
     def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor] | Tensor:
         if not self.training:
             return self.embed(images)
@@ -266,7 +307,10 @@ class ReidModel(nn.Module):
             raise ValueError(
                 "training mode needs labels: model(images, labels); use model.eval() to embed"
             )
-        return self.losses(self.classify(self.level_features(images)), labels)
+        logits = self.classify(self.level_features(images))
+        losses = self.losses(logits, labels)  # checks the labels first
+        self._last_metrics = self.diagnostics(logits, labels)
+        return losses
 
 
 def _build_head(config: ReidConfig, channels: Mapping[str, int]) -> nn.Module:
