@@ -181,9 +181,11 @@ def run_demo(
 
 
 def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> dict[str, Any]:
-    """Search mAP/top-k per gallery size, and detection recall/AP, of the indexed detections."""
+    """Search mAP/top-k per gallery size (with the scale-gap bins at gallery 100 and full), and
+    detection recall/AP, of the indexed detections."""
     from personsearch.engine.detector_eval import SceneDetections, score_detections
     from personsearch.evaluation.results_file import load_results
+    from personsearch.evaluation.scale_gap import search_by_scale
     from personsearch.evaluation.search import evaluate_search
 
     results = load_results(results_path)
@@ -194,6 +196,8 @@ def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> d
         search[str(size)] = {**outcome.summary(), "queries": len(protocol.queries),
                              "images": int(max(len(q.gallery) for q in protocol.queries))
                              if protocol.unlisted == "none" else len(protocol.images) - 1}
+        if str(size) in ("100", "full"):  # the report's scale-gap chart
+            search[str(size)]["by_scale"] = search_by_scale(protocol, gallery, results.query_feats)
     names = tuple(scene.name for scene in test_scenes)
     flat = SceneDetections(
         image_names=names,

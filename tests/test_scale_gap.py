@@ -503,3 +503,26 @@ def test_evaluate_by_scale_json_and_table(cuhk, tmp_path, capsys):
     assert "cuhk-sysu/full by scale" in out and "gallery >=3x smaller" in out and "r <= 1/3" in out
     assert main([*args, "--json"]) == 0
     assert "by_scale" not in json.loads(capsys.readouterr().out)
+
+
+def test_demo_metrics_and_report_chart(cuhk, tmp_path):
+    """The demo's evaluation carries by_scale at gallery 100 and full, and its report draws them."""
+    from personsearch.data.cuhk_sysu import load_cuhk_sysu_protocol
+    from personsearch.demo import _evaluate
+    from personsearch.report.demo_report import write_demo_report
+
+    results = perfect_results(cuhk, tmp_path / "r.npz")
+    dataset = load_scene_dataset("cuhk-sysu", cuhk)
+    protocols = {size: load_cuhk_sysu_protocol(cuhk, size) for size in (50, 100, "full")}
+    detections = {s.name: (s.boxes, np.full(len(s.boxes), 0.9, np.float32)) for s in dataset.test}
+    metrics = _evaluate(results, protocols, dataset.test, detections)
+    assert "by_scale" not in metrics["search"]["50"]
+    for size in ("100", "full"):
+        by_scale = metrics["search"][size]["by_scale"]
+        assert list(by_scale) == list(BIN_KEYS) and by_scale["smaller_3x"]["queries"] == 1
+    report = write_demo_report(tmp_path / "report.html", metrics=metrics, timings={"evaluate": 1.0},
+                               plan_name="test", world=cuhk, dataset=dataset, protocol=protocols[100],
+                               results_path=results, examples=0)
+    html = report.read_text()
+    assert "Search across scales" in html and "r = gallery person height / query person height" in html
+    assert html.count("data:image/png") == 3  # gallery curve, scale gap, precision-recall

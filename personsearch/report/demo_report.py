@@ -66,6 +66,45 @@ def _pr_plot(recall: list[float], precision: list[float]) -> Any:
     return fig
 
 
+def _scale_plot(scales: dict[str, dict[str, dict[str, Any]]]) -> Any:
+    """Grouped bars: mAP and top-1 per scale-gap bin, for each gallery size in `scales` (its
+    `by_scale` metrics). A bin without any query gets no bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(scales)
+    bins = list(scales[sizes[0]])
+    series = [(size, metric) for size in sizes for metric in ("mAP", "top1")]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=110)
+    x = np.arange(len(bins))
+    for i, (size, metric) in enumerate(series):
+        values = [100 * v[metric] if v["queries"] else np.nan for v in scales[size].values()]
+        offset = (i - (len(series) - 1) / 2) * width
+        # a size's two bars share a shade: the first size solid, the next ones lighter
+        alpha = 1.0 if size == sizes[0] else 0.45
+        ax.bar(x + offset, values, width, alpha=alpha,
+               color="tab:blue" if metric == "mAP" else "tab:orange",
+               label=f"{'mAP' if metric == 'mAP' else 'top-1'}, gallery {size}")
+    for j, key in enumerate(bins):
+        if not any(scales[size][key]["queries"] for size in sizes):
+            ax.text(j, 2, "no query", ha="center", fontsize=8, color="gray")
+    counts = [" / ".join(str(scales[size][key]["queries"]) for size in sizes) for key in bins]
+    first = scales[sizes[0]]
+    ax.set_xticks(x)
+    ax.set_xlim(-0.5, len(bins) - 0.5)  # an empty last bin still gets its place
+    ax.set_xticklabels([f"{first[k]['label']}\n{first[k]['range']}\nn = {n}" for k, n in zip(bins, counts, strict=True)],
+                       fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def _example_rankings(results_path: Path, protocol: SearchProtocol, count: int, top_k: int = 5):
     """For `count` evenly spaced queries: the top-k detections of its listed gallery, hit or miss."""
     from personsearch.evaluation.boxes import box_iou, search_iou_threshold
@@ -156,6 +195,17 @@ def write_demo_report(
           "ones used for the real CUHK-SYSU (docs/evaluation.md).</p>"
         + figure(png_data_uri(_gallery_plot(search)), "mAP and top-1 against gallery size"),
     )
+    scales = {size: values["by_scale"] for size, values in sorted(search.items(), key=lambda kv: kv[1]["images"])
+              if "by_scale" in values}
+    if scales:
+        report.add(
+            "Search across scales (gallery / query person height)",
+            figure(png_data_uri(_scale_plot(scales)),
+                   "r = gallery person height / query person height; in each bin a query is scored "
+                   "against only its true matches at that scale (its other ones removed from its "
+                   "gallery), and queries without one are not counted (n = queries, gallery "
+                   + " / ".join(scales) + ")."),
+        )
     det = metrics["detection"]
     report.add(
         "Detection (IoU 0.5)",
