@@ -113,6 +113,49 @@ class ColorHistogramEmbedder:
         return np.sqrt(counts).ravel()
 
 
+class BandColourEmbedder:
+    """Trivial no-learning descriptor: the mean colour of 12 bands down the body's centre line.
+
+    Exactly, for an H x W x 3 uint8 crop (no resizing):
+    - the centre line is the columns W // 3 .. W - W // 3 (the central third, at least one);
+    - band b (0..11, top to bottom) is the rows b * H // 12 .. max((b + 1) * H // 12, that + 1),
+      so for H >= 12 the bands split the rows and smaller crops repeat rows;
+    - per band, m_b = the mean R, G, B (0..255) of its centre-line pixels, and the feature is
+      log(1 + m_b) - log(1 + 128) (natural log; subtracting a mid-grey makes cosine similarity
+      compare colours rather than all pointing the same way);
+    - the 12 x 3 = 36 numbers (band-major, RGB within a band) are L2-normalised (a crop that is
+      exactly mid-grey everywhere stays all zero).
+    It is what a benchmark must defeat: if it scores well, identity is in the clothing colours.
+    """
+
+    fingerprint = "band-colour-v1"
+    BANDS = 12
+    #: log(1 + 128): the mid-grey subtracted before normalising
+    CENTRE = float(np.log1p(128.0))
+
+    def __init__(self) -> None:
+        self.dim = self.BANDS * 3
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.stack([self._embed_one(crop) for crop in crops]))
+
+    def _embed_one(self, crop: np.ndarray) -> np.ndarray:
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+        height, width = crop.shape[:2]
+        left = width // 3
+        centre = crop[:, left : max(width - left, left + 1)].astype(np.float64)
+        means = np.empty((self.BANDS, 3))
+        for band in range(self.BANDS):
+            top = band * height // self.BANDS
+            bottom = max((band + 1) * height // self.BANDS, top + 1)
+            means[band] = centre[top:bottom].reshape(-1, 3).mean(axis=0)
+        return (np.log1p(means) - self.CENTRE).ravel().astype(np.float32)
+
+
 class WholeImageDetector:
     """Every image is one person: for galleries made of person crops."""
 
