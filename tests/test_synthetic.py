@@ -13,9 +13,21 @@ from PIL import Image
 
 from personsearch.cli import main
 from personsearch.data import synthetic
-from personsearch.data.synthetic import generate_world
+from personsearch.data.synthetic import (
+    BLURRY_HEIGHT,
+    SHARP_HEIGHT,
+    _degrade_person,
+    capture_degradation,
+    generate_world,
+)
 from personsearch.data.synthetic_mat import Cell, Struct, encode_fields, write_mat
-from personsearch.data.synthetic_render import render_person, sample_appearance, sample_pose
+from personsearch.data.synthetic_render import (
+    COARSE_LOOKS,
+    pattern_shades,
+    render_person,
+    sample_appearance,
+    sample_pose,
+)
 from personsearch.errors import DatasetError
 
 REAL_TESTG100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol" / "TestG100.mat"
@@ -93,8 +105,9 @@ def test_boxes_are_inside_images_and_span_many_scales(world: tuple[Path, dict]) 
         heights.extend(h)
         fractions.extend(h / height)
         total += len(boxes)
-    assert min(heights) < 50 and max(fractions) > 0.6
-    assert np.percentile(heights, 25) < 60 < 100 < np.percentile(heights, 75) + 40
+    # people from 40 pixels up, log-uniform: a quarter of them at or under ~65 pixels
+    assert 40 <= min(heights) < 50 and max(fractions) > 0.6
+    assert np.percentile(heights, 25) < 70 < 100 < np.percentile(heights, 75) + 40
     assert total == stats["boxes"]["total"]
 
 
@@ -146,7 +159,8 @@ def test_galleries_list_positives_first_and_never_the_query_image(world) -> None
 def test_small_people_lose_fine_detail() -> None:
     rng = np.random.default_rng(3)
     app = sample_appearance(rng)
-    app = type(app)(**{**app.__dict__, "shirt_pattern": "hstripes", "pattern_period": 0.03})
+    app = type(app)(**{**app.__dict__, "shirt_pattern": "hstripes", "pattern_period": 0.05,
+                       "jacket": None, "bag": "none", "logo": "none"})
     pose = sample_pose(rng)
     big, small = render_person(app, pose, 300), render_person(app, pose, 30)
     assert big.height == 300 and small.height == 30 and big.mode == small.mode == "RGBA"
@@ -231,3 +245,43 @@ def test_reader_round_trip(world: tuple[Path, dict]) -> None:
         protocol = cuhk.load_cuhk_sysu_protocol(root, size)
         assert len(protocol.queries) == 30 and len(protocol.images) == 120
         assert all(len(q.gallery) == size and q.holds_person.any() for q in protocol.queries)
+
+
+def test_coarse_colour_is_shared_and_patterns_keep_the_mean_colour() -> None:
+    """Many identities share each coarse look; a pattern's two shades average to the shirt."""
+    looks = [sample_appearance(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(1, pid)))).look
+             for pid in range(1, 241)]
+    counts = np.bincount(looks, minlength=len(COARSE_LOOKS))
+    assert (counts >= 8).all()  # 240 identities: every look worn by many of them
+    for seed in range(40):
+        app = sample_appearance(np.random.default_rng(seed))
+        dark, light = pattern_shades(app)
+        mean = (np.asarray(dark, float) + np.asarray(light, float)) / 2
+        # the light shade clips at 255 for white shirts: there the mean moves by up to ~50 levels,
+        # less than one sighting's lighting changes it (x 0.72 to 1.2)
+        assert np.abs(mean - np.asarray(app.shirt, float)).max() <= 50
+
+
+def test_capture_effects_grow_as_people_get_smaller() -> None:
+    assert capture_degradation(400) == capture_degradation(SHARP_HEIGHT) == 0.0
+    assert capture_degradation(BLURRY_HEIGHT) == capture_degradation(20) == 1.0
+    heights = np.linspace(BLURRY_HEIGHT, SHARP_HEIGHT, 8)
+    assert np.all(np.diff([capture_degradation(h) for h in heights]) < 0)
+
+
+def test_small_people_are_degraded_only_through_their_own_mask() -> None:
+    """_degrade_person changes a small person's pixels and leaves the background untouched."""
+    rng = np.random.default_rng(5)
+    app = sample_appearance(rng)
+    app = type(app)(**{**app.__dict__, "shirt_pattern": "vstripes", "pattern_period": 0.06})
+    patch = render_person(app, sample_pose(rng), 44)
+    background = Image.new("RGB", (120, 80), (90, 140, 60))
+    background.paste(patch, (40, 20), patch)
+    before = np.asarray(background).copy()
+    _degrade_person(np.random.default_rng(1), background, (40, 20, 40 + patch.width, 64),
+                    patch.getchannel("A"))
+    after = np.asarray(background)
+    alpha = np.zeros(before.shape[:2], bool)
+    alpha[20:64, 40:40 + patch.width] = np.asarray(patch.getchannel("A")) > 0
+    assert np.array_equal(after[~alpha], before[~alpha])
+    assert np.abs(after[alpha].astype(int) - before[alpha]).mean() > 3

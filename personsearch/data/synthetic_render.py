@@ -1,11 +1,20 @@
 """Drawing for the synthetic person-search world: people, backgrounds and clutter.
 
 A person is drawn with PIL on a high-resolution canvas in body-height units and then resized
-(antialiased) to the height the scene asks for, so a 30-pixel person really loses the stripes,
-logos and faces that a 300-pixel one shows. Identity cues come at several granularities: shirt and
-trouser colours survive any scale; hair, hats, bags and two-tone shirts need a few dozen pixels;
-stripes, checks, logos, shoes and faces need many. `Appearance` is what stays the same for one
-identity across scenes; `Pose` is what changes from one sighting to the next.
+(antialiased) to the height the scene asks for, so a 40-pixel person really loses the patterns,
+logos and accessories that a 300-pixel one shows.
+
+The world poses the problem CLSA addresses (matching a person across very different scales):
+- **Coarse colour does not identify anyone.** Each identity wears one of a few shared *coarse
+  looks* (`COARSE_LOOKS`: shirt, trousers, skin, hair, jacket), so dozens of identities look the
+  same at 40 pixels, and a colour or colour-layout descriptor cannot tell them apart.
+- **Identity lives in mid-scale cues**: the shirt's pattern (type, period, a lighter or darker
+  shade of the shirt, so it does not change the mean colour much), a chest logo (shape, colour),
+  hat, bag, shoes, hair style, sleeves and body shape. They are readable at 100+ pixels tall and
+  blur away below about 50 (see `capture_degradation` in `synthetic.py` for the camera effects
+  that grow as a person gets smaller).
+`Appearance` is what stays the same for one identity across scenes; `Pose` is what changes from
+one sighting to the next.
 """
 
 from __future__ import annotations
@@ -19,31 +28,50 @@ from PIL import Image, ImageDraw, ImageFont
 
 RGB = tuple[int, int, int]
 
-# Coarse palettes are deliberately small: many identities share a shirt/trouser colour pair, so
-# telling them apart needs the finer cues that only larger people show.
-SHIRT_COLOURS: tuple[RGB, ...] = (
-    (200, 30, 35), (120, 20, 30), (235, 120, 20), (235, 205, 40), (40, 150, 60), (20, 80, 40),
-    (30, 150, 150), (120, 170, 230), (25, 40, 110), (110, 50, 150), (235, 130, 180),
-    (240, 240, 235), (135, 135, 135), (25, 25, 28), (110, 70, 40), (215, 195, 150),
-)
-LOWER_COLOURS: tuple[RGB, ...] = (
-    (25, 25, 30), (30, 40, 80), (60, 90, 140), (110, 110, 115), (190, 170, 120), (95, 65, 40),
-    (230, 230, 225), (45, 70, 45), (150, 30, 40),
-)
-SKIN_COLOURS: tuple[RGB, ...] = (
-    (250, 215, 185), (235, 190, 150), (200, 150, 110), (160, 110, 75), (110, 75, 50), (80, 55, 40),
-)
-HAIR_COLOURS: tuple[RGB, ...] = (
-    (20, 15, 10), (60, 40, 25), (120, 80, 40), (200, 170, 100), (160, 60, 30), (150, 150, 150),
-)
-ACCENT_COLOURS: tuple[RGB, ...] = SHIRT_COLOURS + ((255, 255, 255), (0, 0, 0), (250, 220, 0))
 
-SHIRT_PATTERNS = ("plain", "plain", "hstripes", "vstripes", "checks", "two_tone")
-LOGOS = ("none", "none", "circle", "square", "triangle", "diamond")
+@dataclass(frozen=True)
+class CoarseLook:
+    """What a person looks like from far away: shared by many identities."""
+
+    shirt: RGB
+    lower_colour: RGB
+    lower: str  #: "trousers", "shorts" or "skirt"
+    skin: RGB
+    hair: RGB
+    jacket: RGB | None = None
+
+
+# Few, common looks: at low resolution every identity is one of these. Twelve looks for a few
+# hundred identities leaves each look to dozens of them.
+COARSE_LOOKS: tuple[CoarseLook, ...] = (
+    CoarseLook((235, 235, 230), (30, 40, 80), "trousers", (235, 190, 150), (30, 22, 15)),
+    CoarseLook((130, 130, 135), (25, 25, 30), "trousers", (200, 150, 110), (25, 18, 12)),
+    CoarseLook((30, 45, 100), (65, 95, 145), "trousers", (200, 150, 110), (30, 22, 15)),
+    CoarseLook((28, 28, 30), (28, 28, 32), "trousers", (160, 110, 75), (20, 15, 10)),
+    CoarseLook((190, 40, 45), (60, 90, 140), "trousers", (235, 190, 150), (60, 40, 25)),
+    CoarseLook((210, 190, 150), (100, 70, 45), "trousers", (235, 190, 150), (120, 80, 40)),
+    CoarseLook((50, 120, 70), (115, 115, 120), "trousers", (200, 150, 110), (30, 22, 15)),
+    CoarseLook((130, 175, 225), (110, 110, 115), "shorts", (235, 190, 150), (60, 40, 25)),
+    CoarseLook((235, 235, 230), (30, 30, 35), "skirt", (235, 190, 150), (60, 40, 25)),
+    CoarseLook((130, 130, 135), (60, 90, 140), "trousers", (110, 75, 50), (20, 15, 10),
+               jacket=(28, 28, 30)),
+    CoarseLook((235, 235, 230), (30, 40, 80), "trousers", (200, 150, 110), (30, 22, 15),
+               jacket=(30, 45, 100)),
+    CoarseLook((240, 200, 60), (30, 40, 80), "trousers", (160, 110, 75), (20, 15, 10)),
+)
+
+# Mid-scale cues: small parts of the body, so they barely move a region's mean colour.
+SHIRT_PATTERNS = ("plain", "hstripes", "vstripes", "checks", "diagonal")
+LOGOS = ("none", "circle", "square", "triangle", "diamond", "cross")
+LOGO_COLOURS: tuple[RGB, ...] = ((245, 245, 245), (20, 20, 20), (240, 200, 0), (200, 30, 35),
+                                 (40, 140, 200))
 HAIR_STYLES = ("short", "short", "long", "bald", "ponytail")
-HATS = ("none", "none", "none", "none", "cap", "beanie")
-LOWERS = ("trousers", "trousers", "trousers", "shorts", "skirt")
-BAGS = ("none", "none", "backpack", "shoulder", "hand")
+HATS = ("none", "none", "none", "cap", "beanie")
+# muted: a hat or a bag is a shape to recognise up close, not a colour blob seen from afar
+HAT_COLOURS: tuple[RGB, ...] = ((20, 20, 22), (95, 95, 100), (30, 45, 100), (110, 70, 40))
+BAGS = ("none", "backpack", "shoulder", "hand")
+BAG_COLOURS: tuple[RGB, ...] = ((25, 25, 25), (110, 70, 40), (100, 100, 105), (40, 55, 45))
+SHOE_COLOURS: tuple[RGB, ...] = ((20, 20, 20), (240, 240, 240), (120, 70, 30), (200, 40, 40))
 
 
 @dataclass(frozen=True)
@@ -57,7 +85,7 @@ class Appearance:
     hat_colour: RGB
     shirt: RGB
     shirt_pattern: str
-    pattern_colour: RGB
+    pattern_colour: RGB  #: the pattern's darker shade (see `pattern_shades`)
     pattern_period: float  #: stripe/check period in body heights
     logo: str
     logo_colour: RGB
@@ -71,6 +99,7 @@ class Appearance:
     bag_side: int  #: +1 right, -1 left (before mirroring)
     build: float  #: body width factor (height/width ratio of the silhouette)
     leg_ratio: float  #: hip height factor
+    look: int = 0  #: index into COARSE_LOOKS
 
 
 @dataclass(frozen=True)
@@ -95,33 +124,50 @@ def _jitter(rng: np.random.Generator, colour: RGB, amount: int = 14) -> RGB:
     return tuple(int(v) for v in np.clip(np.asarray(colour) + shift, 0, 255))  # type: ignore[return-value]
 
 
+def _shade(rng: np.random.Generator, colour: RGB) -> RGB:
+    """The darker of a pattern's two shades; `pattern_shades` gives the lighter one."""
+    return tuple(int(v) for v in np.asarray(colour, dtype=np.float64) * rng.uniform(0.55, 0.7))  # type: ignore[return-value]
+
+
+def pattern_shades(app: Appearance) -> tuple[RGB, RGB]:
+    """(dark, light) shades of a patterned shirt, averaging to about the shirt's own colour.
+
+    Half the shirt takes each shade, so from far away (where the pattern blurs) the shirt has its
+    coarse look's colour and the pattern tells nothing; up close its type and period do.
+    """
+    base = np.asarray(app.shirt, dtype=np.float64)
+    light = np.clip(2 * base - np.asarray(app.pattern_colour, dtype=np.float64), 0, 255)
+    return app.pattern_colour, tuple(int(v) for v in light)  # type: ignore[return-value]
+
+
 def sample_appearance(rng: np.random.Generator) -> Appearance:
-    """Draw one identity's clothing, body shape and accessories."""
-    shirt = _jitter(rng, _pick(rng, SHIRT_COLOURS))
-    pattern = _pick(rng, SHIRT_PATTERNS)
-    contrast = [c for c in ACCENT_COLOURS if sum(abs(a - b) for a, b in zip(c, shirt, strict=True)) > 150]
+    """Draw one identity: a shared coarse look, then its own mid-scale cues and body shape."""
+    look_index = int(rng.integers(len(COARSE_LOOKS)))
+    look = COARSE_LOOKS[look_index]
+    shirt = _jitter(rng, look.shirt, 4)  # tiny: per-sighting lighting varies far more
     return Appearance(
-        skin=_jitter(rng, _pick(rng, SKIN_COLOURS), 8),
-        hair=_jitter(rng, _pick(rng, HAIR_COLOURS), 10),
+        skin=_jitter(rng, look.skin, 4),
+        hair=_jitter(rng, look.hair, 4),
         hair_style=_pick(rng, HAIR_STYLES),
         hat=_pick(rng, HATS),
-        hat_colour=_jitter(rng, _pick(rng, ACCENT_COLOURS)),
+        hat_colour=_pick(rng, HAT_COLOURS),
         shirt=shirt,
-        shirt_pattern=pattern,
-        pattern_colour=_jitter(rng, _pick(rng, tuple(contrast))),
-        pattern_period=float(rng.uniform(0.018, 0.04)),
+        shirt_pattern=_pick(rng, SHIRT_PATTERNS),
+        pattern_colour=_shade(rng, shirt),
+        pattern_period=float(rng.uniform(0.035, 0.075)),
         logo=_pick(rng, LOGOS),
-        logo_colour=_jitter(rng, _pick(rng, tuple(contrast))),
+        logo_colour=_pick(rng, LOGO_COLOURS),
         long_sleeves=bool(rng.random() < 0.5),
-        jacket=_jitter(rng, _pick(rng, SHIRT_COLOURS)) if rng.random() < 0.25 else None,
-        lower=_pick(rng, LOWERS),
-        lower_colour=_jitter(rng, _pick(rng, LOWER_COLOURS)),
-        shoes=_jitter(rng, _pick(rng, ((20, 20, 20), (240, 240, 240), (120, 70, 30), (200, 40, 40)))),
+        jacket=_jitter(rng, look.jacket, 4) if look.jacket is not None else None,
+        lower=look.lower,
+        lower_colour=_jitter(rng, look.lower_colour, 4),
+        shoes=_pick(rng, SHOE_COLOURS),
         bag=_pick(rng, BAGS),
-        bag_colour=_jitter(rng, _pick(rng, ACCENT_COLOURS)),
+        bag_colour=_pick(rng, BAG_COLOURS),
         bag_side=1 if rng.random() < 0.5 else -1,
-        build=float(rng.uniform(0.8, 1.25)),
+        build=float(rng.uniform(0.85, 1.2)),
         leg_ratio=float(rng.uniform(0.96, 1.04)),
+        look=look_index,
     )
 
 
@@ -196,10 +242,12 @@ class _BodyCanvas:
             on = np.broadcast_to((xs[None, :] // (period / 2)) % 2 == 0, (h, w))
         elif app.shirt_pattern == "checks":
             on = ((ys[:, None] // period) + (xs[None, :] // period)) % 2 == 0
-        else:  # two_tone: the lower half of the shirt in the second colour
-            on = np.broadcast_to(ys[:, None] > 0.31, (h, w))
-        where = Image.fromarray((np.asarray(self.mask) > 0) & on)
-        self.image.paste(app.pattern_colour, (0, 0, w, h), where.convert("L"))
+        else:  # diagonal stripes
+            on = ((ys[:, None] + xs[None, :]) // (period / 2)) % 2 == 0
+        shirt = np.asarray(self.mask) > 0
+        dark, light = pattern_shades(app)
+        self.image.paste(light, (0, 0, w, h), Image.fromarray(shirt & ~on).convert("L"))
+        self.image.paste(dark, (0, 0, w, h), Image.fromarray(shirt & on).convert("L"))
 
 
 def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
@@ -301,15 +349,19 @@ def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
 
 
 def _draw_logo(c: _BodyCanvas, logo: str, colour: RGB) -> None:
-    x, y, r = 0.0, 0.245, 0.03
+    x, y, r = 0.0, 0.245, 0.032
     if logo == "circle":
         c.ellipse(x, y, r, r, colour)
     elif logo == "square":
         c.polygon([(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)], colour)
     elif logo == "triangle":
         c.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], colour)
-    else:
+    elif logo == "diamond":
         c.polygon([(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)], colour)
+    else:  # cross
+        t = r * 0.35
+        c.polygon([(x - t, y - r), (x + t, y - r), (x + t, y + r), (x - t, y + r)], colour)
+        c.polygon([(x - r, y - t), (x + r, y - t), (x + r, y + t), (x - r, y + t)], colour)
 
 
 def _draw_bag(c: _BodyCanvas, app: Appearance, pose: Pose, arms: list, bw: float) -> None:
