@@ -293,6 +293,9 @@ def _degrade_person(rng: np.random.Generator, image: Image.Image, box: tuple[int
     noise_seed = int(rng.integers(2**31))
     region = image.crop(box)
     degraded = region.filter(ImageFilter.GaussianBlur(sigma)) if sigma > 0.1 else region
+    if strength == 0.0:  # a near person: the scene's own noise and JPEG are all it gets
+        image.paste(Image.composite(degraded, region, alpha), box[:2])
+        return
     pixels = np.asarray(degraded, dtype=np.float32)
     pixels = pixels + np.random.default_rng(noise_seed).normal(0.0, noise, pixels.shape).astype(np.float32)
     degraded = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
