@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 
 from personsearch.data.crops import (
     CropImageDataset,
+    CropSample,
     box_iou,
     build_crop_cache,
     crop_cache_path,
@@ -171,3 +174,19 @@ def test_epoch_sampler_shards_whole_batches_and_skips_on_resume():
 def test_shard_sampler_covers_each_index_once():
     shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(7))
+
+
+def test_cache_never_serves_a_replaced_image(tmp_path):
+    """A dataset regenerated at the same path (same boxes) gets fresh crops, not the old ones."""
+    image_path = tmp_path / "scene.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(image_path)
+    sample = CropSample(image_path, (2.0, 2.0, 12.0, 18.0), pid=1, camera=0)
+    cache = tmp_path / "cache"
+    assert build_crop_cache([sample], cache) == 1
+    old_key = crop_cache_path(cache, sample)
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(image_path)  # a new world, same path and box
+    os.utime(image_path, ns=(0, old_key.stat().st_mtime_ns + 10**9))
+    assert crop_cache_path(cache, sample) != old_key
+    assert build_crop_cache([sample], cache) == 1
+    dataset = CropImageDataset([sample], CropTransform(16, 8), cache_dir=cache)
+    assert np.asarray(dataset.load(0))[4, 4].tolist() == [0, 0, 200]

@@ -172,8 +172,18 @@ def cut_crop(image: Image.Image, box: Box | None) -> Image.Image:
 
 
 def crop_cache_path(cache_dir: str | os.PathLike[str], sample: CropSample) -> Path:
-    """Where a sample's crop lives in a cache folder: a hash of its image path and box."""
-    key = f"{Path(sample.image).resolve()}|{sample.box}"
+    """Where a sample's crop lives in a cache folder: a hash of its image (path, size, mtime) and box.
+
+    The image's size and modification time are part of the key so that a dataset regenerated or
+    replaced at the same path (a new synthetic world, say) never reads the old world's crops.
+    """
+    path = Path(sample.image).resolve()
+    try:
+        stat = path.stat()
+        version = f"{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:  # a missing image fails later, where it is read, with its own clear error
+        version = "missing"
+    key = f"{path}|{version}|{sample.box}"
     digest = hashlib.sha1(key.encode()).hexdigest()
     return Path(cache_dir) / digest[:2] / f"{digest[2:18]}.png"
 
