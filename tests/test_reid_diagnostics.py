@@ -102,6 +102,7 @@ def test_a_tiny_run_logs_them_everywhere(tmp_path) -> None:
         assert set(record["teacher"]) == {"entropy", "max_entropy", "max_prob"}
         assert set(record["accuracy"]) == {"res3", "res4", "res5"}
         assert record["teacher"]["max_entropy"] == pytest.approx(math.log(CLASSES))
+        assert record["speed"]["images_per_s"] > 0 and "peak_mem_mb" not in record["speed"]
     summary = json.loads((run / "metrics.json").read_text())
     assert [p["iteration"] for p in summary["teacher"]] == [2, 4]
     assert summary["teacher_final"] == summary["teacher"][-1]
@@ -117,6 +118,7 @@ def test_a_tiny_run_logs_them_everywhere(tmp_path) -> None:
     assert {
         "train/total", "train/teacher/entropy", "train/teacher/max_entropy",
         "train/teacher/max_prob", "train/accuracy/res3", "train/accuracy/res5",
+        "train/speed/images_per_s",
     } <= tags
     entropy = [e.value for e in events.Scalars("train/teacher/entropy")]
     assert entropy == pytest.approx([r["teacher"]["entropy"] for r in train], rel=1e-6)

@@ -17,6 +17,7 @@ are converted to iterations once, so epoch- and iteration-based schedules share 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,7 @@ class Trainer:
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_metrics: dict[str, torch.Tensor] = {}
         self.last_eval: dict[str, float] | None = None
+        self.hook_seconds = 0.0  # time spent in hooks (evaluation, checkpoints): not training
 
     # ---- progress in the schedule's terms
 
@@ -232,8 +234,10 @@ class Trainer:
             self.sampler.set_epoch(self.epoch, start_batch=start)
             for batch in self.loader:
                 self.run_step(batch)
+                started = time.perf_counter()
                 for hook in self.hooks:
                     hook.after_step(self)
+                self.hook_seconds += time.perf_counter() - started
                 if self.done:
                     break
         broadcast_buffers(self.module)  # every rank ends with rank 0's model
@@ -316,7 +320,14 @@ class Trainer:
 
 
 class LoggingHook(Hook):
-    """Training scalars every `period` iterations (averaged over ranks) and a progress bar."""
+    """Training scalars every `period` iterations (averaged over ranks) and a progress bar.
+
+    Each record also has `speed`: `images_per_s`, the global samples (optim.batch_size per step,
+    all processes) per second of the period, data loading included and time in other hooks
+    (evaluation, checkpoints) left out; and on CUDA `peak_mem_mb`, this process's peak of
+    allocated GPU memory since the start of training. The first period also holds start-up
+    costs (loader workers, cuDNN autotuning).
+    """
 
     def __init__(self, period: int, progress: bool = True) -> None:
         self.period = period
@@ -324,11 +335,16 @@ class LoggingHook(Hook):
         self.bar = None
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.started = 0.0
+        self.hook_seconds = 0.0
 
     def before_train(self, trainer: Trainer) -> None:
         self.bar = progress_bar(
             trainer.max_iter, trainer.iteration, self.progress and trainer.dist.is_main
         )
+        self.started, self.hook_seconds = time.perf_counter(), trainer.hook_seconds
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
 
     def after_step(self, trainer: Trainer) -> None:
         for name, value in {**trainer.last_metrics, **trainer.last_losses}.items():
@@ -345,6 +361,15 @@ class LoggingHook(Hook):
                 f"{trainer.iteration}; lower optim.lr or check the data"
             )
         values["lr"] = trainer.optimizer.param_groups[0]["lr"]
+        # turning the sums into floats above waited for the GPU: the clock covers its work
+        now = time.perf_counter()
+        seconds = now - self.started - (trainer.hook_seconds - self.hook_seconds)
+        values["speed/images_per_s"] = self.count * trainer.config.optim.batch_size / max(
+            seconds, 1e-9
+        )
+        if trainer.device.type == "cuda":
+            values["speed/peak_mem_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+        self.started, self.hook_seconds = now, trainer.hook_seconds
         epoch = trainer.iteration / trainer.iters_per_epoch
         trainer.logger.log("train", trainer.iteration, epoch, nest_keys(values))
         self.bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{values['total']:.4f}", lr=f"{values['lr']:.2g}")
