@@ -153,7 +153,12 @@ class ReidConfig:
                 f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
             )
         if self.head in ("plain", "mst") and len(self.levels) != 1:
-            problems.append(f"head '{self.head}' pools one stage, got levels {self.levels}")
+            # A config written for the pyramid heads (synthetic-reid lists CLSA's "5-4-3") needs
+            # the one stage named; picking one silently could pool the wrong map.
+            problems.append(
+                f"head '{self.head}' pools one stage, got levels {self.levels}: "
+                "name one, e.g. model.levels=5"
+            )
         if self.head == "mst" and (min(self.mst_scales) <= 0 or max(self.mst_scales) != 1.0):
             problems.append(
                 f"mst_scales must be positive with 1.0 the largest, got {self.mst_scales}"
