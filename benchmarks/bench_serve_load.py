@@ -16,12 +16,26 @@ Scenarios:
         [--images 300] [--max-seconds 120]
 
 Client and server share the machine, so on a small machine the numbers are a lower bound.
+
+--memory: the server's memory under hostile load instead. Every client uploads a 131 KB PNG that
+decodes to 6300 x 6300 pixels (just under the default 40-megapixel limit) with a box, all at
+once; the server process's resident memory is read from /proc: before the load, its peak
+(VmHWM), and 1 s and 10 s after the last answer. --before-src DIR runs the same load first
+against a server started from another source tree (e.g. `git archive <commit> personsearch |
+tar -x -C DIR`: the code before a change), so both lines come from one run. Each --serve-arg is
+passed to the current server (e.g. --serve-arg=--decode-budget-mp=40):
+
+    .venv/bin/python benchmarks/bench_serve_load.py --memory --clients 40 --requests 40 \
+        [--before-src DIR] [--big-side 6300] [--serve-arg=...]
+
+Writes benchmarks/results/serve_memory.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import platform
 import random
@@ -44,6 +58,8 @@ from serve_fixture import ServedGallery, build_served_gallery  # noqa: E402
 from personsearch.io import write_json  # noqa: E402
 
 SCENARIOS = ("search-upload", "search-indexed", "thumbnail")
+DEFAULT_OUT = ROOT / "benchmarks/results/serve_load.json"
+MEMORY_SETTLE_S = (1.0, 10.0)  # after-load RSS is read this long after the last answer
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
 
@@ -54,7 +70,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(index_dir: Path, port: int) -> subprocess.Popen:
+def start_server(
+    index_dir: Path, port: int, source: Path | None = None, extra: list[str] | None = None
+) -> subprocess.Popen:
+    """`personsearch serve` on 127.0.0.1:port; from the source tree `source` if given."""
+    env = dict(os.environ)
+    if source is not None:  # that tree's package shadows the installed one
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
     command = [
         sys.executable,
         "-m",
@@ -66,12 +90,16 @@ def start_server(index_dir: Path, port: int) -> subprocess.Popen:
         "127.0.0.1",
         "--port",
         str(port),
+        *(extra or []),
     ]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A file, not a pipe: a chatty server never blocks on it.
+    log_path = Path(tempfile.gettempdir()) / f"personsearch-serve-{port}.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, cwd=source or ROOT, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            output = server.stdout.read().decode(errors="replace") if server.stdout else ""
+            output = log_path.read_text(errors="replace")
             raise RuntimeError(f"the server exited with status {server.returncode}:\n{output}")
         try:
             if httpx2.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
@@ -142,6 +170,7 @@ async def run_scenario(
     clients: int,
     requests: int,
     max_seconds: float,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -150,7 +179,7 @@ async def run_scenario(
     limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async with httpx2.AsyncClient(
-        base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
+        base_url=base_url, limits=limits, timeout=request_timeout_s
     ) as client:
 
         async def one_client() -> None:
@@ -187,6 +216,125 @@ async def run_scenario(
     }
 
 
+def big_png(side: int) -> tuple[bytes, str]:
+    """A side x side PNG of a plain background and one red figure (about 131 KB at 6300), and
+    a box around the figure."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (side, side), (128, 128, 128))
+    x1, y1, x2, y2 = side * 10 // 21, side * 8 // 21, side * 11 // 21, side * 11 // 21
+    ImageDraw.Draw(image).rectangle((x1, y1, x2, y2), fill=(200, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue(), f"{x1},{y1},{x2},{y2}"
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MB
+    return found
+
+
+def memory_run(
+    gallery: ServedGallery,
+    png: bytes,
+    box: str,
+    args: argparse.Namespace,
+    source: Path | None,
+    extra: list[str],
+) -> dict:
+    """One server, one burst of large uploads, its memory before, at peak and after."""
+    port = free_port()
+    server = start_server(gallery.index_dir, port, source, extra)
+    base_url = f"http://127.0.0.1:{port}"
+
+    def send(client: httpx2.AsyncClient) -> Awaitable[httpx2.Response]:
+        return client.post(
+            "/api/search/upload",
+            files={"file": ("big.png", png, "image/png")},
+            data={"box": box, "top_k": "10"},
+        )
+
+    try:
+        idle = memory_mb(server.pid)["VmRSS"]
+        load = asyncio.run(  # every answer is waited for: the load ends when the server is done
+            run_scenario(
+                base_url, send, args.clients, args.requests, args.max_seconds, args.max_seconds
+            )
+        )
+        finished = time.monotonic()
+        after = {}
+        for settle in MEMORY_SETTLE_S:
+            time.sleep(max(0.0, finished + settle - time.monotonic()))
+            after[f"rss_{settle:g}s_after_mb"] = memory_mb(server.pid)["VmRSS"]
+        peak = memory_mb(server.pid)["VmHWM"]
+        healthy = httpx2.get(f"{base_url}/api/health", timeout=5).status_code == 200
+    finally:
+        stop_server(server)
+    return {
+        "server": "before (--before-src)" if source is not None else args.label,
+        "serve_args": extra,
+        "rss_idle_mb": idle,
+        "rss_peak_mb": peak,
+        **after,
+        "answers": {"HTTP 200": load["requests"] - load["errors"], **load["error_kinds"]},
+        "wall_s": load["wall_s"],
+        "p50_ms": load["p50_ms"],
+        "max_ms": load["max_ms"],
+        "healthy_after": healthy,
+    }
+
+
+def memory_main(args: argparse.Namespace) -> int:
+    png, box = big_png(args.big_side)
+    with tempfile.TemporaryDirectory(prefix="personsearch-memory-") as tmp:
+        gallery = build_served_gallery(Path(tmp), n_images=args.images, seed=0)
+        runs = []
+        if args.before_src is not None:
+            runs.append(memory_run(gallery, png, box, args, args.before_src, []))
+        runs.append(memory_run(gallery, png, box, args, None, args.serve_arg or []))
+    print(
+        f"\n{args.clients} concurrent uploads ({args.requests} in all) of a {len(png):,}-byte PNG "
+        f"of {args.big_side} x {args.big_side} pixels, 127.0.0.1, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'server':<24} {'idle MB':>8} {'peak MB':>8} {'+1 s MB':>8} {'+10 s MB':>9} "
+        f"{'wall s':>7}  answers"
+    )
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        answers = ", ".join(f"{k}: {v}" for k, v in run["answers"].items() if v)
+        print(
+            f"{run['server']:<24} {run['rss_idle_mb']:>8.0f} {run['rss_peak_mb']:>8.0f} "
+            f"{run['rss_1s_after_mb']:>8.0f} {run['rss_10s_after_mb']:>9.0f} "
+            f"{run['wall_s']:>7.1f}  {answers}"
+        )
+    out = args.out if args.out != DEFAULT_OUT else ROOT / "benchmarks/results/serve_memory.json"
+    write_json(
+        out,
+        {
+            "benchmark": "personsearch serve memory under concurrent large uploads, 127.0.0.1",
+            "clients": args.clients,
+            "requests": args.requests,
+            "upload": {"bytes": len(png), "width": args.big_side, "height": args.big_side},
+            "gallery_images": args.images,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "runs": runs,
+        },
+    )
+    print(f"wrote {out}")
+    return 0 if all(run["healthy_after"] for run in runs) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20, help="concurrent clients (20)")
@@ -196,10 +344,29 @@ def main() -> int:
         "--max-seconds", type=float, default=120.0, help="time limit per scenario (120)"
     )
     parser.add_argument("--scenario", choices=SCENARIOS, action="append", help="(default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serve_load.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--memory", action="store_true", help="measure memory under large uploads instead"
+    )
+    parser.add_argument(
+        "--before-src", type=Path, help="--memory: also run a server from this source tree"
+    )
+    parser.add_argument(
+        "--big-side", type=int, default=6300, help="--memory: the upload's side in pixels (6300)"
+    )
+    parser.add_argument(
+        "--serve-arg", action="append", help="--memory: an option for the current server"
+    )
+    parser.add_argument(
+        "--label", default="current", help="--memory: the current server's name in the table"
+    )
     args = parser.parse_args()
     if args.clients < 1 or args.requests < 1 or args.images < 3 or args.max_seconds <= 0:
         parser.error("--clients and --requests must be positive, --images at least 3")
+    if args.big_side < 16:
+        parser.error("--big-side must be at least 16")
+    if args.memory:
+        return memory_main(args)
     scenarios = args.scenario or list(SCENARIOS)
 
     with tempfile.TemporaryDirectory(prefix="personsearch-load-") as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import secrets
 
@@ -27,6 +28,18 @@ example:
 
 TOKEN_ENV = "PERSONSEARCH_TOKEN"
 MIN_TOKEN_LENGTH = 8
+MAX_DECODE_WAIT_S = 600.0
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a positive, finite number (not nan, inf, 0 or negative)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,14 +62,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow a non-loopback --host without a token (anyone reaching it can search)",
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, default=10.0, metavar="MB", help="upload limit (10)"
+        "--max-upload-mb",
+        type=positive_number,
+        default=10.0,
+        metavar="MB",
+        help="upload limit (10)",
     )
     parser.add_argument(
         "--max-megapixels",
-        type=float,
+        type=positive_number,
         default=40.0,
         metavar="MP",
         help="largest upload in megapixels, checked before decoding (40)",
+    )
+    parser.add_argument(
+        "--decode-budget-mp",
+        type=positive_number,
+        default=100.0,
+        metavar="MP",
+        help="megapixels decoded at once over all requests; bounds the server's memory (100)",
+    )
+    parser.add_argument(
+        "--decode-wait-s",
+        type=positive_number,
+        default=3.0,
+        metavar="S",
+        help="longest wait for the decode budget before answering 503 + Retry-After (3)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
 
@@ -94,8 +125,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        raise ConfigError("--max-upload-mb and --max-megapixels must be positive")
+    upload_bytes = _whole(args.max_upload_mb * 1024 * 1024, "--max-upload-mb", "byte")
+    max_pixels = _whole(args.max_megapixels * 1e6, "--max-megapixels", "pixel")
+    budget_pixels = _whole(args.decode_budget_mp * 1e6, "--decode-budget-mp", "pixel")
+    if not 0 < args.decode_wait_s <= MAX_DECODE_WAIT_S:
+        raise ConfigError(
+            f"--decode-wait-s must be at most {MAX_DECODE_WAIT_S:g} seconds, got "
+            f"{args.decode_wait_s:g}"
+        )
     token = resolve_token(args)
     try:
         import uvicorn
@@ -104,12 +141,15 @@ def run(args: argparse.Namespace) -> int:
             f"`personsearch serve` needs the web extras ({error.name} is missing): "
             "pip install 'personsearch[serve]'"
         ) from None
-    from personsearch.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
+    from personsearch.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app, tune_allocator
 
     limits = ServeLimits(
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_upload_bytes=upload_bytes,
+        max_pixels=max_pixels,
+        decode_budget_pixels=budget_pixels,
+        decode_wait_s=args.decode_wait_s,
     )
+    tune_allocator()  # freed image buffers go back to the system, not to malloc's arenas
     # On loopback, Host headers other than loopback names are refused (DNS rebinding); on
     # another address the token is what guards the API.
     allowed_hosts = (*LOOPBACK_HOSTS, args.host) if is_loopback(args.host) else None
@@ -131,3 +171,14 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _whole(value: float, option: str, unit: str) -> int:
+    """A limit in whole units (bytes, pixels): at least one, and not absurdly large."""
+    from personsearch.errors import ConfigError
+
+    if value < 1:
+        raise ConfigError(f"{option} gives {value:g} {unit}s: it must allow at least one {unit}")
+    if value > 2**53:
+        raise ConfigError(f"{option} gives {value:g} {unit}s: that is not a limit; give less")
+    return int(value)

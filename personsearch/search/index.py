@@ -90,6 +90,8 @@ CREATE INDEX IF NOT EXISTS boxes_image ON boxes(image_id);
 """
 
 _CACHE_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<rows>\d+)\.faiss$")
+_SQL_CHUNK = 500  # values bound in one IN (...) list: SQLite allows 999 on old builds
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integers
 
 
 class GalleryIndexError(PersonSearchError):
@@ -507,23 +509,34 @@ class GalleryIndex:
     def _allowed_rows(
         self, cameras: Iterable[int] | None, exclude_paths: Iterable[str] | None
     ) -> np.ndarray | None:
+        """The rows a filtered search may return (None: all). Lists of any length are looked
+        up in chunks (SQLite bounds the variables of one statement); cameras outside SQLite's
+        64-bit integers match nothing."""
         if cameras is None and not exclude_paths:
             return None
-        conditions, args = [], []
         if cameras is not None:
-            cams = [int(c) for c in cameras]
-            if not cams:
-                return np.zeros(0, dtype=np.int64)
-            conditions.append(f"i.camera IN ({','.join('?' * len(cams))})")
-            args += cams
-        excluded = list(exclude_paths or [])
-        if excluded:
-            conditions.append(f"i.path NOT IN ({','.join('?' * len(excluded))})")
-            args += excluded
-        query = "SELECT b.id FROM boxes b JOIN images i ON i.id = b.image_id WHERE " + " AND ".join(
-            conditions
-        )
-        return np.array([r[0] for r in self._conn.execute(query, args)], dtype=np.int64)
+            cams = sorted({c for c in map(int, cameras) if _INT64_MIN <= c <= _INT64_MAX})
+            allowed = self._rows_where("i.camera", cams)
+        else:
+            allowed = np.array(
+                [r[0] for r in self._conn.execute("SELECT id FROM boxes")], dtype=np.int64
+            )
+        excluded = sorted(set(exclude_paths or []))
+        if excluded and len(allowed):
+            allowed = np.setdiff1d(allowed, self._rows_where("i.path", excluded))
+        return allowed
+
+    def _rows_where(self, column: str, values: Sequence[object]) -> np.ndarray:
+        """Rows (boxes.id) whose image's `column` is one of `values`, looked up in chunks."""
+        rows: list[int] = []
+        for start in range(0, len(values), _SQL_CHUNK):
+            chunk = list(values[start : start + _SQL_CHUNK])
+            query = (
+                "SELECT b.id FROM boxes b JOIN images i ON i.id = b.image_id "
+                f"WHERE {column} IN ({','.join('?' * len(chunk))})"
+            )
+            rows += [r[0] for r in self._conn.execute(query, chunk)]
+        return np.unique(np.array(rows, dtype=np.int64))
 
     def _search_params(
         self, index: Any, allowed: np.ndarray | None, k: int, ef: int | None, nprobe: int | None
@@ -549,8 +562,8 @@ class GalleryIndex:
     def _box_metadata(self, rows: list[int]) -> dict[int, dict[str, Any]]:
         found: dict[int, dict[str, Any]] = {}
         unique = sorted(set(rows))
-        for start in range(0, len(unique), 500):  # stay under SQLite's bound-variable limit
-            chunk = unique[start : start + 500]
+        for start in range(0, len(unique), _SQL_CHUNK):  # SQLite bounds a statement's variables
+            chunk = unique[start : start + _SQL_CHUNK]
             query = (
                 "SELECT b.id, i.path, b.x1, b.y1, b.x2, b.y2, b.det_score, i.camera FROM boxes b "
                 f"JOIN images i ON i.id = b.image_id WHERE b.id IN ({','.join('?' * len(chunk))})"

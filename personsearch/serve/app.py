@@ -9,6 +9,12 @@ Safety, by construction:
   are the images the index holds (see `catalog`). Static assets come from the package only.
 - Uploads are bounded in bytes (the whole request body is counted, Content-Length or not) and in
   pixels (checked from the header before decoding), and only JPEG/PNG/WebP/BMP are decoded.
+- Decoding is bounded across requests: a shared budget of pixels being decoded (`DecodeBudget`;
+  a request that cannot get its share in time is answered 503 with Retry-After). A probe is
+  decoded at the scale its box needs and cut out at once (`decode_probe`); scenes larger than
+  `ServeLimits.scene_max_side` are sent downscaled.
+- Integers are checked against SQLite's 64-bit range at the edge (422), and error messages name
+  files relative to the index, never a server folder (`path_redactor`).
 - With a token, every /api route but /api/health needs `Authorization: Bearer <token>`.
 - Host headers are checked against `allowed_hosts` (loopback names by default), so a web page
   elsewhere cannot reach a loopback server by DNS rebinding.
@@ -24,15 +30,19 @@ there. Thumbnails and metadata are served from other threads through a read-only
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import io
 import logging
 import math
 import os
+import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,23 +54,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from personsearch import __version__
-from personsearch.data.images import read_rgb
-from personsearch.errors import ImageError, PersonSearchError
+from personsearch.errors import PersonSearchError
 from personsearch.search.index import SearchHit
 from personsearch.search.pipeline import open_searcher
 from personsearch.search.searcher import PersonSearcher, validate_box
 from personsearch.serve.catalog import CatalogImage, IndexCatalog
 from personsearch.serve.imaging import (
+    UPLOAD_FORMATS,
     BytesLRU,
     FileStamp,
     ImageRejected,
-    decode_upload,
+    check_pixels,
     render_jpeg,
+    sniff_format,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +82,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
 IMAGE_CACHE_CONTROL = "private, max-age=3600"  # private: the API may sit behind a token
 THUMBNAIL_SIZES = (32, 640)  # bounds of the thumbnail's longer side, in pixels
+JPEG_MAX_SIDE = 65_500  # libjpeg refuses to encode a wider or taller image
 # The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left without a CSP.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -77,15 +90,64 @@ PAGE_CSP = (
 )
 
 
+INT64_MAX = 2**63 - 1  # SQLite's integers are signed 64-bit: ids and cameras must fit
+INT64_MIN = -(2**63)
+MAX_CAMERAS = 10_000  # cameras one search may filter by
+MAX_DECODE_WAIT_S = 600.0
+
+
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one request may ask of the server."""
+    """What one request, and all requests together, may ask of the server.
+
+    Decoding is bounded across requests: at most `decode_budget_pixels` pixels are being decoded
+    (and held as probes) at once. A request that cannot get its share within `decode_wait_s`
+    seconds is answered 503 with Retry-After; an image larger than the whole budget waits for
+    all of it and is decoded alone.
+    """
 
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000  #: uploads; a 40 MP image decodes to 120 MB of RGB
+    max_pixels: int = 40_000_000  #: uploads; a 40 MP image decodes to 160 MB (4 bytes a pixel)
     max_gallery_pixels: int = 200_000_000  #: indexed images are trusted more, not unboundedly
     max_top_k: int = 100
     cache_bytes: int = 64 * 1024 * 1024  #: rendered thumbnails and scenes kept in memory
+    decode_budget_pixels: int = 100_000_000  #: pixels being decoded at once, all requests
+    decode_wait_s: float = 3.0  #: longest wait for the decode budget before a 503
+    #: Probes are decoded at a reduced scale that keeps at least this many pixels on the longer
+    #: side of the person's box (a re-id model looks at 256 x 128 at most).
+    probe_detail_px: int = 1024
+    scene_max_side: int = 8192  #: larger scenes are sent downscaled to fit this square
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_upload_bytes",
+            "max_pixels",
+            "max_gallery_pixels",
+            "max_top_k",
+            "decode_budget_pixels",
+            "probe_detail_px",
+            "scene_max_side",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PersonSearchError(
+                    f"serve limit {name} must be a positive integer, got {value!r}"
+                )
+        if self.cache_bytes < 0:
+            raise PersonSearchError(f"serve limit cache_bytes must be >= 0, got {self.cache_bytes}")
+        wait = self.decode_wait_s
+        if not (
+            isinstance(wait, int | float) and math.isfinite(wait) and 0 < wait <= MAX_DECODE_WAIT_S
+        ):
+            raise PersonSearchError(
+                f"serve limit decode_wait_s must be a number of seconds in (0, {MAX_DECODE_WAIT_S:g}], "
+                f"got {wait!r}"
+            )
+        if self.scene_max_side > JPEG_MAX_SIDE:
+            raise PersonSearchError(
+                f"serve limit scene_max_side must be at most {JPEG_MAX_SIDE} (JPEG's limit), got "
+                f"{self.scene_max_side}"
+            )
 
 
 # ---- response models (they make the OpenAPI schema) ------------------------------------------
@@ -105,6 +167,8 @@ class Limits(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_top_k: int
+    decode_budget_pixels: int = Field(description="pixels decoded at once over all requests")
+    decode_wait_s: float = Field(description="longest wait for the decode budget before a 503")
 
 
 class Stats(BaseModel):
@@ -167,19 +231,24 @@ class SearchResult(BaseModel):
     took_ms: float
 
 
+CameraId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
 class IndexedSearch(BaseModel):
-    image_id: int = Field(ge=1, description="id of an indexed image")
+    image_id: int = Field(ge=1, le=INT64_MAX, description="id of an indexed image")
     box: list[float] | None = Field(
         None, min_length=4, max_length=4, description="x1, y1, x2, y2 in pixels; null: whole image"
     )
     top_k: int = Field(10, ge=1)
-    cameras: list[int] | None = Field(None, description="only persons seen by these cameras")
+    cameras: list[CameraId] | None = Field(
+        None, max_length=MAX_CAMERAS, description="only persons seen by these cameras"
+    )
 
 
-ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="an indexed image's id")]
+ImageId = Annotated[int, PathParam(ge=1, le=INT64_MAX, description="an indexed image's id")]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)
 }
 JPEG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
@@ -220,6 +289,387 @@ def _open_prepared(index_dir: str | os.PathLike[str], run_dir: Any) -> PersonSea
     searcher = open_searcher(index_dir, run_dir)
     searcher.index.prepare()  # build or load the FAISS index now, not on the first request
     return searcher
+
+
+# ---- the decode budget: the memory of concurrent decodes -------------------------------------
+
+
+class BudgetExhausted(Exception):
+    """The decode budget stayed full for longer than a request may wait: answered 503."""
+
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        retry = max(1, math.ceil(wait_s))
+        super().__init__(
+            f"the server is busy decoding other images (at most {capacity / 1e6:g} megapixels at "
+            f"once) and could not start this one within {wait_s:g} s; retry in {retry} s"
+        )
+        self.retry_after_s = retry
+
+
+class DecodeBudget:
+    """Pixels being decoded, or held decoded, at once, shared by every request.
+
+    `reserve(pixels, wait_s)` waits, first come first served, until that many pixels of the
+    budget are free, at most `wait_s` seconds (then BudgetExhausted). A request for more than
+    the whole budget takes all of it: it waits for the others and is decoded alone. Used from
+    the event loop only (the decoding itself runs in worker threads while a reservation is held).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.available = self.capacity
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - self.available
+
+    def cost(self, pixels: int) -> int:
+        return min(max(1, int(pixels)), self.capacity)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, pixels: int, wait_s: float) -> AsyncIterator["Reservation"]:
+        reservation = Reservation(self, self.cost(pixels))
+        await self._acquire(reservation.held, wait_s)
+        try:
+            yield reservation
+        finally:
+            self._release(reservation.held)
+            reservation.held = 0
+
+    async def _acquire(self, cost: int, wait_s: float) -> None:
+        if not self._waiters and cost <= self.available:
+            self.available -= cost
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((cost, future))
+        try:
+            async with asyncio.timeout(wait_s):
+                await future
+        except BaseException as error:  # timed out, or the request was cancelled
+            if future.done() and not future.cancelled():
+                self._release(cost)  # granted just as the wait ended: give it back
+            else:
+                future.cancel()
+                self._wake()  # it may have been the head of the queue, holding up smaller ones
+            if isinstance(error, TimeoutError):
+                raise BudgetExhausted(self.capacity, wait_s) from None
+            raise
+
+    def _release(self, cost: int) -> None:
+        self.available += cost
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            cost, future = self._waiters[0]
+            if future.done():  # gave up waiting
+                self._waiters.popleft()
+                continue
+            if cost > self.available:
+                return
+            self._waiters.popleft()
+            self.available -= cost
+            future.set_result(None)
+
+
+@dataclass
+class Reservation:
+    """Pixels of a DecodeBudget held by one request."""
+
+    budget: DecodeBudget
+    held: int
+
+    def shrink(self, pixels: int) -> None:
+        """Keep only `pixels` (what stays in memory once the decode is over); free the rest."""
+        keep = min(self.held, self.budget.cost(pixels))
+        if keep < self.held:
+            self.budget._release(self.held - keep)
+            self.held = keep
+
+
+def tune_allocator() -> bool:
+    """Make the C allocator give large freed blocks back to the system at once; True where that
+    was possible (glibc). Called by `personsearch serve`.
+
+    Decoded images live in blocks of up to 16 MB (Pillow) and arrays of tens of MB. glibc raises
+    its mmap threshold after such frees, so later blocks come from its per-thread arenas, which
+    keep freed memory: a burst of large decodes left the server holding gigabytes. A fixed 1 MB
+    threshold maps every large block and unmaps it when freed; at most 2 arenas per core.
+    Measured in docs/serve.md ("Memory under hostile load").
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # from glibc's malloc.h
+    mapped = mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) == 1
+    return mallopt(m_arena_max, 2 * (os.cpu_count() or 1)) == 1 and mapped
+
+
+MMAP_THRESHOLD_BYTES = 1024 * 1024  # blocks from 1 MB up are mapped, and unmapped when freed
+
+
+# ---- probes: decoded within the budget, at the scale the search needs ------------------------
+
+#: How EXIF orientations are undone (as ImageOps.exif_transpose does).
+_ORIENTATION_METHODS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+_PILLOW_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+
+
+@dataclass
+class ProbeImage:
+    """A probe whose header has been read and whose pixels have not been decoded yet.
+
+    `box` is the person's box in the image as shown (EXIF orientation applied), validated and
+    clipped; None: the whole image. `factor` is the reduction the decode may apply: the box's
+    longer side keeps at least `ServeLimits.probe_detail_px` pixels.
+    """
+
+    image: Image.Image
+    what: str  #: "the uploaded image", "image 7": how messages name it
+    upload: bool
+    requested_box: list[float] | None  #: as the client sent it
+    stored: tuple[int, int]  #: width, height of the pixel grid in the file
+    orientation: int = 1
+    size: tuple[int, int] = (0, 0)  #: width, height as shown, full resolution
+    box: list[float] | None = None
+    factor: int = 1
+    draft_scale: int = 1  #: JPEG: the image decodes at 1/draft_scale (Image.draft)
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def decode_pixels(self) -> int:
+        """Pixels the decoder holds at once: the whole image at its (draft) scale."""
+        width, height = self.image.size
+        return width * height
+
+    def close(self) -> None:
+        if not self._closed:
+            self.image.close()
+            self._closed = True
+
+
+def open_upload_probe(data: bytes, box: list[float] | None, limits: ServeLimits) -> ProbeImage:
+    """An uploaded probe, its header checked (type, pixel limit, box) before any decoding.
+
+    Raises ImageRejected: 400 empty or corrupt, 413 over the pixel limit, 415 not an accepted
+    type; PersonSearchError (422) for a box outside the image.
+    """
+    if not data:
+        raise ImageRejected(400, "the uploaded file is empty")
+    kind = sniff_format(data)
+    if kind is None:
+        accepted = ", ".join(UPLOAD_FORMATS.values())
+        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
+    name = UPLOAD_FORMATS[kind]
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind])
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(413, f"the uploaded image is too large to decode: {error}") from None
+    except _PILLOW_ERRORS as error:
+        raise ImageRejected(400, f"cannot decode the uploaded {name} image: {error}") from None
+    try:
+        check_pixels(image.size, limits.max_pixels, "the uploaded image")
+        return _plan_probe(image, "the uploaded image", True, box, limits)
+    except _PILLOW_ERRORS as error:
+        image.close()
+        raise ImageRejected(400, f"cannot decode the uploaded {name} image: {error}") from None
+    except BaseException:
+        image.close()
+        raise
+
+
+def open_indexed_probe(
+    path: Path, image_id: int, box: list[float] | None, limits: ServeLimits
+) -> ProbeImage:
+    """An indexed image as the probe (no EXIF orientation: the index's boxes are in the file's
+    own pixel grid, as the indexer decoded it)."""
+    what = f"image {image_id}"
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageRejected(413, f"{what} is too large to decode") from None
+    except _PILLOW_ERRORS:
+        raise ImageRejected(404, f"{what} cannot be read now") from None
+    try:
+        check_pixels(image.size, limits.max_gallery_pixels, what)
+        return _plan_probe(image, what, False, box, limits)
+    except BaseException:
+        image.close()
+        raise
+
+
+def _plan_probe(
+    image: Image.Image, what: str, upload: bool, box: list[float] | None, limits: ServeLimits
+) -> ProbeImage:
+    probe = ProbeImage(image, what, upload, box, image.size)
+    probe.orientation = _header_orientation(image) if upload else 1
+    _fit_box(probe, limits)
+    if image.format == "JPEG" and probe.factor > 1:
+        width, height = image.size
+        wanted = (-(-width // probe.factor), -(-height // probe.factor))
+        drafted = image.draft(None, wanted)  # decode at 1/2, 1/4 or 1/8 scale, not below wanted
+        if drafted is not None:
+            probe.draft_scale = max(1, round(width / drafted[1][2]))
+    return probe
+
+
+def _fit_box(probe: ProbeImage, limits: ServeLimits) -> None:
+    """The probe's shown size, its box validated against it, and the reduction allowed."""
+    width, height = probe.stored
+    if probe.orientation in (5, 6, 7, 8):
+        width, height = height, width
+    probe.size = (width, height)
+    box = probe.requested_box
+    probe.box = None if box is None else validate_box(box, width, height, probe.what).tolist()
+    x1, y1, x2, y2 = _crop_rect(probe.box, width, height)
+    probe.factor = max(1, max(x2 - x1, y2 - y1) // limits.probe_detail_px)
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation known without decoding (a PNG's eXIf chunk may follow its pixels,
+    and Pillow would decode them to find it: that case is checked after decoding)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    return orientation if orientation in _ORIENTATION_METHODS else 1
+
+
+def decode_probe(probe: ProbeImage, limits: ServeLimits) -> np.ndarray:
+    """The probe person (its box, or the whole image) as H x W x 3 uint8 RGB, reduced by up to
+    `probe.factor`; the full image is dropped as soon as the box is cut out of it.
+
+    Without reduction the pixels are exactly those `crop_box` cuts from the whole decoded image,
+    so the feature is the one `PersonSearcher.embed_probe(image, box)` computes.
+    """
+    image = probe.image
+    try:
+        image.load()
+        if probe.upload and probe.orientation == 1 and image.format == "PNG":
+            found = _header_orientation(image)  # an eXIf chunk after the pixels: now known
+            if found != 1:
+                probe.orientation = found
+                _fit_box(probe, limits)
+        width, height = probe.stored
+        shown = _crop_rect(probe.box, *probe.size)
+        x1, y1, x2, y2 = _stored_rect(shown, probe.orientation, width, height)
+        scale = probe.draft_scale
+        dw, dh = image.size
+        rect = (
+            min(x1 // scale, dw - 1),
+            min(y1 // scale, dh - 1),
+            max(min(-(-x2 // scale), dw), x1 // scale + 1),
+            max(min(-(-y2 // scale), dh), y1 // scale + 1),
+        )
+        region = image.crop(rect)
+        probe.close()  # the whole image's pixels go now
+        if probe.orientation != 1:
+            region = region.transpose(_ORIENTATION_METHODS[probe.orientation])
+        if region.mode != "RGB":
+            region = region.convert("RGB")
+        remaining = probe.factor // scale
+        if remaining > 1:
+            region = region.reduce(remaining)
+        return np.asarray(region)
+    except Image.DecompressionBombError:
+        raise ImageRejected(413, f"{probe.what} is too large to decode") from None
+    except _PILLOW_ERRORS as error:
+        if probe.upload:
+            kind = UPLOAD_FORMATS.get(str(image.format), str(image.format))
+            raise ImageRejected(400, f"cannot decode the uploaded {kind} image: {error}") from None
+        raise ImageRejected(404, f"{probe.what} cannot be read now") from None
+    finally:
+        probe.close()
+
+
+def _crop_rect(box: list[float] | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels a box covers, as `crop_box` cuts them (the whole image for None)."""
+    if box is None:
+        return 0, 0, width, height
+    x1 = min(max(math.floor(box[0]), 0), width - 1)
+    y1 = min(max(math.floor(box[1]), 0), height - 1)
+    x2 = max(min(math.ceil(box[2]), width), x1 + 1)
+    y2 = max(min(math.ceil(box[3]), height), y1 + 1)
+    return x1, y1, x2, y2
+
+
+def _stored_rect(
+    rect: tuple[int, int, int, int], orientation: int, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """A rectangle of the image as shown (EXIF `orientation` applied) in the stored image of
+    `width` x `height` pixels: cutting it there and transposing gives the shown cut."""
+    x1, y1, x2, y2 = rect
+    return {
+        1: (x1, y1, x2, y2),
+        2: (width - x2, y1, width - x1, y2),
+        3: (width - x2, height - y2, width - x1, height - y1),
+        4: (x1, height - y2, x2, height - y1),
+        5: (y1, x1, y2, x2),
+        6: (y1, height - x2, y2, height - x1),
+        7: (width - y2, height - x2, width - y1, height - x1),
+        8: (width - y2, x1, width - y1, x2),
+    }[orientation]
+
+
+def render_plan(
+    path: Path, max_side: int | None, fallback_pixels: int, limits: ServeLimits
+) -> tuple[int | None, int]:
+    """(the side to fit the rendering into, the pixels it decodes) of a gallery image, from its
+    header: a scene larger than `limits.scene_max_side` is sent downscaled; JPEG thumbnails
+    decode at a reduced scale. An unreadable header gives (max_side, fallback_pixels): the
+    rendering then reports the problem."""
+    try:
+        with Image.open(path) as image:
+            if max_side is None and max(image.size) > limits.scene_max_side:
+                max_side = limits.scene_max_side
+            if max_side is not None and image.format == "JPEG":
+                image.draft("RGB", (max_side, max_side))
+            width, height = image.size
+    except (*_PILLOW_ERRORS, Image.DecompressionBombError):
+        return max_side, fallback_pixels
+    return max_side, width * height
+
+
+# ---- error messages name files relative to the index ------------------------------------------
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"/:,;()]+/)+[^\s'\"/:,;()]*")
+_ROUTE_PREFIXES = ("/api/", "/docs", "/static/", "/openapi")
+
+
+def path_redactor(index_dir: str | os.PathLike[str]) -> Callable[[str], str]:
+    """A function that rewrites a message so that it names no server folder: paths inside the
+    index become relative to it (`shards/000000000000-000012.npy`), the index itself is named
+    by its folder's name, and any other absolute path by its file name."""
+    given = Path(index_dir)
+    roots = {str(given), os.path.abspath(given), str(given.resolve())}
+    roots = sorted((r for r in roots if r not in ("", ".", "/")), key=len, reverse=True)
+    name = given.resolve().name
+
+    def redact(message: str) -> str:
+        for root in roots:
+            message = message.replace(root + os.sep, "")
+        for root in roots:
+            message = message.replace(root, name)
+
+        def file_name(match: re.Match[str]) -> str:
+            text = match.group(0)
+            if text.startswith(_ROUTE_PREFIXES):
+                return text
+            return text.rstrip("/").rsplit("/", 1)[-1]
+
+        return _ABSOLUTE_PATH.sub(file_name, message)
+
+    return redact
 
 
 # ---- request guard: body size, host header, security headers ---------------------------------
@@ -335,6 +785,7 @@ def create_app(
         service.close()
         raise
     cache = BytesLRU(limits.cache_bytes)
+    budget = DecodeBudget(limits.decode_budget_pixels)
     index_name = Path(index_dir).resolve().name
 
     @contextlib.asynccontextmanager
@@ -354,7 +805,8 @@ def create_app(
         max_body_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES,
         allowed_hosts=allowed_hosts,
     )
-    _add_error_handlers(app)
+    app.state.decode_budget = budget
+    _add_error_handlers(app, path_redactor(index_dir))
     api = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
     guarded = APIRouter(dependencies=[Depends(_token_check(token))])
 
@@ -381,14 +833,18 @@ def create_app(
                 max_upload_bytes=limits.max_upload_bytes,
                 max_pixels=limits.max_pixels,
                 max_top_k=limits.max_top_k,
+                decode_budget_pixels=limits.decode_budget_pixels,
+                decode_wait_s=limits.decode_wait_s,
             ),
         )
 
     @guarded.get("/images", response_model=ImagePage, tags=["index"])
     def list_images(
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 60,
-        camera: Annotated[int | None, Query(description="only this camera's images")] = None,
+        camera: Annotated[
+            int | None, Query(ge=INT64_MIN, le=INT64_MAX, description="only this camera's images")
+        ] = None,
     ) -> ImagePage:
         """A page of the indexed images, in id order."""
         total, images = catalog.list_images(offset, limit, camera)
@@ -404,12 +860,12 @@ def create_app(
         ]
         return ImageDetail(**_info(image).model_dump(), boxes=boxes)
 
-    def jpeg(request: Request, image_id: int, max_side: int | None) -> Response:
-        found = catalog.image_and_path(image_id)
+    async def jpeg(request: Request, image_id: int, max_side: int | None) -> Response:
+        found = await run_in_threadpool(catalog.image_and_path, image_id)
         if found is None:
             raise HTTPException(404, _unknown_image(image_id))
         image, path = found
-        stamp = FileStamp.of(path)
+        stamp = await run_in_threadpool(FileStamp.of, path)
         if stamp is None:
             raise HTTPException(404, f"image {image_id} is in the index but its file is gone")
         kind = "scene" if max_side is None else f"thumb{max_side}"
@@ -417,10 +873,18 @@ def create_app(
         headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        data = cache.get_or_make(
-            (kind, image_id, stamp),
-            lambda: render_jpeg(path, max_side, limits.max_gallery_pixels, image.name),
-        )
+        key = (kind, image_id, stamp)
+        try:
+            data = cache.get_or_make(key, _cache_miss)
+        except _CacheMiss:
+            side, pixels = await run_in_threadpool(
+                render_plan, path, max_side, image.width * image.height, limits
+            )
+            async with budget.reserve(pixels, limits.decode_wait_s):
+                data = await run_in_threadpool(
+                    render_jpeg, path, side, limits.max_gallery_pixels, image.name
+                )
+            data = cache.get_or_make(key, lambda: data)
         return Response(data, media_type="image/jpeg", headers=headers)
 
     @guarded.get(
@@ -429,9 +893,11 @@ def create_app(
         responses=JPEG_RESPONSE,
         tags=["index"],
     )
-    def scene(request: Request, image_id: ImageId) -> Response:
-        """The full scene image, re-encoded as JPEG (boxes are in its pixel coordinates)."""
-        return jpeg(request, image_id, None)
+    async def scene(request: Request, image_id: ImageId) -> Response:
+        """The full scene image, re-encoded as JPEG (boxes are in its pixel coordinates); a
+        scene larger than the server's scene limit (8192 px a side by default) comes
+        downscaled to fit it, in the same proportions."""
+        return await jpeg(request, image_id, None)
 
     @guarded.get(
         "/images/{image_id}/thumbnail",
@@ -439,37 +905,39 @@ def create_app(
         responses=JPEG_RESPONSE,
         tags=["index"],
     )
-    def thumbnail(
+    async def thumbnail(
         request: Request,
         image_id: ImageId,
         size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1])] = 320,
     ) -> Response:
         """The scene fitted into size x size pixels (never enlarged), as JPEG."""
-        return jpeg(request, image_id, size)
+        return await jpeg(request, image_id, size)
 
     async def search(
-        probe: np.ndarray | Path,
-        box: list[float] | None,
+        probe: ProbeImage,
         top_k: int,
         cameras: list[int] | None,
         image_id: int | None = None,
+        exclude: list[str] | None = None,
     ) -> SearchResult:
-        if top_k > limits.max_top_k:
-            raise HTTPException(422, f"top_k must be at most {limits.max_top_k}, got {top_k}")
-        started = time.perf_counter()
-        exclude = [] if isinstance(probe, np.ndarray) else [str(probe)]
-        if not isinstance(probe, np.ndarray):  # decoded here, not on the searcher's thread
-            try:
-                probe = await run_in_threadpool(read_rgb, probe)
-            except ImageError:  # the indexed probe's file went away: say so without its path
-                raise HTTPException(404, f"image {image_id} cannot be read now") from None
-        height, width = probe.shape[:2]
-        used_box = None if box is None else validate_box(box, width, height).tolist()
-        hits = await service.call(_rank, probe, used_box, top_k, cameras, exclude)
+        """Decode the probe within the decode budget, then rank on the searcher's thread; the
+        budget holds the probe's pixels until the ranking is done."""
+        try:
+            if top_k > limits.max_top_k:
+                raise HTTPException(422, f"top_k must be at most {limits.max_top_k}, got {top_k}")
+            started = time.perf_counter()
+            async with budget.reserve(probe.decode_pixels, limits.decode_wait_s) as held:
+                person = await run_in_threadpool(decode_probe, probe, limits)
+                held.shrink(person.shape[0] * person.shape[1])
+                hits = await service.call(_rank, person, top_k, cameras, exclude or [])
+                del person
+        finally:
+            probe.close()
         took_ms = (time.perf_counter() - started) * 1000
         images = await run_in_threadpool(catalog.images_by_path, [h.image_path for h in hits])
+        width, height = probe.size
         return SearchResult(
-            probe=Probe(width=width, height=height, box=used_box, image_id=image_id),
+            probe=Probe(width=width, height=height, box=probe.box, image_id=image_id),
             results=[
                 Hit(
                     rank=rank,
@@ -493,7 +961,11 @@ def create_app(
         ] = None,
         top_k: Annotated[int, Form(ge=1, le=limits.max_top_k)] = 10,
         camera: Annotated[
-            list[int] | None, Form(description="only persons seen by this camera (repeatable)")
+            list[CameraId] | None,
+            Form(
+                max_length=MAX_CAMERAS,
+                description="only persons seen by this camera (repeatable)",
+            ),
         ] = None,
     ) -> SearchResult:
         """Search with a person in an uploaded image."""
@@ -502,21 +974,23 @@ def create_app(
             raise HTTPException(
                 413, f"the upload is larger than the limit of {limits.max_upload_bytes:,} bytes"
             )
-        image = await run_in_threadpool(decode_upload, data, limits.max_pixels)
-        return await search(image, _parse_box(box), top_k, camera)
+        probe = await run_in_threadpool(open_upload_probe, data, _parse_box(box), limits)
+        del data
+        return await search(probe, top_k, camera)
 
     @guarded.post("/search/indexed", response_model=SearchResult, tags=["search"])
     async def search_indexed(request_body: IndexedSearch) -> SearchResult:
         """Search with a person in an indexed image; that image's own persons are left out."""
-        found = await run_in_threadpool(catalog.image_and_path, request_body.image_id)
+        image_id = request_body.image_id
+        found = await run_in_threadpool(catalog.image_and_path, image_id)
         if found is None:
-            raise HTTPException(404, _unknown_image(request_body.image_id))
+            raise HTTPException(404, _unknown_image(image_id))
+        path = found[1]
+        probe = await run_in_threadpool(
+            open_indexed_probe, path, image_id, request_body.box, limits
+        )
         return await search(
-            found[1],
-            request_body.box,
-            request_body.top_k,
-            request_body.cameras,
-            image_id=request_body.image_id,
+            probe, request_body.top_k, request_body.cameras, image_id=image_id, exclude=[str(path)]
         )
 
     api.include_router(guarded)
@@ -532,14 +1006,13 @@ def create_app(
 
 def _rank(
     searcher: PersonSearcher,
-    image: np.ndarray,
-    box: list[float] | None,
+    person: np.ndarray,
     top_k: int,
     cameras: list[int] | None,
     exclude_paths: list[str],
 ) -> list[SearchHit]:
-    """On the searcher's thread: embed the probe person, rank the gallery's persons."""
-    feature = searcher.embed_probe(image, box)
+    """On the searcher's thread: embed the probe person (already cut out), rank the gallery's."""
+    feature = searcher.embed_probe(person)
     return searcher.index.search_one(feature, top_k, cameras=cameras, exclude_paths=exclude_paths)
 
 
@@ -564,6 +1037,14 @@ def _info(image: CatalogImage) -> ImageInfo:
         camera=image.camera,
         persons=image.persons,
     )
+
+
+class _CacheMiss(Exception):
+    pass
+
+
+def _cache_miss() -> bytes:
+    raise _CacheMiss
 
 
 def _known_image(catalog: IndexCatalog, image_id: int) -> CatalogImage:
@@ -597,7 +1078,9 @@ def _token_check(token: str | None) -> Callable[..., Awaitable[None]]:
     return check
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, redact: Callable[[str], str]) -> None:
+    """JSON errors; `redact` keeps server folders out of every message."""
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> Response:
         message = error.detail if isinstance(error.detail, str) else str(error.detail)
@@ -605,7 +1088,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             message = "no such page or API route; the API is described at /docs"
         if error.status_code == 405:
             message = "this method is not allowed here; the API is described at /docs"
-        return error_response(error.status_code, message, dict(error.headers or {}))
+        return error_response(error.status_code, redact(message), dict(error.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> Response:
@@ -613,15 +1096,19 @@ def _add_error_handlers(app: FastAPI) -> None:
         for item in error.errors():
             where = ".".join(str(part) for part in item.get("loc", ())[1:]) or "request"
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
-        return error_response(422, "invalid request: " + "; ".join(problems))
+        return error_response(422, redact("invalid request: " + "; ".join(problems)))
 
     @app.exception_handler(ImageRejected)
     async def rejected_image(_: Request, error: ImageRejected) -> Response:
-        return error_response(error.status, error.message)
+        return error_response(error.status, redact(error.message))
+
+    @app.exception_handler(BudgetExhausted)
+    async def busy(_: Request, error: BudgetExhausted) -> Response:
+        return error_response(503, str(error), {"Retry-After": str(error.retry_after_s)})
 
     @app.exception_handler(PersonSearchError)
     async def search_error(_: Request, error: PersonSearchError) -> Response:
-        return error_response(422, str(error))
+        return error_response(422, redact(str(error)))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> Response:

@@ -20,6 +20,7 @@ from pathlib import Path
 from personsearch.search.index import DB_NAME, GalleryIndexError
 
 BUSY_TIMEOUT_S = 5.0  # wait this long for an indexer's write transaction to finish
+SQLITE_INTEGERS = range(-(2**63), 2**63)  # an id or camera outside matches nothing
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class IndexCatalog:
         self, offset: int, limit: int, camera: int | None = None
     ) -> tuple[int, list[CatalogImage]]:
         """(total, one page) of the successfully indexed images, in id order."""
+        if camera is not None and camera not in SQLITE_INTEGERS:
+            return 0, []
+        offset = min(max(0, offset), SQLITE_INTEGERS.stop - 1)
         where, args = "i.status = 'ok'", []
         if camera is not None:
             where += " AND i.camera = ?"
@@ -119,6 +123,8 @@ class IndexCatalog:
         return None if found is None else found[0]
 
     def image_and_path(self, image_id: int) -> tuple[CatalogImage, Path] | None:
+        if image_id not in SQLITE_INTEGERS:
+            return None
         rows = self._query(
             f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE i.id = ? AND i.status = 'ok'",
             [image_id],
@@ -126,6 +132,8 @@ class IndexCatalog:
         return (_image(rows[0]), Path(rows[0][1])) if rows else None
 
     def boxes(self, image_id: int) -> list[CatalogBox]:
+        if image_id not in SQLITE_INTEGERS:
+            return []
         rows = self._query(
             "SELECT id, x1, y1, x2, y2, det_score FROM boxes WHERE image_id = ? ORDER BY id",
             [image_id],
