@@ -493,17 +493,21 @@ def open_indexed_probe(
     path: Path, image_id: int, box: list[float] | None, limits: ServeLimits
 ) -> ProbeImage:
     """An indexed image as the probe (no EXIF orientation: the index's boxes are in the file's
-    own pixel grid, as the indexer decoded it)."""
+    own pixel grid, as the indexer decoded it). A file that cannot be decoded now, or has grown
+    past the limits since it was indexed, is a 404: "cannot be read now"."""
     what = f"image {image_id}"
     try:
         image = Image.open(path)
     except Image.DecompressionBombError:
-        raise ImageRejected(413, f"{what} is too large to decode") from None
+        raise ImageRejected(404, f"{what} cannot be read now (too large to decode)") from None
     except _PILLOW_ERRORS:
         raise ImageRejected(404, f"{what} cannot be read now") from None
     try:
         check_pixels(image.size, limits.max_gallery_pixels, what)
         return _plan_probe(image, what, False, box, limits)
+    except ImageRejected as error:
+        image.close()
+        raise ImageRejected(404, f"{what} cannot be read now ({error.message})") from None
     except BaseException:
         image.close()
         raise
@@ -582,7 +586,9 @@ def decode_probe(probe: ProbeImage, limits: ServeLimits) -> np.ndarray:
             region = region.reduce(remaining)
         return np.asarray(region)
     except Image.DecompressionBombError:
-        raise ImageRejected(413, f"{probe.what} is too large to decode") from None
+        if probe.upload:
+            raise ImageRejected(413, f"{probe.what} is too large to decode") from None
+        raise ImageRejected(404, f"{probe.what} cannot be read now (too large to decode)") from None
     except _PILLOW_ERRORS as error:
         if probe.upload:
             kind = UPLOAD_FORMATS.get(str(image.format), str(image.format))
