@@ -257,7 +257,7 @@ def _check_images(items: list[tuple[Path, Any]], read_images: bool) -> list[tupl
                 problems.append(ImageError(f"image not found: {path}"))
             continue
         try:
-            size = image_size(path)
+            size = image_size(path)  # header only: a decompression bomb is refused unexpanded
         except ImageError as error:
             problems.append(error)
             continue
@@ -269,7 +269,9 @@ def _check_images(items: list[tuple[Path, Any]], read_images: bool) -> list[tupl
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise type(first)(f"{first}{more}")
+        # ImageError for every image problem, its refused-by-policy subclass included
+        kind = DatasetError if isinstance(first, DatasetError) else ImageError
+        raise kind(f"{first}{more}")
     return sizes
 
 

@@ -206,8 +206,10 @@ class GroundTruthBoxes:
 class HogPeopleDetector:
     """OpenCV's HOG + linear SVM pedestrian detector (Dalal & Triggs): needs `cv2`.
 
-    A classic, weak detector: it finds upright people of at least 64 x 128 pixels. Scores are the
-    SVM margins, so they are not probabilities. OpenCV returns its whole 64 x 128 detection
+    A classic, weak detector: it finds upright people of at least 64 x 128 pixels, so an image
+    narrower than 64 or shorter than 128 pixels has no detections (OpenCV is never called on
+    it: it crashes on such images, see `fits_hog_window`). Scores are the SVM margins, so they
+    are not probabilities. OpenCV returns its whole 64 x 128 detection
     window, which holds a margin of background around the person; `trim` (on by default) cuts
     each box to the person inside it, which matters both for IoU-based evaluation and for the
     crops the re-id net sees.
@@ -235,7 +237,14 @@ class HogPeopleDetector:
         self.fingerprint = "opencv-hog-people-v2-trimmed" if trim else "opencv-hog-people-v1"
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bgr = self._cv2.cvtColor(np.ascontiguousarray(image), self._cv2.COLOR_RGB2BGR)
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image must be H x W x 3 uint8, got shape {image.shape}")
+        if not fits_hog_window(image.shape[:2]):
+            # No person HOG can find fits (its smallest person fills the window), and OpenCV 4
+            # corrupts memory on such an image: never hand it one (see fits_hog_window).
+            return np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        bgr = self._cv2.cvtColor(image, self._cv2.COLOR_RGB2BGR)
         rects, weights = self._hog.detectMultiScale(
             bgr, winStride=(8, 8), padding=(8, 8), scale=1.05
         )
@@ -247,6 +256,23 @@ class HogPeopleDetector:
         if self.trim:
             boxes = trim_hog_windows(boxes, image.shape[:2])
         return boxes, scores[keep]
+
+
+#: OpenCV's people detector window, width x height: the smallest person it finds.
+HOG_WINDOW = (64, 128)
+
+
+def fits_hog_window(image_size: tuple[int, int]) -> bool:
+    """Whether an image (height, width) holds at least one HOG window.
+
+    OpenCV 4's detectMultiScale always runs its first pyramid level, even on an image smaller
+    than the window; its window count for the padded image then goes negative and it writes
+    outside its buffers: `malloc(): invalid size`, `double free or corruption` or a segfault
+    (e.g. 64 x 64, 8 x 8, 200 x 40), or an assertion (30 x 128). Images of at least 64 x 128 are
+    safe: every level it adds is at least the window (checked on 300 sizes down to 64 x 128).
+    """
+    height, width = image_size
+    return width >= HOG_WINDOW[0] and height >= HOG_WINDOW[1]
 
 
 def trim_hog_windows(windows: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:

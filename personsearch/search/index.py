@@ -6,12 +6,20 @@ An index is a folder:
     shards/*.npy         features, float32 rows; feature row r belongs to boxes.id = r
     faiss/<kind>-<rows>.faiss   cached FAISS index covering the first <rows> rows (derived data)
     write.lock           held (flock) by the one process allowed to add images
+    in-progress.json     the image the writer is reading and detecting now (see `begin_image`)
 
 Adding is incremental and crash-safe: a batch's features are written to a new shard file first
 (atomically, fsynced), then ONE SQLite transaction records the shard, the batch's images and
 their boxes. A crash before the commit leaves an unreferenced shard, deleted the next time the
 index is opened for writing; a crash after it leaves a complete batch. Either way nothing is lost
 or recorded twice, and re-running the indexing picks up where it stopped.
+
+A crash in native code (an image decoder, a detector) kills the process with no exception to
+record, and every rerun would die on the same image. So the writer notes the image it is reading
+and detecting in `in-progress.json` and removes the note when done; a rerun that finds the note
+knows the previous process died on that image: it retries it once (the death may have been a
+kill from outside), and records it as failed after CRASH_LIMIT deaths in a row. Such an image
+is not retried until its file changes.
 
 The FAISS index is derived from the shards: built on first search, cached to disk atomically
 under a name that says how many rows it covers, and extended (not rebuilt) when rows were added.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import sqlite3
@@ -48,6 +57,13 @@ DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
 CACHE_DIR = "faiss"
 LOCK_NAME = "write.lock"
+PROGRESS_NAME = "in-progress.json"
+
+#: Process deaths in a row while an image was being read and detected that make it failed.
+CRASH_LIMIT = 2
+#: How the error of an image failed that way starts (it is then not retried, see
+#: `is_crash_error`).
+CRASH_ERROR = "the indexing process died while reading or detecting persons in this image"
 
 HNSW_NEIGHBORS = 32  # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 80
@@ -137,6 +153,26 @@ class IndexedImage:
     mtime: float
     status: str
     error: str | None
+
+
+@dataclass(frozen=True)
+class InterruptedImage:
+    """The image a writer was reading and detecting when its process died."""
+
+    path: str
+    deaths: int  #: process deaths in a row on this image, the last one included
+
+
+def crash_error(deaths: int) -> str:
+    """The error recorded for an image the indexing process died on `deaths` times."""
+    return (
+        f"{CRASH_ERROR} ({deaths} times in a row: a crash in native code, e.g. the image decoder "
+        "or the detector, or the process was killed); skipped, retried once the file changes"
+    )
+
+
+def is_crash_error(error: str | None) -> bool:
+    return bool(error) and str(error).startswith(CRASH_ERROR)
 
 
 @dataclass(frozen=True)
@@ -423,6 +459,31 @@ class GalleryIndex:
                     (row, image_id, *box, score, shard_id),
                 )
                 row += 1
+
+    # ---- what the writer is working on (crash recovery) ----------------------------------
+
+    def begin_image(self, path: str, deaths: int = 0) -> None:
+        """Note that `path` is being read and detected; `deaths`: earlier deaths on it in a row.
+
+        Written without fsync: the note has to outlive this process (a crash in native code),
+        not the machine; losing it only means the image is tried again.
+        """
+        if not self.writable:
+            raise GalleryIndexError(f"gallery index {self.folder} was opened read-only")
+        note = json.dumps({"path": path, "deaths": int(deaths)})
+        (self.folder / PROGRESS_NAME).write_text(note, encoding="utf-8")
+
+    def end_image(self) -> None:
+        """The noted image is done (or failed with an exception): remove the note."""
+        (self.folder / PROGRESS_NAME).unlink(missing_ok=True)
+
+    def interrupted_image(self) -> InterruptedImage | None:
+        """The image a previous writer noted and never finished: its process died on it."""
+        try:
+            note = json.loads((self.folder / PROGRESS_NAME).read_text(encoding="utf-8"))
+            return InterruptedImage(str(note["path"]), int(note["deaths"]) + 1)
+        except (OSError, ValueError, TypeError, KeyError):  # none, or cut short by a kill
+            return None
 
     def _set_meta(self, key: str, value: str) -> None:
         with _transaction(self._conn):

@@ -11,11 +11,18 @@
 
 Indexing detects persons in every image, crops them, embeds the crops, and adds the batch to the
 gallery index (see `personsearch.search.index` for why that is crash-safe). Images that cannot
-be read are recorded as failed and reported; the rest carry on.
+be read are recorded as failed and reported; the rest carry on. An image the process died on
+(a crash in native code) is retried once, then recorded as failed too, so it cannot stop every
+later run.
+
+Images are read with `read_scaled` (personsearch/data/images.py): one whose longer side is above
+DETECT_MAX_SIDE is detected and cropped at a reduced scale, and its boxes are mapped back, so the
+index always holds boxes, widths and heights in full-resolution pixels of the image as shown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -27,10 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from personsearch.data.images import read_rgb
+from personsearch.data.images import ScaledImage, read_scaled
 from personsearch.errors import ImageError, PersonSearchError
 from personsearch.search.embedders import Detector, Embedder, detector_fingerprint, l2_normalize
-from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
+from personsearch.search.index import (
+    CRASH_LIMIT,
+    GalleryIndex,
+    GalleryIndexError,
+    ImageRecord,
+    SearchHit,
+    crash_error,
+    is_crash_error,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "IndexReport", "PersonSearcher", "SearchHit", "validate_box"]
 
@@ -170,6 +185,7 @@ class PersonSearcher:
         check_same_detector(self.index, self.detector)
         paths = [Path(p) for p in paths]
         report = IndexReport(folder=folder or Path("."), found=len(paths))
+        deaths = self._recover_interrupted_image()
         todo = images_to_index(self.index, paths, report)
 
         from tqdm import tqdm
@@ -177,7 +193,7 @@ class PersonSearcher:
         with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
             for start in range(0, len(todo), self.batch_images):
                 batch = todo[start : start + self.batch_images]
-                records, crops = self._read_and_detect(batch, camera_of)
+                records, crops = self._read_and_detect(batch, camera_of, deaths)
                 self.index.add_batch(records, self._embed(crops))
                 for record in report.count(records):
                     log.warning("skipped %s: %s", record.path, record.error)
@@ -186,39 +202,79 @@ class PersonSearcher:
                 bar.update(len(batch))
         return report
 
+    def _recover_interrupted_image(self) -> dict[str, int]:
+        """Deal with the image a previous run died on; return {path: deaths} to retry it with.
+
+        A death may be a kill from outside, so the image is retried once; after CRASH_LIMIT
+        deaths in a row it is recorded as failed (and not retried until its file changes).
+        """
+        interrupted = self.index.interrupted_image()
+        self.index.end_image()
+        if interrupted is None:
+            return {}
+        seen = self.index.known_images().get(interrupted.path)
+        if seen is not None and seen.status == "ok":  # died after it was done with it
+            return {}
+        if interrupted.deaths < CRASH_LIMIT:
+            log.warning(
+                "the last indexing run died while reading or detecting %s; trying it again",
+                interrupted.path,
+            )
+            return {interrupted.path: interrupted.deaths}
+        size, mtime = 0, 0.0
+        with contextlib.suppress(OSError):  # gone since: recorded all the same
+            stat = Path(interrupted.path).stat()
+            size, mtime = stat.st_size, stat.st_mtime
+        error = crash_error(interrupted.deaths)
+        record = ImageRecord(interrupted.path, None, size, mtime, error=error)
+        self.index.add_batch([record], np.zeros((0, self.embedder.dim), dtype=np.float32))
+        log.warning("recorded as failed: %s: %s", interrupted.path, error)
+        return {}
+
     def _read_and_detect(
-        self, paths: Sequence[Path], camera_of: Callable[[Path], int]
+        self, paths: Sequence[Path], camera_of: Callable[[Path], int], deaths: dict[str, int]
     ) -> tuple[list[ImageRecord], list[np.ndarray]]:
         records, crops = [], []
         for path in paths:
             key = str(path.resolve())
-            size, mtime = 0, 0.0
+            # The note outlives only a process death inside: an exception removes it.
+            self.index.begin_image(key, deaths.get(key, 0))
             try:
-                stat = path.stat()
-                size, mtime = stat.st_size, stat.st_mtime
-                sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-                image = read_rgb(path)
-            except (ImageError, OSError) as error:
-                message = str(error) if isinstance(error, ImageError) else f"{path}: {error}"
-                records.append(ImageRecord(key, None, size, mtime, error=message))
-                continue
-            height, width = image.shape[:2]
-            boxes, scores = self._detect(image, path)
-            crops += [crop_box(image, box) for box in boxes]
-            records.append(
-                ImageRecord(
-                    key,
-                    sha1,
-                    size,
-                    mtime,
-                    width,
-                    height,
-                    camera=camera_of(path),
-                    boxes=boxes,
-                    scores=scores,
-                )
-            )
+                record, image_crops = self._read_and_detect_one(path, key, camera_of)
+            finally:
+                self.index.end_image()
+            records.append(record)
+            crops += image_crops
         return records, crops
+
+    def _read_and_detect_one(
+        self, path: Path, key: str, camera_of: Callable[[Path], int]
+    ) -> tuple[ImageRecord, list[np.ndarray]]:
+        size, mtime = 0, 0.0
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime
+            sha1 = file_sha1(path)
+            scaled = read_scaled(path)
+        except (ImageError, OSError) as error:
+            message = str(error) if isinstance(error, ImageError) else f"{path}: {error}"
+            return ImageRecord(key, None, size, mtime, error=message), []
+        # Detected and cropped in the pixels read; recorded in full-resolution pixels.
+        boxes, scores = self._detect(scaled.pixels, path)
+        crops = [crop_box(scaled.pixels, box) for box in boxes]
+        width, height = scaled.size
+        record = ImageRecord(
+            key,
+            sha1,
+            size,
+            mtime,
+            width,
+            height,
+            camera=camera_of(path),
+            boxes=scaled.to_original(boxes),
+            scores=scores,
+        )
+        return record, crops
 
     def _detect(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Run the detector; clip its boxes to the image and drop the empty ones."""
@@ -255,11 +311,17 @@ class PersonSearcher:
         probe: str | os.PathLike[str] | np.ndarray,
         box: Sequence[float] | None = None,
     ) -> np.ndarray:
-        """The probe's feature: the person in `box` of the probe image, or the whole image."""
-        image, source = _load_probe(probe)
+        """The probe's feature: the person in `box` of the probe image, or the whole image.
+
+        `box` is in full-resolution pixels of the image as shown (EXIF orientation applied),
+        whatever scale a big probe image is read at.
+        """
+        scaled, source = _load_probe(probe)
+        image = scaled.pixels
         if box is not None:
-            height, width = image.shape[:2]
-            image = crop_box(image, validate_box(box, width, height, source))
+            width, height = scaled.size
+            valid = validate_box(box, width, height, source)
+            image = crop_box(image, scaled.from_original(valid))
         return self._embed([image])[0]
 
     def search(
@@ -288,18 +350,27 @@ class PersonSearcher:
 
 def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexReport) -> list[Path]:
     """The images `index` does not hold yet (new, or failed before); the others are counted in
-    `report` as skipped, and as changed when the file differs from when it was indexed."""
+    `report` as skipped, and as changed when the file differs from when it was indexed. An image
+    the indexing process died on is not retried while its file is unchanged: it is reported as
+    failed again."""
     known = index.known_images()
     todo = []
     for path in paths:
         key = str(path.resolve())  # how the index stores paths
         seen = known.get(key)
-        if seen is None or seen.status == "failed":
+        if seen is None:
             todo.append(path)
             continue
-        report.skipped += 1
         stat = path.stat()
-        if stat.st_size != seen.size or not math.isclose(stat.st_mtime, seen.mtime):
+        unchanged = stat.st_size == seen.size and math.isclose(stat.st_mtime, seen.mtime)
+        if seen.status == "failed":
+            if is_crash_error(seen.error) and unchanged:  # retrying would kill this run too
+                report.failed.append((key, str(seen.error)))
+            else:
+                todo.append(path)
+            continue
+        report.skipped += 1
+        if not unchanged:
             report.changed.append(key)
     return todo
 
@@ -364,11 +435,21 @@ def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     return image[y1:y2, x1:x2]
 
 
-def _load_probe(probe: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, str]:
+def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes, read in chunks (the file may be large)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_probe(probe: str | os.PathLike[str] | np.ndarray) -> tuple[ScaledImage, str]:
     if isinstance(probe, np.ndarray):
         if probe.ndim != 3 or probe.shape[2] != 3 or probe.dtype != np.uint8:
             raise PersonSearchError(
                 f"a probe array must be H x W x 3 uint8, got {probe.shape} {probe.dtype}"
             )
-        return probe, "the probe array"
-    return read_rgb(probe), f"image {probe}"
+        height, width = probe.shape[:2]
+        return ScaledImage(probe, 1, (width, height)), "the probe array"
+    return read_scaled(probe), f"image {probe}"

@@ -5,6 +5,10 @@ content type is ignored), only JPEG, PNG, WebP and BMP are opened, and only with
 decoder; the pixel count is read from the header and checked BEFORE any pixel is decoded, so a
 small file that expands to gigabytes (a decompression bomb) is refused without being expanded.
 
+Decoding itself is `personsearch.data.images.decode`, the code every image file is read with:
+the same pixel-mode conversions (16-bit, palette, transparency), the same EXIF orientation (so
+the index's boxes fit the scenes sent), and the same shape policy (docs/bad-input.md).
+
 Gallery images are re-encoded as JPEG before they are sent: whatever is on disk, the server only
 ever sends image pixels, without metadata.
 """
@@ -13,18 +17,21 @@ from __future__ import annotations
 
 import io
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from personsearch.data.images import DECODERS, ImageRefused, decode, open_stream
+from personsearch.errors import ImageError
 
 #: Formats accepted for uploads, by their leading bytes ("magic numbers").
 UPLOAD_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP"}
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+#: The HTTP status of an image the reading policy refuses, by ImageRefused.reason.
+REFUSED_STATUS = {"pixels": 413, "aspect": 422, "empty": 400}
 
 THUMBNAIL_QUALITY = 82
 SCENE_QUALITY = 90
@@ -55,8 +62,10 @@ def sniff_format(data: bytes) -> str | None:
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """An uploaded image as H x W x 3 uint8 RGB, oriented as a browser shows it.
 
-    Raises ImageRejected: 415 for a type that is not accepted, 413 for more than `max_pixels`
-    pixels, 400 for an empty, truncated or corrupt file.
+    Decoded by the same code as every image file (`personsearch.data.images.decode`: 16-bit and
+    paletted images, transparency and orientation handled alike). Raises ImageRejected: 415 for
+    a type that is not accepted, 413 for more than `max_pixels` pixels, 422 for a shape more
+    elongated than the reading policy allows, 400 for an empty, truncated or corrupt file.
     """
     if not data:
         raise ImageRejected(400, "the uploaded file is empty")
@@ -64,20 +73,15 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     if kind is None:
         accepted = ", ".join(UPLOAD_FORMATS.values())
         raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
+    what = f"the uploaded {UPLOAD_FORMATS[kind]} image"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[kind])
+        with open_stream(io.BytesIO(data), what, (kind,), max_pixels) as image:
             check_pixels(image.size, max_pixels, "the uploaded image")
-            image.load()
-            # Browsers apply the EXIF orientation when they show the image the box is drawn on.
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(413, f"the uploaded image is too large to decode: {error}") from None
-    except _DECODE_ERRORS as error:
-        name = UPLOAD_FORMATS[kind]
-        raise ImageRejected(400, f"cannot decode the uploaded {name} image: {error}") from None
+            return np.asarray(decode(image, what, max_pixels=max_pixels).image)
+    except ImageRefused as error:
+        raise ImageRejected(REFUSED_STATUS[error.reason], str(error)) from None
+    except ImageError as error:
+        raise ImageRejected(400, str(error)) from None
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
@@ -95,21 +99,27 @@ def check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
 def render_jpeg(path: Path, max_side: int | None, max_pixels: int, name: str) -> bytes:
     """A gallery image as JPEG bytes: whole (max_side None) or fitted into max_side x max_side.
 
-    Raises ImageRejected(404) when the file can no longer be read: it was indexed, but is gone
-    or damaged now. Messages name the file, not its folder.
+    Decoded as the indexer decodes it (`personsearch.data.images`), EXIF orientation included,
+    so the boxes of the index fit the picture sent. Raises ImageRejected(404) when the file can
+    no longer be read: it was indexed, but is gone or damaged now. Messages name the file, not
+    its folder.
     """
+    what = f"image {name}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                check_pixels(image.size, max_pixels, f"image {name}")
-                if max_side is not None:
-                    image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
-                rgb = image.convert("RGB")
+        with open(path, "rb") as handle, open_stream(handle, what, DECODERS, max_pixels) as image:
+            check_pixels(image.size, max_pixels, what)
+            # A thumbnail needs no more than max_side pixels: reduce while decoding, by a
+            # factor that keeps at least max_side (JPEG: 1/2, 1/4 or 1/8, the decoder's own).
+            factor = 1 if max_side is None else max(1, max(image.size) // max_side)
+            if image.format in ("JPEG", "MPO"):
+                factor = next(scale for scale in (8, 4, 2, 1) if scale <= factor)
+            rgb = decode(image, what, factor=factor, max_pixels=max_pixels).image
     except (FileNotFoundError, PermissionError):
         raise ImageRejected(404, f"image {name} is in the index but its file is gone") from None
-    except (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        reason = str(e).replace(str(path), name)  # Pillow's messages may hold the full path
+    except ImageRefused as error:  # e.g. replaced by a decompression bomb: as over the limit
+        raise ImageRejected(REFUSED_STATUS[error.reason], str(error)) from None
+    except (OSError, ImageError) as error:
+        reason = str(error).replace(str(path), name)  # Pillow's messages may hold the full path
         message = f"image {name} is in the index but cannot be read now: {reason}"
         raise ImageRejected(404, message) from None
     if max_side is not None:
