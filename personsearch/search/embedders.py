@@ -209,10 +209,9 @@ class HogPeopleDetector:
     A classic, weak detector: it finds upright people of at least 64 x 128 pixels, so an image
     narrower than 64 or shorter than 128 pixels has no detections (OpenCV is never called on
     it: it crashes on such images, see `fits_hog_window`). Scores are the SVM margins, so they
-    are not probabilities. OpenCV returns its whole 64 x 128 detection
-    window, which holds a margin of background around the person; `trim` (on by default) cuts
-    each box to the person inside it, which matters both for IoU-based evaluation and for the
-    crops the re-id net sees.
+    are not probabilities. OpenCV returns its whole 64 x 128 detection window, which holds a
+    margin of background around the person; `trim` (on by default) cuts each box to the person
+    inside it, which matters both for IoU-based evaluation and for the crops the re-id net sees.
     """
 
     #: Fractions of the window cut off (left, top, right, bottom): where the person stands in
