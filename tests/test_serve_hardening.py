@@ -14,9 +14,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the web extras (fastapi) are not installed")
 pytest.importorskip("multipart", reason="the web extras (python-multipart) are not installed")
 from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 from serve_fixture import ServedGallery, build_served_gallery  # noqa: E402
 
+from personsearch.data.images import decode  # noqa: E402
 from personsearch.errors import PersonSearchError  # noqa: E402
 from personsearch.search.index import GalleryIndex, ImageRecord  # noqa: E402
 from personsearch.search.pipeline import open_searcher  # noqa: E402
@@ -148,7 +149,7 @@ def test_gallery_index_filters_by_any_number_of_cameras_and_paths(gallery):
 # ---- absurd scenes and damaged indexes ----------------------------------------------------------
 
 
-def test_scenes_of_very_wide_images_are_downscaled_or_refused(tmp_path):
+def test_scenes_of_very_wide_images_are_downscaled_or_refused_not_500(tmp_path):
     copy = build_served_gallery(tmp_path, n_images=3)
     wide, wider = copy.images[0].path, copy.images[1].path
     stripes = np.zeros((1000, 9000, 3), dtype=np.uint8)
@@ -160,17 +161,13 @@ def test_scenes_of_very_wide_images_are_downscaled_or_refused(tmp_path):
         scene = client.get(f"/api/images/{ids[wide.name]}/scene")
         assert scene.status_code == 200, scene.text
         assert Image.open(io.BytesIO(scene.content)).size == (LIMITS.scene_max_side, 910)
-        # 70000 x 30 used to be a 500 (the JPEG encoder's limit is 65500): now a downscaled
-        # scene, or a 4xx where the image policy refuses the shape.
+        # 70000 x 30 used to be a 500 (the JPEG encoder's limit is 65500): the reading policy
+        # now refuses its shape with a 422 naming the file.
         for url in (
             f"/api/images/{ids[wider.name]}/scene",
             f"/api/images/{ids[wider.name]}/thumbnail",
         ):
-            response = client.get(url)
-            if response.status_code == 200:
-                assert max(Image.open(io.BytesIO(response.content)).size) <= LIMITS.scene_max_side
-            else:
-                assert_error(response, 422, wider.name, "70000 x 30")
+            assert_error(client.get(url), 422, wider.name, "70000 x 30", "times longer")
 
 
 def test_a_damaged_shard_is_reported_without_server_folders(tmp_path):
@@ -274,34 +271,88 @@ def test_decode_budget_is_first_come_first_served_and_bounded():
 # ---- probes: cut out, reduced, oriented ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_probe_cut_out_equals_the_full_decode_for_every_orientation(orientation):
-    pixels = np.random.default_rng(orientation).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+def policy_cut_out(data: bytes, box, factor: int) -> np.ndarray:
+    """What the reading policy decodes at `factor`, cut as embed_probe cuts a box from it."""
+    with Image.open(io.BytesIO(data)) as image:
+        decoded = decode(image, "reference", factor=factor)
+    pixels = np.asarray(decoded.image)
+    assert decoded.factor == factor
+    if box is None:
+        return pixels
+    return crop_box(pixels, np.asarray(box, dtype=np.float32) / factor)
+
+
+def oriented(image: Image.Image, orientation: int, kind: str = "PNG", **options) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    data = encoded(Image.fromarray(pixels), exif=exif)
-    full = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
-    height, width = full.shape[:2]
-    for box in ([3.4, 2.0, 15.6, 19.2], [0, 0, width, height], None):
-        probe = open_upload_probe(data, box, LIMITS)
-        assert probe.size == (width, height) and probe.orientation == orientation
-        person = decode_probe(probe, LIMITS)
-        expected = full if box is None else crop_box(full, box)
-        np.testing.assert_array_equal(person, expected)
+    return encoded(image, kind, exif=exif, **options)
+
+
+def probe_images() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (41, 57, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, rng.integers(0, 256, (41, 57), dtype=np.uint8)])
+    sixteen = rng.integers(0, 65536, (41, 57), dtype=np.uint16)
+    paletted = Image.fromarray(rgb).quantize(16)
+    paletted.info["transparency"] = 3
+    return {
+        "RGB": Image.fromarray(rgb),
+        "RGBA": Image.fromarray(rgba, "RGBA"),
+        "I;16": Image.fromarray(sixteen),
+        "P": paletted,
+        "L": Image.fromarray(rgb[..., 0]),
+    }
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "I;16", "P", "L"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_probe_cut_out_equals_the_policy_decode_for_every_mode_orientation_and_scale(
+    mode, orientation
+):
+    data = oriented(probe_images()[mode], orientation)
+    shown = (41, 57) if orientation in (5, 6, 7, 8) else (57, 41)
+    boxes = ([3.4, 2.0, 15.6, 19.2], [10, 1.5, shown[0] - 0.5, shown[1]], None)
+    for detail in (1024, 20, 13):  # factor 1, then 2 and 3 for the larger boxes
+        limits = ServeLimits(probe_detail_px=detail)
+        for box in boxes:
+            probe = open_upload_probe(data, box, limits)
+            assert probe.size == shown and probe.turn == orientation
+            expected = policy_cut_out(data, box, probe.factor)
+            np.testing.assert_array_equal(decode_probe(probe), expected)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 7])
+def test_jpeg_probes_use_the_decoders_own_scaling_as_the_policy_does(orientation):
+    gradient = np.linspace(0, 255, 400, dtype=np.float32)
+    picture = np.dstack([np.broadcast_to(gradient, (300, 400))] * 3).astype(np.uint8)
+    data = oriented(Image.fromarray(picture), orientation, "JPEG", quality=90)
+    for detail, factor in ((100, 4), (60, 4), (40, 8), (20, 16)):
+        probe = open_upload_probe(data, None, ServeLimits(probe_detail_px=detail))
+        assert probe.factor == factor and probe.draft == min(factor, 8)
+        np.testing.assert_array_equal(decode_probe(probe), policy_cut_out(data, None, factor))
+    box = [33.3, 20.5, 290.0, 210.1]
+    probe = open_upload_probe(data, box, ServeLimits(probe_detail_px=60))
+    np.testing.assert_array_equal(decode_probe(probe), policy_cut_out(data, box, probe.factor))
 
 
 def test_large_probes_are_decoded_reduced():
     gradient = np.linspace(0, 255, 4000, dtype=np.float32)
     big = Image.fromarray(np.broadcast_to(gradient, (3000, 4000)).astype(np.uint8)).convert("RGB")
     jpeg = open_upload_probe(encoded(big, "JPEG", quality=80), None, LIMITS)
-    assert (jpeg.factor, jpeg.draft_scale, jpeg.decode_pixels) == (3, 2, 2000 * 1500)
-    assert decode_probe(jpeg, LIMITS).shape == (1500, 2000, 3)  # the JPEG decoder's own scaling
+    assert (jpeg.factor, jpeg.draft, jpeg.decode_pixels) == (2, 2, 2000 * 1500)
+    assert decode_probe(jpeg).shape == (1500, 2000, 3)  # the JPEG decoder's own scaling
     png = encoded(big.resize((2500, 2100)), compress_level=1)
     whole = open_upload_probe(png, None, LIMITS)
     assert whole.factor == 2 and whole.decode_pixels == 2500 * 2100  # PNG: decoded, then reduced
-    assert decode_probe(whole, LIMITS).shape == (1050, 1250, 3)
+    assert decode_probe(whole).shape == (1050, 1250, 3)
     small_box = open_upload_probe(png, [100, 200, 300, 700], LIMITS)
-    assert small_box.factor == 1 and decode_probe(small_box, LIMITS).shape == (500, 200, 3)
+    assert small_box.factor == 1 and decode_probe(small_box).shape == (500, 200, 3)
+
+
+def test_an_elongated_or_huge_upload_is_refused_from_its_header(client):
+    long = encoded(Image.new("RGB", (2100, 100)))
+    assert_error(upload(client, long), 422, "more than 20 times longer")
+    assert_error(upload(client, encoded(Image.new("L", (7000, 6000)))), 413, "over the limit")
 
 
 def test_upload_search_ranks_as_the_searcher_does(client, gallery):

@@ -54,18 +54,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from personsearch import __version__
-from personsearch.errors import PersonSearchError
+from personsearch.data.images import (
+    DECODE_ERRORS,
+    DECODERS,
+    ImageRefused,
+    check_policy,
+    flatten_alpha,
+    open_image,
+    open_stream,
+    orientation,
+    to_8bit,
+)
+from personsearch.errors import ImageError, PersonSearchError
 from personsearch.search.index import SearchHit
 from personsearch.search.pipeline import open_searcher
 from personsearch.search.searcher import PersonSearcher, validate_box
 from personsearch.serve.catalog import CatalogImage, IndexCatalog
 from personsearch.serve.imaging import (
+    REFUSED_STATUS,
     UPLOAD_FORMATS,
     BytesLRU,
     FileStamp,
@@ -411,8 +423,178 @@ MMAP_THRESHOLD_BYTES = 1024 * 1024  # blocks from 1 MB up are mapped, and unmapp
 
 
 # ---- probes: decoded within the budget, at the scale the search needs ------------------------
+#
+# The pixels are those of the reading policy (`personsearch.data.images.decode`: orientation,
+# 16-bit, palette, alpha, the JPEG decoder's own scaling), but the box is cut out before the
+# conversions, so they run on the person only and the whole image is freed at once.
 
-#: How EXIF orientations are undone (as ImageOps.exif_transpose does).
+_JPEG = ("JPEG", "MPO")
+
+
+@dataclass
+class ProbeImage:
+    """A probe whose header has been read and checked, and whose pixels are not decoded yet.
+
+    `box` is the person's box in full-resolution pixels of the image as shown (EXIF orientation
+    applied), validated and clipped; None: the whole image. `factor` is the reduction the
+    decode applies: the box's longer side keeps at least `ServeLimits.probe_detail_px` pixels.
+    """
+
+    image: Image.Image
+    what: str  #: "the uploaded PNG image", "image 7": how messages name it
+    upload: bool
+    size: tuple[int, int]  #: width, height as shown, full resolution
+    box: list[float] | None
+    factor: int  #: reduction of the decoded pixels (1: full resolution)
+    turn: int  #: EXIF orientation (1: none)
+    draft: int  #: JPEG: the decoder's own scale (divides `factor`)
+    stream: Any = None  #: a file the image reads from, closed with it
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def decode_pixels(self) -> int:
+        """Pixels the decoder holds at once: the whole image at its decoder scale."""
+        width, height = self.image.size
+        return -(-width // self.draft) * -(-height // self.draft)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.image.close()
+            if self.stream is not None:
+                self.stream.close()
+
+
+def open_upload_probe(data: bytes, box: list[float] | None, limits: ServeLimits) -> ProbeImage:
+    """An uploaded probe, its header checked (type, pixel and shape policy, box) before any
+    pixel is decoded.
+
+    Raises ImageRejected: 400 empty or corrupt, 413 over the pixel limit, 415 not an accepted
+    type, 422 more elongated than the reading policy allows; PersonSearchError (422) for a box
+    outside the image.
+    """
+    if not data:
+        raise ImageRejected(400, "the uploaded file is empty")
+    kind = sniff_format(data)
+    if kind is None:
+        accepted = ", ".join(UPLOAD_FORMATS.values())
+        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
+    what = f"the uploaded {UPLOAD_FORMATS[kind]} image"
+    try:
+        image = open_stream(io.BytesIO(data), what, (kind,), limits.max_pixels)
+    except ImageRefused as error:
+        raise ImageRejected(REFUSED_STATUS[error.reason], str(error)) from None
+    except ImageError as error:
+        raise ImageRejected(400, str(error)) from None
+    try:
+        check_pixels(image.size, limits.max_pixels, "the uploaded image")
+        check_policy(image.size, what, limits.max_pixels)
+        return _plan_probe(image, what, True, box, limits)
+    except ImageRefused as error:
+        image.close()
+        raise ImageRejected(REFUSED_STATUS[error.reason], str(error)) from None
+    except BaseException:
+        image.close()
+        raise
+
+
+def open_indexed_probe(
+    path: Path, image_id: int, box: list[float] | None, limits: ServeLimits
+) -> ProbeImage:
+    """An indexed image as the probe. A file that cannot be decoded now, or that the policy
+    refuses now (it changed since it was indexed), is a 404: "cannot be read now"."""
+    what = f"image {image_id}"
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed with the probe
+    except OSError:
+        raise ImageRejected(404, f"{what} cannot be read now") from None
+    try:
+        image = open_stream(stream, what, DECODERS, limits.max_gallery_pixels)
+    except ImageError as error:
+        stream.close()
+        raise ImageRejected(404, f"{what} cannot be read now ({error})") from None
+    try:
+        check_policy(image.size, what, limits.max_gallery_pixels)
+        probe = _plan_probe(image, what, False, box, limits)
+    except ImageRefused as error:
+        image.close()
+        stream.close()
+        raise ImageRejected(404, f"{what} cannot be read now ({error})") from None
+    except BaseException:
+        image.close()
+        stream.close()
+        raise
+    probe.stream = stream
+    return probe
+
+
+def _plan_probe(
+    image: Image.Image, what: str, upload: bool, box: list[float] | None, limits: ServeLimits
+) -> ProbeImage:
+    width, height = image.size
+    turn = orientation(image)
+    shown = (height, width) if turn in (5, 6, 7, 8) else (width, height)
+    valid = None if box is None else validate_box(box, *shown, what).tolist()
+    x1, y1, x2, y2 = _crop_rect(valid, *shown)
+    factor = max(1, max(x2 - x1, y2 - y1) // limits.probe_detail_px)
+    draft = 1
+    if image.format in _JPEG and factor > 1:
+        # Rounded down to what the JPEG decoder scales by itself (1/2, 1/4, 1/8, then multiples
+        # of 8), so that the full-size pixels are never held; the box keeps its detail.
+        factor = 1 << (factor.bit_length() - 1) if factor < 8 else factor // 8 * 8
+        draft = next(s for s in (8, 4, 2, 1) if factor % s == 0 and s <= min(width, height))
+    return ProbeImage(image, what, upload, shown, valid, factor, turn, draft)
+
+
+def decode_probe(probe: ProbeImage) -> np.ndarray:
+    """The probe person (its box, or the whole image) as H x W x 3 uint8 RGB, reduced by
+    `probe.factor`. The box is cut out right after decoding; the conversions run on it only.
+
+    The pixels are exactly `crop_box(decoded, box / factor)` of the reading policy's
+    `decode(image, factor=probe.factor)`, so the feature is the one `PersonSearcher.embed_probe`
+    computes from those pixels.
+    """
+    image = probe.image
+    width, height = image.size
+    try:
+        scale = 1
+        if probe.draft > 1:  # the JPEG decoder's own scaling, as `decode` asks for it
+            image.draft(None, (width // probe.draft, height // probe.draft))
+            for taken in (probe.draft, 8, 4, 2):
+                if image.size == (-(-width // taken), -(-height // taken)):
+                    scale = taken
+                    break
+        image.load()
+        source = to_8bit(image) if image.mode == "F" else image  # scaled by its own maximum
+        rest = max(1, round(probe.factor / scale))
+        factor = scale * rest
+        # The box in the reduced image as shown, as crop_box cuts it, then in the reduced stored
+        # grid, then in the decoded pixels: whole blocks of `rest`, so reducing the cut-out
+        # gives exactly the pixels reducing the whole image would.
+        shown_w, shown_h = (-(-side // factor) for side in probe.size)
+        box = None if probe.box is None else [v / factor for v in probe.box]
+        reduced = _crop_rect(box, shown_w, shown_h)
+        a, b, c, d = _stored_rect(reduced, probe.turn, -(-width // factor), -(-height // factor))
+        drafted_w, drafted_h = image.size
+        rect = (a * rest, b * rest, min(c * rest, drafted_w), min(d * rest, drafted_h))
+        region = source.crop(rect)
+        del source
+        probe.close()  # the whole image's pixels go now
+        region = to_8bit(region)
+        if rest > 1:
+            region = region.reduce(rest)
+        if probe.turn in _ORIENTATION_METHODS:
+            region = region.transpose(_ORIENTATION_METHODS[probe.turn])
+        return np.asarray(flatten_alpha(region))
+    except DECODE_ERRORS as error:
+        if probe.upload:
+            raise ImageRejected(400, f"cannot decode {probe.what}: {error}") from None
+        raise ImageRejected(404, f"{probe.what} cannot be read now") from None
+    finally:
+        probe.close()
+
+
+#: How EXIF orientations are undone (ImageOps.exif_transpose's table).
 _ORIENTATION_METHODS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -422,180 +604,6 @@ _ORIENTATION_METHODS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_EXIF_ORIENTATION = 0x0112
-_PILLOW_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
-
-
-@dataclass
-class ProbeImage:
-    """A probe whose header has been read and whose pixels have not been decoded yet.
-
-    `box` is the person's box in the image as shown (EXIF orientation applied), validated and
-    clipped; None: the whole image. `factor` is the reduction the decode may apply: the box's
-    longer side keeps at least `ServeLimits.probe_detail_px` pixels.
-    """
-
-    image: Image.Image
-    what: str  #: "the uploaded image", "image 7": how messages name it
-    upload: bool
-    requested_box: list[float] | None  #: as the client sent it
-    stored: tuple[int, int]  #: width, height of the pixel grid in the file
-    orientation: int = 1
-    size: tuple[int, int] = (0, 0)  #: width, height as shown, full resolution
-    box: list[float] | None = None
-    factor: int = 1
-    draft_scale: int = 1  #: JPEG: the image decodes at 1/draft_scale (Image.draft)
-    _closed: bool = field(default=False, repr=False)
-
-    @property
-    def decode_pixels(self) -> int:
-        """Pixels the decoder holds at once: the whole image at its (draft) scale."""
-        width, height = self.image.size
-        return width * height
-
-    def close(self) -> None:
-        if not self._closed:
-            self.image.close()
-            self._closed = True
-
-
-def open_upload_probe(data: bytes, box: list[float] | None, limits: ServeLimits) -> ProbeImage:
-    """An uploaded probe, its header checked (type, pixel limit, box) before any decoding.
-
-    Raises ImageRejected: 400 empty or corrupt, 413 over the pixel limit, 415 not an accepted
-    type; PersonSearchError (422) for a box outside the image.
-    """
-    if not data:
-        raise ImageRejected(400, "the uploaded file is empty")
-    kind = sniff_format(data)
-    if kind is None:
-        accepted = ", ".join(UPLOAD_FORMATS.values())
-        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
-    name = UPLOAD_FORMATS[kind]
-    try:
-        image = Image.open(io.BytesIO(data), formats=[kind])
-    except Image.DecompressionBombError as error:
-        raise ImageRejected(413, f"the uploaded image is too large to decode: {error}") from None
-    except _PILLOW_ERRORS as error:
-        raise ImageRejected(400, f"cannot decode the uploaded {name} image: {error}") from None
-    try:
-        check_pixels(image.size, limits.max_pixels, "the uploaded image")
-        return _plan_probe(image, "the uploaded image", True, box, limits)
-    except _PILLOW_ERRORS as error:
-        image.close()
-        raise ImageRejected(400, f"cannot decode the uploaded {name} image: {error}") from None
-    except BaseException:
-        image.close()
-        raise
-
-
-def open_indexed_probe(
-    path: Path, image_id: int, box: list[float] | None, limits: ServeLimits
-) -> ProbeImage:
-    """An indexed image as the probe (no EXIF orientation: the index's boxes are in the file's
-    own pixel grid, as the indexer decoded it). A file that cannot be decoded now, or has grown
-    past the limits since it was indexed, is a 404: "cannot be read now"."""
-    what = f"image {image_id}"
-    try:
-        image = Image.open(path)
-    except Image.DecompressionBombError:
-        raise ImageRejected(404, f"{what} cannot be read now (too large to decode)") from None
-    except _PILLOW_ERRORS:
-        raise ImageRejected(404, f"{what} cannot be read now") from None
-    try:
-        check_pixels(image.size, limits.max_gallery_pixels, what)
-        return _plan_probe(image, what, False, box, limits)
-    except ImageRejected as error:
-        image.close()
-        raise ImageRejected(404, f"{what} cannot be read now ({error.message})") from None
-    except BaseException:
-        image.close()
-        raise
-
-
-def _plan_probe(
-    image: Image.Image, what: str, upload: bool, box: list[float] | None, limits: ServeLimits
-) -> ProbeImage:
-    probe = ProbeImage(image, what, upload, box, image.size)
-    probe.orientation = _header_orientation(image) if upload else 1
-    _fit_box(probe, limits)
-    if image.format == "JPEG" and probe.factor > 1:
-        width, height = image.size
-        wanted = (-(-width // probe.factor), -(-height // probe.factor))
-        drafted = image.draft(None, wanted)  # decode at 1/2, 1/4 or 1/8 scale, not below wanted
-        if drafted is not None:
-            probe.draft_scale = max(1, round(width / drafted[1][2]))
-    return probe
-
-
-def _fit_box(probe: ProbeImage, limits: ServeLimits) -> None:
-    """The probe's shown size, its box validated against it, and the reduction allowed."""
-    width, height = probe.stored
-    if probe.orientation in (5, 6, 7, 8):
-        width, height = height, width
-    probe.size = (width, height)
-    box = probe.requested_box
-    probe.box = None if box is None else validate_box(box, width, height, probe.what).tolist()
-    x1, y1, x2, y2 = _crop_rect(probe.box, width, height)
-    probe.factor = max(1, max(x2 - x1, y2 - y1) // limits.probe_detail_px)
-
-
-def _header_orientation(image: Image.Image) -> int:
-    """The EXIF orientation known without decoding (a PNG's eXIf chunk may follow its pixels,
-    and Pillow would decode them to find it: that case is checked after decoding)."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    return orientation if orientation in _ORIENTATION_METHODS else 1
-
-
-def decode_probe(probe: ProbeImage, limits: ServeLimits) -> np.ndarray:
-    """The probe person (its box, or the whole image) as H x W x 3 uint8 RGB, reduced by up to
-    `probe.factor`; the full image is dropped as soon as the box is cut out of it.
-
-    Without reduction the pixels are exactly those `crop_box` cuts from the whole decoded image,
-    so the feature is the one `PersonSearcher.embed_probe(image, box)` computes.
-    """
-    image = probe.image
-    try:
-        image.load()
-        if probe.upload and probe.orientation == 1 and image.format == "PNG":
-            found = _header_orientation(image)  # an eXIf chunk after the pixels: now known
-            if found != 1:
-                probe.orientation = found
-                _fit_box(probe, limits)
-        width, height = probe.stored
-        shown = _crop_rect(probe.box, *probe.size)
-        x1, y1, x2, y2 = _stored_rect(shown, probe.orientation, width, height)
-        scale = probe.draft_scale
-        dw, dh = image.size
-        rect = (
-            min(x1 // scale, dw - 1),
-            min(y1 // scale, dh - 1),
-            max(min(-(-x2 // scale), dw), x1 // scale + 1),
-            max(min(-(-y2 // scale), dh), y1 // scale + 1),
-        )
-        region = image.crop(rect)
-        probe.close()  # the whole image's pixels go now
-        if probe.orientation != 1:
-            region = region.transpose(_ORIENTATION_METHODS[probe.orientation])
-        if region.mode != "RGB":
-            region = region.convert("RGB")
-        remaining = probe.factor // scale
-        if remaining > 1:
-            region = region.reduce(remaining)
-        return np.asarray(region)
-    except Image.DecompressionBombError:
-        if probe.upload:
-            raise ImageRejected(413, f"{probe.what} is too large to decode") from None
-        raise ImageRejected(404, f"{probe.what} cannot be read now (too large to decode)") from None
-    except _PILLOW_ERRORS as error:
-        if probe.upload:
-            kind = UPLOAD_FORMATS.get(str(image.format), str(image.format))
-            raise ImageRejected(400, f"cannot decode the uploaded {kind} image: {error}") from None
-        raise ImageRejected(404, f"{probe.what} cannot be read now") from None
-    finally:
-        probe.close()
 
 
 def _crop_rect(box: list[float] | None, width: int, height: int) -> tuple[int, int, int, int]:
@@ -610,13 +618,12 @@ def _crop_rect(box: list[float] | None, width: int, height: int) -> tuple[int, i
 
 
 def _stored_rect(
-    rect: tuple[int, int, int, int], orientation: int, width: int, height: int
+    rect: tuple[int, int, int, int], turn: int, width: int, height: int
 ) -> tuple[int, int, int, int]:
-    """A rectangle of the image as shown (EXIF `orientation` applied) in the stored image of
-    `width` x `height` pixels: cutting it there and transposing gives the shown cut."""
+    """A rectangle of the image as shown (EXIF orientation `turn` applied) in the stored image
+    of `width` x `height` pixels: cutting it there and transposing gives the shown cut."""
     x1, y1, x2, y2 = rect
     return {
-        1: (x1, y1, x2, y2),
         2: (width - x2, y1, width - x1, y2),
         3: (width - x2, height - y2, width - x1, height - y1),
         4: (x1, height - y2, x2, height - y1),
@@ -624,26 +631,29 @@ def _stored_rect(
         6: (y1, height - x2, y2, height - x1),
         7: (width - y2, height - x2, width - y1, height - x1),
         8: (width - y2, x1, width - y1, x2),
-    }[orientation]
+    }.get(turn, rect)
 
 
 def render_plan(
     path: Path, max_side: int | None, fallback_pixels: int, limits: ServeLimits
 ) -> tuple[int | None, int]:
-    """(the side to fit the rendering into, the pixels it decodes) of a gallery image, from its
-    header: a scene larger than `limits.scene_max_side` is sent downscaled; JPEG thumbnails
-    decode at a reduced scale. An unreadable header gives (max_side, fallback_pixels): the
-    rendering then reports the problem."""
+    """(the side to fit the rendering into, the pixels its decode holds) of a gallery image,
+    from its header: a scene larger than `limits.scene_max_side` is sent downscaled, and a JPEG
+    decodes reduced as `render_jpeg` asks. An unreadable header gives (max_side,
+    fallback_pixels): the rendering then reports the problem."""
     try:
-        with Image.open(path) as image:
-            if max_side is None and max(image.size) > limits.scene_max_side:
-                max_side = limits.scene_max_side
-            if max_side is not None and image.format == "JPEG":
-                image.draft("RGB", (max_side, max_side))
+        with open_image(path) as image:
             width, height = image.size
-    except (*_PILLOW_ERRORS, Image.DecompressionBombError):
+            fmt = image.format
+    except ImageError:
         return max_side, fallback_pixels
-    return max_side, width * height
+    if max_side is None and max(width, height) > limits.scene_max_side:
+        max_side = limits.scene_max_side
+    scale = 1
+    if max_side is not None and fmt in _JPEG:
+        factor = max(1, max(width, height) // max_side)
+        scale = next(s for s in (8, 4, 2, 1) if s <= factor)
+    return max_side, -(-width // scale) * -(-height // scale)
 
 
 # ---- error messages name files relative to the index ------------------------------------------
@@ -933,7 +943,7 @@ def create_app(
                 raise HTTPException(422, f"top_k must be at most {limits.max_top_k}, got {top_k}")
             started = time.perf_counter()
             async with budget.reserve(probe.decode_pixels, limits.decode_wait_s) as held:
-                person = await run_in_threadpool(decode_probe, probe, limits)
+                person = await run_in_threadpool(decode_probe, probe)
                 held.shrink(person.shape[0] * person.shape[1])
                 hits = await service.call(_rank, person, top_k, cameras, exclude or [])
                 del person
