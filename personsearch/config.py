@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -223,22 +224,55 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Check the relations between fields that the types cannot express."""
+    """Check every setting, and the relations between them, before anything is read or trained.
+
+    Raises one ConfigError naming the first bad key and its value. Every number anywhere in the
+    config (the model section included) must be finite: YAML's `.nan` and `.inf` are not settings.
+    """
+    _check_finite(config.to_dict())
     optim, data, run = config.optim, config.data, config.run
-    if optim.iterations < 0 or (optim.iterations == 0 and optim.epochs <= 0):
-        raise ConfigError("optim.epochs (or optim.iterations) must be positive")
+    if optim.iterations < 0:
+        raise ConfigError(f"optim.iterations={optim.iterations} must be >= 0 (0: use optim.epochs)")
+    if optim.iterations == 0 and optim.epochs <= 0:
+        raise ConfigError(
+            f"optim.epochs={optim.epochs}: optim.epochs (or optim.iterations) must be positive"
+        )
     length = optim.iterations or optim.epochs
+    unit = "optim.iterations" if optim.iterations else "optim.epochs"
     if any(m <= 0 or m > length for m in optim.milestones):
-        raise ConfigError(f"optim.milestones {optim.milestones} must lie in 1..{length}")
+        raise ConfigError(
+            f"optim.milestones={optim.milestones} must lie in 1..{length} ({unit}={length})"
+        )
     if optim.milestones != sorted(optim.milestones):
-        raise ConfigError(f"optim.milestones {optim.milestones} must be increasing")
-    if optim.batch_size <= 0 or optim.lr <= 0:
-        raise ConfigError("optim.batch_size and optim.lr must be positive")
-    if data.crop_height <= 0 or data.crop_width <= 0:
-        raise ConfigError("data.crop_height and data.crop_width must be positive")
+        raise ConfigError(f"optim.milestones={optim.milestones} must be increasing")
+    _require(optim.batch_size >= 1, "optim.batch_size", optim.batch_size, "must be positive")
+    _require(optim.lr > 0, "optim.lr", optim.lr, "must be positive")
+    _require(0.0 <= optim.momentum < 1.0, "optim.momentum", optim.momentum, "must be in [0, 1)")
+    if optim.nesterov and optim.momentum == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (it is 0)")
+    _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be >= 0")
+    _require(0.0 < optim.gamma <= 1.0, "optim.gamma", optim.gamma,
+             "is the learning-rate decay factor at each milestone: it must be in (0, 1]")
+    _require(optim.warmup_iterations >= 0, "optim.warmup_iterations", optim.warmup_iterations,
+             "must be >= 0")
+    if optim.iterations and optim.warmup_iterations > optim.iterations:
+        raise ConfigError(
+            f"optim.warmup_iterations={optim.warmup_iterations} is longer than the schedule "
+            f"(optim.iterations={optim.iterations})"
+        )
+    _require(0.0 <= optim.warmup_factor <= 1.0, "optim.warmup_factor", optim.warmup_factor,
+             "is the learning-rate fraction the warm-up starts from: it must be in [0, 1]")
+    _require(optim.grad_clip >= 0, "optim.grad_clip", optim.grad_clip, "must be >= 0 (0 = off)")
+
+    _require(data.crop_height >= 1, "data.crop_height", data.crop_height, "must be positive")
+    _require(data.crop_width >= 1, "data.crop_width", data.crop_width, "must be positive")
     for name in ("random_erasing", "low_resolution", "lowres_prob"):
-        if not 0.0 <= getattr(data, name) <= 1.0:
-            raise ConfigError(f"data.{name} is a probability in [0, 1]")
+        value = getattr(data, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.{name} is a probability in [0, 1], got data.{name}={value}")
+    _require(0.0 <= data.det_iou <= 1.0, "data.det_iou", data.det_iou, "is an IoU in [0, 1]")
+    _require(0.0 <= data.color_jitter <= 1.0, "data.color_jitter", data.color_jitter,
+             "must be in [0, 1] (factors in [1 - s, 1 + s])")
     if data.low_resolution and data.lowres_prob and data.low_resolution != data.lowres_prob:
         raise ConfigError(
             "data.low_resolution is the older name of data.lowres_prob: set only lowres_prob"
@@ -249,8 +283,36 @@ def validate(config: Config) -> None:
             f"data.lowres_scale={scale} must be [min, max] with 0 < min <= max <= 1 "
             "(fractions of the crop size)"
         )
-    if run.checkpoint_period <= 0 or run.log_period <= 0 or run.eval_period < 0:
-        raise ConfigError("run.checkpoint_period and run.log_period must be positive")
+
+    _require(run.workers >= 0, "run.workers", run.workers, "must be >= 0 (0: load in this process)")
+    _require(run.eval_batch_size >= 1, "run.eval_batch_size", run.eval_batch_size,
+             "must be positive")
+    _require(run.checkpoint_period >= 1, "run.checkpoint_period", run.checkpoint_period,
+             "must be positive")
+    _require(run.log_period >= 1, "run.log_period", run.log_period, "must be positive")
+    _require(run.eval_period >= 0, "run.eval_period", run.eval_period,
+             "must be >= 0 (0: evaluate at the end only)")
+    _require(run.seed >= 0, "run.seed", run.seed, "must be >= 0")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}={value!r} {rule}")
+
+
+def _check_finite(values: Any, key: str = "") -> None:
+    """ConfigError naming the first NaN or infinite number in a nested config dict."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(values, list | tuple):
+        for i, value in enumerate(values):
+            _check_finite(value, f"{key}[{i}]")
+    elif isinstance(values, float) and not math.isfinite(values):
+        raise ConfigError(
+            f"config key {key}={values!r} is not a finite number (YAML .nan and .inf are not "
+            "settings)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_fake_cuhk_sysu_statistics_and_no_images(tmp_path, capsys):
 
 
 def test_protocol_inconsistency_is_a_warning(tmp_path, capsys):
-    fake = write_cuhk_sysu(tmp_path / "c", gallery_sizes=(100,))
+    fake = write_cuhk_sysu(tmp_path / "c", gallery_sizes=(50, 100))  # both required
     path = fake.root / "annotation" / "test" / "train_test" / "TestG100.mat"
     protocol = scipy.io.loadmat(path)["TestG100"]
     protocol[0, 0]["Query"][0, 0]["idlocate"] = np.array([[80, 10, 20, 60]], dtype=np.uint8)

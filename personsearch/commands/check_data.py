@@ -69,6 +69,7 @@ def _check_scenes(name: str, root: Path, read_images: bool) -> None:
     all_boxes = np.concatenate([s.boxes for s in dataset.train + dataset.test] + [np.zeros((0, 4))])
     if len(all_boxes) == 0:
         raise DatasetError(f"{root}: the dataset holds no person boxes")
+    _check_finite_boxes(dataset.train + dataset.test)
     heights = all_boxes[:, 3] - all_boxes[:, 1]
     widths = all_boxes[:, 2] - all_boxes[:, 0]
     print(f"  box height {heights.min():g}-{heights.max():g} px, "
@@ -105,8 +106,46 @@ def _protocols(name: str, root: Path, dataset: Any) -> list[Any]:
     if not sizes:
         raise DatasetError(f"no protocol file (TestG50.mat ... TestG4000.mat) found in "
                              f"{root / PROTOCOL_DIR}")
+    missing = missing_protocol_files(root, len(dataset.test))
+    if missing:
+        raise DatasetError(
+            f"{root / PROTOCOL_DIR} lacks {', '.join(missing)}, which `evaluate` needs (TestG50 "
+            "also gives the full gallery, TestG100 is the default; a test set of "
+            f"{len(dataset.test)} images has every size up to {len(dataset.test) - 1})"
+        )
     cache_protocols(root, sizes)  # first parse of every .mat file, in parallel
     return [load_search_protocol(name, root, gallery_size=size) for size in sizes]
+
+
+#: The protocol files every CUHK-SYSU-layout folder must hold: `evaluate` defaults to TestG100,
+#: and the full gallery takes TestG50's queries.
+REQUIRED_GALLERY_SIZES = (50, 100)
+
+
+def missing_protocol_files(root: Path, test_images: int) -> list[str]:
+    """The TestG<N>.mat files a CUHK-SYSU-layout folder lacks: TestG50 and TestG100 always,
+    and every larger size its test set can fill (N <= test images - 1: a gallery never holds
+    the query's own image), as the release (6,978 test images: up to 4000) and every
+    synthetic world (tiny: 50, 100; small: up to 500) hold them."""
+    from personsearch.data.cuhk_sysu import GALLERY_SIZES, PROTOCOL_DIR
+
+    folder = root / PROTOCOL_DIR
+    expected = [s for s in GALLERY_SIZES if s in REQUIRED_GALLERY_SIZES or s <= test_images - 1]
+    return [f"TestG{s}.mat" for s in expected if not (folder / f"TestG{s}.mat").is_file()]
+
+
+def _check_finite_boxes(scenes: Any) -> None:
+    """DatasetError naming the first box with a NaN or infinite coordinate (and how many)."""
+    import numpy as np
+
+    bad = [(scene, i) for scene in scenes
+           for i in np.flatnonzero(~np.isfinite(scene.boxes).all(axis=1))]
+    if bad:
+        scene, i = bad[0]
+        box = " ".join(f"{v:g}" for v in scene.boxes[i])
+        more = f" ({len(bad) - 1} more such boxes)" if len(bad) > 1 else ""
+        raise DatasetError(f"{scene.path}: box {i + 1} [x1 y1 x2 y2 = {box}] is not finite "
+                           f"(NaN or infinite coordinates){more}")
 
 
 def _describe_protocol(protocol: Any) -> str:

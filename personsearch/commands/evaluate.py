@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from personsearch.commands._outputs import write_error
     from personsearch.data.registry import load_search_protocol
     from personsearch.evaluation.cbgm import CBGM_DEFAULTS, CBGMOptions
     from personsearch.evaluation.results_file import load_results
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --results FILE.npz, or --run FOLDER to compute it")
     if args.gt_boxes and args.run is None:
         raise ConfigError("--gt-boxes needs --run (it decides which boxes get embedded)")
+    _check_outputs(args)  # before any detection, embedding or evaluation
     if args.run is not None:
         args.results = _compute_results(args)
     results = load_results(args.results)
@@ -170,9 +172,15 @@ def run(args: argparse.Namespace) -> int:
         ]
         for entry, by_scale in zip(summary["gallery_sizes"], scale_rows, strict=False):
             entry["by_scale"] = by_scale
-        summary["plot"] = str(_plot(rows, args))
+        try:
+            summary["plot"] = str(_plot(rows, args))
+        except OSError as error:
+            raise write_error("--plot", args.plot or args.results, error) from error
     if args.per_query is not None:
-        _write_per_query(args.per_query, rows)
+        try:
+            _write_per_query(args.per_query, rows)
+        except OSError as error:
+            raise write_error("--per-query", args.per_query, error) from error
         summary["per_query"] = str(args.per_query)
 
     if args.json:
@@ -186,6 +194,25 @@ def run(args: argparse.Namespace) -> int:
                 print()
                 print(scale_table(by_scale, f"{protocol.name} by scale (r = gallery / query person height)"))
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every file this run will write can be written: refused now, not after the evaluation."""
+    from personsearch.commands._outputs import check_output_file
+
+    if args.per_query is not None:
+        check_output_file(args.per_query, "--per-query")
+    if args.plot is not None:
+        check_output_file(args.plot, "--plot")
+    if args.run is not None:
+        label = "--results" if args.results else "the results file (--results, default in --run)"
+        check_output_file(_results_path(args), label)
+
+
+def _results_path(args: argparse.Namespace) -> Path:
+    """Where --run writes the results file: --results, else inside the pipeline folder."""
+    suffix = "-gt-boxes" if args.gt_boxes else ""
+    return args.results or Path(args.run) / f"results-{args.dataset}{suffix}.npz"
 
 
 def _compute_results(args: argparse.Namespace) -> Path:
@@ -205,9 +232,13 @@ def _compute_results(args: argparse.Namespace) -> Path:
     scenes = protocol_scenes(dataset.test, protocol)
     detector = None if args.gt_boxes else pipeline.detector
     detections = detect_and_embed(detector, pipeline.embedder, scenes)
-    suffix = "-gt-boxes" if args.gt_boxes else ""
-    out = args.results or Path(args.run) / f"results-{args.dataset}{suffix}.npz"
-    path = write_search_results(detections, pipeline.embedder, scenes, protocol, out)
+    from personsearch.commands._outputs import write_error
+
+    out = _results_path(args)
+    try:
+        path = write_search_results(detections, pipeline.embedder, scenes, protocol, out)
+    except OSError as error:
+        raise write_error("--results", out, error) from error
     print(f"results file: {path}", file=sys.stderr)  # stdout stays one JSON object with --json
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 COMMAND = "index"
 HELP = "index a folder of scene images for person search (incremental, resumable)"
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from personsearch.commands._outputs import check_output_folder
+
+    check_output_folder(args.out, "--out")  # before loading any model
     if args.ray_workers is not None or args.ray_address:
         return _run_with_ray(args)
     from personsearch.search.pipeline import baseline_pipeline, load_pipeline
@@ -83,30 +87,71 @@ def run(args: argparse.Namespace) -> int:
     info = {"pipeline": pipeline.source}
     if args.run:
         info["run"] = str(args.run)
-    with PersonSearcher.open(
-        args.out,
-        pipeline.detector,
-        pipeline.embedder,
-        index_kind=args.index_kind,
-        info=info,
-        batch_images=args.batch_images,
-    ) as searcher:
-        report = searcher.index_folder(args.gallery, progress=not args.no_progress)
-        searcher.index.prepare()  # build the FAISS index now: the first search is then fast
-        for path, error in report.failed:
-            print(f"failed: {path}: {error}")
-        print(report.summary())
-        print(
-            f"index {args.out}: {searcher.index.num_images} images, "
-            f"{searcher.index.num_boxes} persons, {searcher.index.index_kind} FAISS index, "
-            f"model {searcher.index.fingerprint}"
-        )
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        with PersonSearcher.open(
+            out,
+            pipeline.detector,
+            pipeline.embedder,
+            index_kind=args.index_kind,
+            info=info,
+            batch_images=args.batch_images,
+        ) as searcher:
+            report = searcher.index_folder(args.gallery, progress=not args.no_progress)
+            searcher.index.prepare()  # build the FAISS index now: the first search is then fast
+            for path, error in report.failed:
+                print(f"failed: {path}: {error}")
+            print(report.summary())
+            print(
+                f"index {args.out}: {searcher.index.num_images} images, "
+                f"{searcher.index.num_boxes} persons, {searcher.index.index_kind} FAISS index, "
+                f"model {searcher.index.fingerprint}"
+            )
+    except BaseException as error:
+        if created:  # failed before its first batch was committed: leave no empty index behind
+            _remove_if_empty(out)
+        if isinstance(error, OSError):
+            raise _os_error(out, error) from error
+        raise
     return 0
 
 
-def _run_with_ray(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _os_error(out: Path, error: OSError) -> Exception:
+    """One line for an OSError: a write into the index, or anything else (reading the gallery)."""
+    from personsearch.commands._outputs import write_error
+    from personsearch.errors import PersonSearchError
 
+    name = str(error.filename or "")
+    if not name or Path(name).resolve().is_relative_to(out.resolve()):
+        return write_error("--out", out, error)
+    return PersonSearchError(f"{name}: {error.strerror or error}")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Delete an index folder this run created if it records no image at all (else keep it)."""
+    import shutil
+    import sqlite3
+
+    from personsearch.search.index import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR
+
+    if not folder.is_dir():
+        return
+    db = folder / DB_NAME
+    if db.is_file():
+        try:
+            with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]:
+                    return
+        except sqlite3.DatabaseError:
+            pass  # no images table: nothing was ever committed
+    own = {DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR, f"{DB_NAME}-journal"}
+    if any(path.name not in own for path in folder.iterdir()):
+        return  # something else was put there meanwhile: not ours to delete
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_with_ray(args: argparse.Namespace) -> int:
     from personsearch.errors import PersonSearchError
     from personsearch.search.index import GalleryIndex
     from personsearch.search.ray_indexing import RunPipeline, index_with_ray

@@ -6,6 +6,7 @@ import argparse
 import base64
 import html
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,15 @@ example:
 """
 
 THUMB_HEIGHT = 240
+#: A tile never gets wider than this: the scene (a 20:1 panorama would be 4800 px at
+#: THUMB_HEIGHT) and the enlarged person (a box 1 px tall would be enlarged 240 times) are
+#: reduced further to fit, so that a sheet of 6 columns stays far below JPEG's 65,500 px.
+MAX_THUMB_WIDTH = 2400
+MAX_CROP_WIDTH = 2 * THUMB_HEIGHT
+#: JPEG cannot hold a side longer than this; a PNG sheet is limited to MAX_SHEET_PIXELS.
+JPEG_MAX_SIDE = 65_500
+MAX_SHEET_PIXELS = 150_000_000
+COLUMNS = 6
 PROBE_COLOUR = (40, 200, 40)
 HIT_COLOUR = (230, 30, 30)
 
@@ -50,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from personsearch.commands._outputs import check_output_file, write_error
     from personsearch.errors import PersonSearchError
     from personsearch.search.pipeline import open_searcher
 
@@ -59,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".html", ".htm", ".png", ".jpg", ".jpeg"):
         raise PersonSearchError(f"--out {out}: use a .html, .png or .jpg file name")
+    if out is not None:
+        check_output_file(out, "--out")  # before searching: a folder, below a file, read-only
+        if out.suffix.lower() in (".jpg", ".jpeg"):
+            check_jpeg_sheet(args.top_k)
     with open_searcher(args.index, args.run) as searcher:
         hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
     print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
@@ -71,9 +86,32 @@ def run(args: argparse.Namespace) -> int:
     if not hits:
         print("no results: the index holds no persons (or none pass the camera filter)")
     if out is not None:
-        write_results_picture(out, Path(args.probe), box, hits)
+        try:
+            write_results_picture(out, Path(args.probe), box, hits)
+        except OSError as error:
+            raise write_error("--out", out, error) from error
         print(f"wrote {out}")
     return 0
+
+
+def sheet_size(hits: int, cell_width: int) -> tuple[int, int]:
+    """Width and height in pixels of a contact sheet of the probe and `hits` tiles."""
+    tiles = hits + 1
+    columns = min(COLUMNS, tiles)
+    rows = (tiles + columns - 1) // columns
+    return columns * (cell_width + _GAP) + _GAP, rows * (THUMB_HEIGHT + _CAPTION + _GAP) + _GAP
+
+
+def check_jpeg_sheet(top_k: int) -> None:
+    """Refuse, before searching, a --top-k whose JPEG sheet would be taller than JPEG allows."""
+    from personsearch.errors import PersonSearchError
+
+    _, height = sheet_size(top_k, 1)
+    if height > JPEG_MAX_SIDE:
+        raise PersonSearchError(
+            f"--top-k {top_k}: a JPEG sheet of that many results would be {height:,} px tall, "
+            f"over JPEG's {JPEG_MAX_SIDE:,}; write .png or .html, or ask for fewer results"
+        )
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -115,19 +153,28 @@ def _tile(path: Path, box: Sequence[float] | None, colour: tuple[int, int, int])
         placeholder = Image.new("RGB", (THUMB_HEIGHT // 2, THUMB_HEIGHT), (128, 128, 128))
         ImageDraw.Draw(placeholder).text((4, 4), "missing", fill=(255, 255, 255))
         return placeholder
-    scale = THUMB_HEIGHT / image.height
-    thumb = image.resize((max(1, round(image.width * scale)), THUMB_HEIGHT))
+    scale = min(THUMB_HEIGHT / image.height, MAX_THUMB_WIDTH / image.width)
+    thumb = image.resize(_scaled(image.size, scale))
     if box is None:
         return thumb
     width = max(2, THUMB_HEIGHT // 80)
     ImageDraw.Draw(thumb).rectangle([v * scale for v in box], outline=colour, width=width)
-    # Persons are often small in a scene: show the person enlarged beside it.
-    crop = image.crop(tuple(round(v) for v in box))
-    crop = crop.resize((max(1, round(crop.width * THUMB_HEIGHT / crop.height)), THUMB_HEIGHT))
+    # Persons are often small in a scene: show the person enlarged beside it. The box is
+    # rounded outwards and clipped, so it always covers at least one pixel of the image.
+    x1 = min(max(math.floor(box[0]), 0), image.width - 1)
+    y1 = min(max(math.floor(box[1]), 0), image.height - 1)
+    x2 = max(min(math.ceil(box[2]), image.width), x1 + 1)
+    y2 = max(min(math.ceil(box[3]), image.height), y1 + 1)
+    crop = image.crop((x1, y1, x2, y2))
+    crop = crop.resize(_scaled(crop.size, min(THUMB_HEIGHT / crop.height, MAX_CROP_WIDTH / crop.width)))
     tile = Image.new("RGB", (thumb.width + crop.width + width, THUMB_HEIGHT), colour)
     tile.paste(crop, (0, 0))
     tile.paste(thumb, (crop.width + width, 0))
     return tile
+
+
+def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
@@ -161,25 +208,32 @@ def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], ti
         handle.write(page)
 
 
+_CAPTION, _GAP = 16, 6  # sheet layout: caption height and gap between cells, in pixels
+
+
 def _write_sheet(out: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
     from PIL import Image, ImageDraw
 
+    from personsearch.errors import PersonSearchError
     from personsearch.io import atomic_path
 
     captions = ["probe"] + [f"#{r} {h.similarity:.3f}" for r, h in enumerate(hits, 1)]
     tiles = [probe_tile, *tiles]
-    caption_height, gap, columns = 16, 6, min(6, len(tiles))
+    columns = min(COLUMNS, len(tiles))
     cell_width = max(t.width for t in tiles)
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new(
-        "RGB",
-        (columns * (cell_width + gap) + gap, rows * (THUMB_HEIGHT + caption_height + gap) + gap),
-        (255, 255, 255),
-    )
+    size = sheet_size(len(hits), cell_width)
+    jpeg = out.suffix.lower() != ".png"
+    if (jpeg and max(size) > JPEG_MAX_SIDE) or size[0] * size[1] > MAX_SHEET_PIXELS:
+        raise PersonSearchError(
+            f"--out {out}: a sheet of {len(hits)} results would be {size[0]:,} x {size[1]:,} "
+            f"px, over the limit ({'JPEG: 65,500 px a side, ' if jpeg else ''}"
+            f"{MAX_SHEET_PIXELS:,} pixels); write .html, or ask for fewer results"
+        )
+    sheet = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
-        x = gap + (i % columns) * (cell_width + gap)
-        y = gap + (i // columns) * (THUMB_HEIGHT + caption_height + gap)
+        x = _GAP + (i % columns) * (cell_width + _GAP)
+        y = _GAP + (i // columns) * (THUMB_HEIGHT + _CAPTION + _GAP)
         sheet.paste(tile, (x, y))
         draw.text((x, y + THUMB_HEIGHT + 2), caption, fill=(0, 0, 0))
     with atomic_path(out) as tmp:

@@ -35,11 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from personsearch.commands._outputs import check_output_folder, write_error
     from personsearch.data.synthetic import generate_world
 
+    out = Path(args.out)
+    # before rendering anything: the world is built in a sibling folder, then renamed onto DIR
+    check_output_folder(out, "--out")
+    check_output_folder(out.absolute().parent, "--out's parent")
     start = time.perf_counter()
-    stats = generate_world(args.out, args.preset, args.seed, workers=args.workers,
-                           force=args.force, progress=args.preset != "tiny")
+    try:
+        stats = generate_world(out, args.preset, args.seed, workers=args.workers,
+                               force=args.force, progress=args.preset != "tiny")
+    except OSError as error:
+        raise write_error("--out", out, error) from error
     seconds = time.perf_counter() - start
     scenes, boxes, ids = stats["scenes"], stats["boxes"], stats["identities"]
     heights = stats["box_height"]

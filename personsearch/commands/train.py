@@ -82,12 +82,22 @@ def run(args: argparse.Namespace) -> int:
         config_source = Path(args.out) / "config.yaml"
         if not config_source.is_file():
             raise ConfigError(f"{config_source} not found: is {args.out} a training run folder?")
-    config = load_config(config_source, overrides)
+    config = load_config(config_source, overrides)  # every setting checked (config.validate)
     if config.task != args.task:
         raise ConfigError(f"config {config_source} is for task {config.task!r}, not {args.task!r}")
+    from personsearch.commands._outputs import check_output_folder, write_error
+
+    option = "--out" if args.out else "run.out"
+    check_output_folder(config.run_dir, option)  # before reading data or taking a step
     module_name, function_name = target.split(":")
     train = getattr(importlib.import_module(module_name), function_name)
-    summary = train(config, resume=args.resume)
+    try:
+        summary = train(config, resume=args.resume)
+    except OSError as error:  # the run folder became unwritable (or full) while training
+        name = str(error.filename or "")
+        if not name or not Path(name).resolve().is_relative_to(config.run_dir.resolve()):
+            raise
+        raise write_error(option, config.run_dir, error) from error
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     final = summary.get("final") if isinstance(summary, dict) else None

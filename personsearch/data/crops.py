@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,8 +133,11 @@ def load_detections(path: str | os.PathLike[str], score_thresh: float = 0.5) -> 
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        raise ResultsError(f"cannot read detections {path}: {error}") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        # a truncated .npz is a damaged zip (BadZipFile), a cut member an EOFError or zlib.error
+        raise ResultsError(
+            f"cannot read detections {path} (truncated or not an .npz file?): {error}"
+        ) from error
     missing = [k for k in ("image_names", "det_image", "det_boxes") if k not in arrays]
     if missing:
         raise ResultsError(f"detections {path} lacks arrays {missing} (has {sorted(arrays)})")

@@ -286,7 +286,11 @@ def _box_list(value: Any, where: str) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
         if value.size % 4:
             raise DatasetError(f"{where}: expected N x 4 boxes, found shape {value.shape}")
-        return value.astype(np.float64).reshape(-1, 4)
+        boxes = value.astype(np.float64).reshape(-1, 4)
+        bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+        if bad.size:
+            _require_finite(boxes[bad[0]], f"{where}({int(bad[0]) + 1})")
+        return boxes
     records = as_records(value, where)
     boxes = np.zeros((len(records), 4), dtype=np.float64)
     for j, record in enumerate(records):
@@ -298,7 +302,15 @@ def _xywh(value: Any, where: str) -> np.ndarray:
     numbers = as_numbers(value, where)
     if numbers.size != 4:
         raise DatasetError(f"{where}: expected a box [x y w h], found {numbers.size} numbers")
-    return numbers
+    return _require_finite(numbers, where)
+
+
+def _require_finite(box: np.ndarray, where: str) -> np.ndarray:
+    """A box with a NaN or infinite number is damage, not a zero-size box to drop silently."""
+    if not np.isfinite(box).all():
+        shown = " ".join(f"{v:g}" for v in box)
+        raise DatasetError(f"{where}: box [x y w h = {shown}] is not finite (NaN or infinite)")
+    return box
 
 
 def _columns(value: Any, fields: tuple[str, ...], where: str) -> dict[str, np.ndarray]:
@@ -335,6 +347,10 @@ def _gallery_entries(value: Any, where: str) -> tuple[list[str], np.ndarray]:
     holders = np.flatnonzero(sizes == 4)
     if holders.size:
         xywh = np.stack([as_numbers(locations[j], where) for j in holders])
+        bad = np.flatnonzero(~np.isfinite(xywh).all(axis=1))
+        if bad.size:  # a NaN box would read as "this image does not hold the person"
+            j = int(holders[bad[0]])
+            _require_finite(xywh[bad[0]], f"{where}({j + 1}).idlocate")
         gt[holders] = xywh_to_xyxy(xywh)
     return names, gt
 
@@ -365,4 +381,5 @@ def _iou_xywh(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     y2 = np.minimum(boxes[:, 1] + boxes[:, 3], box[1] + box[3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     union = boxes[:, 2] * boxes[:, 3] + box[2] * box[3] - inter
-    return inter / union
+    # two zero-size boxes have no union: overlap 0, not NaN (and no division warning)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

@@ -63,8 +63,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     missing = [k for k in REQUIRED_KEYS if k not in state and k != "format_version"]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    except OSError as error:  # a full disk, an unwritable run folder
+        raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
 
 
 def load_checkpoint(
@@ -120,12 +123,26 @@ def read_model_file(
         path = path / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: did the {task} training run finish?")
+    return path, check_model_state(path, read_weights_file(path, device), task)
+
+
+def read_weights_file(path: Path, device: str | torch.device = "cpu") -> Any:
+    """torch.load a model file or a checkpoint safely; CheckpointError when it cannot be read."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated or foreign files raise many types
         raise CheckpointError(f"cannot read model file {path}: {error}") from error
+
+
+def is_training_checkpoint(state: Any) -> bool:
+    """Whether a loaded file is a training checkpoint (checkpoints/last.pt, best.pt, ...)."""
+    return isinstance(state, dict) and all(key in state for key in REQUIRED_KEYS)
+
+
+def check_model_state(path: Path, state: Any, task: str) -> dict[str, Any]:
+    """A loaded model.pt, checked to hold a `task` model; CheckpointError if not."""
     if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
     if state.get("task") != task:
         raise CheckpointError(f"{path} holds a {state.get('task')!r} model, not a {task} model")
-    return path, state
+    return state

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from personsearch.config import Config
+from personsearch.config import Config, validate
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
 from personsearch.engine.checkpoint import MODEL_FILE, MODEL_FORMAT, read_model_file
@@ -50,6 +50,7 @@ def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
 
 def train_detector(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a detector run; returns the metrics summary. Works under torchrun."""
+    validate(config)  # every setting, before any data is read or any step is taken
     detector_config(config)  # fail on a bad model section before touching data or devices
     return run_task(_train, config, resume)
 
@@ -63,14 +64,15 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
         print(f"detector backbone {model.config.backbone}, initial weights: {model.weights_source}")
     train_set = SceneDetectionDataset(scenes.train, flip_prob=FLIP_PROB if config.data.flip else 0.0)
     loader = build_train_loader(train_set, config, dist_info, collate_fn=collate_detection)
+
+    def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
+        export_detector(config.run_dir / MODEL_FILE, module, config)  # type: ignore[arg-type]
+
     trainer = Trainer(model, loader, config, dist_info,
-                      evaluate=detector_evaluator(scenes.test, config, dist_info))
+                      evaluate=detector_evaluator(scenes.test, config, dist_info), export=export)
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    summary = trainer.train()
-    if dist_info.is_main:
-        export_detector(config.run_dir / MODEL_FILE, trainer.module, config)
-    return summary
+    return trainer.train()
 
 
 def detector_evaluator(
@@ -108,8 +110,11 @@ def export_detector(path: str | os.PathLike[str], model: PersonDetector, config:
         "dataset": config.data.dataset,
         "weights_source": model.weights_source,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as error:
+        raise CheckpointError(f"cannot write the model file {path}: {error}") from error
 
 
 def load_detector(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from personsearch.config import Config
+from personsearch.config import Config, validate
 from personsearch.data.crops import (
     CropImageDataset,
     CropSample,
@@ -29,7 +29,14 @@ from personsearch.data.crops import (
 )
 from personsearch.data.transforms import build_crop_transform
 from personsearch.engine import distributed
-from personsearch.engine.checkpoint import MODEL_FILE, MODEL_FORMAT, read_model_file
+from personsearch.engine.checkpoint import (
+    MODEL_FILE,
+    MODEL_FORMAT,
+    check_model_state,
+    is_training_checkpoint,
+    read_model_file,
+    read_weights_file,
+)
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import evaluate_crops
 from personsearch.engine.runs import run_task
@@ -121,6 +128,7 @@ def build_model(model: dict[str, Any], num_classes: int) -> nn.Module:
 
 def train_reid(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a re-id run; returns the metrics summary. Works under torchrun."""
+    validate(config)  # every setting, before any data is read or any step is taken
     check_model_config(config.model)
     return run_task(_train, config, resume)
 
@@ -130,13 +138,15 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
     model = build_model(config.model, data.num_classes)
     evaluator = reid_evaluator(data, config, dist_info)
     loader = build_train_loader(data.train, config, dist_info)
-    trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator)
+    pids = sorted(data.train.labels)
+
+    def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
+        export_model(config.run_dir / MODEL_FILE, module, config, pids)
+
+    trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator, export=export)
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    summary = trainer.train()
-    if dist_info.is_main:
-        export_model(config.run_dir / MODEL_FILE, trainer.module, config, sorted(data.train.labels))
-    return summary
+    return trainer.train()
 
 
 def reid_evaluator(
@@ -174,17 +184,34 @@ def export_model(path: str | os.PathLike[str], model: nn.Module, config: Config,
         "train_pids": list(pids),
         "dataset": config.data.dataset,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as error:
+        raise CheckpointError(f"cannot write the model file {path}: {error}") from error
 
 
 def load_reid_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained re-id model (eval mode) of a run folder or model.pt, and the file's metadata."""
+    """The trained re-id model (eval mode) of a run folder or model.pt, and the file's metadata.
+
+    A training checkpoint of a re-id run (checkpoints/last.pt, best.pt, ...) is accepted too:
+    its model config and crop size come from the run config it holds, its number of classes
+    from its classifier weights.
+    """
     from personsearch.models.reid import build_reid_model
 
-    path, state = read_model_file(path, "reid", device)
+    path = Path(path)
+    if path.is_file():
+        loaded = read_weights_file(path, device)
+        state = (
+            _model_state_from_checkpoint(path, loaded)
+            if is_training_checkpoint(loaded)
+            else check_model_state(path, loaded, "reid")
+        )
+    else:
+        path, state = read_model_file(path, "reid", device)
     # The weights come from the file: skip loading (or warning about) ImageNet ones.
     model = build_reid_model({**state["model_config"], "pretrained": False})
     try:
@@ -194,3 +221,30 @@ def load_reid_model(
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k != "state_dict"}
     return model, meta
+
+
+def _model_state_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint of a re-id run in the layout of a model file (`export_model`)."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or config.get("task") != "reid":
+        task = config.get("task") if isinstance(config, dict) else None
+        raise CheckpointError(f"{path} is a training checkpoint of a {task!r} run, not a re-id run")
+    weights = checkpoint["model"]
+    classes = [
+        int(value.shape[0])
+        for key, value in weights.items()
+        if ".classifier" in f".{key}" and key.endswith(".weight") and value.dim() == 2
+    ]
+    if not classes:
+        raise CheckpointError(f"{path}: no identity classifier in its weights")
+    data = config.get("data") or {}
+    model_config = {**(config.get("model") or {}), "num_classes": classes[0]}
+    return {
+        "format_version": MODEL_FORMAT,
+        "task": "reid",
+        "model_config": model_config,
+        "state_dict": weights,
+        "crop_size": [int(data.get("crop_height", 256)), int(data.get("crop_width", 128))],
+        "dataset": data.get("dataset", ""),
+        "checkpoint_iteration": int(checkpoint["iteration"]),
+    }

@@ -35,6 +35,8 @@ from personsearch.engine.logging import MetricsLogger, nest_keys, progress_bar
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
+#: Writes the trained model's final file (model.pt) from the module; called on rank 0 only.
+Exporter = Callable[[nn.Module], None]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -166,6 +168,7 @@ class Trainer:
         evaluate: Evaluator | None = None,
         extra_hooks: Iterable[Hook] = (),
         logger: MetricsLogger | None = None,
+        export: Exporter | None = None,
     ) -> None:
         self.config = config
         self.dist = dist_info or DistInfo()
@@ -180,6 +183,12 @@ class Trainer:
         self.iters_per_unit = 1 if config.iteration_based else self.iters_per_epoch
         self.max_iter = optim.iterations if config.iteration_based else optim.epochs * self.iters_per_epoch
         self.iteration = 0
+        if optim.warmup_iterations > self.max_iter:
+            raise ConfigError(
+                f"optim.warmup_iterations={optim.warmup_iterations} is longer than the whole "
+                f"schedule ({self.max_iter} iterations: {optim.epochs} epochs of "
+                f"{self.iters_per_epoch})"
+            )
 
         self.module = model.to(self.device)
         self.model: nn.Module = self.module
@@ -197,10 +206,20 @@ class Trainer:
 
         self.run_dir = config.run_dir
         self.logger = logger or MetricsLogger(self.run_dir, enabled=self.dist.is_main)
+        # After the last step, the checkpoint and the model file are written before the final
+        # evaluation: an evaluation that fails (memory, a bad setting) loses no training.
+        # Periodic evaluations keep running before their checkpoint, which then holds the RNG
+        # state after them (a resumed run continues exactly as an uninterrupted one).
         self.hooks: list[Hook] = [LoggingHook(config.run.log_period, config.run.progress)]
+        final_eval: Hook | None = None
         if evaluate is not None and config.run.evaluate:
             self.hooks.append(EvalHook(evaluate, config.run.eval_period * self.iters_per_unit))
+            final_eval = FinalEvalHook(evaluate)
         self.hooks.append(CheckpointHook(config.run.checkpoint_period * self.iters_per_unit))
+        if export is not None:
+            self.hooks.append(ExportHook(export))
+        if final_eval is not None:
+            self.hooks.append(final_eval)
         self.hooks.extend(extra_hooks)
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_metrics: dict[str, torch.Tensor] = {}
@@ -225,7 +244,12 @@ class Trainer:
     # ---- the loop
 
     def train(self) -> dict[str, Any]:
-        """Train to the end of the schedule (from where a resumed run stopped)."""
+        """Train to the end of the schedule (from where a resumed run stopped).
+
+        After the last step: checkpoints/last.pt, then the model file (`export`), then the final
+        evaluation. A run resumed at the end of its schedule (its last process may have died in
+        the final evaluation) writes the model file and evaluates again.
+        """
         self.model.train()
         for hook in self.hooks:
             hook.before_train(self)
@@ -243,6 +267,8 @@ class Trainer:
         broadcast_buffers(self.module)  # every rank ends with rank 0's model
         for hook in self.hooks:
             hook.after_train(self)
+        self.logger.write_summary({"iteration": self.iteration, "max_iter": self.max_iter})
+        self.logger.close()
         return self.logger.summary()
 
     def run_step(self, batch: Any) -> None:
@@ -381,15 +407,58 @@ class LoggingHook(Hook):
 
 
 class EvalHook(Hook):
-    """Evaluate every `period` iterations (0: only at the end)."""
+    """Evaluate every `period` iterations (0: never) before the end; `FinalEvalHook` does the end."""
 
     def __init__(self, evaluator: Evaluator, period: int) -> None:
         self.evaluator = evaluator
         self.period = period
 
     def after_step(self, trainer: Trainer) -> None:
-        if trainer.at_period(self.period):
+        if not trainer.done and self.period > 0 and trainer.at_period(self.period):
             trainer.evaluate(self.evaluator)
+            # metrics.json holds this evaluation now, not only from the next checkpoint on
+            trainer.logger.write_summary(
+                {"iteration": trainer.iteration, "max_iter": trainer.max_iter}
+            )
+
+
+class FinalEvalHook(Hook):
+    """Evaluate after the last step, once the checkpoint and the model file are written."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.evaluated = False
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.done:
+            trainer.evaluate(self.evaluator)
+            self.evaluated = True
+
+    def after_train(self, trainer: Trainer) -> None:
+        if not self.evaluated:  # resumed at the end: the last process may have died evaluating
+            trainer.evaluate(self.evaluator)
+            self.evaluated = True
+
+
+class ExportHook(Hook):
+    """Write the model file after the last step's checkpoint, before the final evaluation."""
+
+    def __init__(self, export: Exporter) -> None:
+        self.export = export
+        self.exported = False
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.done:
+            self._export(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if not self.exported:  # resumed at the end: write it again (the last process may not have)
+            self._export(trainer)
+
+    def _export(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main:
+            self.export(trainer.module)
+        self.exported = True
 
 
 class CheckpointHook(Hook):
@@ -410,7 +479,3 @@ class CheckpointHook(Hook):
                 trainer.save_checkpoint(folder / f"{unit}_{count}.pt")
         # Save the summary after each checkpoint so metrics.json matches what was kept.
         trainer.logger.write_summary({"iteration": trainer.iteration, "max_iter": trainer.max_iter})
-
-    def after_train(self, trainer: Trainer) -> None:
-        trainer.logger.write_summary({"iteration": trainer.iteration, "max_iter": trainer.max_iter})
-        trainer.logger.close()

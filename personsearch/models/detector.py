@@ -15,7 +15,8 @@ The paper's three changes are switches of `DetectorConfig` so Table 5 can be re-
 3. `keep_small_proposals`: the RPN drops no proposal for its size before NMS (paper: True); off,
    proposals narrower or shorter than `proposal_min_size` input pixels are dropped (16 in
    py-faster-rcnn). After NMS the top `rpn_post_nms_top_n_*` (256) proposals per image are kept.
-At search time only detections scored above `score_thresh` (0.5) are returned.
+At search time only detections scored at least `score_thresh` (0.5) are returned: `>=`, as the
+evaluator, the search adapters and the crop reader keep them (torchvision's own test is `>`).
 
 Batch norm: with one or two images per GPU the batch statistics of a detector are noise, so
 every batch norm of the backbone is replaced by torchvision's FrozenBatchNorm2d (ImageNet
@@ -86,7 +87,7 @@ class DetectorConfig:
     box_bg_iou_thresh: float = 0.5
     box_batch_size_per_image: int = 256  #: regions sampled per image (the paper's "batch size")
     box_positive_fraction: float = 0.25
-    score_thresh: float = 0.5  #: detections kept at search time score strictly above this
+    score_thresh: float = 0.5  #: detections kept at search time score at least this
     nms_thresh: float = 0.4
     detections_per_img: int = 100
 
@@ -149,16 +150,23 @@ class PersonDetector(GeneralizedRCNN):
         super().__init__(trunk, rpn, roi_heads, transform)
         self.config = config
         self.weights_source = "random"  #: where the backbone's initial weights came from
+        self.score_thresh = float(roi_heads.score_thresh)
 
     @property
     def score_thresh(self) -> float:
-        """Detections scored at or below this are dropped (0.5 at search time)."""
-        return float(self.roi_heads.score_thresh)
+        """Detections scored below this are dropped, those scored at least this kept (0.5)."""
+        return self._score_thresh
 
     @score_thresh.setter
     def score_thresh(self, value: float) -> None:
         # evaluation of the detector itself lowers it to trace the whole precision-recall curve
-        self.roi_heads.score_thresh = float(value)
+        self._score_thresh = float(value)
+        # torchvision keeps scores > its threshold, compared in float32 (the scores' type): the
+        # float32 just below the threshold makes that `score >= float32(value)`, the rule of the
+        # evaluator and of every other detection filter here.
+        value32 = torch.tensor(float(value), dtype=torch.float32)
+        below = torch.nextafter(value32, torch.tensor(float("-inf"), dtype=torch.float32))
+        self.roi_heads.score_thresh = float(below)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         output = super().forward(images, targets)

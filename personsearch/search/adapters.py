@@ -6,7 +6,7 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
     detector: runs/synthetic-detector   # a detector run folder or its model.pt, or "hog" / "whole-image"
     reid: runs/synthetic-reid           # a re-id run folder or its model.pt, an ONNX embedder's
                                         # .yaml (see onnx_embedder.py), or "imagenet"
-    det_thresh: 0.5                     # keep detections scored above this (the paper's 0.5)
+    det_thresh: 0.5                     # keep detections scored at least this (the paper's 0.5)
 
 Relative paths are relative to the folder holding pipeline.yaml. A re-id run folder alone also
 works as `--run`: its embedder is paired with the baseline detector (HOG, or the whole image).
@@ -15,6 +15,7 @@ works as `--run`: its embedder is paired with the baseline detector (HOG, or the
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,7 @@ class TorchReidEmbedder:
 
     @classmethod
     def from_run(cls, path: str | os.PathLike[str], device: str | None = None) -> TorchReidEmbedder:
-        """The re-id net of a training run folder (or its model.pt)."""
+        """The re-id net of a training run folder, its model.pt or one of its checkpoints."""
         from personsearch.engine.reid_task import MODEL_FILE, load_reid_model
 
         path = Path(path)
@@ -194,10 +195,18 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
     missing = [key for key in ("detector", "reid") if not spec.get(key)]
     if missing:
         raise ConfigError(f"{folder / PIPELINE_FILE} must name {' and '.join(missing)}")
+    raw_thresh = spec.get("det_thresh", 0.5)
     try:
-        det_thresh = float(spec.get("det_thresh", 0.5))
+        det_thresh = float(raw_thresh)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{folder / PIPELINE_FILE}: det_thresh must be a number") from error
+        raise ConfigError(
+            f"{folder / PIPELINE_FILE}: det_thresh={raw_thresh!r} must be a number in [0, 1]"
+        ) from error
+    if isinstance(raw_thresh, bool) or not (math.isfinite(det_thresh) and 0 <= det_thresh <= 1):
+        raise ConfigError(
+            f"{folder / PIPELINE_FILE}: det_thresh={raw_thresh!r} must be a number in [0, 1] "
+            "(a detection score)"
+        )
 
     def resolve(value: str) -> Path:
         path = Path(value)
@@ -230,11 +239,12 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
 
 
 def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pipeline:
-    """A training run folder: a pipeline.yaml pairing, or a re-id run with the baseline detector."""
+    """A re-id run folder's weights in `checkpoint` (its model.pt, or a training checkpoint such
+    as checkpoints/best.pt or last.pt, as `load_pipeline` found them), with the baseline detector."""
     task = config.get("task")
     if task == "reid":
         detector: Detector = HogPeopleDetector() if hog_available() else WholeImageDetector()
-        return Pipeline(detector, TorchReidEmbedder.from_run(run), source=str(run))
+        return Pipeline(detector, TorchReidEmbedder.from_run(checkpoint), source=str(run))
     raise PersonSearchError(
         f"{run} is a {task!r} run; search needs a detector and a re-id net: write a "
         f"{PIPELINE_FILE} naming both (see personsearch.search.adapters) and pass its folder"

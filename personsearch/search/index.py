@@ -216,7 +216,18 @@ class GalleryIndex:
                 f"no gallery index at {folder} ({DB_NAME} not found): build one with "
                 "`personsearch index --gallery DIR --out INDEX`"
             )
-        index = cls(folder, _connect(db))
+        # Read-only: searching needs no write access to the folder (a read-only mount, another
+        # user's index) and never changes it; the FAISS index is then built in memory if its
+        # cache is missing or stale (the writer caches it: `index` ends with prepare()).
+        conn = _connect(db, read_only=True)
+        try:
+            index = cls(folder, conn)
+        except sqlite3.DatabaseError as error:  # a zero-byte or foreign index.sqlite
+            conn.close()
+            raise GalleryIndexError(
+                f"gallery index {folder} is damaged: {DB_NAME} ({db.stat().st_size} bytes) "
+                f"is not an index database ({error}); rebuild it with `personsearch index`"
+            ) from error
         index._check_version()
         if fingerprint is not None:
             index.check_model(fingerprint, None)
@@ -545,6 +556,8 @@ class GalleryIndex:
             raise GalleryIndexError(
                 f"queries must be Q x {self.dim} features for this index, got {queries.shape}"
             )
+        if not np.isfinite(queries).all():
+            raise GalleryIndexError("query features contain NaN or infinite values")
         allowed = self._allowed_rows(cameras, exclude_paths)
         candidates = self.num_boxes if allowed is None else len(allowed)
         k = min(int(top_k), candidates)
@@ -553,6 +566,7 @@ class GalleryIndex:
         index = self._faiss_index()
         params = self._search_params(index, allowed, k, ef_search, nprobe)
         similarities, rows = index.search(queries, k, params=params)
+        self._check_search_output(similarities, rows, exact=self.index_kind == "flat")
         metadata = self._box_metadata(rows[rows >= 0].tolist())
         return [
             [
@@ -566,6 +580,25 @@ class GalleryIndex:
     def search_one(self, query: np.ndarray, top_k: int = 10, **filters: Any) -> list[SearchHit]:
         """`search` for a single feature vector."""
         return self.search(np.asarray(query, dtype=np.float32).reshape(1, -1), top_k, **filters)[0]
+
+    def _check_search_output(self, similarities: np.ndarray, rows: np.ndarray, exact: bool) -> None:
+        """Refuse results that only non-finite features can explain, naming the damage.
+
+        FAISS ranks a row holding inf above everything and silently leaves out a row holding
+        NaN: an exact search returning fewer than k rows, or any non-finite similarity, means
+        the FAISS index holds such rows. The shards are checked first (a damaged shard is named);
+        if they are intact, the cached FAISS index itself is damaged.
+        """
+        returned = rows >= 0
+        short = exact and not returned.all()
+        if not short and np.isfinite(similarities[returned]).all():
+            return
+        self.vectors()  # raises GalleryIndexError naming a shard with non-finite rows
+        raise GalleryIndexError(
+            f"gallery index {self.folder} is damaged: its cached FAISS index ({CACHE_DIR}/"
+            f"{self.index_kind}-{self.num_boxes}.faiss) holds NaN or infinite features that its "
+            f"shards do not; delete {CACHE_DIR}/ to rebuild it"
+        )
 
     def _allowed_rows(
         self, cameras: Iterable[int] | None, exclude_paths: Iterable[str] | None
@@ -651,7 +684,8 @@ class GalleryIndex:
                 index.add(np.ascontiguousarray(vectors[cached_rows:]))
             else:
                 index = build_faiss_index(vectors, kind)
-            self._write_cache(index, kind, rows)
+            if self.writable:  # opened read-only: nothing is written, the index stays in memory
+                self._write_cache(index, kind, rows)
         self._faiss, self._faiss_rows, self._faiss_kind = index, rows, kind
         return index
 
@@ -721,6 +755,13 @@ class GalleryIndex:
             raise GalleryIndexError(
                 f"gallery index {self.folder} is damaged: shard {path} holds {array.shape} "
                 f"{array.dtype}, expected ({n_rows}, {self.dim}) float32"
+            )
+        bad = _non_finite_rows(array)
+        if len(bad):  # never written so (add_batch refuses them): FAISS would drop NaN rows
+            raise GalleryIndexError(
+                f"gallery index {self.folder} is damaged: shard {path} holds NaN or infinite "
+                f"features in {len(bad)} of its {n_rows} rows (first: row {int(bad[0])}); "
+                "rebuild the index"
             )
         return np.asarray(array)
 
@@ -841,9 +882,22 @@ def _can_extend(kind: str, cached_rows: int, rows: int) -> bool:
     return kind not in ("ivf", "ivfpq") or 2 * cached_rows >= rows
 
 
-def _connect(db: Path) -> sqlite3.Connection:
+def _non_finite_rows(array: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Indices of the rows holding NaN or inf, checked a chunk of rows at a time (bounded memory)."""
+    bad = [
+        start + np.flatnonzero(~np.isfinite(np.asarray(array[start : start + chunk])).all(axis=1))
+        for start in range(0, len(array), chunk)
+    ]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def _connect(db: Path, read_only: bool = False) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(db, isolation_level=None)  # transactions are explicit
+        if read_only:  # never creates or changes a file (no journal: nothing is written)
+            uri = f"{db.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(db, isolation_level=None)  # transactions are explicit
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -92,8 +93,13 @@ class OnnxEmbedderConfig:
         problems = []
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if not isinstance(value, list | tuple) or len(value) != 3:
+            numbers = isinstance(value, list | tuple) and len(value) == 3 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            )
+            if not numbers:
                 problems.append(f"{key} must be 3 numbers (one per channel), got {value!r}")
+            elif not all(math.isfinite(v) for v in value):
+                problems.append(f"{key} must be 3 finite numbers, got {list(value)!r}")
             else:
                 object.__setattr__(self, key, tuple(float(v) for v in value))
         if not problems and min(self.std) <= 0:
@@ -102,8 +108,14 @@ class OnnxEmbedderConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"{key} must be a positive integer, got {value!r}")
-        if not isinstance(self.pixel_scale, int | float) or self.pixel_scale <= 0:
-            problems.append(f"pixel_scale must be a positive number, got {self.pixel_scale!r}")
+        scale = self.pixel_scale
+        if (
+            not isinstance(scale, int | float)
+            or isinstance(scale, bool)
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
+            problems.append(f"pixel_scale must be a positive finite number, got {scale!r}")
         if self.channel_order not in ("rgb", "bgr"):
             problems.append(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -285,6 +297,13 @@ class OnnxEmbedder:
         if features.shape[1] != self.dim:
             raise PersonSearchError(
                 f"{c.model} returned {features.shape[1]}-d features, {self.dim}-d before"
+            )
+        bad = ~np.isfinite(features).all(axis=1)
+        if bad.any():
+            raise PersonSearchError(
+                f"ONNX model {c.model} returned NaN or infinite features for {int(bad.sum())} of "
+                f"{len(features)} crops (first: crop {int(np.flatnonzero(bad)[0])}): the model "
+                "or its export is broken, or its config's mean/std/pixel_scale do not fit it"
             )
         return l2_normalize(features)
 

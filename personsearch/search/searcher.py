@@ -301,6 +301,12 @@ class PersonSearcher:
                 f"{features.shape} for {len(crops)} crops; expected ({len(crops)}, "
                 f"{self.embedder.dim})"
             )
+        bad = ~np.isfinite(features).all(axis=1)
+        if bad.any():  # a NaN row would rank nowhere (FAISS drops it) or everywhere (inf)
+            raise PersonSearchError(
+                f"embedder {self.embedder.fingerprint!r} returned NaN or infinite features for "
+                f"{int(bad.sum())} of {len(crops)} crops: the model is broken"
+            )
         # Inner product ranks correctly only on unit vectors: normalise whatever came back.
         return l2_normalize(features)
 
