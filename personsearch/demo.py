@@ -43,7 +43,7 @@ PLANS = {
         reid_overrides=("optim.epochs=12", "optim.milestones=[9]"),
         gallery_sizes=(50, 100, 500, "full"),
     ),
-    # a first look in about 2 minutes (and what the test suite runs)
+    # a first look in under 100 seconds (and what the test suite runs)
     "quick": DemoPlan(
         world="tiny",
         # lr 0.005 and clipped gradients: at lr 0.01 the classifier diverged on the tiny world
