@@ -78,13 +78,12 @@ from personsearch.search.searcher import PersonSearcher, validate_box
 from personsearch.serve.catalog import CatalogImage, IndexCatalog
 from personsearch.serve.imaging import (
     REFUSED_STATUS,
-    UPLOAD_FORMATS,
     BytesLRU,
     FileStamp,
     ImageRejected,
     check_pixels,
     render_jpeg,
-    sniff_format,
+    upload_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -473,13 +472,7 @@ def open_upload_probe(data: bytes, box: list[float] | None, limits: ServeLimits)
     type, 422 more elongated than the reading policy allows; PersonSearchError (422) for a box
     outside the image.
     """
-    if not data:
-        raise ImageRejected(400, "the uploaded file is empty")
-    kind = sniff_format(data)
-    if kind is None:
-        accepted = ", ".join(UPLOAD_FORMATS.values())
-        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
-    what = f"the uploaded {UPLOAD_FORMATS[kind]} image"
+    kind, what = upload_kind(data)
     try:
         image = open_stream(io.BytesIO(data), what, (kind,), limits.max_pixels)
     except ImageRefused as error:

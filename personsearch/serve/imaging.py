@@ -59,6 +59,17 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def upload_kind(data: bytes) -> tuple[str, str]:
+    """(format, how messages name it) of an upload, from its bytes; ImageRejected 400 / 415."""
+    if not data:
+        raise ImageRejected(400, "the uploaded file is empty")
+    kind = sniff_format(data)
+    if kind is None:
+        accepted = ", ".join(UPLOAD_FORMATS.values())
+        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
+    return kind, f"the uploaded {UPLOAD_FORMATS[kind]} image"
+
+
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """An uploaded image as H x W x 3 uint8 RGB, oriented as a browser shows it.
 
@@ -67,13 +78,7 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     a type that is not accepted, 413 for more than `max_pixels` pixels, 422 for a shape more
     elongated than the reading policy allows, 400 for an empty, truncated or corrupt file.
     """
-    if not data:
-        raise ImageRejected(400, "the uploaded file is empty")
-    kind = sniff_format(data)
-    if kind is None:
-        accepted = ", ".join(UPLOAD_FORMATS.values())
-        raise ImageRejected(415, f"the upload is not an accepted image type ({accepted})")
-    what = f"the uploaded {UPLOAD_FORMATS[kind]} image"
+    kind, what = upload_kind(data)
     try:
         with open_stream(io.BytesIO(data), what, (kind,), max_pixels) as image:
             check_pixels(image.size, max_pixels, "the uploaded image")
