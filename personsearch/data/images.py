@@ -63,8 +63,8 @@ DECODE_ERRORS = (
     ZeroDivisionError, MemoryError, Image.DecompressionBombError,
 )
 
-# ImageOps.exif_transpose's table: orientation tag -> the transposition that shows the image
-_TRANSPOSE = {
+#: ImageOps.exif_transpose's table: orientation tag -> the transposition that shows the image
+ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -261,7 +261,7 @@ def decode(
     limit). Raises ImageRefused, or ImageError for a file that cannot be decoded.
     """
     check_policy(image.size, what, max_pixels)
-    turn = _TRANSPOSE.get(orientation(image))
+    turn = ORIENTATION_TRANSPOSE.get(orientation(image))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -69,7 +69,29 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-class ColorHistogramEmbedder:
+def _checked_crop(crop: np.ndarray) -> np.ndarray:
+    """`crop` as an array, or ValueError unless it is a non-empty H x W x 3 image."""
+    crop = np.asarray(crop)
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+    return crop
+
+
+class _PerCropEmbedder:
+    """An embedder that describes each crop on its own (`_embed_one`), then L2-normalises."""
+
+    dim: int
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.stack([self._embed_one(crop) for crop in crops]))
+
+    def _embed_one(self, crop: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ColorHistogramEmbedder(_PerCropEmbedder):
     """Weak, dependency-free baseline embedder: HSV colour histograms over horizontal stripes.
 
     Each crop is resized to `size` (width, height), split into `stripes` horizontal bands (head,
@@ -88,15 +110,8 @@ class ColorHistogramEmbedder:
         self.bins = (8, 3, 3)  # hue, saturation, value
         self.dim = self.stripes * int(np.prod(self.bins))
 
-    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        if len(crops) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalize(np.stack([self._embed_one(crop) for crop in crops]))
-
     def _embed_one(self, crop: np.ndarray) -> np.ndarray:
-        crop = np.asarray(crop)
-        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
-            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+        crop = _checked_crop(crop)
         image = Image.fromarray(crop.astype(np.uint8, copy=False), "RGB")
         hsv = np.asarray(image.resize(self.size, Image.Resampling.BILINEAR).convert("HSV"))
         h_bins, s_bins, v_bins = self.bins
@@ -113,7 +128,7 @@ class ColorHistogramEmbedder:
         return np.sqrt(counts).ravel()
 
 
-class BandColourEmbedder:
+class BandColourEmbedder(_PerCropEmbedder):
     """Trivial no-learning descriptor: the mean colour of 12 bands down the body's centre line.
 
     Exactly, for an H x W x 3 uint8 crop (no resizing):
@@ -136,15 +151,8 @@ class BandColourEmbedder:
     def __init__(self) -> None:
         self.dim = self.BANDS * 3
 
-    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        if len(crops) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalize(np.stack([self._embed_one(crop) for crop in crops]))
-
     def _embed_one(self, crop: np.ndarray) -> np.ndarray:
-        crop = np.asarray(crop)
-        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
-            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
+        crop = _checked_crop(crop)
         height, width = crop.shape[:2]
         left = width // 3
         centre = crop[:, left : max(width - left, left + 1)].astype(np.float64)

@@ -63,6 +63,7 @@ from personsearch import __version__
 from personsearch.data.images import (
     DECODE_ERRORS,
     DECODERS,
+    ORIENTATION_TRANSPOSE,
     ImageRefused,
     check_policy,
     flatten_alpha,
@@ -576,8 +577,8 @@ def decode_probe(probe: ProbeImage) -> np.ndarray:
         region = to_8bit(region)
         if rest > 1:
             region = region.reduce(rest)
-        if probe.turn in _ORIENTATION_METHODS:
-            region = region.transpose(_ORIENTATION_METHODS[probe.turn])
+        if probe.turn in ORIENTATION_TRANSPOSE:
+            region = region.transpose(ORIENTATION_TRANSPOSE[probe.turn])
         return np.asarray(flatten_alpha(region))
     except DECODE_ERRORS as error:
         if probe.upload:
@@ -585,18 +586,6 @@ def decode_probe(probe: ProbeImage) -> np.ndarray:
         raise ImageRejected(404, f"{probe.what} cannot be read now") from None
     finally:
         probe.close()
-
-
-#: How EXIF orientations are undone (ImageOps.exif_transpose's table).
-_ORIENTATION_METHODS = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 def _crop_rect(box: list[float] | None, width: int, height: int) -> tuple[int, int, int, int]:
