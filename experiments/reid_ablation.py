@@ -348,23 +348,16 @@ def machine_info(device_name: str) -> dict[str, Any]:
     return info
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_identity(config: Any) -> dict[str, Any]:
     """What a trained run's numbers depend on (not where crops are cached, nor loader workers)."""
     data = dataclasses.asdict(config.data)
     data.pop("cache_dir")
     data["root"] = str(Path(data["root"]).resolve())
-    return flatten({"model": config.model, "optim": dataclasses.asdict(config.optim),
-                    "data": data, "seed": config.run.seed})
+    from personsearch.engine.logging import flatten
+
+    identity = {"model": config.model, "optim": dataclasses.asdict(config.optim), "data": data,
+                "seed": config.run.seed}
+    return flatten(identity, sep=".")
 
 
 # --------------------------------------------------------------------------------------------

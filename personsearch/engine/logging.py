@@ -62,7 +62,7 @@ class MetricsLogger:
         with open(self.jsonl_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         writer = self._tensorboard()
-        for key, value in _flatten(values).items():
+        for key, value in flatten(values).items():
             writer.add_scalar(f"{split}/{key}", value, iteration)
         writer.flush()
 
@@ -119,11 +119,12 @@ def nest_keys(values: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    flat: dict[str, float] = {}
+def flatten(values: dict[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """Nested dicts as one level of `outer<sep>inner` keys (TensorBoard tags use "/")."""
+    flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
+            flat.update(flatten(value, f"{prefix}{key}{sep}", sep))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
