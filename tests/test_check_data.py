@@ -11,7 +11,7 @@ from cuhk_fixture import DEFAULT_IMAGES, write_cuhk_sysu
 from market_fixture import write_market1501
 
 from personsearch.cli import main
-from personsearch.commands import check_data
+from personsearch.data import validation
 
 PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
 needs_prw_mini = pytest.mark.skipif(not PRW_MINI.is_dir(), reason=f"prw-mini not at {PRW_MINI}")
@@ -135,7 +135,21 @@ def test_market1501(tmp_path, capsys):
 
 
 def test_progress_bar_for_many_images(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(check_data, "PROGRESS_MIN_IMAGES", 1)
+    monkeypatch.setattr(validation, "PROGRESS_MIN_IMAGES", 1)
     fake = write_cuhk_sysu(tmp_path / "c")
     code, _, err = _run(capsys, "--dataset", "cuhk-sysu", "--root", fake.root)
     assert code == 0 and "checking images" in err
+
+
+def test_the_checked_datasets_are_the_registry_s():
+    from personsearch.data.registry import CROP_DATASETS, SCENE_DATASETS
+
+    assert set(validation.DATASETS) == set(SCENE_DATASETS + CROP_DATASETS)
+
+
+def test_the_report_without_printing(tmp_path):
+    fake = write_cuhk_sysu(tmp_path / "c")
+    report = validation.check_dataset("cuhk-sysu", fake.root)
+    assert report.lines[0] == f"cuhk-sysu at {fake.root}"
+    assert "  train: 4 images, 7 boxes (4 labelled), 2 identities" in report.lines
+    assert report.lines[-1].startswith("  images: 8 read") and report.warnings == []

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from personsearch.commands.check_data import _check_images
 from personsearch.data import images
 from personsearch.data.images import (
     MAX_ASPECT,
@@ -35,6 +34,7 @@ from personsearch.data.images import (
     read_rgb,
     read_scaled,
 )
+from personsearch.data.validation import check_images
 from personsearch.errors import ImageError, PersonSearchError
 from personsearch.search.embedders import (
     ColorHistogramEmbedder,
@@ -285,7 +285,7 @@ def test_a_decompression_bomb_probe_is_one_line_error(tmp_path, bomb, capsys):
 def test_a_decompression_bomb_is_a_reported_issue_of_check_data(tmp_path, bomb):
     fine = save(tmp_path / "fine.png", Image.new("RGB", (40, 80)))
     with pytest.raises(ImageError) as reported:
-        _check_images([(fine, None), (bomb, None)], read_images=True)
+        check_images([(fine, None), (bomb, None)], read_images=True)
     assert "over the limit" in one_line(reported.value)
 
 

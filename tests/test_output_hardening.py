@@ -100,7 +100,7 @@ def test_check_data_reports_a_missing_default_protocol(tmp_path, capsys, written
 
 
 def test_every_gallery_size_the_test_set_allows_is_expected(tmp_path):
-    from personsearch.commands.check_data import missing_protocol_files
+    from personsearch.data.validation import missing_protocol_files
 
     folder = tmp_path / "annotation" / "test" / "train_test"
     folder.mkdir(parents=True)
