@@ -312,14 +312,14 @@ def test_search_out_at_a_folder_below_a_file_or_unwritable_is_one_line(tmp_path,
 
 
 def test_a_write_error_while_saving_the_picture_is_one_line(built_index, capsys, monkeypatch):
-    from personsearch.commands import search
+    from personsearch.report import search_picture
 
     index, probe, box = built_index
 
     def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(search, "write_results_picture", full_disk)
+    monkeypatch.setattr(search_picture, "write_results_picture", full_disk)
     code = main(_search(index, probe, box, "--out", str(index.parent / "hits.png")))
     _one_line_error(capsys, code, "cannot write --out", "No space left on device")
 
@@ -329,7 +329,7 @@ def _hit(path: Path, box: tuple[float, float, float, float]) -> types.SimpleName
 
 
 def test_result_sheets_stay_within_jpeg_and_never_divide_by_zero(tmp_path):
-    from personsearch.commands.search import JPEG_MAX_SIDE, write_results_picture
+    from personsearch.report.search_picture import JPEG_MAX_SIDE, write_results_picture
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (4000, 200), (90, 120, 150)).save(wide)  # 20:1, the widest accepted
