@@ -22,16 +22,15 @@ from personsearch.errors import PersonSearchError  # noqa: E402
 from personsearch.search.index import GalleryIndex, ImageRecord  # noqa: E402
 from personsearch.search.pipeline import open_searcher  # noqa: E402
 from personsearch.search.searcher import crop_box  # noqa: E402
-from personsearch.serve.app import (  # noqa: E402
-    MAX_CAMERAS,
+from personsearch.serve.app import create_app  # noqa: E402
+from personsearch.serve.decoding import decode_probe, open_upload_probe  # noqa: E402
+from personsearch.serve.guards import (  # noqa: E402
     BudgetExhausted,
     DecodeBudget,
     ServeLimits,
-    create_app,
-    decode_probe,
-    open_upload_probe,
     path_redactor,
 )
+from personsearch.serve.schemas import MAX_CAMERAS  # noqa: E402
 
 BASE = "http://127.0.0.1"
 HUGE = 10**30

@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             f"`personsearch serve` needs the web extras ({error.name} is missing): "
             "pip install 'personsearch[serve]'"
         ) from None
-    from personsearch.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app, tune_allocator
+    from personsearch.serve.app import create_app
+    from personsearch.serve.guards import LOOPBACK_HOSTS, ServeLimits, tune_allocator
 
     limits = ServeLimits(
         max_upload_bytes=upload_bytes,
