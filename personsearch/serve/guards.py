@@ -121,8 +121,8 @@ async def read_upload(file: UploadFile, limits: ServeLimits) -> bytes:
 
 
 def check_top_k(top_k: int, limits: ServeLimits) -> None:
-    """422 for a top_k above the server's limit (an indexed search's body is not bounded by it
-    in its schema: the limit is the server's, not the API's)."""
+    """422 for a top_k above the server's limit: the upload form bounds top_k in its schema, an
+    indexed search's body (`IndexedSearch`) does not, so every search is checked here."""
     if top_k > limits.max_top_k:
         raise HTTPException(422, f"top_k must be at most {limits.max_top_k}, got {top_k}")
 
