@@ -445,8 +445,8 @@ def evaluate_run(run_dir: Path, crops: Crops, device: str, batch: int, workers: 
     from personsearch.data.transforms import CropTransform
     from personsearch.engine.distributed import DistInfo, resolve_device
     from personsearch.engine.reid_eval import LevelOutputs, evaluate_levels, extract_embeddings
-    from personsearch.engine.reid_task import load_reid_model
     from personsearch.io import write_json
+    from personsearch.models.saving import load_reid_model
 
     torch_device = resolve_device(device)
     model, meta = load_reid_model(run_dir, torch_device)

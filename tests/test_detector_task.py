@@ -22,14 +22,10 @@ from personsearch.engine.detector_eval import (
     detect_scenes,
     detection_metrics,
 )
-from personsearch.engine.detector_task import (
-    detector_config,
-    export_detector,
-    load_detector,
-    load_scenes,
-)
+from personsearch.engine.detector_task import detector_config, load_scenes
 from personsearch.errors import CheckpointError, ConfigError
 from personsearch.models.detector import build_detector
+from personsearch.models.saving import load_detector, save_detector
 
 SMALL_MODEL = ["model.pretrained=false", "model.min_size=128", "model.max_size=224",
                "model.rpn_pre_nms_top_n_train=300", "model.rpn_pre_nms_top_n_test=300",
@@ -55,7 +51,7 @@ def fake_run(root: Path, run: Path) -> Config:
     config = small_config(root, run)
     save_config(config, run / "config.yaml")
     torch.manual_seed(0)
-    export_detector(run / "model.pt", build_detector(detector_config(config)), config)
+    save_detector(run / "model.pt", build_detector(detector_config(config)), config)
     return config
 
 
@@ -64,7 +60,7 @@ def test_model_file_round_trip_gives_the_same_detections(cuhk_root: Path, tmp_pa
     torch.manual_seed(0)
     model = build_detector(detector_config(config)).eval()
     model.score_thresh = 0.0
-    export_detector(tmp_path / "model.pt", model, config)
+    save_detector(tmp_path / "model.pt", model, config)
     loaded, meta = load_detector(tmp_path, "cpu")
     loaded.score_thresh = 0.0
     assert meta["task"] == "detector" and meta["model_config"]["backbone"] == "mobilenet_v2"

@@ -46,8 +46,8 @@ def trained_run(world, tmp_path_factory):
     with levels res3-res4-res5, its weights seeded rather than trained: the checks here are of
     consistency, not quality, and training (tests/test_train_reid.py) would cost 20 s."""
     from personsearch.config import load_config, save_config
-    from personsearch.engine.reid_task import export_model
     from personsearch.models.reid import build_reid_model
+    from personsearch.models.saving import save_reid_model
 
     run = tmp_path_factory.mktemp("reid") / "run"
     run.mkdir()
@@ -55,7 +55,7 @@ def trained_run(world, tmp_path_factory):
     torch.manual_seed(0)
     model = build_reid_model({**config.model, "num_classes": 5}).eval()
     save_config(config, run / "config.yaml")
-    export_model(run / "model.pt", model, config, list(range(5)))
+    save_reid_model(run / "model.pt", model, config, list(range(5)))
     return run
 
 
@@ -162,7 +162,7 @@ def test_an_onnx_embedder_matches_a_direct_computation(world, samples, tmp_path,
 def test_per_level_rows_match_the_plain_evaluation_and_each_level(
     trained_run, samples, tmp_path, capsys
 ):
-    from personsearch.engine.reid_task import load_reid_model
+    from personsearch.models.saving import load_reid_model
 
     plain = run_json(capsys, "--run", str(trained_run), "--by-scale")
     assert (trained_run / "eval-reid-synthetic.json").is_file()

@@ -13,7 +13,6 @@ pytest.importorskip("onnx")
 
 from personsearch.cli import main  # noqa: E402
 from personsearch.config import Config, DataConfig  # noqa: E402
-from personsearch.engine.reid_task import export_model  # noqa: E402
 from personsearch.export.onnx import (  # noqa: E402
     ParityError,
     embedder_config_path,
@@ -21,6 +20,7 @@ from personsearch.export.onnx import (  # noqa: E402
     export_reid_onnx,
 )
 from personsearch.models.reid import ReidConfig, ReidModel  # noqa: E402
+from personsearch.models.saving import save_reid_model  # noqa: E402
 from personsearch.search.onnx_embedder import load_onnx_embedder, preprocess_crops  # noqa: E402
 
 CROP = (96, 48)
@@ -85,7 +85,7 @@ def test_a_failed_parity_check_writes_nothing(tmp_path):
 def make_run(tmp_path, head: str = "clsa"):
     run = tmp_path / "run"
     config = Config(data=DataConfig(dataset="synthetic", crop_height=CROP[0], crop_width=CROP[1]))
-    export_model(run / "model.pt", tiny_reid(head), config, pids=list(range(7)))
+    save_reid_model(run / "model.pt", tiny_reid(head), config, pids=list(range(7)))
     return run
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from personsearch.config import Config, DataConfig
-from personsearch.engine.reid_task import export_model, load_reid_model
 from personsearch.errors import ConfigError
 from personsearch.models.backbones import build_backbone
 from personsearch.models.flops import count_multiply_adds
 from personsearch.models.reid import ReidConfig, ReidModel
+from personsearch.models.saving import load_reid_model, save_reid_model
 
 SIZE = (64, 32)
 EXPANDED = {"res2": 24, "res3": 192, "res4": 576, "res5": 1280}
@@ -80,7 +80,7 @@ def test_flops_differ_by_the_wider_fc_inputs_only() -> None:
 def test_model_file_carries_the_setting_and_rebuilds_identically(tmp_path) -> None:
     net = model("expanded").eval()
     config = Config(data=DataConfig(crop_height=SIZE[0], crop_width=SIZE[1]))
-    export_model(tmp_path / "model.pt", net, config, pids=list(range(5)))
+    save_reid_model(tmp_path / "model.pt", net, config, pids=list(range(5)))
     loaded, meta = load_reid_model(tmp_path / "model.pt")
     assert meta["model_config"]["mobilenet_taps"] == "expanded"
     assert loaded.backbone.stage_channels == EXPANDED

@@ -29,30 +29,30 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reid_run(tmp_path_factory):
-    from personsearch.engine.reid_task import export_model
     from personsearch.models.reid import build_reid_model
+    from personsearch.models.saving import save_reid_model
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("reid-run")
     config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32"])
     model = build_reid_model({"head": "clsa", "backbone": "resnet18", "pretrained": False,
                               "feature_dim": 32, "num_classes": 5}).eval()
-    export_model(run / "model.pt", model, config, pids=[1, 2, 3, 4, 5])
+    save_reid_model(run / "model.pt", model, config, pids=[1, 2, 3, 4, 5])
     (run / "config.yaml").write_text("task: reid\n")
     return run
 
 
 @pytest.fixture(scope="module")
 def detector_run(tmp_path_factory):
-    from personsearch.engine.detector_task import export_detector
     from personsearch.models.detector import DetectorConfig, build_detector
+    from personsearch.models.saving import save_detector
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("detector-run")
     config = load_config("synthetic-detector")
     model = build_detector(DetectorConfig(backbone="mobilenet_v2", pretrained=False, min_size=160,
                                           max_size=256, score_thresh=0.0)).eval()
-    export_detector(run / "model.pt", model, config)
+    save_detector(run / "model.pt", model, config)
     return run
 
 
@@ -140,9 +140,8 @@ def test_pipeline_spec_with_imagenet_features(tmp_path):
 
 
 def test_model_files_are_checked_for_their_task(reid_run, detector_run):
-    from personsearch.engine.detector_task import load_detector
-    from personsearch.engine.reid_task import load_reid_model
     from personsearch.errors import CheckpointError
+    from personsearch.models.saving import load_detector, load_reid_model
 
     with pytest.raises(CheckpointError, match="holds a 'detector' model, not a reid model"):
         load_reid_model(detector_run)

@@ -314,8 +314,8 @@ def test_iou_of_zero_size_boxes_is_zero_without_a_warning():
 @pytest.fixture
 def reid_run(tmp_path) -> tuple[Path, torch.nn.Module, torch.nn.Module, dict]:
     """A re-id run folder whose model.pt and checkpoints/last.pt hold different weights."""
-    from personsearch.engine.reid_task import export_model
     from personsearch.models.reid import build_reid_model
+    from personsearch.models.saving import save_reid_model
 
     run = tmp_path / "reid-run"
     config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32",
@@ -326,7 +326,7 @@ def reid_run(tmp_path) -> tuple[Path, torch.nn.Module, torch.nn.Module, dict]:
     final = build_reid_model(settings).eval()
     torch.manual_seed(1)
     last = build_reid_model(settings).eval()
-    export_model(run / "model.pt", final, config, pids=[1, 2, 3])
+    save_reid_model(run / "model.pt", final, config, pids=[1, 2, 3])
     save_checkpoint(run / "checkpoints" / "last.pt", {
         "model": last.state_dict(), "optimizer": {}, "scheduler": {}, "iteration": 7,
         "fingerprint": config.fingerprint(), "config": config.to_dict(),
@@ -362,7 +362,7 @@ def test_pipeline_from_run_uses_the_checkpoint_it_is_given(reid_run, monkeypatch
 
 
 def test_a_detector_checkpoint_is_not_taken_for_a_reid_model(reid_run):
-    from personsearch.engine.reid_task import load_reid_model
+    from personsearch.models.saving import load_reid_model
 
     run, _, last, config = reid_run
     save_checkpoint(run / "other.pt", {

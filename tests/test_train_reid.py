@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from personsearch.cli import main
-from personsearch.engine.reid_task import load_reid_model
+from personsearch.models.saving import load_reid_model
 
 TINY = [
     "data.crop_height=32", "data.crop_width=16", "model.backbone=resnet18",

@@ -52,9 +52,10 @@ def resolve_run_data(run: Path, dataset: str | None, root: str | None) -> tuple[
 
 def run(args: argparse.Namespace) -> int:
     from personsearch.engine.detector_eval import detect_scenes
-    from personsearch.engine.detector_task import load_detector, load_scenes
+    from personsearch.engine.detector_task import load_scenes
     from personsearch.engine.distributed import DistInfo, resolve_device
     from personsearch.errors import ConfigError
+    from personsearch.models.saving import load_detector
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh {args.score_thresh} must be in [0, 1]")

@@ -45,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
         detection_metrics,
         score_detections,
     )
-    from personsearch.engine.detector_task import load_detector, load_scenes
+    from personsearch.engine.detector_task import load_scenes
     from personsearch.engine.distributed import DistInfo, resolve_device
     from personsearch.errors import ConfigError
     from personsearch.io import write_json
+    from personsearch.models.saving import load_detector
 
     if not 0.0 <= args.det_thresh <= 1.0:
         raise ConfigError(f"--det-thresh {args.det_thresh} must be in [0, 1]")

@@ -127,7 +127,7 @@ def _evaluate_run(args, config, device, query, gallery, heights) -> dict[str, An
         evaluate_levels,
         extract_embeddings,
     )
-    from personsearch.engine.reid_task import load_reid_model
+    from personsearch.models.saving import load_reid_model
 
     model, meta = load_reid_model(Path(args.run), device)
     height, width = meta["crop_size"]

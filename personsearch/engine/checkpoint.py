@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded with `weights_only=True`, checked against the config.
+"""Training checkpoints: written atomically, loaded with `weights_only=True`, checked against the
+config. (The trained model file, model.pt, is personsearch.models.saving's.)
 
 A checkpoint holds the model, optimiser, scheduler and AMP scaler states, the global iteration,
 every RNG state (python, numpy, torch, cuda) stored as tensors and plain lists so that the safe
@@ -17,9 +18,11 @@ import torch
 
 from personsearch.errors import CheckpointError
 from personsearch.io import atomic_path
+from personsearch.models.saving import TRAINING_CHECKPOINT_KEYS
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "iteration", "fingerprint")
+# one list: models/saving.py recognises a checkpoint by the same keys (to load weights from it)
+REQUIRED_KEYS = TRAINING_CHECKPOINT_KEYS
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -106,43 +109,3 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     path = Path(run_dir) / "checkpoints" / "last.pt"
     return path if path.is_file() else None
 
-
-# --------------------------------------------------------------------------------------------
-# the final model file of a run (model.pt): weights plus the config that rebuilds the model
-
-MODEL_FILE = "model.pt"
-MODEL_FORMAT = 1
-
-
-def read_model_file(
-    path: str | os.PathLike[str], task: str, device: str | torch.device = "cpu"
-) -> tuple[Path, dict[str, Any]]:
-    """Read a run folder's (or a path's) model.pt holding a `task` model; CheckpointError if not."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: did the {task} training run finish?")
-    return path, check_model_state(path, read_weights_file(path, device), task)
-
-
-def read_weights_file(path: Path, device: str | torch.device = "cpu") -> Any:
-    """torch.load a model file or a checkpoint safely; CheckpointError when it cannot be read."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated or foreign files raise many types
-        raise CheckpointError(f"cannot read model file {path}: {error}") from error
-
-
-def is_training_checkpoint(state: Any) -> bool:
-    """Whether a loaded file is a training checkpoint (checkpoints/last.pt, best.pt, ...)."""
-    return isinstance(state, dict) and all(key in state for key in REQUIRED_KEYS)
-
-
-def check_model_state(path: Path, state: Any, task: str) -> dict[str, Any]:
-    """A loaded model.pt, checked to hold a `task` model; CheckpointError if not."""
-    if not isinstance(state, dict) or state.get("format_version") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} is not a personsearch model file (format {MODEL_FORMAT})")
-    if state.get("task") != task:
-        raise CheckpointError(f"{path} holds a {state.get('task')!r} model, not a {task} model")
-    return state

@@ -1,8 +1,8 @@
-"""The detector task for the trainer: its data, its model, its evaluation and its exported weights.
+"""The detector task for the trainer: its data, its model and its evaluation.
 
 `train_detector(config)` is what `personsearch train detector` runs (single process or torchrun);
-`load_detector(run)` rebuilds the trained detector from a run folder alone (model.pt holds the
-detector config), for evaluation, export of detections and search.
+it ends by writing the run's model.pt, which `personsearch.models.saving.load_detector(run)`
+rebuilds the trained detector from (for evaluation, export of detections and search).
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from personsearch.config import Config, validate
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
-from personsearch.engine.checkpoint import MODEL_FILE, MODEL_FORMAT, read_model_file
 from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.runs import run_task
 from personsearch.engine.trainer import Trainer, build_train_loader
-from personsearch.errors import CheckpointError, ConfigError, DatasetError
-from personsearch.io import atomic_path
-from personsearch.models.detector import DetectorConfig, PersonDetector, build_detector
+from personsearch.errors import ConfigError, DatasetError
+from personsearch.models.detector import DetectorConfig, build_detector
+from personsearch.models.saving import MODEL_FILE, save_detector
 
 DETECTOR_DATASETS = ("cuhk-sysu", "prw", "synthetic")
-TASK = "detector"
 FLIP_PROB = 0.5  # data.flip: mirror half of the training images
 
 
@@ -66,7 +63,7 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
     loader = build_train_loader(train_set, config, dist_info, collate_fn=collate_detection)
 
     def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
-        export_detector(config.run_dir / MODEL_FILE, module, config)  # type: ignore[arg-type]
+        save_detector(config.run_dir / MODEL_FILE, module, config)  # type: ignore[arg-type]
 
     trainer = Trainer(model, loader, config, dist_info,
                       evaluate=detector_evaluator(scenes.test, config, dist_info), export=export)
@@ -95,44 +92,3 @@ def detector_evaluator(
 
     return evaluate
 
-
-# --------------------------------------------------------------------------------------------
-# the trained model, for evaluation, export and search
-
-
-def export_detector(path: str | os.PathLike[str], model: PersonDetector, config: Config) -> None:
-    """Write the final weights with the detector config that rebuilds them (atomically)."""
-    state = {
-        "format_version": MODEL_FORMAT,
-        "task": TASK,
-        "model_config": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "dataset": config.data.dataset,
-        "weights_source": model.weights_source,
-    }
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except OSError as error:
-        raise CheckpointError(f"cannot write the model file {path}: {error}") from error
-
-
-def load_detector(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[PersonDetector, dict[str, Any]]:
-    """The trained detector (eval mode) of a run folder or model.pt, and the file's metadata."""
-    path, state = read_model_file(path, TASK, device)
-    try:
-        # the weights come from the file: skip loading (or warning about) ImageNet ones
-        config = DetectorConfig.from_dict({**state["model_config"], "pretrained": False})
-    except ConfigError as error:
-        raise CheckpointError(f"{path}: {error}") from error
-    model = build_detector(config)
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the detector config: {error}") from error
-    model.weights_source = f"file:{path}"
-    model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k != "state_dict"}
-    return model, meta

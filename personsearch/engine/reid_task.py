@@ -1,20 +1,18 @@
-"""The re-id task for the trainer: its data, its model, its evaluation and its exported weights.
+"""The re-id task for the trainer: its data, its model and its evaluation.
 
-`train_reid(config)` is what `personsearch train reid` runs; `load_reid_model(run)` rebuilds the
-trained network from a run folder alone (model.pt holds the model config), for evaluation and
-search.
+`train_reid(config)` is what `personsearch train reid` runs; it ends by writing the run's
+model.pt, which `personsearch.models.saving.load_reid_model(run)` rebuilds the trained network
+from (for evaluation, export and search).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from personsearch.config import Config, validate
@@ -29,20 +27,12 @@ from personsearch.data.crops import (
 )
 from personsearch.data.transforms import build_crop_transform
 from personsearch.engine import distributed
-from personsearch.engine.checkpoint import (
-    MODEL_FILE,
-    MODEL_FORMAT,
-    check_model_state,
-    is_training_checkpoint,
-    read_model_file,
-    read_weights_file,
-)
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import evaluate_crops
 from personsearch.engine.runs import run_task
 from personsearch.engine.trainer import Trainer, build_train_loader
-from personsearch.errors import CheckpointError, ConfigError, DatasetError
-from personsearch.io import atomic_path
+from personsearch.errors import ConfigError, DatasetError
+from personsearch.models.saving import MODEL_FILE, save_reid_model
 
 REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "synthetic")
 
@@ -141,7 +131,7 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
     pids = sorted(data.train.labels)
 
     def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
-        export_model(config.run_dir / MODEL_FILE, module, config, pids)
+        save_reid_model(config.run_dir / MODEL_FILE, module, config, pids)
 
     trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator, export=export)
     if checkpoint is not None:
@@ -167,84 +157,3 @@ def reid_evaluator(
 
     return evaluate
 
-
-# --------------------------------------------------------------------------------------------
-# the trained model, for search and on-demand evaluation
-
-
-def export_model(path: str | os.PathLike[str], model: nn.Module, config: Config, pids: list[int]) -> None:
-    """Write the final weights with everything needed to rebuild the model (atomically)."""
-    model_config = model.config.to_dict() if hasattr(model, "config") else dict(config.model)
-    state = {
-        "format_version": MODEL_FORMAT,
-        "task": "reid",
-        "model_config": model_config,
-        "state_dict": model.state_dict(),
-        "crop_size": [config.data.crop_height, config.data.crop_width],
-        "train_pids": list(pids),
-        "dataset": config.data.dataset,
-    }
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except OSError as error:
-        raise CheckpointError(f"cannot write the model file {path}: {error}") from error
-
-
-def load_reid_model(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained re-id model (eval mode) of a run folder or model.pt, and the file's metadata.
-
-    A training checkpoint of a re-id run (checkpoints/last.pt, best.pt, ...) is accepted too:
-    its model config and crop size come from the run config it holds, its number of classes
-    from its classifier weights.
-    """
-    from personsearch.models.reid import build_reid_model
-
-    path = Path(path)
-    if path.is_file():
-        loaded = read_weights_file(path, device)
-        state = (
-            _model_state_from_checkpoint(path, loaded)
-            if is_training_checkpoint(loaded)
-            else check_model_state(path, loaded, "reid")
-        )
-    else:
-        path, state = read_model_file(path, "reid", device)
-    # The weights come from the file: skip loading (or warning about) ImageNet ones.
-    model = build_reid_model({**state["model_config"], "pretrained": False})
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model config: {error}") from error
-    model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k != "state_dict"}
-    return model, meta
-
-
-def _model_state_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A training checkpoint of a re-id run in the layout of a model file (`export_model`)."""
-    config = checkpoint.get("config")
-    if not isinstance(config, dict) or config.get("task") != "reid":
-        task = config.get("task") if isinstance(config, dict) else None
-        raise CheckpointError(f"{path} is a training checkpoint of a {task!r} run, not a re-id run")
-    weights = checkpoint["model"]
-    classes = [
-        int(value.shape[0])
-        for key, value in weights.items()
-        if ".classifier" in f".{key}" and key.endswith(".weight") and value.dim() == 2
-    ]
-    if not classes:
-        raise CheckpointError(f"{path}: no identity classifier in its weights")
-    data = config.get("data") or {}
-    model_config = {**(config.get("model") or {}), "num_classes": classes[0]}
-    return {
-        "format_version": MODEL_FORMAT,
-        "task": "reid",
-        "model_config": model_config,
-        "state_dict": weights,
-        "crop_size": [int(data.get("crop_height", 256)), int(data.get("crop_width", 128))],
-        "dataset": data.get("dataset", ""),
-        "checkpoint_iteration": int(checkpoint["iteration"]),
-    }

@@ -102,7 +102,7 @@ def export_reid_run(
 ) -> ExportReport:
     """Export the trained re-id net of a run folder (or model.pt) to `out` (default
     `<run>/reid.onnx`), with the run's crop size."""
-    from personsearch.engine.reid_task import load_reid_model
+    from personsearch.models.saving import load_reid_model
 
     run = Path(run)
     model, meta = load_reid_model(run)
@@ -119,7 +119,7 @@ def export_detector_run(
 ) -> ExportReport:
     """Export the trained detector of a run folder (or model.pt) to `out` (default
     `<run>/detector.onnx`)."""
-    from personsearch.engine.detector_task import load_detector
+    from personsearch.models.saving import load_detector
 
     run = Path(run)
     detector, _ = load_detector(run)

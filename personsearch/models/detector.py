@@ -312,13 +312,3 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     detector.weights_source = backbone.weights_source
     return detector
 
-
-@torch.no_grad()
-def detect(detector: PersonDetector, images: list[Tensor]) -> list[dict[str, Tensor]]:
-    """Run the detector in eval mode on a list of images; restores its previous mode."""
-    was_training = detector.training
-    detector.eval()
-    try:
-        return detector(images)
-    finally:
-        detector.train(was_training)

@@ -83,7 +83,7 @@ class TorchReidEmbedder:
     @classmethod
     def from_run(cls, path: str | os.PathLike[str], device: str | None = None) -> TorchReidEmbedder:
         """The re-id net of a training run folder, its model.pt or one of its checkpoints."""
-        from personsearch.engine.reid_task import MODEL_FILE, load_reid_model
+        from personsearch.models.saving import MODEL_FILE, load_reid_model
 
         path = Path(path)
         model_file = path / MODEL_FILE if path.is_dir() else path
@@ -139,7 +139,7 @@ class TorchDetector:
         cls, path: str | os.PathLike[str], score_thresh: float = 0.5, device: str | None = None
     ) -> TorchDetector:
         """The detector of a training run folder (or its model.pt)."""
-        from personsearch.engine.detector_task import MODEL_FILE, load_detector
+        from personsearch.models.saving import MODEL_FILE, load_detector
 
         path = Path(path)
         model_file = path / MODEL_FILE if path.is_dir() else path
