@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import benchutil  # noqa: E402
 from personsearch.io import write_json  # noqa: E402
-from personsearch.search.index import (  # noqa: E402
+from personsearch.search.faiss_backends import (  # noqa: E402
     HNSW_EF_CONSTRUCTION,
     HNSW_NEIGHBORS,
     IVFPQ_K_FACTOR,

@@ -42,8 +42,9 @@ from personsearch.search.embedders import (
     fits_hog_window,
     hog_available,
 )
-from personsearch.search.index import CRASH_ERROR, GalleryIndex
+from personsearch.search.index import GalleryIndex
 from personsearch.search.searcher import PersonSearcher
+from personsearch.search.store import CRASH_ERROR
 from personsearch.serve.imaging import ImageRejected, decode_upload, render_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from personsearch.errors import PersonSearchError
-from personsearch.search.index import (
-    CACHE_DIR,
-    SHARD_DIR,
-    GalleryIndex,
-    GalleryIndexError,
-    ImageRecord,
-)
+from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord
+from personsearch.search.store import CACHE_DIR, SHARD_DIR
 
 DIM = 16
 
@@ -116,7 +111,7 @@ def test_shards_of_uncommitted_batches_are_removed_and_ignored(tmp_path, monkeyp
         def failing_insert(*args, **kwargs):
             raise RuntimeError("disk full")
 
-        monkeypatch.setattr(index, "_insert_batch", failing_insert)
+        monkeypatch.setattr(index.store, "_insert_batch", failing_insert)
         with pytest.raises(RuntimeError):
             index.add_batch([record("x.jpg", 2)], unit_rows(rng, 2))
         assert len(list((folder / SHARD_DIR).iterdir())) == 2
@@ -284,7 +279,7 @@ def test_ivfpq_filters(tmp_path):
 def test_ivfpq_code_size_follows_the_feature_size():
     import faiss
 
-    from personsearch.search.index import build_faiss_index, ivfpq_nlist
+    from personsearch.search.faiss_backends import build_faiss_index, ivfpq_nlist
 
     rng = np.random.default_rng(10)
     for dim, sub_quantizers in [(64, 8), (20, 2), (7, 1)]:

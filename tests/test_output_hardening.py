@@ -24,15 +24,9 @@ from personsearch.cli import main
 from personsearch.commands import _outputs
 from personsearch.errors import PersonSearchError, ResultsError
 from personsearch.search import pipeline
-from personsearch.search.index import (
-    CACHE_DIR,
-    DB_NAME,
-    SHARD_DIR,
-    GalleryIndex,
-    GalleryIndexError,
-    ImageRecord,
-    build_faiss_index,
-)
+from personsearch.search.faiss_backends import build_faiss_index
+from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord
+from personsearch.search.store import CACHE_DIR, DB_NAME, SHARD_DIR
 
 PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
 DIM = 8
@@ -457,7 +451,7 @@ def test_search_opens_the_index_read_only_and_writes_nothing(built_index, capsys
     before = {p: p.stat().st_mtime_ns for p in index_dir.rglob("*")}
     with GalleryIndex.open(index_dir) as index:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            index._conn.execute("CREATE TABLE t (x)")
+            index.store._conn.execute("CREATE TABLE t (x)")
         assert not index.writable
     assert main(_search(index_dir, probe, box)) == 0
     assert "rank" in capsys.readouterr().out

@@ -16,9 +16,10 @@ from search_scenes import make_gallery
 from personsearch.cli import main
 from personsearch.errors import PersonSearchError
 from personsearch.search.embedders import ColorHistogramEmbedder, GroundTruthBoxes
-from personsearch.search.index import CACHE_DIR, GalleryIndex
+from personsearch.search.index import GalleryIndex
 from personsearch.search.ray_indexing import SHARDS_DIR, _probe, index_with_ray, pipeline_of
 from personsearch.search.searcher import PersonSearcher
+from personsearch.search.store import CACHE_DIR
 
 
 @pytest.fixture(scope="module")

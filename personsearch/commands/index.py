@@ -133,7 +133,7 @@ def _remove_if_empty(folder: Path) -> None:
     import shutil
     import sqlite3
 
-    from personsearch.search.index import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR
+    from personsearch.search.store import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR
 
     if not folder.is_dir():
         return

@@ -46,13 +46,12 @@ import numpy as np
 from personsearch.errors import PersonSearchError
 from personsearch.io import atomic_path
 from personsearch.search.embedders import detector_fingerprint
-from personsearch.search.index import (
-    GalleryIndex,
-    GalleryIndexError,
+from personsearch.search.faiss_backends import (
     build_faiss_index,
     empty_faiss_index,
     ivf_training_rows,
 )
+from personsearch.search.index import GalleryIndex, GalleryIndexError
 from personsearch.search.pipeline import Pipeline, baseline_pipeline, load_pipeline
 from personsearch.search.searcher import (
     IMAGE_SUFFIXES,

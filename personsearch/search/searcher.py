@@ -37,15 +37,8 @@ import numpy as np
 from personsearch.data.images import ScaledImage, read_scaled
 from personsearch.errors import ImageError, PersonSearchError
 from personsearch.search.embedders import Detector, Embedder, detector_fingerprint, l2_normalize
-from personsearch.search.index import (
-    CRASH_LIMIT,
-    GalleryIndex,
-    GalleryIndexError,
-    ImageRecord,
-    SearchHit,
-    crash_error,
-    is_crash_error,
-)
+from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
+from personsearch.search.store import CRASH_LIMIT, crash_error, is_crash_error
 
 __all__ = ["IMAGE_SUFFIXES", "IndexReport", "PersonSearcher", "SearchHit", "validate_box"]
 
