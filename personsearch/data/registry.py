@@ -1,13 +1,14 @@
 """Load a dataset or search protocol by name: the one place that maps names to readers.
 
 Scene datasets: "cuhk-sysu" (also the synthetic world, written in CUHK-SYSU's layout) and "prw".
-Crop datasets (re-id only): "market1501".
+Crop datasets (re-id only): "market1501", "cuhk03" (variant "labeled" or "detected").
 """
 
 from __future__ import annotations
 
 import os
 
+from personsearch.data.cuhk03 import load_cuhk03
 from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
 from personsearch.data.market1501 import load_market1501
 from personsearch.data.prw import load_prw, load_prw_protocol
@@ -15,7 +16,7 @@ from personsearch.data.scenes import CropDataset, SceneDataset, SearchProtocol
 from personsearch.errors import ConfigError
 
 SCENE_DATASETS = ("cuhk-sysu", "prw")
-CROP_DATASETS = ("market1501",)
+CROP_DATASETS = ("market1501", "cuhk03")
 
 
 def load_scene_dataset(name: str, root: str | os.PathLike[str]) -> SceneDataset:
@@ -46,8 +47,14 @@ def load_search_protocol(
     raise ConfigError(_unknown(name, SCENE_DATASETS))
 
 
-def load_crop_dataset(name: str, root: str | os.PathLike[str]) -> CropDataset:
-    """Read a re-id dataset of person crops."""
+def load_crop_dataset(
+    name: str, root: str | os.PathLike[str], variant: str | None = None
+) -> CropDataset:
+    """Read a re-id dataset of person crops; `variant` (CUHK03 only): labeled or detected."""
+    if name == "cuhk03":
+        return load_cuhk03(root, variant)
+    if variant:
+        raise ConfigError(f"a variant applies to cuhk03 only, not to {name} (got {variant!r})")
     if name == "market1501":
         return load_market1501(root)
     raise ConfigError(_unknown(name, CROP_DATASETS))
