@@ -12,12 +12,18 @@ from hypothesis import strategies as st
 from reference_eval import reference_search
 from search_synth import make_world
 
-import personsearch.evaluation.search as search_module
+import personsearch.evaluation._search_common as search_common
+import personsearch.evaluation._search_sparse as search_sparse
 from personsearch.data.scenes import QueryTask, SearchProtocol
 from personsearch.evaluation.cbgm import CBGMOptions, QueryContext
 from personsearch.evaluation.search import GalleryDetections, evaluate_search
 
 NAN = [np.nan] * 4
+
+
+def paths_for(unlisted: str) -> tuple[str, ...]:
+    """The computation paths a protocol can take: the sparse one scores listed images only."""
+    return ("sparse", "dense") if unlisted == "none" else ("dense",)
 
 
 def run(world, det_thresh=0.5, **kwargs):
@@ -48,52 +54,67 @@ WORLDS = {
 }
 
 
-@pytest.fixture(params=["sparse", "dense"])
-def path(request, monkeypatch):
-    """Run a test on both computation paths (the choice matters for listed-only protocols)."""
-    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0 if request.param == "sparse" else 0.0)
-    return request.param
+WORLD_PATHS = [(name, path) for name in sorted(WORLDS)
+               for path in paths_for(WORLDS[name].get("unlisted", "none"))]
 
 
 @pytest.mark.parametrize("duplicates", ["original", "first"])
-@pytest.mark.parametrize("name", sorted(WORLDS))
+@pytest.mark.parametrize(("name", "path"), WORLD_PATHS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_reference(name, seed, duplicates, path):
+def test_matches_reference(name, path, seed, duplicates):
     world = make_world(seed=seed, **WORLDS[name])
-    result = run(world, duplicates=duplicates, batch_size=4)
+    result = run(world, duplicates=duplicates, batch_size=4, path=path)
     assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
                                                       world.query_feats, duplicates=duplicates))
 
 
+@pytest.mark.parametrize("cbgm", [False, True])
+@pytest.mark.parametrize("duplicates", ["original", "first"])
 @pytest.mark.parametrize("seed", [3, 4])
-def test_sparse_and_dense_paths_agree(seed, monkeypatch):
-    world = make_world(seed=seed, quantise=0.25 if seed == 3 else None, duplicate_entries=2)
-    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
-    sparse = run(world)
-    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 0.0)
-    dense = run(world)
-    np.testing.assert_allclose(sparse.ap, dense.ap, rtol=0, atol=1e-12)
-    assert (sparse.hits == dense.hits).all()
+def test_sparse_and_dense_paths_agree(seed, duplicates, cbgm):
+    """The two kernels (and the automatic choice) give the very same numbers, bit for bit."""
+    world = make_world(seed=seed, quantise=0.25 if seed == 3 else None, duplicate_entries=2,
+                       own_image_listed=2, empty_images=3)
+    kwargs = {"duplicates": duplicates, "batch_size": 3}
+    if cbgm:
+        rng = np.random.default_rng(seed)
+        ctx_feats = rng.standard_normal((2 * len(world.query_feats), world.query_feats.shape[1]))
+        ctx_feats /= np.linalg.norm(ctx_feats, axis=1, keepdims=True)
+        kwargs["query_context"] = QueryContext(np.repeat(np.arange(len(world.query_feats)), 2),
+                                               ctx_feats, rng.uniform(0.5, 1, len(ctx_feats)))
+        kwargs["cbgm"] = CBGMOptions(k1=4, k2=3)
+    sparse, dense, auto = (run(world, path=path, **kwargs) for path in ("sparse", "dense", "auto"))
+    for other in (dense, auto):
+        for field in ("ap", "hits", "count_gt", "count_tp"):
+            assert np.array_equal(getattr(sparse, field), getattr(other, field)), field
+
+
+def test_path_is_checked():
+    world = make_world(seed=0, unlisted="all")
+    with pytest.raises(ValueError, match="listed images only"):
+        run(world, path="sparse")
+    with pytest.raises(ValueError, match="path must be"):
+        run(world, path="fast")
 
 
 def test_threaded_products_match_reference(monkeypatch):
     """Enough images and candidates for threads to share the sparse path's per-image products
-    and the counting."""
+    and the counting (the kernels' private thresholds lowered, their thread pools watched)."""
     world = make_world(seed=5, num_images=240, num_queries=40, gallery_size=30, quantise=0.25,
                        duplicate_entries=3)
-    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
-    monkeypatch.setattr(search_module, "_IMAGES_PER_THREAD", 20)
-    monkeypatch.setattr(search_module, "_ELEMENTS_PER_THREAD", 100)
-    monkeypatch.setattr(search_module, "_cpu_count", lambda: 4)
+    monkeypatch.setattr(search_sparse, "_IMAGES_PER_THREAD", 20)
+    monkeypatch.setattr(search_sparse, "_ELEMENTS_PER_THREAD", 100)
     threads = []
-    original = search_module.ThreadPoolExecutor
+    original = search_sparse.ThreadPoolExecutor
 
     def recording(count):
         threads.append(count)
         return original(count)
 
-    monkeypatch.setattr(search_module, "ThreadPoolExecutor", recording)
-    result = run(world)
+    for module in (search_common, search_sparse):
+        monkeypatch.setattr(module, "cpu_count", lambda: 4)
+        monkeypatch.setattr(module, "ThreadPoolExecutor", recording)
+    result = run(world, path="sparse")
     # the norm bound in the background, the products, then the counting
     assert threads[:2] == [1, 4] and len(threads) == 3 and threads[2] >= 2
     assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
@@ -101,25 +122,28 @@ def test_threaded_products_match_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("gallery_size", [20, 60])
+@pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_high_dimension_float32_products_match_reference(gallery_size, path):
     # D = 512: the float32 error band of the sparse path is wider; tied features fall inside it
     world = make_world(seed=5, num_images=150, num_ids=30, num_queries=40,
                        gallery_size=gallery_size, dim=512)
     world.det_feats[1::7] = world.det_feats[0::7][: len(world.det_feats[1::7])]  # exact ties
-    result = run(world)
+    result = run(world, path=path)
     assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
                                                       world.query_feats))
 
 
 @pytest.mark.parametrize("det_thresh", [0.0, 0.3, 0.9])
+@pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_detection_threshold_matches_reference(det_thresh, path):
     world = make_world(seed=6, duplicate_entries=1)
-    result = run(world, det_thresh=det_thresh)
+    result = run(world, det_thresh=det_thresh, path=path)
     assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
                                                       world.query_feats, det_thresh=det_thresh))
 
 
-def test_cbgm_matches_brute_force_reference(path):
+@pytest.mark.parametrize(("unlisted", "path"), [(u, p) for u in ("none", "all") for p in paths_for(u)])
+def test_cbgm_matches_brute_force_reference(unlisted, path):
     world = make_world(seed=7, num_queries=12, noise=1.2)
     rng = np.random.default_rng(0)
     k = 2
@@ -129,15 +153,14 @@ def test_cbgm_matches_brute_force_reference(path):
                            rng.uniform(0.5, 1, len(ctx_feats)))
     options = CBGMOptions(k1=5, k2=k + 1)
     per_query = context.persons_per_query(np.stack([t.box for t in world.protocol.queries]), k)
-    for unlisted in ("none", "all"):
-        world.protocol = SearchProtocol(world.protocol.name, world.protocol.images,
-                                        world.protocol.queries, unlisted=unlisted)
-        result = run(world, cbgm=options, query_context=context)
-        reference = reference_search(world.protocol, *world.flat(), world.query_feats,
-                                     cbgm=(5, 3), context=per_query)
-        assert_matches_reference(result, reference)
-        plain = run(world)
-        assert not np.allclose(plain.ap, result.ap)  # it did re-score something
+    world.protocol = SearchProtocol(world.protocol.name, world.protocol.images,
+                                    world.protocol.queries, unlisted=unlisted)
+    result = run(world, cbgm=options, query_context=context, path=path)
+    reference = reference_search(world.protocol, *world.flat(), world.query_feats,
+                                 cbgm=(5, 3), context=per_query)
+    assert_matches_reference(result, reference)
+    plain = run(world, path=path)
+    assert not np.allclose(plain.ap, result.ap)  # it did re-score something
 
 
 # ------------------------------------------------------------------------ hand-worked cases
@@ -162,14 +185,9 @@ def evaluate(images, queries, dets, unlisted="none", duplicates="original", det_
     gallery = GalleryDetections.from_flat(det_image, boxes, scores, feats, images, det_thresh)
     reference = reference_search(protocol, det_image, boxes, scores, feats, query_feats,
                                  det_thresh=det_thresh, duplicates=duplicates)
-    saved = search_module.SPARSE_FRACTION
-    try:
-        for fraction in (10.0, 0.0):  # both computation paths
-            search_module.SPARSE_FRACTION = fraction
-            result = evaluate_search(protocol, gallery, query_feats, duplicates=duplicates)
-            assert_matches_reference(result, reference)
-    finally:
-        search_module.SPARSE_FRACTION = saved
+    for path in paths_for(unlisted):
+        result = evaluate_search(protocol, gallery, query_feats, duplicates=duplicates, path=path)
+        assert_matches_reference(result, reference)
     return result
 
 

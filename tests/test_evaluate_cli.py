@@ -203,8 +203,9 @@ def test_results_images_outside_the_protocol_are_ignored(cuhk, tmp_path, capsys)
 def test_gallery_for_shares_the_features_and_their_validated_norm_bound(cuhk, tmp_path, monkeypatch):
     """The gallery reads the results file's feature array in place, and the bound its validation
     proved spares the evaluator its own pass over every feature; numbers stay exact."""
-    import personsearch.evaluation.search as search_module
+    import personsearch.evaluation._search_sparse as search_sparse
     from personsearch.evaluation.results_file import NORM_BOUND
+    from personsearch.evaluation.search import evaluate_search
 
     results = load_results(write(tmp_path / "r.npz", perfect_arrays(cuhk, distractors=True)))
     protocol = load_search_protocol("cuhk-sysu", cuhk, 100)
@@ -215,7 +216,6 @@ def test_gallery_for_shares_the_features_and_their_validated_norm_bound(cuhk, tm
     def no_pass(*args, **kwargs):
         raise AssertionError("the norm bound was recomputed")
 
-    monkeypatch.setattr(search_module, "_max_row_norm", no_pass)
-    monkeypatch.setattr(search_module, "SPARSE_FRACTION", 10.0)
-    result = search_module.evaluate_search(protocol, gallery, results.query_feats)
+    monkeypatch.setattr(search_sparse, "max_row_norm", no_pass)
+    result = evaluate_search(protocol, gallery, results.query_feats, path="sparse")
     assert result.mAP == 1.0

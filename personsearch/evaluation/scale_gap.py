@@ -41,12 +41,7 @@ import numpy as np
 from personsearch.data.scenes import QueryTask, SearchProtocol
 from personsearch.evaluation.cbgm import CBGMOptions, QueryContext
 from personsearch.evaluation.reid import JUNK_PID, evaluate_reid
-from personsearch.evaluation.search import (
-    Duplicates,
-    GalleryDetections,
-    _max_row_norm,
-    evaluate_search,
-)
+from personsearch.evaluation.search import Duplicates, GalleryDetections, evaluate_search
 
 
 @dataclass(frozen=True)
@@ -306,7 +301,7 @@ def search_by_scale(
     parts = scale_protocols(protocol)
     if gallery.norm_bound is None and sum(len(p.parts) for p in parts.values()) > 1:
         # every evaluator call would read all the features for this bound: once is enough
-        gallery = dataclasses.replace(gallery, norm_bound=_max_row_norm(gallery.source_feats))
+        gallery = gallery.with_norm_bound()
     out = {}
     for spec in SCALE_BINS:
         if bins is not None and spec.key not in bins:
