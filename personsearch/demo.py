@@ -125,8 +125,8 @@ def run_demo(
     from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
     from personsearch.data.synthetic import generate_world
     from personsearch.search.adapters import write_pipeline_spec
-    from personsearch.search.benchmark import detections_from_index, write_search_results
     from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.pipeline_results import detections_from_index, write_search_results
     from personsearch.search.searcher import PersonSearcher
 
     plan = PLANS["quick" if quick else "full"]

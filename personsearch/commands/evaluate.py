@@ -218,12 +218,12 @@ def _results_path(args: argparse.Namespace) -> Path:
 def _compute_results(args: argparse.Namespace) -> Path:
     """Run the --run pipeline over the test set and write the results file."""
     from personsearch.data.registry import load_scene_dataset, load_search_protocol
-    from personsearch.search.benchmark import (
+    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.pipeline_results import (
         detect_and_embed,
         protocol_scenes,
         write_search_results,
     )
-    from personsearch.search.pipeline import load_pipeline
 
     pipeline = load_pipeline(args.run)
     dataset = load_scene_dataset(args.dataset, args.root)
