@@ -3,7 +3,9 @@
 ResNet-50 is the paper's backbone; ResNet-18 and MobileNetV2 are lighter ones for CPU work. All
 three are torchvision networks cut into the same five pieces (``stem`` + four stages), so a head
 names the stages it reads and never needs to know which network it sits on. MobileNetV2 has no
-ResNet stages: its blocks are grouped by output stride and given the ResNet names.
+ResNet stages: its blocks are grouped by output stride and given the ResNet names. The CIFAR
+ResNets of He et al. (``cifar_resnet110``, the paper's CIFAR-100 backbone, and its shallower
+siblings; see cifar_resnet.py) have three stages, ``res2``..``res4`` at strides 1, 2, 4.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torchvision
 from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
+from personsearch.models.cifar_resnet import CIFAR_RESNETS, CIFAR_STAGES, cifar_resnet
 from personsearch.models.pretrained import MissingWeights, load_pretrained
 
 STAGES = ("res2", "res3", "res4", "res5")
@@ -24,7 +27,7 @@ STAGES = ("res2", "res3", "res4", "res5")
 MOBILENET_TAPS = ("bottleneck", "expanded")
 STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 FREEZABLE = ("stem", *STAGES)
-BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
+BACKBONES = ("resnet50", "resnet18", "mobilenet_v2", *CIFAR_RESNETS)
 
 # torchvision mobilenet_v2().features indices of each piece, split where the stride doubles
 # (features[18], the 1x1 conv to 1280 channels, ends res5 so its ImageNet weights are used).
@@ -48,11 +51,13 @@ MOBILENET_V2_EXPANDED_TAPS = {"res3": 7, "res4": 14}
 
 
 class Backbone(nn.Module):
-    """A stem and four stages run in sequence; forward returns the four stage outputs by name.
+    """A stem and its stages run in sequence; forward returns the stage outputs by name.
 
-    Attributes: `stage_channels` and `stage_strides` (by stage name), `weights_source` (where the
-    initial weights came from), `frozen_stages`. Frozen stages get no gradient and keep their
-    BatchNorm statistics fixed even in training mode.
+    The stages are `STAGES` (res2..res5), or the first ones of them for a shallower network
+    (the CIFAR ResNets: res2..res4). Attributes: `stage_names`, `stage_channels` and
+    `stage_strides` (by stage name), `weights_source` (where the initial weights came from),
+    `frozen_stages`. Frozen stages get no gradient and keep their BatchNorm statistics fixed
+    even in training mode.
     """
 
     def __init__(
@@ -61,22 +66,25 @@ class Backbone(nn.Module):
         stages: OrderedDict[str, nn.Module],
         stage_channels: dict[str, int],
         weights_source: str = "random",
+        stage_strides: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
-        if tuple(stages) != STAGES:
-            raise ValueError(f"stages must be {STAGES}, got {tuple(stages)}")
+        names = tuple(stages)
+        if not names or names != STAGES[: len(names)]:
+            raise ValueError(f"stages must be {STAGES} or its first ones, got {names}")
         self.stem = stem
         for name, module in stages.items():
             self.add_module(name, module)
+        self.stage_names = names
         self.stage_channels = dict(stage_channels)
-        self.stage_strides = dict(STAGE_STRIDES)
+        self.stage_strides = dict(stage_strides or STAGE_STRIDES)
         self.weights_source = weights_source
         self.frozen_stages: tuple[str, ...] = ()
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         x = self.stem(x)
         outputs: OrderedDict[str, Tensor] = OrderedDict()
-        for name in STAGES:
+        for name in self.stage_names:
             x = getattr(self, name)(x)
             outputs[name] = x
         return outputs
@@ -84,13 +92,14 @@ class Backbone(nn.Module):
     def freeze(self, names: Iterable[str]) -> None:
         """Fix the parameters and BatchNorm statistics of the named pieces ("stem", "res2", ...)."""
         names = tuple(names)
-        unknown = [n for n in names if n not in FREEZABLE]
+        freezable = ("stem", *self.stage_names)
+        unknown = [n for n in names if n not in freezable]
         if unknown:
-            raise ConfigError(f"cannot freeze {unknown}: stages are {', '.join(FREEZABLE)}")
+            raise ConfigError(f"cannot freeze {unknown}: stages are {', '.join(freezable)}")
         for name in names:
             for parameter in getattr(self, name).parameters():
                 parameter.requires_grad_(False)
-        self.frozen_stages = tuple(n for n in FREEZABLE if n in names or n in self.frozen_stages)
+        self.frozen_stages = tuple(n for n in freezable if n in names or n in self.frozen_stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Backbone:
@@ -155,6 +164,11 @@ def _split_after_expansion(block: nn.Module, index: int) -> tuple[nn.Module, lis
     return block.conv[0], list(block.conv[1:])
 
 
+def backbone_stages(name: str) -> tuple[str, ...]:
+    """The stage names backbone `name` returns, lowest first."""
+    return CIFAR_STAGES if name in CIFAR_RESNETS else STAGES
+
+
 def build_backbone(
     name: str,
     pretrained: bool | str | Path = False,
@@ -163,11 +177,12 @@ def build_backbone(
     missing_weights: MissingWeights = "warn",
     mobilenet_taps: str = "bottleneck",
 ) -> Backbone:
-    """Build backbone `name` ("resnet50", "resnet18", "mobilenet_v2").
+    """Build backbone `name` ("resnet50", "resnet18", "mobilenet_v2", "cifar_resnet110", ...).
 
     `pretrained`: False (random), True (ImageNet weights, see personsearch.models.pretrained) or the
-    path of a weights file. `missing_weights`: when True cannot be honoured, "raise" a
-    WeightsUnavailableError or "warn" and keep random weights. `frozen_stages`: pieces to freeze.
+    path of a weights file; the CIFAR ResNets train from scratch (False only). `missing_weights`:
+    when True cannot be honoured, "raise" a WeightsUnavailableError or "warn" and keep random
+    weights. `frozen_stages`: pieces to freeze.
     `mobilenet_taps`: where MobileNetV2's res3/res4 end, "bottleneck" (32/96 channels) or
     "expanded" (192/576; see MOBILENET_V2_EXPANDED_TAPS); other backbones accept "bottleneck" only.
     """
@@ -181,6 +196,13 @@ def build_backbone(
         backbone = _resnet(name, pretrained, missing_weights)
     elif name == "mobilenet_v2":
         backbone = _mobilenet_v2(pretrained, missing_weights, mobilenet_taps)
+    elif name in CIFAR_RESNETS:
+        if pretrained is not False:
+            raise ConfigError(
+                f"{name} has no pretrained weights (CIFAR ResNets train from scratch): set "
+                "model.pretrained=false"
+            )
+        backbone = cifar_resnet(name)
     else:
         raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
     backbone.freeze(frozen_stages)
