@@ -34,8 +34,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class DataConfig:
     """What to train on and how a training crop is made."""
 
-    dataset: str = "cuhk-sysu"  #: "cuhk-sysu", "prw", "market1501" or "synthetic"
+    #: "cuhk-sysu", "prw", "market1501", "cuhk03", "synthetic"; "cifar100" (task classify)
+    dataset: str = "cuhk-sysu"
     root: str = ""  #: dataset folder (the synthetic world: where it is, or is generated)
+    variant: str = ""  #: CUHK03 only: "labeled" (the default) or "detected"
     synthetic_size: str = "small"  #: size preset when the synthetic world must be generated
     #: optional detections on the training scenes (extra crops), as `personsearch detect` writes
     detections: str = ""
@@ -271,6 +273,11 @@ def validate(config: Config) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{name} is a probability in [0, 1], got data.{name}={value}")
     _require(0.0 <= data.det_iou <= 1.0, "data.det_iou", data.det_iou, "is an IoU in [0, 1]")
+    if data.variant and (data.dataset != "cuhk03" or data.variant not in ("labeled", "detected")):
+        raise ConfigError(
+            f"data.variant={data.variant!r}: CUHK03's variants are labeled and detected "
+            f"(data.dataset is {data.dataset!r}; other datasets have none)"
+        )
     _require(0.0 <= data.color_jitter <= 1.0, "data.color_jitter", data.color_jitter,
              "must be in [0, 1] (factors in [1 - s, 1 + s])")
     if data.low_resolution and data.lowres_prob and data.low_resolution != data.lowres_prob:

@@ -34,7 +34,7 @@ from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.models.saving import MODEL_FILE, save_reid_model
 
-REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "synthetic")
+REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "cuhk03", "synthetic")
 
 
 @dataclass
@@ -64,8 +64,8 @@ def reid_samples(config: Config) -> tuple[CropSamples, CropSamples, CropSamples]
         raise ConfigError(f"data.root is empty: give the {data.dataset} folder (data.root=DIR)")
     from personsearch.data import registry
 
-    if data.dataset == "market1501":
-        crops = registry.load_crop_dataset("market1501", data.root)
+    if data.dataset in registry.CROP_DATASETS:
+        crops = registry.load_crop_dataset(data.dataset, data.root, data.variant or None)
         train = crop_file_samples(crops.train)
         return train, crop_file_samples(crops.query), crop_file_samples(crops.gallery)
     reader = "cuhk-sysu" if data.dataset == "synthetic" else data.dataset

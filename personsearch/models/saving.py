@@ -7,6 +7,7 @@ read with `weights_only=True`; every error is a CheckpointError naming the file.
     save_reid_model(run / MODEL_FILE, model, config, pids)   # at the end of re-id training
     model, meta = load_reid_model(run)                       # a run folder, model.pt or checkpoint
     detector, meta = load_detector(run)
+    classifier, meta = load_classifier(run)                  # CIFAR-100 (train classify)
 
 Training checkpoints (resume state: optimiser, RNG, ...) live in personsearch.engine.checkpoint;
 this module only recognises them, so that a re-id run's checkpoints/best.pt or last.pt can stand
@@ -33,6 +34,7 @@ MODEL_FILE = "model.pt"
 MODEL_FORMAT = 1
 REID_TASK = "reid"
 DETECTOR_TASK = "detector"
+CLASSIFY_TASK = "classify"
 #: The keys every training checkpoint holds (engine/checkpoint.py writes and requires them).
 TRAINING_CHECKPOINT_KEYS = (
     "format_version", "model", "optimizer", "scheduler", "iteration", "fingerprint",
@@ -199,6 +201,45 @@ def load_detector(
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the detector config: {error}") from error
     model.weights_source = f"file:{path}"
+    model.to(device).eval()
+    meta = {k: v for k, v in state.items() if k != "state_dict"}
+    return model, meta
+
+
+# --------------------------------------------------------------------------------------------
+# the classifier (CIFAR-100): the re-id network with classes for identities
+
+
+def save_classifier(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    config: Config,
+    class_names: tuple[str, ...] | None = None,
+) -> None:
+    """Write a classification run's final weights and model config (atomically)."""
+    write_model_file(path, {
+        "format_version": MODEL_FORMAT,
+        "task": CLASSIFY_TASK,
+        "model_config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+        "image_size": [config.data.crop_height, config.data.crop_width],
+        "class_names": list(class_names or []),
+        "dataset": config.data.dataset,
+    })
+
+
+def load_classifier(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained classifier (eval mode) of a run folder or model.pt, and the file's metadata."""
+    from personsearch.models.reid import build_reid_model
+
+    path, state = read_model_file(path, CLASSIFY_TASK, device)
+    try:
+        model = build_reid_model({**state["model_config"], "pretrained": False})
+        model.load_state_dict(state["state_dict"])
+    except (ConfigError, RuntimeError, KeyError) as error:
+        raise CheckpointError(f"{path}: weights do not fit the model config: {error}") from error
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k != "state_dict"}
     return model, meta
