@@ -124,8 +124,7 @@ def run_demo(
 
     from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
     from personsearch.data.synthetic import generate_world
-    from personsearch.search.adapters import write_pipeline_spec
-    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
     from personsearch.search.pipeline_results import detections_from_index, write_search_results
     from personsearch.search.searcher import PersonSearcher
 
@@ -190,21 +189,30 @@ def run_demo(
 def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> dict[str, Any]:
     """Search mAP/top-k per gallery size (with the scale-gap bins at gallery 100 and full), and
     detection recall/AP, of the indexed detections."""
-    from personsearch.engine.detector_eval import SceneDetections, score_detections
     from personsearch.evaluation.results_file import load_results
-    from personsearch.evaluation.scale_gap import search_by_scale
-    from personsearch.evaluation.search import evaluate_search
+    from personsearch.evaluation.search_protocols import evaluate_protocols
 
-    results = load_results(results_path)
-    search = {}
-    for size, protocol in protocols.items():
-        gallery = results.gallery_for(protocol.images, det_thresh=0.5)
-        outcome = evaluate_search(protocol, gallery, results.query_feats)
-        search[str(size)] = {**outcome.summary(), "queries": len(protocol.queries),
-                             "images": int(max(len(q.gallery) for q in protocol.queries))
-                             if protocol.unlisted == "none" else len(protocol.images) - 1}
-        if str(size) in ("100", "full"):  # the report's scale-gap chart
-            search[str(size)]["by_scale"] = search_by_scale(protocol, gallery, results.query_feats)
+    rows = evaluate_protocols(load_results(results_path), protocols.items(), det_thresh=0.5,
+                              by_scale=(100, "full"), source=results_path)
+    return {"search": {str(row.size): _search_entry(row) for row in rows},
+            "detection": _detection_metrics(test_scenes, detections)}
+
+
+def _search_entry(row: Any) -> dict[str, Any]:
+    """A gallery size's metrics for metrics.json and the report (by_scale: the report's chart)."""
+    protocol = row.protocol
+    images = (int(max(len(q.gallery) for q in protocol.queries)) if protocol.unlisted == "none"
+              else len(protocol.images) - 1)
+    entry = {**row.result.summary(), "queries": len(protocol.queries), "images": images}
+    if row.by_scale is not None:
+        entry["by_scale"] = row.by_scale
+    return entry
+
+
+def _detection_metrics(test_scenes, detections) -> dict[str, Any]:
+    """Detection recall and AP (all persons, and labelled ones) of the indexed detections."""
+    from personsearch.engine.detector_eval import SceneDetections, score_detections
+
     names = tuple(scene.name for scene in test_scenes)
     flat = SceneDetections(
         image_names=names,
@@ -215,13 +223,10 @@ def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> d
     everyone = score_detections(test_scenes, flat, det_thresh=0.5)
     labeled = score_detections(test_scenes, flat, det_thresh=0.5, labeled_only=True)
     return {
-        "search": search,
-        "detection": {
-            "recall": everyone.recall, "ap": everyone.ap,
-            "labeled_recall": labeled.recall, "labeled_ap": labeled.ap,
-            "pr_recall": everyone.recall_curve.tolist(), "pr_precision": everyone.precision_curve.tolist(),
-            "detections_per_image": float(len(flat.det_scores) / max(len(names), 1)),
-        },
+        "recall": everyone.recall, "ap": everyone.ap,
+        "labeled_recall": labeled.recall, "labeled_ap": labeled.ap,
+        "pr_recall": everyone.recall_curve.tolist(), "pr_precision": everyone.precision_curve.tolist(),
+        "detections_per_image": float(len(flat.det_scores) / max(len(names), 1)),
     }
 
 
