@@ -4,8 +4,8 @@
 - The in-network pyramid row is `clsa.PyramidHead` trained without the alignment loss.
 - `FPNHead`: the FPN row: a top-down pathway with lateral connections builds a new pyramid whose
   levels then go through the same per-level embedding and classifier as CLSA.
-- `resize_crops`: the image pyramid (MST) row runs the plain network on resized copies of the
-  crop; the loop over scales lives in ReidModel because it runs the backbone once per scale.
+- `MSTHead`: the image pyramid (MST) row: the plain head on the backbone run over copies of
+  the crop resized by `resize_crops`, one classifier shared by every scale.
 """
 
 from __future__ import annotations
@@ -15,27 +15,49 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from personsearch.models.clsa import PyramidHead
+from personsearch.models.clsa import PyramidHead, ReidHead
 
 
-class PlainHead(nn.Module):
+class PlainHead(ReidHead):
     """Global average pooling of one stage -> feature; a bias-free classifier on it."""
 
     def __init__(self, level: str, in_channels: int, num_classes: int) -> None:
         super().__init__()
+        self.stage = level
         self.level_names = (level,)
         self.feature_dims = (in_channels,)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_channels, num_classes, bias=False)
 
     def forward(self, stages: Mapping[str, Tensor]) -> list[Tensor]:
-        return [self.pool(stages[self.level_names[0]]).flatten(1)]
+        return [self.pool(stages[self.stage]).flatten(1)]
 
     def classify(self, features: Sequence[Tensor]) -> list[Tensor]:
         return [self.classifier(feature) for feature in features]
 
 
-class FPNHead(nn.Module):
+class MSTHead(PlainHead):
+    """Multi-scale testing: the plain head's feature of the crop at every scale in `scales`.
+
+    Its levels are the scales, ascending, so the full-size crop (scale 1) is the top level; all
+    share the backbone, the pooling and the one classifier (the same parameters as PlainHead,
+    so the state-dict keys are the plain head's). `forward(stages)` pools one scale's stages.
+    """
+
+    def __init__(
+        self, level: str, in_channels: int, num_classes: int, scales: Sequence[float]
+    ) -> None:
+        super().__init__(level, in_channels, num_classes)
+        self.scales = tuple(scales)
+        self.level_names = tuple(f"scale{s:g}" for s in self.scales)
+        self.feature_dims = (in_channels,) * len(self.scales)
+
+    def features(self, backbone: nn.Module, images: Tensor) -> list[Tensor]:
+        # one backbone pass per scale
+        return [self(backbone(resize_crops(images, scale)))[0] for scale in self.scales]
+
+
+class FPNHead(ReidHead):
     """Feature Pyramid Network (Lin et al. 2017) top-down pathway, then a `PyramidHead`.
 
     P_top = lateral(C_top); P_l = lateral(C_l) + nearest-upsample(P_{l+1}); every P_l is then

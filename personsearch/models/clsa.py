@@ -6,7 +6,7 @@ per level maps x^k to logits over the training identities. The same head serves 
 pyramid baseline: what makes it CLSA is the cross-level alignment loss (losses.clsa_alignment_kl),
 chosen by the loss weights in ReidConfig, not anything in the layers.
 
-Every head in this package has the same interface: `forward(stages)` returns the per-level
+Every head in this package is a `ReidHead`: `features(backbone, images)` returns the per-level
 features (lowest level first, top level last) and `classify(features)` the per-level logits.
 """
 
@@ -15,6 +15,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
+
+
+class ReidHead(nn.Module):
+    """The interface of every re-id head; `level_names` and `feature_dims` list its levels,
+    lowest first, top last.
+
+    Most heads read their levels off one backbone pass: they define `forward(stages)` (the
+    backbone's stage maps by name -> per-level features) and keep this `features`; a head that
+    runs the backbone itself (the image pyramid, baselines.MSTHead) overrides `features`.
+    """
+
+    level_names: tuple[str, ...]
+    feature_dims: tuple[int, ...]
+
+    def features(self, backbone: nn.Module, images: Tensor) -> list[Tensor]:
+        """x^1..x^K for a batch of crops, top level last."""
+        return self(backbone(images))
+
+    def classify(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Identity logits per level."""
+        raise NotImplementedError
 
 
 class LevelEmbedding(nn.Module):
@@ -32,7 +53,7 @@ class LevelEmbedding(nn.Module):
         return self.relu(self.bn(self.fc(self.pool(feature_map).flatten(1))))
 
 
-class PyramidHead(nn.Module):
+class PyramidHead(ReidHead):
     """One `LevelEmbedding` and one identity classifier per named level."""
 
     def __init__(

@@ -5,8 +5,8 @@
     sum(losses.values()).backward()                              # each value already weighted
     embeddings = model.eval()(crops)                             # N x D, rows of unit length
 
-Heads ("clsa", "pyramid", "fpn", "plain", "mst") differ in layers and in their default loss
-weights; every weight lives in the config, so the training objective is always
+Heads ("clsa", "pyramid", "fpn", "plain", "mst"; HEAD_SPECS says what each name builds) differ
+in layers and in their default loss weights; every weight lives in the config, so the training objective is always
     ce_weight * CE(top) + level_ce_weight * sum_s CE(level s) + kl_weight * T^2 sum_s KL(top || s)
 (CLSA, paper Eq. 4: 1, 0, 1; the baselines: 1, 1, 0).
 """
@@ -14,7 +14,7 @@ weights; every weight lives in the config, so the training objective is always
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
 from personsearch.models.backbones import BACKBONES, MOBILENET_TAPS, STAGES, build_backbone
-from personsearch.models.baselines import FPNHead, PlainHead, resize_crops
-from personsearch.models.clsa import PyramidHead
+from personsearch.models.baselines import FPNHead, MSTHead, PlainHead
+from personsearch.models.clsa import PyramidHead, ReidHead
 from personsearch.models.losses import (
     clsa_alignment_kl,
     cross_entropy,
@@ -33,27 +33,65 @@ from personsearch.models.losses import (
     top1_accuracy,
 )
 
-HEADS = ("clsa", "pyramid", "fpn", "plain", "mst")
+
+def _pyramid_head(config: ReidConfig, channels: Mapping[str, int]) -> ReidHead:
+    return PyramidHead(config.levels, channels, config.feature_dim, config.num_classes)
+
+
+def _fpn_head(config: ReidConfig, channels: Mapping[str, int]) -> ReidHead:
+    return FPNHead(
+        config.levels, channels, config.fpn_channels, config.feature_dim, config.num_classes
+    )
+
+
+def _plain_head(config: ReidConfig, channels: Mapping[str, int]) -> ReidHead:
+    stage = config.levels[0]
+    return PlainHead(stage, channels[stage], config.num_classes)
+
+
+def _mst_head(config: ReidConfig, channels: Mapping[str, int]) -> ReidHead:
+    stage = config.levels[0]
+    return MSTHead(stage, channels[stage], config.num_classes, config.mst_scales)
 
 
 @dataclass(frozen=True)
-class HeadDefaults:
+class HeadSpec:
+    """What a head name stands for: its default levels and loss weights, and its builder
+    (a resolved config and the backbone's stage channels -> the head)."""
+
     levels: tuple[str, ...]
     level_ce_weight: float
     kl_weight: float
+    build: Callable[[ReidConfig, Mapping[str, int]], ReidHead]
+    #: pools one stage: `levels` must name exactly one
+    one_stage: bool = False
+    #: its levels are the crop scales of `mst_scales` (which must then hold 1.0), not stages
+    scale_levels: bool = False
 
 
-HEAD_DEFAULTS = {
+HEAD_SPECS = {
     # The paper's final model: pyramid "5-4-3", CE on the top level, alignment on the others.
-    "clsa": HeadDefaults(("res3", "res4", "res5"), level_ce_weight=0.0, kl_weight=1.0),
+    "clsa": HeadSpec(
+        ("res3", "res4", "res5"), level_ce_weight=0.0, kl_weight=1.0, build=_pyramid_head
+    ),
     # Same layers as CLSA; each level learns from its own CE instead of being aligned.
-    "pyramid": HeadDefaults(("res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0),
+    "pyramid": HeadSpec(
+        ("res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0, build=_pyramid_head
+    ),
     # FPN's P2..P5; it also reproduces the paper's FPN cost (4.519 GFLOPs, see docs/models.md).
-    "fpn": HeadDefaults(("res2", "res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0),
-    "plain": HeadDefaults(("res5",), level_ce_weight=0.0, kl_weight=0.0),
+    "fpn": HeadSpec(
+        ("res2", "res3", "res4", "res5"), level_ce_weight=1.0, kl_weight=0.0, build=_fpn_head
+    ),
+    "plain": HeadSpec(
+        ("res5",), level_ce_weight=0.0, kl_weight=0.0, build=_plain_head, one_stage=True
+    ),
     # Each smaller scale is classified with the shared classifier and its own CE.
-    "mst": HeadDefaults(("res5",), level_ce_weight=1.0, kl_weight=0.0),
+    "mst": HeadSpec(
+        ("res5",), level_ce_weight=1.0, kl_weight=0.0, build=_mst_head, one_stage=True,
+        scale_levels=True,
+    ),
 }
+HEADS = tuple(HEAD_SPECS)
 
 
 def parse_levels(levels: str | int | Sequence[str]) -> tuple[str, ...]:
@@ -82,7 +120,7 @@ def parse_levels(levels: str | int | Sequence[str]) -> tuple[str, ...]:
 class ReidConfig:
     """Everything that defines a re-id model, its initial weights and its loss weights.
 
-    None fields take the head's default (HEAD_DEFAULTS) in `resolved()`, which the model keeps,
+    None fields take the head's default (HEAD_SPECS) in `resolved()`, which the model keeps,
     so a saved config always holds concrete numbers.
     """
 
@@ -115,7 +153,7 @@ class ReidConfig:
             raise ConfigError(
                 f"unknown backbone '{self.backbone}'; choose one of {', '.join(BACKBONES)}"
             )
-        defaults = HEAD_DEFAULTS[self.head]
+        defaults = HEAD_SPECS[self.head]
         levels = parse_levels(self.levels) if self.levels is not None else defaults.levels
         config = dataclasses.replace(
             self,
@@ -152,14 +190,15 @@ class ReidConfig:
             problems.append(
                 f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
             )
-        if self.head in ("plain", "mst") and len(self.levels) != 1:
+        spec = HEAD_SPECS[self.head]
+        if spec.one_stage and len(self.levels) != 1:
             # A config written for the pyramid heads (synthetic-reid lists CLSA's "5-4-3") needs
             # the one stage named; picking one silently could pool the wrong map.
             problems.append(
                 f"head '{self.head}' pools one stage, got levels {self.levels}: "
                 "name one, e.g. model.levels=5"
             )
-        if self.head == "mst" and (min(self.mst_scales) <= 0 or max(self.mst_scales) != 1.0):
+        if spec.scale_levels and (min(self.mst_scales) <= 0 or max(self.mst_scales) != 1.0):
             problems.append(
                 f"mst_scales must be positive with 1.0 the largest, got {self.mst_scales}"
             )
@@ -171,13 +210,10 @@ class ReidConfig:
     @property
     def num_levels(self) -> int:
         """Feature vectors concatenated into the embedding (scales for "mst")."""
-        if self.head == "mst":
+        spec = HEAD_SPECS[self.head]
+        if spec.scale_levels:
             return len(self.mst_scales)
-        return len(
-            parse_levels(self.levels)
-            if self.levels is not None
-            else HEAD_DEFAULTS[self.head].levels
-        )
+        return len(parse_levels(self.levels) if self.levels is not None else spec.levels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists for tuples): ready for YAML/JSON."""
@@ -227,13 +263,9 @@ class ReidModel(nn.Module):
             missing_weights=config.missing_weights,  # type: ignore[arg-type]
             mobilenet_taps=config.mobilenet_taps,
         )
-        self.head = _build_head(config, self.backbone.stage_channels)
-        if config.head == "mst":
-            self.level_names = tuple(f"scale{s:g}" for s in config.mst_scales)
-            self.feature_dims = self.head.feature_dims * len(config.mst_scales)
-        else:
-            self.level_names = self.head.level_names
-            self.feature_dims = self.head.feature_dims
+        self.head = HEAD_SPECS[config.head].build(config, self.backbone.stage_channels)
+        self.level_names = self.head.level_names
+        self.feature_dims = self.head.feature_dims
         self._last_metrics: dict[str, Tensor] = {}
 
     @property
@@ -242,13 +274,7 @@ class ReidModel(nn.Module):
 
     def level_features(self, images: Tensor) -> list[Tensor]:
         """x^1..x^K: one feature batch per level (per scale for "mst"), top level last."""
-        if self.config.head == "mst":
-            # Shared weights over scales; ascending scales put the full-size crop last (the top).
-            return [
-                self.head(self.backbone(resize_crops(images, scale)))[0]
-                for scale in self.config.mst_scales
-            ]
-        return self.head(self.backbone(images))
+        return self.head.features(self.backbone, images)
 
     def embed(self, images: Tensor) -> Tensor:
         """The matching representation: concatenated level features, L2-normalised."""
@@ -266,8 +292,6 @@ class ReidModel(nn.Module):
 
     def classify(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Identity logits per level."""
-        if self.config.head == "mst":  # one classifier shared by every scale
-            return [self.head.classify([feature])[0] for feature in features]
         return self.head.classify(features)
 
     def losses(self, logits: Sequence[Tensor], labels: Tensor) -> dict[str, Tensor]:
@@ -316,17 +340,6 @@ class ReidModel(nn.Module):
         losses = self.losses(logits, labels)  # checks the labels first
         self._last_metrics = self.diagnostics(logits, labels)
         return losses
-
-
-def _build_head(config: ReidConfig, channels: Mapping[str, int]) -> nn.Module:
-    levels = config.levels
-    if config.head in ("clsa", "pyramid"):
-        return PyramidHead(levels, channels, config.feature_dim, config.num_classes)
-    if config.head == "fpn":
-        return FPNHead(
-            levels, channels, config.fpn_channels, config.feature_dim, config.num_classes
-        )
-    return PlainHead(levels[0], channels[levels[0]], config.num_classes)
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:
