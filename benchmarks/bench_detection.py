@@ -39,7 +39,7 @@ from personsearch.errors import PersonSearchError  # noqa: E402
 from personsearch.io import write_json  # noqa: E402
 from personsearch.models.detector import DetectorConfig, build_detector  # noqa: E402
 from personsearch.models.inference import prepare_for_inference  # noqa: E402
-from personsearch.search.embedders import HogPeopleDetector, hog_available  # noqa: E402
+from personsearch.search.detectors import HogPeopleDetector, hog_available  # noqa: E402
 
 BACKBONES = {"resnet50": "resnet50", "light (mobilenet_v2)": "mobilenet_v2"}
 

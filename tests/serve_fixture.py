@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from search_scenes import SceneImage, make_gallery, make_probe
 
-from personsearch.search.embedders import ColorHistogramEmbedder, GroundTruthBoxes
+from personsearch.search.detectors import GroundTruthBoxes
+from personsearch.search.embedders import ColorHistogramEmbedder
 from personsearch.search.searcher import PersonSearcher
 
 

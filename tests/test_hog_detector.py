@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personsearch.search.embedders import HogPeopleDetector, hog_available
+from personsearch.search.detectors import HogPeopleDetector, hog_available
 from personsearch.search.searcher import crop_box
 
 PRW = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
@@ -51,7 +51,7 @@ def test_hog_finds_a_person_in_a_real_prw_frame():
 @needs_hog
 def test_trimming_hog_windows_to_the_person_finds_more_annotated_persons():
     from personsearch.data.images import read_rgb
-    from personsearch.search.embedders import trim_hog_windows
+    from personsearch.search.detectors import trim_hog_windows
 
     # the six most crowded sample frames: on all 16, 33 of 61 persons found trimmed, 10 untrimmed
     frames = ("c3s1_001626.jpg", "c1s1_014901.jpg", "c1s1_014601.jpg", "c1s1_002376.jpg",

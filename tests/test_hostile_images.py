@@ -36,12 +36,8 @@ from personsearch.data.images import (
 )
 from personsearch.data.validation import check_images
 from personsearch.errors import ImageError, PersonSearchError
-from personsearch.search.embedders import (
-    ColorHistogramEmbedder,
-    WholeImageDetector,
-    fits_hog_window,
-    hog_available,
-)
+from personsearch.search.detectors import WholeImageDetector, fits_hog_window, hog_available
+from personsearch.search.embedders import ColorHistogramEmbedder
 from personsearch.search.index import GalleryIndex
 from personsearch.search.searcher import PersonSearcher
 from personsearch.search.store import CRASH_ERROR
@@ -102,7 +98,7 @@ HOG_ON_TINY_IMAGES = """
 import sys
 import numpy as np
 from personsearch.cli import main
-from personsearch.search.embedders import HogPeopleDetector
+from personsearch.search.detectors import HogPeopleDetector
 
 sizes = {sizes!r}
 detector = HogPeopleDetector()

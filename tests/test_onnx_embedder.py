@@ -14,7 +14,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from personsearch.errors import ConfigError  # noqa: E402
-from personsearch.search.embedders import Embedder, WholeImageDetector  # noqa: E402
+from personsearch.search.detectors import WholeImageDetector  # noqa: E402
+from personsearch.search.embedders import Embedder  # noqa: E402
 from personsearch.search.onnx_embedder import load_onnx_embedder  # noqa: E402
 from personsearch.search.searcher import PersonSearcher  # noqa: E402
 

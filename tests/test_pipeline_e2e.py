@@ -1,4 +1,4 @@
-"""Trained-model adapters end to end: pipeline.yaml, `evaluate --run`, index + search with it.
+"""Trained-model pipelines end to end: pipeline.yaml, `evaluate --run`, index + search with it.
 
 The models are untrained (random weights exported as a run would export them): what is checked
 is the plumbing, that a run folder's models detect, embed, index, search and evaluate through
@@ -57,7 +57,7 @@ def detector_run(tmp_path_factory):
 
 
 def test_gt_boxes_evaluation_matches_between_paths(world, reid_run, tmp_path, capsys):
-    from personsearch.search.adapters import write_pipeline_spec
+    from personsearch.search.pipeline import write_pipeline_spec
 
     folder = tmp_path / "pipeline"
     write_pipeline_spec(folder, "whole-image", reid_run)
@@ -81,8 +81,8 @@ def test_gt_boxes_evaluation_matches_between_paths(world, reid_run, tmp_path, ca
 
 def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, tmp_path, capsys):
     from personsearch.data.cuhk_sysu import load_cuhk_sysu
-    from personsearch.search.adapters import TorchDetector, write_pipeline_spec
-    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
+    from personsearch.search.torch_embedders import TorchDetector
 
     folder = tmp_path / "pipeline"
     write_pipeline_spec(folder, detector_run, reid_run, det_thresh=0.0)
@@ -112,8 +112,7 @@ def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, t
 
 
 def test_pipeline_spec_errors(tmp_path, reid_run):
-    from personsearch.search.adapters import write_pipeline_spec
-    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
 
     folder = tmp_path / "p"
     write_pipeline_spec(folder, tmp_path / "no-such-detector", reid_run)
@@ -125,9 +124,8 @@ def test_pipeline_spec_errors(tmp_path, reid_run):
 
 
 def test_pipeline_spec_with_imagenet_features(tmp_path):
-    from personsearch.search.adapters import write_pipeline_spec
-    from personsearch.search.embedders import WholeImageDetector
-    from personsearch.search.pipeline import load_pipeline
+    from personsearch.search.detectors import WholeImageDetector
+    from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
     from personsearch.search.torch_embedders import ImageNetEmbedder
 
     folder = tmp_path / "p"

@@ -15,7 +15,8 @@ from search_scenes import make_gallery
 
 from personsearch.cli import main
 from personsearch.errors import PersonSearchError
-from personsearch.search.embedders import ColorHistogramEmbedder, GroundTruthBoxes
+from personsearch.search.detectors import GroundTruthBoxes
+from personsearch.search.embedders import ColorHistogramEmbedder
 from personsearch.search.index import GalleryIndex
 from personsearch.search.ray_indexing import SHARDS_DIR, _probe, index_with_ray, pipeline_of
 from personsearch.search.searcher import PersonSearcher
@@ -112,7 +113,7 @@ def test_ivf_is_trained_once_and_merged_from_worker_parts(tmp_path, ray_local, g
 def test_cli_with_ray_workers_adds_to_an_index_and_equals_cli_without(
     tmp_path, ray_local, gallery, capsys
 ):
-    from personsearch.search.adapters import write_pipeline_spec
+    from personsearch.search.pipeline import write_pipeline_spec
 
     # a torch model in every worker: ImageNet MobileNetV2 features of each whole image
     run = tmp_path / "pipeline"

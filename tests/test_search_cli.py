@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -190,18 +189,19 @@ def test_load_pipeline_says_what_a_run_folder_lacks(tmp_path, monkeypatch):
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     (run / "checkpoints" / "best.pt").write_bytes(b"")
     assert pipeline.find_checkpoint(run) == run / "checkpoints" / "best.pt"
-    monkeypatch.setattr(pipeline, "ADAPTER_MODULE", "personsearch.search._absent_adapter")
-    with pytest.raises(PersonSearchError, match="cannot build trained models for search yet"):
+    # a run of no task (or a detector run) alone cannot search: it says what to write instead
+    with pytest.raises(PersonSearchError, match="needs a detector and a re-id net"):
         pipeline.load_pipeline(run)
     (run / "config.yaml").write_text("model: [unclosed\n")
     with pytest.raises(PersonSearchError, match="cannot read run config"):
         pipeline.load_pipeline(run)
 
 
-def test_load_pipeline_hands_the_run_to_the_adapter(tmp_path, monkeypatch):
+def test_load_pipeline_hands_a_run_its_final_weights(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text('{"model": "clsa"}')
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"task": "reid"}')
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
     (run / "model.pt").write_bytes(b"")
     seen = {}
 
@@ -209,13 +209,10 @@ def test_load_pipeline_hands_the_run_to_the_adapter(tmp_path, monkeypatch):
         seen.update(run=run_dir, config=config, checkpoint=checkpoint)
         return pipeline.baseline_pipeline()
 
-    adapter = types.ModuleType("fake_adapter")
-    adapter.pipeline_from_run = pipeline_from_run
-    monkeypatch.setitem(sys.modules, "fake_adapter", adapter)
-    monkeypatch.setattr(pipeline, "ADAPTER_MODULE", "fake_adapter")
+    monkeypatch.setattr(pipeline, "pipeline_from_run", pipeline_from_run)
     loaded = pipeline.load_pipeline(run)
     assert loaded.embedder.fingerprint == "color-hist-v1"
-    assert seen == {"run": run, "config": {"model": "clsa"}, "checkpoint": run / "model.pt"}
+    assert seen == {"run": run, "config": {"task": "reid"}, "checkpoint": run / "model.pt"}
 
 
 def test_baseline_pipeline_works_without_opencv(monkeypatch):

@@ -19,12 +19,8 @@ import pytest
 from search_scenes import SceneImage, make_gallery, make_probe
 
 from personsearch.errors import PersonSearchError
-from personsearch.search.embedders import (
-    ColorHistogramEmbedder,
-    GroundTruthBoxes,
-    WholeImageDetector,
-    pixel_digest,
-)
+from personsearch.search.detectors import GroundTruthBoxes, WholeImageDetector, pixel_digest
+from personsearch.search.embedders import ColorHistogramEmbedder
 from personsearch.search.index import GalleryIndex, GalleryIndexError
 from personsearch.search.searcher import PersonSearcher, validate_box
 
@@ -168,7 +164,8 @@ KILLED_INDEXER = textwrap.dedent(
     """
     import json, time
     from pathlib import Path
-    from personsearch.search.embedders import ColorHistogramEmbedder, GroundTruthBoxes
+    from personsearch.search.detectors import GroundTruthBoxes
+    from personsearch.search.embedders import ColorHistogramEmbedder
     from personsearch.search.searcher import PersonSearcher
 
     class Slow(ColorHistogramEmbedder):
@@ -310,7 +307,7 @@ def test_ground_truth_detector_knows_images_by_pixels(gallery, detector):
 
 
 def test_hog_detector_when_opencv_is_installed(gallery):
-    from personsearch.search.embedders import HogPeopleDetector, hog_available
+    from personsearch.search.detectors import HogPeopleDetector, hog_available
 
     if not hog_available():
         with pytest.raises(PersonSearchError, match="needs OpenCV 4"):

@@ -283,7 +283,7 @@ def test_detector_keeps_a_score_equal_to_its_threshold():
 
 def test_every_detection_filter_keeps_scores_at_the_threshold(tmp_path):
     from personsearch.data.crops import load_detections
-    from personsearch.search.adapters import TorchDetector
+    from personsearch.search.torch_embedders import TorchDetector
 
     class Scores(torch.nn.Module):
         def forward(self, images):  # type: ignore[no-untyped-def]
@@ -336,14 +336,14 @@ def reid_run(tmp_path) -> tuple[Path, torch.nn.Module, torch.nn.Module, dict]:
 
 
 def _embed(model: torch.nn.Module, crops: list[np.ndarray]) -> np.ndarray:
-    from personsearch.search.adapters import TorchReidEmbedder
+    from personsearch.search.torch_embedders import TorchReidEmbedder
 
     return TorchReidEmbedder(model, (64, 32), "ref", device="cpu").embed_crops(crops)
 
 
 def test_pipeline_from_run_uses_the_checkpoint_it_is_given(reid_run, monkeypatch):
     from personsearch.search import pipeline
-    from personsearch.search.adapters import pipeline_from_run
+    from personsearch.search.pipeline import pipeline_from_run
 
     monkeypatch.setattr(pipeline, "hog_available", lambda: False)
     run, final, last, config = reid_run

@@ -16,7 +16,7 @@ The paper's three changes are switches of `DetectorConfig` so Table 5 can be re-
    proposals narrower or shorter than `proposal_min_size` input pixels are dropped (16 in
    py-faster-rcnn). After NMS the top `rpn_post_nms_top_n_*` (256) proposals per image are kept.
 At search time only detections scored at least `score_thresh` (0.5) are returned: `>=`, as the
-evaluator, the search adapters and the crop reader keep them (torchvision's own test is `>`).
+evaluator, the search pipeline and the crop reader keep them (torchvision's own test is `>`).
 
 Batch norm: with one or two images per GPU the batch statistics of a detector are noise, so
 every batch norm of the backbone is replaced by torchvision's FrozenBatchNorm2d (ImageNet

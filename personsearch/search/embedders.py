@@ -1,33 +1,25 @@
-"""The two small interfaces the searcher is built on, and dependency-free implementations.
+"""The re-id side of the searcher: the `Embedder` protocol and dependency-free embedders.
 
-`Detector` finds person boxes in a scene image; `Embedder` turns person crops into L2-normalised
-feature vectors. The gallery index and the searcher only speak these two protocols, so any model
-plugs in by providing them.
+`Embedder` turns person crops into L2-normalised feature vectors; with `Detector`
+(personsearch.search.detectors), which finds the persons, it is all the gallery index and the
+searcher speak, so any re-id model plugs in by providing it. The trained re-id net and the
+ImageNet stand-in are in personsearch.search.torch_embedders, ONNX models in
+personsearch.search.onnx_embedder; `personsearch.search.pipeline.load_pipeline` is where a run
+folder becomes a (detector, embedder) pair.
 
-Extension point: adapters wrapping the project's trained torch models (detector, re-id net) are
-meant to implement these protocols; `personsearch.search.pipeline.load_pipeline` is where a run
-folder is turned into such a pair.
-
-The implementations here need nothing beyond numpy and Pillow:
+The embedders here need nothing beyond numpy and Pillow:
 - `ColorHistogramEmbedder`: HSV colour histograms over horizontal stripes. A WEAK baseline: it
   matches clothing colours, not identities; use it to try the tools, not to measure anything.
-- `WholeImageDetector`: the whole image is one person (galleries of person crops).
-- `GroundTruthBoxes`: returns known boxes for known images (tests, evaluation with given boxes).
-- `HogPeopleDetector`: OpenCV's HOG + linear SVM pedestrian detector, when OpenCV 4 is installed.
+- `BandColourEmbedder`: the mean colours of 12 bands down the body (what a benchmark must beat).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
-
-from personsearch.data.images import read_rgb
-from personsearch.errors import PersonSearchError
 
 
 @runtime_checkable
@@ -42,24 +34,6 @@ class Embedder(Protocol):
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """N crops (H x W x 3 uint8, any size: the embedder resizes) -> N x dim float32, L2-normed."""
         ...
-
-
-@runtime_checkable
-class Detector(Protocol):
-    """Finds persons in a scene image.
-
-    A detector may also carry a `fingerprint` string attribute (see `detector_fingerprint`); the
-    gallery index records it so that one index never mixes boxes of two detectors.
-    """
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """H x W x 3 uint8 image -> (N x 4 float32 boxes x1 y1 x2 y2 in pixels, N float32 scores)."""
-        ...
-
-
-def detector_fingerprint(detector: Detector) -> str:
-    """The detector's `fingerprint` attribute, or its class name when it has none."""
-    return str(getattr(detector, "fingerprint", type(detector).__name__))
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:
@@ -162,142 +136,3 @@ class BandColourEmbedder(_PerCropEmbedder):
             bottom = max((band + 1) * height // self.BANDS, top + 1)
             means[band] = centre[top:bottom].reshape(-1, 3).mean(axis=0)
         return (np.log1p(means) - self.CENTRE).ravel().astype(np.float32)
-
-
-class WholeImageDetector:
-    """Every image is one person: for galleries made of person crops."""
-
-    fingerprint = "whole-image"
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        height, width = np.asarray(image).shape[:2]
-        boxes = np.array([[0.0, 0.0, width, height]], dtype=np.float32)
-        return boxes, np.ones(1, dtype=np.float32)
-
-
-def pixel_digest(image: np.ndarray) -> str:
-    """A digest of decoded pixels (shape included): identifies an image independent of its path."""
-    image = np.ascontiguousarray(image)
-    digest = hashlib.sha1(repr(image.shape).encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-class GroundTruthBoxes:
-    """A "detector" that returns known boxes, looked up by the image's pixels.
-
-    The Detector protocol sees pixels only, so images are recognised by `pixel_digest`. An image
-    it was not told about has no persons. Scores are 1.
-    """
-
-    fingerprint = "ground-truth"
-
-    def __init__(self, boxes_by_digest: Mapping[str, np.ndarray]) -> None:
-        self._boxes = {
-            key: np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-            for key, boxes in boxes_by_digest.items()
-        }
-
-    @classmethod
-    def from_files(
-        cls, boxes_by_path: Mapping[str | os.PathLike[str], np.ndarray] | Iterable[tuple]
-    ) -> GroundTruthBoxes:
-        """Read each image once to learn its digest: {path: N x 4 boxes} or (path, boxes) pairs."""
-        items = boxes_by_path.items() if isinstance(boxes_by_path, Mapping) else boxes_by_path
-        return cls({pixel_digest(read_rgb(path)): boxes for path, boxes in items})
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = self._boxes.get(pixel_digest(image), np.zeros((0, 4), dtype=np.float32))
-        return boxes.copy(), np.ones(len(boxes), dtype=np.float32)
-
-
-class HogPeopleDetector:
-    """OpenCV's HOG + linear SVM pedestrian detector (Dalal & Triggs): needs `cv2`.
-
-    A classic, weak detector: it finds upright people of at least 64 x 128 pixels, so an image
-    narrower than 64 or shorter than 128 pixels has no detections (OpenCV is never called on
-    it: it crashes on such images, see `fits_hog_window`). Scores are the SVM margins, so they
-    are not probabilities. OpenCV returns its whole 64 x 128 detection window, which holds a
-    margin of background around the person; `trim` (on by default) cuts each box to the person
-    inside it, which matters both for IoU-based evaluation and for the crops the re-id net sees.
-    """
-
-    #: Fractions of the window cut off (left, top, right, bottom): where the person stands in
-    #: OpenCV's 64 x 128 training windows. On the 16 PRW sample frames, trimming raises the
-    #: annotated persons found at IoU >= 0.5 from 10 to 33 of 61 (tests/test_hog_detector.py).
-    WINDOW_TRIM = (0.20, 0.08, 0.20, 0.12)
-
-    def __init__(self, min_score: float = 0.0, trim: bool = True) -> None:
-        if not hog_available():
-            raise PersonSearchError(
-                "the HOG people detector needs OpenCV 4 (`pip install opencv-python-headless<5`):"
-                " cv2 is missing or, as in OpenCV 5, has no HOGDescriptor"
-            )
-        import cv2  # optional dependency: imported here so the module loads without it
-
-        self._cv2 = cv2
-        self._hog = cv2.HOGDescriptor()
-        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-        self.min_score = min_score
-        self.trim = trim
-        # boxes differ with trimming: an index built one way must not be extended the other
-        self.fingerprint = "opencv-hog-people-v2-trimmed" if trim else "opencv-hog-people-v1"
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        image = np.ascontiguousarray(image, dtype=np.uint8)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"an image must be H x W x 3 uint8, got shape {image.shape}")
-        if not fits_hog_window(image.shape[:2]):
-            # No person HOG can find fits (its smallest person fills the window), and OpenCV 4
-            # corrupts memory on such an image: never hand it one (see fits_hog_window).
-            return np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32)
-        bgr = self._cv2.cvtColor(image, self._cv2.COLOR_RGB2BGR)
-        rects, weights = self._hog.detectMultiScale(
-            bgr, winStride=(8, 8), padding=(8, 8), scale=1.05
-        )
-        rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(weights, dtype=np.float32).reshape(-1)
-        keep = scores >= self.min_score
-        boxes = rects[keep].copy()
-        boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
-        if self.trim:
-            boxes = trim_hog_windows(boxes, image.shape[:2])
-        return boxes, scores[keep]
-
-
-#: OpenCV's people detector window, width x height: the smallest person it finds.
-HOG_WINDOW = (64, 128)
-
-
-def fits_hog_window(image_size: tuple[int, int]) -> bool:
-    """Whether an image (height, width) holds at least one HOG window.
-
-    OpenCV 4's detectMultiScale always runs its first pyramid level, even on an image smaller
-    than the window; its window count for the padded image then goes negative and it writes
-    outside its buffers: `malloc(): invalid size`, `double free or corruption` or a segfault
-    (e.g. 64 x 64, 8 x 8, 200 x 40), or an assertion (30 x 128). Images of at least 64 x 128 are
-    safe: every level it adds is at least the window (checked on 300 sizes down to 64 x 128).
-    """
-    height, width = image_size
-    return width >= HOG_WINDOW[0] and height >= HOG_WINDOW[1]
-
-
-def trim_hog_windows(windows: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Cut HOG detection windows (x1 y1 x2 y2) to the person inside, within the image."""
-    left, top, right, bottom = HogPeopleDetector.WINDOW_TRIM
-    x1, y1, x2, y2 = np.asarray(windows, dtype=np.float32).reshape(-1, 4).T
-    w, h = x2 - x1, y2 - y1
-    boxes = np.stack([x1 + left * w, y1 + top * h, x2 - right * w, y2 - bottom * h], axis=1)
-    height, width = image_size
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)  # windows may reach past the border
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return boxes
-
-
-def hog_available() -> bool:
-    """Whether OpenCV with its HOG people detector can be imported (OpenCV 5 moved HOG out)."""
-    try:
-        import cv2
-    except ImportError:
-        return False
-    return hasattr(cv2, "HOGDescriptor")

@@ -1,11 +1,24 @@
-"""Where a detector and an embedder come from: a training run folder, or the built-in baseline.
+"""Where a search pipeline's detector and embedder come from: a folder, or the built-in baseline.
 
-`load_pipeline(run_dir)` is the single place that turns a run folder (or a folder whose
-`pipeline.yaml` pairs a detector run with a re-id run) into a (detector, embedder) pair for `personsearch index` / `personsearch search`. It checks what a run folder must hold and
-says what is missing; building the torch models from it is delegated to the adapter module
-`personsearch.search.adapters` (function `pipeline_from_run(run_dir, config, checkpoint)`
-returning a `Pipeline`), which wraps the project's trained detector and re-id net in the
-`Detector` / `Embedder` protocols. That module is the extension point for trained models.
+A search pipeline is a detector and a re-id net trained separately (the paper's two-stage design).
+`load_pipeline(folder)` is the single place that turns a folder given as `--run` into a
+(detector, embedder) pair for `personsearch index` / `search` / `evaluate` / `serve`:
+
+- a folder holding `pipeline.yaml`, which names both:
+
+      detector: runs/synthetic-detector   # a detector run folder or its model.pt, or "hog" / "whole-image"
+      reid: runs/synthetic-reid           # a re-id run folder or its model.pt, an ONNX embedder's
+                                          # .yaml (see onnx_embedder.py), or "imagenet"
+      det_thresh: 0.5                     # keep detections scored at least this (the paper's 0.5)
+
+  Relative paths are relative to the folder holding pipeline.yaml (`write_pipeline_spec` writes
+  one);
+- a re-id training run folder: its weights (model.pt, else checkpoints/best.pt, last.pt or the
+  newest checkpoint) paired with the baseline detector (HOG, or the whole image).
+
+It says what a folder lacks when it is neither. The torch models are wrapped by
+`personsearch.search.torch_embedders`, imported only when a pipeline needs one, so importing this
+module does not import torch.
 
 `baseline_pipeline()` needs no training and no weights: OpenCV's HOG people detector when `cv2`
 is installed (else every image is one person) and a colour-histogram embedder. It is a weak
@@ -14,29 +27,28 @@ baseline, there so that the commands work out of the box.
 
 from __future__ import annotations
 
-import importlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personsearch.errors import ConfigError, PersonSearchError
-from personsearch.search.embedders import (
-    ColorHistogramEmbedder,
+from personsearch.io import atomic_open
+from personsearch.search.detectors import (
     Detector,
-    Embedder,
     HogPeopleDetector,
     WholeImageDetector,
     hog_available,
 )
+from personsearch.search.embedders import ColorHistogramEmbedder, Embedder
 
 if TYPE_CHECKING:
     from personsearch.search.searcher import PersonSearcher
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-ADAPTER_MODULE = "personsearch.search.adapters"
 PIPELINE_FILE = "pipeline.yaml"
 
 
@@ -49,10 +61,14 @@ class Pipeline:
     source: str  #: "baseline" or the run folder
 
 
+def baseline_detector() -> Detector:
+    """The detector that needs no training: HOG people detector, or the whole image without cv2."""
+    return HogPeopleDetector() if hog_available() else WholeImageDetector()
+
+
 def baseline_pipeline() -> Pipeline:
     """The dependency-free weak baseline: HOG people detector (or whole image) + colour histograms."""
-    detector: Detector = HogPeopleDetector() if hog_available() else WholeImageDetector()
-    return Pipeline(detector=detector, embedder=ColorHistogramEmbedder(), source="baseline")
+    return Pipeline(detector=baseline_detector(), embedder=ColorHistogramEmbedder(), source="baseline")
 
 
 def open_searcher(
@@ -72,18 +88,16 @@ def open_searcher(
 
 
 def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
-    """The trained detector + re-id embedder of a run folder.
+    """The detector + re-id embedder of a folder: its pipeline.yaml, or a re-id run's weights.
 
-    Raises PersonSearchError naming what is missing: the folder, its resolved config, a
-    checkpoint, or the adapter that builds models from them.
+    Raises PersonSearchError naming what is missing: the folder, its resolved config or a
+    checkpoint.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise PersonSearchError(f"run folder not found: {run}")
     spec_path = run / PIPELINE_FILE
-    if spec_path.is_file():  # a detector + re-id pairing (see personsearch.search.adapters)
-        from personsearch.search.adapters import pipeline_from_spec
-
+    if spec_path.is_file():  # a detector + re-id pairing
         return pipeline_from_spec(run, read_run_config(spec_path))
     config_path = next((run / name for name in CONFIG_NAMES if (run / name).is_file()), None)
     if config_path is None:
@@ -97,21 +111,7 @@ def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
             f"run folder {run} has no checkpoint (*.pt or *.pth in {run} or {run / 'checkpoints'})"
             ": did its training finish writing one?"
         )
-    config = read_run_config(config_path)
-    try:
-        adapters = importlib.import_module(ADAPTER_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name != ADAPTER_MODULE:
-            raise  # the adapter exists but one of its own imports is missing: show that
-        raise PersonSearchError(
-            f"run folder {run} holds a config and checkpoint {checkpoint.name}, but this "
-            f"installation cannot build trained models for search yet ({ADAPTER_MODULE} is "
-            "missing); leave out --run to use the colour-histogram baseline"
-        ) from None
-    pipeline = adapters.pipeline_from_run(run, config, checkpoint)
-    if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"{ADAPTER_MODULE}.pipeline_from_run must return a Pipeline")
-    return pipeline
+    return pipeline_from_run(run, read_run_config(config_path), checkpoint)
 
 
 def find_checkpoint(run: Path) -> Path | None:
@@ -145,3 +145,93 @@ def read_run_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"run config {path} must be a mapping, got {type(config).__name__}")
     return config
+
+
+def write_pipeline_spec(
+    folder: str | os.PathLike[str],
+    detector: str | os.PathLike[str],
+    reid: str | os.PathLike[str],
+    det_thresh: float = 0.5,
+) -> Path:
+    """Write `folder/pipeline.yaml` pairing a detector and a re-id net (paths made relative)."""
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rel(target: str | os.PathLike[str]) -> str:
+        if str(target) in ("hog", "whole-image", "imagenet"):
+            return str(target)
+        return os.path.relpath(Path(target).resolve(), folder.resolve())
+
+    spec = {"detector": rel(detector), "reid": rel(reid), "det_thresh": float(det_thresh)}
+    path = folder / PIPELINE_FILE
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(spec, handle, sort_keys=False)
+    return path
+
+
+def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = None) -> Pipeline:
+    """Build the pipeline that `folder/pipeline.yaml` describes."""
+    missing = [key for key in ("detector", "reid") if not spec.get(key)]
+    if missing:
+        raise ConfigError(f"{folder / PIPELINE_FILE} must name {' and '.join(missing)}")
+    raw_thresh = spec.get("det_thresh", 0.5)
+    try:
+        det_thresh = float(raw_thresh)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{folder / PIPELINE_FILE}: det_thresh={raw_thresh!r} must be a number in [0, 1]"
+        ) from error
+    if isinstance(raw_thresh, bool) or not (math.isfinite(det_thresh) and 0 <= det_thresh <= 1):
+        raise ConfigError(
+            f"{folder / PIPELINE_FILE}: det_thresh={raw_thresh!r} must be a number in [0, 1] "
+            "(a detection score)"
+        )
+
+    def resolve(value: str) -> Path:
+        path = Path(value)
+        path = path if path.is_absolute() else folder / path
+        if not path.exists():
+            raise PersonSearchError(f"{folder / PIPELINE_FILE} names {value}, which does not exist")
+        return path
+
+    detector_spec = str(spec["detector"])
+    detector: Detector
+    if detector_spec == "hog":
+        detector = HogPeopleDetector()
+    elif detector_spec == "whole-image":
+        detector = WholeImageDetector()
+    else:
+        from personsearch.search.torch_embedders import TorchDetector
+
+        detector = TorchDetector.from_run(resolve(detector_spec), det_thresh, device)
+    reid_spec = str(spec["reid"])
+    embedder: Embedder
+    if reid_spec == "imagenet":  # pooled ImageNet features: before any re-id net is trained
+        from personsearch.search.torch_embedders import ImageNetEmbedder
+
+        embedder = ImageNetEmbedder()
+    elif reid_spec.endswith((".yaml", ".yml", ".json")):  # any exported re-id model
+        from personsearch.search.onnx_embedder import load_onnx_embedder
+
+        embedder = load_onnx_embedder(resolve(reid_spec))
+    else:
+        from personsearch.search.torch_embedders import TorchReidEmbedder
+
+        embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
+    return Pipeline(detector=detector, embedder=embedder, source=str(folder))
+
+
+def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pipeline:
+    """A re-id run folder's weights in `checkpoint` (its model.pt, or a training checkpoint such
+    as checkpoints/best.pt or last.pt, as `load_pipeline` found them), with the baseline detector."""
+    task = config.get("task")
+    if task == "reid":
+        from personsearch.search.torch_embedders import TorchReidEmbedder
+
+        return Pipeline(baseline_detector(), TorchReidEmbedder.from_run(checkpoint), source=str(run))
+    raise PersonSearchError(
+        f"{run} is a {task!r} run; search needs a detector and a re-id net: write a "
+        f"{PIPELINE_FILE} naming both (see personsearch.search.pipeline) and pass its folder"
+    )

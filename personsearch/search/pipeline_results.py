@@ -24,7 +24,8 @@ from personsearch.data.scenes import Scene, SearchProtocol
 from personsearch.errors import DatasetError
 from personsearch.evaluation.cbgm import QueryContext
 from personsearch.evaluation.results_file import save_results
-from personsearch.search.embedders import Detector, Embedder
+from personsearch.search.detectors import Detector
+from personsearch.search.embedders import Embedder
 from personsearch.search.index import GalleryIndex
 from personsearch.search.searcher import crop_box
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from personsearch.errors import PersonSearchError
 from personsearch.io import atomic_path
-from personsearch.search.embedders import detector_fingerprint
+from personsearch.search.detectors import detector_fingerprint
 from personsearch.search.faiss_backends import (
     build_faiss_index,
     empty_faiss_index,

@@ -36,7 +36,8 @@ import numpy as np
 
 from personsearch.data.images import ScaledImage, read_scaled
 from personsearch.errors import ImageError, PersonSearchError
-from personsearch.search.embedders import Detector, Embedder, detector_fingerprint, l2_normalize
+from personsearch.search.detectors import Detector, detector_fingerprint
+from personsearch.search.embedders import Embedder, l2_normalize
 from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
 from personsearch.search.store import CRASH_LIMIT, crash_error, is_crash_error
 

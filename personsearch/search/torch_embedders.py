@@ -1,4 +1,9 @@
-"""Embedders that run torch networks on person crops.
+"""The torch networks behind the searcher's protocols: trained models and the ImageNet stand-in.
+
+`TorchReidEmbedder` (an `Embedder`) and `TorchDetector` (a `Detector`) wrap the project's trained
+re-id net and person detector, read from a training run folder, its model.pt or (re-id) one of
+its checkpoints; `personsearch.search.pipeline` pairs them. This module imports torch, so the
+pipeline imports it only when a torch model is asked for.
 
 `ImageNetEmbedder` needs no training: the globally pooled last feature map of an ImageNet
 backbone (MobileNetV2 by default, whose weights ship offline with the project's dependencies).
@@ -11,16 +16,139 @@ see docs/benchmarks.md). A re-id net trained on person identities is what makes 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from personsearch.models.backbones import build_backbone
 from personsearch.models.inference import prepare_for_inference
+from personsearch.models.saving import MODEL_FILE, load_detector, load_reid_model
 from personsearch.search.embedders import l2_normalize
 from personsearch.search.onnx_embedder import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
+
+
+def file_digest(path: Path, length: int = 16) -> str:
+    """Short SHA-256 of a file: identifies trained weights in fingerprints."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TorchReidEmbedder:
+    """A trained re-id net as an `Embedder`: resize crops, normalise, batch, embed."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        crop_size: tuple[int, int],
+        fingerprint: str,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.device = _device(device)
+        # folded BatchNorms + channels-last: about 2x faster on the CPU, same outputs (1e-6)
+        self.model = prepare_for_inference(model.to(self.device))
+        self.crop_height, self.crop_width = int(crop_size[0]), int(crop_size[1])
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        self._std = np.asarray(IMAGENET_STD, dtype=np.float32)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.crop_height, self.crop_width, device=self.device)
+            self.dim = int(self.model(probe).shape[1])
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike[str], device: str | None = None) -> TorchReidEmbedder:
+        """The re-id net of a training run folder, its model.pt or one of its checkpoints."""
+        path = Path(path)
+        model_file = path / MODEL_FILE if path.is_dir() else path
+        model, meta = load_reid_model(model_file, device="cpu")
+        config = meta.get("model_config", {})
+        name = f"{config.get('head', 'reid')}-{config.get('backbone', 'net')}"
+        return cls(
+            model,
+            tuple(meta.get("crop_size", (256, 128))),
+            fingerprint=f"reid:{name}:{file_digest(model_file)}",
+            device=device,
+        )
+
+    def _to_tensor(self, crop: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(np.ascontiguousarray(crop, dtype=np.uint8))
+        image = image.resize((self.crop_width, self.crop_height), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return ((array - self._mean) / self._std).transpose(2, 0, 1)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                batch = np.stack([self._to_tensor(c) for c in crops[start : start + self.batch_size]])
+                batch = torch.from_numpy(batch).to(self.device)
+                feats = self.model(batch.contiguous(memory_format=torch.channels_last))
+                out.append(feats.float().cpu().numpy())
+        return l2_normalize(np.concatenate(out))
+
+
+class TorchDetector:
+    """A trained person detector as a `Detector`: boxes in the input image's pixels."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        fingerprint: str,
+        score_thresh: float = 0.5,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.device = _device(device)
+        self.model = prepare_for_inference(model.to(self.device))
+        self.score_thresh = float(score_thresh)
+        # The model's own threshold filters before NMS caps the count; keep it no higher.
+        if hasattr(self.model, "score_thresh"):
+            self.model.score_thresh = min(self.model.score_thresh, self.score_thresh)
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def from_run(
+        cls, path: str | os.PathLike[str], score_thresh: float = 0.5, device: str | None = None
+    ) -> TorchDetector:
+        """The detector of a training run folder (or its model.pt)."""
+        path = Path(path)
+        model_file = path / MODEL_FILE if path.is_dir() else path
+        model, _ = load_detector(model_file, device="cpu")
+        return cls(model, f"detector:{file_digest(model_file)}@{score_thresh:g}", score_thresh, device)
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Detect persons in several images in one forward pass."""
+        tensors = [
+            torch.from_numpy(np.array(img, dtype=np.uint8)).to(self.device).permute(2, 0, 1).float() / 255.0
+            for img in images
+        ]
+        with torch.inference_mode():
+            outputs = self.model(tensors)
+        results = []
+        for out in outputs:
+            boxes = out["boxes"].float().cpu().numpy().reshape(-1, 4)
+            scores = out["scores"].float().cpu().numpy().reshape(-1)
+            keep = scores >= self.score_thresh
+            results.append((boxes[keep].astype(np.float32), scores[keep].astype(np.float32)))
+        return results
 
 
 class ImageNetEmbedder:
