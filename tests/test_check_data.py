@@ -142,9 +142,9 @@ def test_progress_bar_for_many_images(tmp_path, capsys, monkeypatch):
 
 
 def test_the_checked_datasets_are_the_registry_s():
-    from personsearch.data.registry import CROP_DATASETS, SCENE_DATASETS
+    from personsearch.data.registry import CLASSIFY_DATASETS, CROP_DATASETS, SCENE_DATASETS
 
-    assert set(validation.DATASETS) == set(SCENE_DATASETS + CROP_DATASETS)
+    assert set(validation.DATASETS) == set(SCENE_DATASETS + CROP_DATASETS + CLASSIFY_DATASETS)
 
 
 def test_the_report_without_printing(tmp_path):

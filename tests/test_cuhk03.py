@@ -14,6 +14,7 @@ from cuhk03_fixture import (
 )
 from PIL import Image
 
+from personsearch.cli import main
 from personsearch.data.cuhk03 import load_cuhk03, protocol_report, write_cuhk03_images
 from personsearch.data.registry import load_crop_dataset
 from personsearch.errors import ConfigError, DatasetError
@@ -111,15 +112,13 @@ def test_protocol_file_without_a_variable_or_damaged(root):
 
 def test_report_flags_a_protocol_that_trains_on_test_identities(root):
     files = [name for pair, pid, _, _ in IDENTITIES for name, _ in crop_names(pair, pid)]
-    # identity 1 trained on and queried; the query has no gallery crop from the other view
+    # identity 1 trained on and queried
     _protocol(root, labels=[1] * 4 + [2] * 16, cams=[1, 2, 1, 2] * 5, train=[1], query=[2],
               gallery=[2, 5])
     dataset = load_cuhk03(root)
     _, problems = protocol_report(dataset)
     assert "1 identities are both trained on and tested, e.g. 1" in problems
     assert "1 images are both queries and gallery crops, e.g. 1_001_1_02.png" in problems
-    assert "1 queries have no gallery crop of their identity from the other view, " \
-        "e.g. 1_001_1_02.png" in problems
     assert f"1 files' names give another view than camId, e.g. {files[1]} with camId 2" \
         in problems
 
@@ -170,3 +169,49 @@ def test_conversion_errors(tmp_path):
     mat.write_bytes(mat.read_bytes()[:700])
     with pytest.raises(DatasetError, match="not an HDF5 .MATLAB v7.3. file, or truncated"):
         write_cuhk03_images(mat, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+
+
+def test_check_data_prints_counts_per_variant(root, capsys):
+    assert main(["check-data", "--dataset", "cuhk03", "--root", str(root)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == f"cuhk03-labeled at {root}"
+    assert "  train: 12 crops, 3 identities, cameras [1, 2]" in lines
+    assert "  query: 4 crops, 2 identities, cameras [1, 2]" in lines
+    assert "  gallery: 4 crops, 2 identities, cameras [1, 2]" in lines
+    assert any("3 training / 2 test identities" in line for line in lines)
+    assert "  images: 20 read (sizes 24 x 48 px)" in lines and lines[-1] == "OK"
+    assert "warning: cuhk03-labeled: not the release's new protocol" in captured.err
+    assert main(["check-data", "--dataset", "cuhk03", "--root", str(root),
+                 "--variant", "detected", "--no-images"]) == 0
+    assert capsys.readouterr().out.startswith(f"cuhk03-detected at {root}")
+    # a damaged crop is named
+    (root / "images_detected" / "1_001_2_06.png").write_bytes(b"not a png")
+    assert main(["check-data", "--dataset", "cuhk03", "--root", str(root),
+                 "--variant", "detected"]) == 1
+    assert "1_001_2_06.png" in capsys.readouterr().err
+    assert main(["check-data", "--dataset", "market1501", "--root", str(root),
+                 "--variant", "detected"]) == 1
+    assert "a variant applies to cuhk03 only" in capsys.readouterr().err
+
+
+def test_prepare_cuhk03_then_the_reader(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    root = tmp_path / "cuhk03"
+    write_release_mat(root / "cuhk03_release" / "cuhk-03.mat")
+    assert main(["prepare-cuhk03", "--root", str(root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{root / 'images_labeled'}: 11 images" in out
+    assert f"{root / 'images_detected'}: 11 images" in out
+    # the protocol files list the converted names
+    names = sorted(p.name for p in (root / "images_labeled").iterdir())
+    write_protocol(root / "cuhk03_new_protocol_config_labeled.mat", names, [1] * 5 + [2] * 6,
+                   [int(n.split("_")[2]) for n in names], [1, 2, 3, 4, 5], [6, 10], [7, 8, 9, 11])
+    dataset = load_cuhk03(root)
+    assert len(dataset.train) == 5 and {c.pid for c in dataset.query} == {2}
+    assert main(["prepare-cuhk03", "--root", str(tmp_path / "none")]) == 1
+    assert "cuhk-03.mat not found" in capsys.readouterr().err

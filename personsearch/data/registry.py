@@ -2,12 +2,14 @@
 
 Scene datasets: "cuhk-sysu" (also the synthetic world, written in CUHK-SYSU's layout) and "prw".
 Crop datasets (re-id only): "market1501", "cuhk03" (variant "labeled" or "detected").
+Classification datasets: "cifar100" (the binary release).
 """
 
 from __future__ import annotations
 
 import os
 
+from personsearch.data.cifar100 import Cifar100, load_cifar100
 from personsearch.data.cuhk03 import load_cuhk03
 from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
 from personsearch.data.market1501 import load_market1501
@@ -17,6 +19,7 @@ from personsearch.errors import ConfigError
 
 SCENE_DATASETS = ("cuhk-sysu", "prw")
 CROP_DATASETS = ("market1501", "cuhk03")
+CLASSIFY_DATASETS = ("cifar100",)
 
 
 def load_scene_dataset(name: str, root: str | os.PathLike[str]) -> SceneDataset:
@@ -58,6 +61,13 @@ def load_crop_dataset(
     if name == "market1501":
         return load_market1501(root)
     raise ConfigError(_unknown(name, CROP_DATASETS))
+
+
+def load_classify_dataset(name: str, root: str | os.PathLike[str]) -> Cifar100:
+    """Read an image classification dataset (its training and test splits)."""
+    if name == "cifar100":
+        return load_cifar100(root)
+    raise ConfigError(_unknown(name, CLASSIFY_DATASETS))
 
 
 def _unknown(name: str, choices: tuple[str, ...]) -> str:

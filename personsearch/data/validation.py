@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personsearch.errors import DatasetError, ImageError, PersonSearchError
+from personsearch.errors import ConfigError, DatasetError, ImageError, PersonSearchError
 
-#: The datasets `check_dataset` knows: data.registry's SCENE_DATASETS + CROP_DATASETS, listed here
+#: The datasets `check_dataset` knows: data.registry's SCENE_, CROP_ and CLASSIFY_DATASETS, listed here
 #: without importing the readers (the CLI builds its parser from it; a test keeps them equal).
-DATASETS = ("cuhk-sysu", "prw", "market1501")
+DATASETS = ("cuhk-sysu", "prw", "market1501", "cuhk03", "cifar100")
 #: A box may extend this far past the image border (annotation rounding) before it is an error:
 #: the larger of a few pixels and a small fraction of the image side.
 BORDER_TOLERANCE_PX = 8
@@ -62,17 +62,26 @@ class DatasetReport:
 
 
 def check_dataset(
-    name: str, root: Path, *, read_images: bool = True, report: DatasetReport | None = None
+    name: str,
+    root: Path,
+    *,
+    read_images: bool = True,
+    report: DatasetReport | None = None,
+    variant: str | None = None,
 ) -> DatasetReport:
     """Check the dataset `name` (one of DATASETS) at `root`; raises on the first fatal problem.
 
     read_images=False only checks that the image files exist (faster; box-inside-image checks
-    need the image sizes and are skipped)."""
-    from personsearch.data.registry import CROP_DATASETS, SCENE_DATASETS
+    need the image sizes and are skipped). `variant`: CUHK03's labeled (default) or detected."""
+    from personsearch.data.registry import CLASSIFY_DATASETS, CROP_DATASETS, SCENE_DATASETS
 
     report = report if report is not None else DatasetReport()
+    if variant and name != "cuhk03":
+        raise ConfigError(f"a variant applies to cuhk03 only, not to {name} (got {variant!r})")
     if name in CROP_DATASETS:
-        _check_crops(name, Path(root), read_images, report)
+        _check_crops(name, Path(root), read_images, report, variant)
+    elif name in CLASSIFY_DATASETS:
+        _check_classes(name, Path(root), report)
     elif name in SCENE_DATASETS:
         _check_scenes(name, Path(root), read_images, report)
     else:
@@ -280,14 +289,16 @@ def _prw_identity_lists(dataset: Any, report: DatasetReport) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# crop datasets (Market-1501)
+# crop datasets (Market-1501, CUHK03)
 
 
-def _check_crops(name: str, root: Path, read_images: bool, report: DatasetReport) -> None:
+def _check_crops(
+    name: str, root: Path, read_images: bool, report: DatasetReport, variant: str | None = None
+) -> None:
     from personsearch.data.registry import load_crop_dataset
 
-    dataset = load_crop_dataset(name, root)
-    report.note(f"{name} at {root}")
+    dataset = load_crop_dataset(name, root, variant)
+    report.note(f"{dataset.name} at {root}")
     for split in ("train", "query", "gallery"):
         crops = getattr(dataset, split)
         ids = {c.pid for c in crops if c.pid > 0}
@@ -303,12 +314,44 @@ def _check_crops(name: str, root: Path, read_images: bool, report: DatasetReport
     if lonely:
         report.warn("query", [f"{len(lonely)} queries have no gallery crop of their person from "
                               f"another camera, e.g. {lonely[0].path.name}"])
+    if name == "cuhk03":
+        from personsearch.data.cuhk03 import protocol_report
+
+        lines, problems = protocol_report(dataset, variant)
+        for line in lines:
+            report.note(f"  {line}")
+        report.warn(dataset.name, problems)
     crops = dataset.train + dataset.query + dataset.gallery
     sizes = check_images([(c.path, None) for c in crops], read_images)
     if read_images:
         report.note(f"  images: {len(crops)} read (sizes {_size_range(sizes)})")
     else:
         report.note(f"  images: {len(crops)} found (not read: --no-images)")
+
+
+# ---------------------------------------------------------------------------------------------
+# classification datasets (CIFAR-100): every record is read and checked by the reader
+
+
+def _check_classes(name: str, root: Path, report: DatasetReport) -> None:
+    import numpy as np
+
+    from personsearch.data.cifar100 import NUM_CLASSES, RELEASE_RECORDS
+    from personsearch.data.registry import load_classify_dataset
+
+    dataset = load_classify_dataset(name, root)
+    report.note(f"{name} at {root}")
+    for split in ("train", "test"):
+        records = getattr(dataset, split)
+        per_class = np.bincount(records.fine, minlength=NUM_CLASSES)
+        report.note(f"  {split}: {len(records)} images ({records.path.name}), "
+                    f"{int((per_class > 0).sum())} of {NUM_CLASSES} classes, "
+                    f"{_range(per_class.tolist())} images per class")
+        if len(records) != RELEASE_RECORDS[split]:
+            report.warn(records.path.name, [f"{len(records)} records; the release has "
+                                            f"{RELEASE_RECORDS[split]}"])
+    names = "found" if dataset.fine_names else "not found (not needed to train or evaluate)"
+    report.note(f"  class names (fine_label_names.txt): {names}")
 
 
 # ---------------------------------------------------------------------------------------------
