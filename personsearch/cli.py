@@ -1,7 +1,9 @@
 """One entry point: `personsearch <command>`.
 
 Every module in `personsearch.commands` is one command. It defines `COMMAND` (its name), `HELP`
-(one line), `add_arguments(parser)` and `run(args) -> int`. Command modules import nothing heavy
+(one line), `add_arguments(parser)` and `run(args) -> int`; optionally `DESCRIPTION`, and
+`EXTRA_POSITIONALS`, the name of a list positional (nargs="*") that also takes the positional
+strings given after later options (`train reid --config F key=value`). Command modules import nothing heavy
 at module level (torch, FAISS, ...), so `personsearch --help` starts fast; heavy imports happen
 inside `run`.
 """
@@ -46,13 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command_parser)
-        command_parser.set_defaults(_run=module.run)
+        command_parser.set_defaults(_run=module.run,
+                                    _extra_positionals=getattr(module, "EXTRA_POSITIONALS", None))
     return parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`; positional strings after options go to the command's EXTRA_POSITIONALS
+    list (argparse leaves them over), anything else left over is an error (exit status 2)."""
+    args, extra = parser.parse_known_args(argv)
+    field = getattr(args, "_extra_positionals", None)
+    unknown = [a for a in extra if field is None or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        getattr(args, field).extend(extra)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0

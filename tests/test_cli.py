@@ -40,3 +40,28 @@ def test_expected_error_is_one_line_without_traceback() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def _parse(*argv: str):  # type: ignore[no-untyped-def]
+    from personsearch.cli import build_parser, parse_arguments
+
+    return parse_arguments(build_parser(), list(argv))
+
+
+def test_train_overrides_before_and_after_options() -> None:
+    args = _parse("train", "reid", "--config", "synthetic-reid", "a.b=1", "c=[2]")
+    assert (args.task, args.config, args.overrides) == ("reid", "synthetic-reid", ["a.b=1", "c=[2]"])
+    args = _parse("train", "detector", "a=1", "--config", "F", "b=2", "--resume", "c=3", "--out", "R")
+    assert args.overrides == ["a=1", "b=2", "c=3"] and args.resume and args.out == "R"
+    assert _parse("train", "reid", "--resume", "--out", "R").overrides == []
+
+
+def test_unknown_arguments_are_still_refused(capsys) -> None:
+    import pytest
+
+    for argv in (["train", "reid", "--config", "F", "a=1", "--bogus"],
+                 ["check-data", "--dataset", "prw", "--root", "r", "stray"]):
+        with pytest.raises(SystemExit) as exit_:
+            _parse(*argv)
+        assert exit_.value.code == 2
+        assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err

@@ -28,6 +28,12 @@ TASKS: dict[str, str | None] = {
 }
 
 
+#: `key=value` overrides may follow options (`reid --config F a=b`): argparse fills a positional
+#: at its first run of positional strings only (bpo-14191), so the CLI appends the later ones it
+#: leaves over to args.overrides (personsearch.cli); an unknown option is still an error.
+EXTRA_POSITIONALS = "overrides"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=sorted(TASKS), help="what to train")
     parser.add_argument("--config", help="YAML file or shipped config name")
@@ -38,27 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the run folder's last checkpoint; without --config the run's own "
         "config.yaml is used",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    _accept_positionals_after_options(parser)
-
-
-def _accept_positionals_after_options(parser: argparse.ArgumentParser) -> None:
-    """Let `key=value` overrides follow options (`reid --config F a=b`).
-
-    Plain argparse fills every positional at its first run of positional strings, so later ones
-    are "unrecognized" (bpo-14191); intermixed parsing fixes that. It calls the plain method
-    internally, hence the swap while it runs.
-    """
-    plain = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
-        parser.parse_known_args = plain  # type: ignore[method-assign]
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, before or after the options")
 
 
 def run(args: argparse.Namespace) -> int:
