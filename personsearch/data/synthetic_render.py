@@ -250,84 +250,127 @@ class _BodyCanvas:
         self.image.paste(dark, (0, 0, w, h), Image.fromarray(shirt & on).convert("L"))
 
 
+Point = tuple[float, float]
+Arm = tuple[Point, Point, Point]  #: shoulder, elbow, hand
+
+
+@dataclass(frozen=True)
+class _Body:
+    """One drawing's body measures, in body heights: the build narrowed by the pose."""
+
+    bw: float  #: width factor
+    hip_y: float
+    shoulder_x: float
+    hip_x: float
+    leg_w: float
+    arm_w: float
+
+    @classmethod
+    def of(cls, app: Appearance, pose: Pose) -> _Body:
+        bw = app.build * pose.squeeze
+        return cls(bw=bw, hip_y=0.49 * app.leg_ratio, shoulder_x=0.105 * bw, hip_x=0.09 * bw,
+                   leg_w=0.07 * math.sqrt(bw), arm_w=0.042 * math.sqrt(bw))
+
+
 def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
-    """Draw one person and return an RGBA patch exactly `height` pixels tall, tightly cropped."""
+    """Draw one person and return an RGBA patch exactly `height` pixels tall, tightly cropped.
+
+    The parts are painted back to front, in this order (later ones cover earlier ones)."""
     canvas_height = int(np.clip(round(1.6 * height), 180, 640))
     c = _BodyCanvas(canvas_height)
-    bw = app.build * pose.squeeze
-    hip_y = 0.49 * app.leg_ratio
-    shoulder_x, hip_x, leg_w = 0.105 * bw, 0.09 * bw, 0.07 * math.sqrt(bw)
-    arm_w = 0.042 * math.sqrt(bw)
-    skin, front = app.skin, not pose.back
-    lower = app.lower_colour
+    body = _Body.of(app, pose)
+    front = not pose.back
 
     # long hair hangs behind the shoulders in a front view
     if front and app.hair_style == "long" and app.hat != "beanie":
         c.polygon([(-0.058, 0.06), (0.058, 0.06), (0.066, 0.23), (-0.066, 0.23)], app.hair)
+    _draw_legs(c, app, pose, body)
+    arms = _arm_joints(pose, body)
+    _draw_shirt(c, app, pose, body, arms)
+    if app.jacket is not None:
+        _draw_jacket(c, app.jacket, pose, body, arms)
+    if app.lower == "skirt":
+        c.polygon([(-0.085 * body.bw, body.hip_y - 0.08), (0.085 * body.bw, body.hip_y - 0.08),
+                   (body.hip_x + 0.05, 0.68), (-body.hip_x - 0.05, 0.68)], app.lower_colour)
+    _draw_forearms(c, app, body, arms)
+    _draw_bag(c, app, pose, arms, body.bw)
+    _draw_head(c, app, front)
+    return _crop_to_height(c.image, height, pose.mirror)
 
-    # legs and shoes; in a stride one foot is lifted and brought forward
+
+def _draw_legs(c: _BodyCanvas, app: Appearance, pose: Pose, body: _Body) -> None:
+    """Legs and shoes, and the trousers or shorts over them; in a stride one foot is lifted and
+    brought forward."""
+    lower = app.lower_colour
     for side in (-1, 1):
         lift = pose.stride if side == 1 else 0.0
-        ankle = (side * (0.045 * bw + pose.spread / 2), 0.935 - lift)
-        hip = (side * 0.045 * bw, hip_y)
+        ankle = (side * (0.045 * body.bw + pose.spread / 2), 0.935 - lift)
+        hip = (side * 0.045 * body.bw, body.hip_y)
         knee = ((hip[0] + ankle[0]) / 2, (hip[1] + ankle[1]) / 2)
         trouser_end = {"trousers": ankle, "shorts": knee, "skirt": hip}[app.lower]
-        c.line([hip, knee, ankle], skin, leg_w * 0.85)
+        c.line([hip, knee, ankle], app.skin, body.leg_w * 0.85)
         if app.lower != "skirt":
-            c.line([hip, trouser_end], lower, leg_w)
+            c.line([hip, trouser_end], lower, body.leg_w)
         c.ellipse(ankle[0] + side * 0.01, ankle[1] + 0.03, 0.04, 0.022, app.shoes)
     if app.lower != "skirt":
+        hip_x, hip_y = body.hip_x, body.hip_y
         c.polygon([(-hip_x, hip_y - 0.06), (hip_x, hip_y - 0.06), (hip_x * 0.6, hip_y + 0.06),
                    (-hip_x * 0.6, hip_y + 0.06)], lower)
 
-    # torso and sleeves share the shirt mask so the pattern covers both
-    sleeve_colour = app.jacket if app.jacket is not None else app.shirt
+
+def _arm_joints(pose: Pose, body: _Body) -> list[Arm]:
+    """Left and right arm: shoulder, elbow and hand, the forearm bent less than the upper arm."""
     arms = []
     for side, angle in ((-1, pose.arm_left), (1, pose.arm_right)):
         a = math.radians(angle)
-        shoulder = (side * (shoulder_x - 0.012), 0.175)
+        shoulder = (side * (body.shoulder_x - 0.012), 0.175)
         elbow = (shoulder[0] + side * 0.16 * math.sin(a), shoulder[1] + 0.16 * math.cos(a))
         b = a * 0.6
         hand = (elbow[0] + side * 0.15 * math.sin(b), elbow[1] + 0.15 * math.cos(b))
         arms.append((shoulder, elbow, hand))
+    return arms
+
+
+def _draw_shirt(c: _BodyCanvas, app: Appearance, pose: Pose, body: _Body, arms: list[Arm]) -> None:
+    """Torso and sleeves, which share the shirt mask so the pattern covers both; the logo."""
+    shoulder_x, hip_x, hip_y, bw = body.shoulder_x, body.hip_x, body.hip_y, body.bw
     torso = [(-shoulder_x, 0.155), (shoulder_x, 0.155), (0.085 * bw, 0.33), (hip_x, hip_y),
              (-hip_x, hip_y), (-0.085 * bw, 0.33)]
     c.polygon(torso, app.shirt, shirt=True)
     for shoulder, elbow, _ in arms:
-        c.line([shoulder, elbow], app.shirt, arm_w, shirt=True)
+        c.line([shoulder, elbow], app.shirt, body.arm_w, shirt=True)
         c.ellipse(shoulder[0], shoulder[1] + 0.005, 0.03 * bw, 0.025, app.shirt, shirt=True)
     c.apply_pattern(app, pose.squeeze)
-    if front and app.logo != "none" and app.jacket is None:
+    if not pose.back and app.logo != "none" and app.jacket is None:
         _draw_logo(c, app.logo, app.logo_colour)
-    if app.jacket is not None:
-        inner = 0.0 if pose.back else 0.035 * bw  # open at the front, closed at the back
-        for side in (-1, 1):
-            c.polygon([(side * inner, 0.16), (side * shoulder_x, 0.155), (side * 0.085 * bw, 0.33),
-                       (side * hip_x, hip_y + 0.01), (side * inner, hip_y + 0.01)], app.jacket)
-        for shoulder, elbow, _ in arms:
-            c.line([shoulder, elbow], app.jacket, arm_w * 1.08)
-    if app.lower == "skirt":
-        c.polygon([(-0.085 * bw, hip_y - 0.08), (0.085 * bw, hip_y - 0.08),
-                   (hip_x + 0.05, 0.68), (-hip_x - 0.05, 0.68)], lower)
+
+
+def _draw_jacket(c: _BodyCanvas, colour: RGB, pose: Pose, body: _Body, arms: list[Arm]) -> None:
+    """A jacket over the shirt: its two halves and upper sleeves."""
+    inner = 0.0 if pose.back else 0.035 * body.bw  # open at the front, closed at the back
+    for side in (-1, 1):
+        c.polygon([(side * inner, 0.16), (side * body.shoulder_x, 0.155),
+                   (side * 0.085 * body.bw, 0.33), (side * body.hip_x, body.hip_y + 0.01),
+                   (side * inner, body.hip_y + 0.01)], colour)
+    for shoulder, elbow, _ in arms:
+        c.line([shoulder, elbow], colour, body.arm_w * 1.08)
+
+
+def _draw_forearms(c: _BodyCanvas, app: Appearance, body: _Body, arms: list[Arm]) -> None:
+    """Forearms (sleeved or bare) and hands."""
+    sleeve_colour = app.jacket if app.jacket is not None else app.shirt
+    long = app.long_sleeves or app.jacket is not None
     for _, elbow, hand in arms:
-        long = app.long_sleeves or app.jacket is not None
-        c.line([elbow, hand], sleeve_colour if long else skin, arm_w * 0.92)
-        c.ellipse(hand[0], hand[1] + 0.01, 0.022, 0.025, skin)
+        c.line([elbow, hand], sleeve_colour if long else app.skin, body.arm_w * 0.92)
+        c.ellipse(hand[0], hand[1] + 0.01, 0.022, 0.025, app.skin)
 
-    _draw_bag(c, app, pose, arms, bw)
 
-    # neck, head, hair, face, hat
-    c.polygon([(-0.022, 0.1), (0.022, 0.1), (0.024, 0.165), (-0.024, 0.165)], skin)
-    c.ellipse(0.0, 0.07, 0.047, 0.06, skin)
+def _draw_head(c: _BodyCanvas, app: Appearance, front: bool) -> None:
+    """Neck, head, hair, face and hat."""
+    c.polygon([(-0.022, 0.1), (0.022, 0.1), (0.024, 0.165), (-0.024, 0.165)], app.skin)
+    c.ellipse(0.0, 0.07, 0.047, 0.06, app.skin)
     if app.hair_style != "bald":
-        if front:
-            c.draw.chord(c.box(-0.052, 0.002, 0.052, 0.1), 180, 360, fill=app.hair)
-        else:
-            c.ellipse(0.0, 0.066, 0.05, 0.062, app.hair)
-            if app.hair_style == "long":
-                c.polygon([(-0.05, 0.07), (0.05, 0.07), (0.062, 0.23), (-0.062, 0.23)], app.hair)
-            elif app.hair_style == "ponytail":
-                c.ellipse(0.0, 0.14, 0.018, 0.045, app.hair)
+        _draw_hair(c, app, front)
     if front:
         for side in (-1, 1):
             c.ellipse(side * 0.018, 0.068, 0.007, 0.005, (30, 25, 25))
@@ -340,7 +383,24 @@ def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
         c.draw.chord(c.box(-0.053, -0.012, 0.053, 0.11), 180, 360, fill=app.hat_colour)
         c.ellipse(0.0, 0.05, 0.053, 0.01, app.hat_colour)
 
-    image = c.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if pose.mirror else c.image
+
+def _draw_hair(c: _BodyCanvas, app: Appearance, front: bool) -> None:
+    """Hair on the head: a fringe seen from the front; from behind the back of the head, and
+    long hair or a ponytail hanging down."""
+    if front:
+        c.draw.chord(c.box(-0.052, 0.002, 0.052, 0.1), 180, 360, fill=app.hair)
+        return
+    c.ellipse(0.0, 0.066, 0.05, 0.062, app.hair)
+    if app.hair_style == "long":
+        c.polygon([(-0.05, 0.07), (0.05, 0.07), (0.062, 0.23), (-0.062, 0.23)], app.hair)
+    elif app.hair_style == "ponytail":
+        c.ellipse(0.0, 0.14, 0.018, 0.045, app.hair)
+
+
+def _crop_to_height(image: Image.Image, height: int, mirror: bool) -> Image.Image:
+    """The drawn body (mirrored if asked), cropped to its pixels and resized `height` tall."""
+    if mirror:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     bbox = image.getchannel("A").getbbox()
     assert bbox is not None  # the body is always drawn
     image = image.crop(bbox)
@@ -364,7 +424,7 @@ def _draw_logo(c: _BodyCanvas, logo: str, colour: RGB) -> None:
         c.polygon([(x - r, y - t), (x + r, y - t), (x + r, y + t), (x - r, y + t)], colour)
 
 
-def _draw_bag(c: _BodyCanvas, app: Appearance, pose: Pose, arms: list, bw: float) -> None:
+def _draw_bag(c: _BodyCanvas, app: Appearance, pose: Pose, arms: list[Arm], bw: float) -> None:
     colour, side = app.bag_colour, app.bag_side
     if app.bag == "backpack":
         if pose.back:
