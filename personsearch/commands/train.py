@@ -1,19 +1,20 @@
-"""`personsearch train reid|detector --config FILE [--out RUNDIR] [--resume] [key=value ...]`."""
+"""`personsearch train reid|detector|classify --config FILE [--out RUNDIR] [--resume] [key=value ...]`."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "train the re-id network or the detector from a config (single process or torchrun)"
+HELP = "train the re-id network, the detector or a classifier from a config (single process or torchrun)"
 COMMAND = "train"
 DESCRIPTION = """\
 Train a model from a YAML config (a file, or the name of a shipped config: synthetic-reid,
-cuhk-sysu-reid, prw-reid, market1501-reid, synthetic-detector, cuhk-sysu-detector,
-prw-detector), with dotted key=value overrides:
+cuhk-sysu-reid, prw-reid, market1501-reid, cuhk03-reid, synthetic-detector, cuhk-sysu-detector,
+prw-detector, cifar100-classify), with dotted key=value overrides:
 
   personsearch train reid --config synthetic-reid
   personsearch train reid --config cuhk-sysu-reid data.root=/data/cuhk-sysu optim.lr=0.005
   personsearch train detector --config synthetic-detector
+  personsearch train classify --config cifar100-classify data.root=/data/cifar-100-binary
   personsearch train reid --resume --out runs/cuhk-sysu-reid      # continue a stopped run
   torchrun --nproc_per_node=4 -m personsearch train reid --config cuhk-sysu-reid data.root=...
 
@@ -25,6 +26,7 @@ metrics.jsonl / metrics.json, TensorBoard events, checkpoints/last.pt and the fi
 TASKS: dict[str, str | None] = {
     "reid": "personsearch.engine.reid_task:train_reid",
     "detector": "personsearch.engine.detector_task:train_detector",
+    "classify": "personsearch.engine.classify_task:train_classify",
 }
 
 

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from personsearch.config import Config, validate
-from personsearch.data.cifar100 import NUM_CLASSES, SIDE, CifarImageDataset, load_cifar100
+from personsearch.data.cifar100 import NUM_CLASSES, SIDE, CifarImageDataset
+from personsearch.data.registry import CLASSIFY_DATASETS, load_classify_dataset
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import extract_embeddings
 from personsearch.engine.runs import run_task
@@ -34,7 +35,6 @@ from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import ConfigError
 from personsearch.models.saving import MODEL_FILE, save_classifier
 
-CLASSIFY_DATASETS = ("cifar100",)
 #: data settings of re-id crops that the CIFAR pipeline (pad-4 crop + flip) does not apply
 _CROP_ONLY = ("random_erasing", "color_jitter", "lowres_prob", "low_resolution")
 
@@ -95,7 +95,7 @@ def check_model_config(model: dict[str, Any]) -> None:
 
 
 def load_classify_data(config: Config) -> ClassifyData:
-    dataset = load_cifar100(config.data.root)
+    dataset = load_classify_dataset(config.data.dataset, config.data.root)
     return ClassifyData(
         train=CifarImageDataset(dataset.train, train=True, flip=config.data.flip),
         test=CifarImageDataset(dataset.test, train=False),
