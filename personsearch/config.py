@@ -18,6 +18,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,52 +141,85 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check `value` against a field annotation; convert the harmless cases (int -> float)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
     if origin in (types.UnionType, typing.Union):
-        for arg in args:
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key {key}: {value!r} is not {annotation}")
+        return _coerce_union(value, annotation, args, key)
     if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return _coerce_list(value, args[0], key)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key {key}: expected a number, got {value!r}")
-    if annotation is str:
-        if value is None:
-            return ""
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key {key}: expected a string, got {value!r}")
+        return _coerce_dict(value, args[1], key)
+    for kind, convert in _SCALARS:
+        if annotation is kind:  # identity: bool is a subclass of int, and must not pass as one
+            return convert(value, key)
     raise ConfigError(f"config key {key}: unsupported type {annotation}")
+
+
+def _coerce_union(value: Any, annotation: Any, args: tuple[Any, ...], key: str) -> Any:
+    """The first member of the union `value` passes as."""
+    for arg in args:
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"config key {key}: {value!r} is not {annotation}")
+
+
+def _coerce_list(value: Any, item: Any, key: str) -> list[Any]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+    return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_dict(value: Any, item: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+    return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
+
+
+def _as_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+
+
+def _as_float(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"config key {key}: expected a number, got {value!r}")
+
+
+def _as_str(value: Any, key: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"config key {key}: expected a string, got {value!r}")
+
+
+#: The scalar field types and how a config value becomes one.
+_SCALARS: tuple[tuple[type, Callable[[Any, str], Any]], ...] = (
+    (bool, _as_bool),
+    (int, _as_int),
+    (float, _as_float),
+    (str, _as_str),
+)
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
