@@ -139,9 +139,12 @@ def test_clsa_over_the_three_stages():
     outputs = model.eval().outputs(images)
     assert outputs.level_names == ("res2", "res3", "res4")
     assert [tuple(t.shape) for t in outputs.logits] == [(4, 100)] * 3
+    # every head's default levels are the backbone's top stages (ResNet-50's: res3-res5)
     plain = build_reid_model({"num_classes": 100, "backbone": "cifar_resnet20",
-                              "pretrained": False, "head": "plain", "levels": 4})
+                              "pretrained": False, "head": "plain"})
     assert plain.level_names == ("res4",) and plain.feature_dims == (64,)
+    assert build_reid_model({"num_classes": 100, "backbone": "cifar_resnet20",
+                             "pretrained": False}).level_names == ("res2", "res3", "res4")
 
 
 def test_top1_scores():
@@ -163,7 +166,7 @@ def test_top1_scores():
     ("data.dataset=market1501", "classification needs one of cifar100"),
     ("model.num_classes=10", "model.num_classes is set from the dataset's classes"),
     ("model.levels=5-4-3", r"backbone cifar_resnet110 has no stage res5 \(its stages: res2, "
-                           r"res3, res4\); e.g. model.levels='4-3-2'"),
+                           r"res3, res4\): set levels to some of them"),
     ("model.pretrained=true", "cifar_resnet110 has no pretrained weights"),
 ])
 def test_settings_the_task_refuses(override, message):

@@ -79,19 +79,11 @@ def check_classify_config(config: Config) -> None:
 
 def check_model_config(model: dict[str, Any]) -> None:
     """The model section, checked as the builder will (num_classes comes from the dataset)."""
-    from personsearch.models.backbones import backbone_stages
     from personsearch.models.reid import ReidConfig
 
     if "num_classes" in model:
         raise ConfigError("model.num_classes is set from the dataset's classes: remove it")
-    resolved = ReidConfig.from_dict({**model, "num_classes": NUM_CLASSES}).resolved()
-    stages = backbone_stages(resolved.backbone)
-    absent = [level for level in resolved.levels if level not in stages]
-    if absent:
-        raise ConfigError(
-            f"model.levels: backbone {resolved.backbone} has no stage {', '.join(absent)} (its "
-            f"stages: {', '.join(stages)}); e.g. model.levels='4-3-2' (CLSA) or 4 (plain)"
-        )
+    ReidConfig.from_dict({**model, "num_classes": NUM_CLASSES}).resolved()
 
 
 def load_classify_data(config: Config) -> ClassifyData:

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
-from personsearch.models.backbones import BACKBONES, MOBILENET_TAPS, STAGES, build_backbone
+from personsearch.models.backbones import (
+    BACKBONES,
+    MOBILENET_TAPS,
+    STAGES,
+    backbone_stages,
+    build_backbone,
+)
 from personsearch.models.baselines import FPNHead, MSTHead, PlainHead
 from personsearch.models.clsa import PyramidHead, ReidHead
 from personsearch.models.losses import (
@@ -116,6 +122,13 @@ def parse_levels(levels: str | int | Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(names, key=STAGES.index))
 
 
+def default_levels(head: str, backbone: str) -> tuple[str, ...]:
+    """A head's default levels on a backbone: as many of its top stages as the head takes on
+    ResNet-50 (the CIFAR ResNets end at res4, so CLSA's default there is res2-res4)."""
+    count = len(HEAD_SPECS[head].levels)
+    return backbone_stages(backbone)[-count:]
+
+
 @dataclass(frozen=True)
 class ReidConfig:
     """Everything that defines a re-id model, its initial weights and its loss weights.
@@ -154,7 +167,11 @@ class ReidConfig:
                 f"unknown backbone '{self.backbone}'; choose one of {', '.join(BACKBONES)}"
             )
         defaults = HEAD_SPECS[self.head]
-        levels = parse_levels(self.levels) if self.levels is not None else defaults.levels
+        levels = (
+            parse_levels(self.levels)
+            if self.levels is not None
+            else default_levels(self.head, self.backbone)
+        )
         config = dataclasses.replace(
             self,
             levels=levels,
@@ -191,6 +208,13 @@ class ReidConfig:
                 f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
             )
         spec = HEAD_SPECS[self.head]
+        stages = backbone_stages(self.backbone)
+        absent = [level for level in self.levels if level not in stages]
+        if absent:
+            problems.append(
+                f"backbone {self.backbone} has no stage {', '.join(absent)} (its stages: "
+                f"{', '.join(stages)}): set levels to some of them"
+            )
         if spec.one_stage and len(self.levels) != 1:
             # A config written for the pyramid heads (synthetic-reid lists CLSA's "5-4-3") needs
             # the one stage named; picking one silently could pool the wrong map.
@@ -213,7 +237,9 @@ class ReidConfig:
         spec = HEAD_SPECS[self.head]
         if spec.scale_levels:
             return len(self.mst_scales)
-        return len(parse_levels(self.levels) if self.levels is not None else spec.levels)
+        if self.levels is None:
+            return len(default_levels(self.head, self.backbone))
+        return len(parse_levels(self.levels))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists for tuples): ready for YAML/JSON."""
