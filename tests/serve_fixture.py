@@ -28,7 +28,7 @@ class ServedGallery:
 def build_served_gallery(folder: Path, n_images: int = 12, seed: int = 0) -> ServedGallery:
     """Scenes with ground-truth boxes, indexed with the colour-histogram (baseline) embedder.
 
-    The baseline embedder is the one `personsearch serve` uses without --run, so the server
+    The baseline embedder is the one `personsearch serve` uses without --pipeline, so the server
     opens this index as a user's would.
     """
     images = make_gallery(folder / "gallery", n_images=n_images, seed=seed)

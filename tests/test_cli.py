@@ -65,3 +65,35 @@ def test_unknown_arguments_are_still_refused(capsys) -> None:
             _parse(*argv)
         assert exit_.value.code == 2
         assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
+PIPELINE_COMMANDS = {  # the commands whose --pipeline takes a pipeline folder, with what else they need
+    "index": ["--gallery", "g", "--out", "o"],
+    "search": ["--index", "i", "--probe", "p"],
+    "serve": ["--index", "i"],
+    "evaluate": ["--dataset", "cuhk-sysu", "--root", "r"],
+}
+
+
+def test_pipeline_option_and_its_deprecated_alias(capsys) -> None:
+    from personsearch.commands._pipeline import RUN_DEPRECATED
+
+    for command, needed in PIPELINE_COMMANDS.items():
+        assert str(_parse(command, *needed, "--pipeline", "P").pipeline) == "P"
+        assert capsys.readouterr().err == ""
+        assert str(_parse(command, *needed, "--run", "P").pipeline) == "P"
+        assert capsys.readouterr().err == RUN_DEPRECATED + "\n"  # one note, on stderr
+        assert _parse(command, *needed).pipeline is None
+
+
+def test_run_still_works_and_says_so_once(tmp_path, capsys) -> None:
+    (tmp_path / "g").mkdir()
+    outcomes = []
+    for option in ("--pipeline", "--run"):
+        code = main(["index", "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "i"),
+                     option, str(tmp_path / "no-such-pipeline")])
+        out, err = capsys.readouterr()
+        outcomes.append((code, out, err.replace("--run is deprecated here; use --pipeline\n", "")))
+        assert err.count("deprecated") == (option == "--run")
+    assert outcomes[0] == outcomes[1] and outcomes[0][0] == 1
+    assert "no-such-pipeline" in outcomes[0][2]

@@ -238,13 +238,13 @@ def test_index_failing_at_its_first_batch_leaves_no_index_folder(tmp_path, capsy
     run.mkdir()
     (run / "pipeline.yaml").write_text(f"detector: whole-image\nreid: {nan_onnx}\n")
     out = tmp_path / "new.index"
-    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--run", str(run),
+    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--pipeline", str(run),
                  "--no-progress"])
     _one_line_error(capsys, code, "nan.onnx returned NaN or infinite features")
     assert not out.exists()
     # an existing folder is never removed, even an empty one
     out.mkdir()
-    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--run", str(run),
+    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--pipeline", str(run),
                  "--no-progress"])
     _one_line_error(capsys, code, "nan.onnx")
     assert out.is_dir()
@@ -402,7 +402,7 @@ def _output_cases(tmp_path: Path, target: Path) -> dict[str, list[str]]:
     """Each command with an output under `target` (argv for main)."""
     return {
         "index": ["index", "--gallery", str(tmp_path), "--out", str(target / "g.index"),
-                  "--run", str(tmp_path / "no-such-run")],
+                  "--pipeline", str(tmp_path / "no-such-run")],
         "synth": ["synth", "--out", str(target / "world")],
         "train": ["train", "reid", "--config", "synthetic-reid", "--out", str(target / "run"),
                   f"data.root={tmp_path / 'world'}"],
@@ -427,7 +427,7 @@ def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, monkeyp
         fragment = "cannot write in"
     argv = _output_cases(tmp_path, target)[command]
     _one_line_error(capsys, main(argv), fragment)
-    # before any work: no world generated, no run loaded (the --run given does not exist)
+    # before any work: no world generated, no run loaded (the --pipeline given does not exist)
     assert not (tmp_path / "world").exists()
 
 

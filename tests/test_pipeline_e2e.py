@@ -1,4 +1,4 @@
-"""Trained-model pipelines end to end: pipeline.yaml, `evaluate --run`, index + search with it.
+"""Trained-model pipelines end to end: pipeline.yaml, `evaluate --pipeline`, index + search with it.
 
 The models are untrained (random weights exported as a run would export them): what is checked
 is the plumbing, that a run folder's models detect, embed, index, search and evaluate through
@@ -62,7 +62,7 @@ def test_gt_boxes_evaluation_matches_between_paths(world, reid_run, tmp_path, ca
     folder = tmp_path / "pipeline"
     write_pipeline_spec(folder, "whole-image", reid_run)
     results = tmp_path / "results.npz"
-    args = ["evaluate", "--dataset", "cuhk-sysu", "--root", str(world), "--run", str(folder),
+    args = ["evaluate", "--dataset", "cuhk-sysu", "--root", str(world), "--pipeline", str(folder),
             "--gt-boxes", "--results", str(results), "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -94,11 +94,11 @@ def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, t
     for scene in scenes:
         (gallery / scene.name).symlink_to(scene.path)
     index = tmp_path / "index"
-    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--run", str(folder)]) == 0
+    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--pipeline", str(folder)]) == 0
     probe = scenes[0]
     box = ",".join(str(int(v)) for v in probe.boxes[0])
     capsys.readouterr()
-    assert main(["search", "--index", str(index), "--run", str(folder), "--probe",
+    assert main(["search", "--index", str(index), "--pipeline", str(folder), "--probe",
                  str(probe.path), "--box", box, "--top-k", "3"]) == 0
     assert capsys.readouterr().out.strip()
     # boxes are in the input image's pixels whatever the model resizes to

@@ -125,7 +125,7 @@ def test_cli_with_ray_workers_adds_to_an_index_and_equals_cli_without(
     for name in names[:8]:
         shutil.copy(source / name, folder)
     ray_index, plain_index = tmp_path / "ray.index", tmp_path / "plain.index"
-    common = ["--gallery", str(folder), "--run", str(run), "--no-progress"]
+    common = ["--gallery", str(folder), "--pipeline", str(run), "--no-progress"]
     assert main(["index", *common, "--out", str(ray_index)]) == 0  # begun on one machine
     for name in [*names[8:], "broken.png"]:  # more images arrive: Ray workers add only those
         shutil.copy(source / name, folder)
@@ -145,7 +145,7 @@ def test_cli_with_ray_workers_adds_to_an_index_and_equals_cli_without(
     probe = folder / names[0]
     printed = []
     for index in (ray_index, plain_index):  # the normal `personsearch search` reads both alike
-        argv = ["search", "--index", str(index), "--run", str(run), "--probe", str(probe)]
+        argv = ["search", "--index", str(index), "--pipeline", str(run), "--probe", str(probe)]
         assert main([*argv, "--top-k", "3"]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] and len(printed[0].splitlines()) == 4

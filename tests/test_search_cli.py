@@ -155,7 +155,7 @@ def test_missing_inputs_exit_with_clear_errors(tmp_path, crops_gallery, capsys):
                 str(folder),
                 "--out",
                 str(tmp_path / "i"),
-                "--run",
+                "--pipeline",
                 str(tmp_path / "no-run"),
             ]
         )

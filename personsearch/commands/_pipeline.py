@@ -29,8 +29,9 @@ class _DeprecatedRun(argparse.Action):
 
 def add_pipeline_argument(parser: argparse.ArgumentParser, help: str,
                           type: Callable[[str], Any] = str) -> None:
-    """Add `--pipeline DIR` (into args.pipeline, default None) and its deprecated alias --run."""
+    """Add `--pipeline DIR` (into args.pipeline, default None) and its deprecated alias --run
+    (left out of the usage and option list; the commands' descriptions mention it)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--pipeline", metavar="DIR", type=type, default=None, help=help)
     group.add_argument("--run", dest="pipeline", metavar="DIR", type=type, action=_DeprecatedRun,
-                       help="deprecated: the same as --pipeline")
+                       help=argparse.SUPPRESS)

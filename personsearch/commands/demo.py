@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     print(f"report: {result.report.resolve()}")
     print("search the indexed gallery yourself, e.g.:")
-    print(f"  personsearch search --index {result.index} --run {result.pipeline} "
+    print(f"  personsearch search --index {result.index} --pipeline {result.pipeline} "
           "--probe IMAGE --box x1,y1,x2,y2 --out results.html")
-    print(f"  personsearch serve --index {result.index} --run {result.pipeline}")
+    print(f"  personsearch serve --index {result.index} --pipeline {result.pipeline}")
     return 0

@@ -11,8 +11,9 @@ DESCRIPTION = """\
 Detects persons in every scene of a split with a detector training run's model.pt and writes
 the detections in the results-file layout of `personsearch evaluate` (image_names, det_image,
 det_boxes in the original image's pixels, det_scores); the re-id network fills in the features.
-Every test image is listed in image_names, with or without detections. Boxes scored at or below
---score-thresh are dropped (default 0.05, so `evaluate --det-thresh` can still choose).
+Every test image is listed in image_names, with or without detections. Boxes scored below
+--score-thresh are dropped, those scored at least it kept (default 0.05, so
+`evaluate --det-thresh` can still choose).
 
   personsearch detect --run runs/synthetic-detector --out runs/synthetic-detector/test-dets.npz
   personsearch detect --run runs/cuhk-sysu-detector --root /data/cuhk-sysu --split train \\
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="dataset folder (default: the run's)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="scenes to detect (test)")
     parser.add_argument("--score-thresh", type=float, default=0.05,
-                        help="keep detections scored above this (default 0.05)")
+                        help="keep detections scored at least this (default 0.05)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

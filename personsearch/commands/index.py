@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from personsearch.commands._pipeline import add_pipeline_argument
+
 COMMAND = "index"
 HELP = "index a folder of scene images for person search (incremental, resumable)"
 DESCRIPTION = """\
@@ -12,7 +14,9 @@ Detect every person in the images under --gallery, embed each person, and add th
 gallery index folder --out. Running it again adds only images not indexed yet; a run that was
 killed resumes where it stopped. Unreadable images are reported and skipped.
 
-Without --run, a weak built-in baseline is used (OpenCV HOG people detector if cv2 is installed,
+--pipeline is a trained pipeline folder (pipeline.yaml pairing a detector run and a re-id run,
+or a re-id run folder alone, see docs/search.md); --run is a deprecated alias of it. Without
+--pipeline, a weak built-in baseline is used (OpenCV HOG people detector if cv2 is installed,
 else each image is one person; colour-histogram features): fine to try the tools, not to
 measure anything.
 
@@ -24,6 +28,7 @@ and --out must then be on storage every node sees).
 
 examples:
   personsearch index --gallery frames/ --out gallery.index
+  personsearch index --gallery frames/ --out gallery.index --pipeline runs/pipeline
   personsearch index --gallery frames/ --out gallery.index --ray-workers 8
   personsearch index --gallery /nfs/frames --out /nfs/gallery.index --ray-workers 64 \
       --ray-address HEAD_IP:6379
@@ -35,9 +40,8 @@ INDEX_KIND_CHOICES = ("flat", "hnsw", "ivf", "ivfpq")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", required=True, metavar="DIR", help="folder of scene images")
     parser.add_argument("--out", required=True, metavar="INDEX", help="gallery index folder")
-    parser.add_argument(
-        "--run", metavar="RUNDIR", help="trained run folder providing detector and re-id model"
-    )
+    add_pipeline_argument(parser, "trained pipeline folder providing detector and re-id model "
+                          "(default: the baseline)")
     parser.add_argument(
         "--index-kind",
         choices=INDEX_KIND_CHOICES,
@@ -83,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.search.pipeline import baseline_pipeline, load_pipeline
     from personsearch.search.searcher import PersonSearcher
 
-    pipeline = load_pipeline(args.run) if args.run else baseline_pipeline()
+    pipeline = load_pipeline(args.pipeline) if args.pipeline else baseline_pipeline()
     info = {"pipeline": pipeline.source}
-    if args.run:
-        info["run"] = str(args.run)
+    if args.pipeline:
+        info["run"] = str(args.pipeline)  # the key indexes have always recorded it under
     out = Path(args.out)
     created = not out.exists()
     try:
@@ -158,7 +162,7 @@ def _run_with_ray(args: argparse.Namespace) -> int:
 
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
-    run_dir = str(Path(args.run).resolve()) if args.run else None
+    run_dir = str(Path(args.pipeline).resolve()) if args.pipeline else None
     report = index_with_ray(
         args.gallery,
         args.out,
@@ -168,7 +172,7 @@ def _run_with_ray(args: argparse.Namespace) -> int:
         index_kind=args.index_kind,
         shard_images=args.shard_images,
         batch_images=args.batch_images,
-        info={"run": str(args.run)} if args.run else None,
+        info={"run": str(args.pipeline)} if args.pipeline else None,
         progress=not args.no_progress,
     )
     for path, error in report.failed:

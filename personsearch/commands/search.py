@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from personsearch.commands._pipeline import add_pipeline_argument
+
 COMMAND = "search"
 HELP = "search a gallery index for the person in a probe image"
 DESCRIPTION = """\
 Embed the person in --box of the --probe image (or the whole probe image, when it is a person
 crop) and rank the persons of the gallery index by similarity. Prints the ranked list; --out
 writes a picture of the top results with their boxes drawn: an HTML page (.html) or a PNG/JPEG
-contact sheet (.png, .jpg). Use the same --run that built the index (none for the baseline).
+contact sheet (.png, .jpg). Use the same --pipeline that built the index (none for the
+baseline); --run is a deprecated alias of --pipeline.
 
 example:
   personsearch search --index gallery.index --probe frames/c1s1_000151.jpg \\
@@ -33,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="C",
         help="only gallery persons from this camera (repeatable)",
     )
-    parser.add_argument(
-        "--run", metavar="RUNDIR", help="the trained run folder that built the index"
-    )
+    add_pipeline_argument(parser, "the trained pipeline folder that built the index")
     parser.add_argument("--out", metavar="FILE", help="write a picture: .html, .png or .jpg")
 
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(out, "--out")  # before searching: a folder, below a file, read-only
         if out.suffix.lower() in (".jpg", ".jpeg"):
             check_jpeg_sheet(args.top_k)
-    with open_searcher(args.index, args.run) as searcher:
+    with open_searcher(args.index, args.pipeline) as searcher:
         hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
     print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
     for rank, hit in enumerate(hits, 1):

@@ -8,13 +8,15 @@ import math
 import os
 import secrets
 
+from personsearch.commands._pipeline import add_pipeline_argument
+
 COMMAND = "serve"
 HELP = "serve a web page and JSON API to search a gallery index by drawing a box"
 DESCRIPTION = """\
 Serve the gallery index --index on http://HOST:PORT/: upload a picture (or pick a gallery image),
 drag a box around a person, and browse the ranked scenes. The JSON API is described at /docs
-(OpenAPI schema at /openapi.json). Use the same --run that built the index (none for the
-baseline).
+(OpenAPI schema at /openapi.json). Use the same --pipeline that built the index (none for the
+baseline); --run is a deprecated alias of --pipeline.
 
 Safe by default: it listens on 127.0.0.1 only. To listen on another address, give an access
 token (--token, or the PERSONSEARCH_TOKEN environment variable, or --token generate); the
@@ -44,9 +46,7 @@ def positive_number(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, metavar="INDEX", help="gallery index folder")
-    parser.add_argument(
-        "--run", metavar="RUNDIR", help="the trained run folder that built the index"
-    )
+    add_pipeline_argument(parser, "the trained pipeline folder that built the index")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     # On loopback, Host headers other than loopback names are refused (DNS rebinding); on
     # another address the token is what guards the API.
     allowed_hosts = (*LOOPBACK_HOSTS, args.host) if is_loopback(args.host) else None
-    app = create_app(args.index, args.run, token=token, limits=limits, allowed_hosts=allowed_hosts)
+    app = create_app(args.index, args.pipeline, token=token, limits=limits, allowed_hosts=allowed_hosts)
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     if args.host in ("0.0.0.0", "::"):
         shown_host = "<this-machine's-address>"
