@@ -3,6 +3,8 @@ commands (check-data, prepare-cuhk03, train reid with the shipped config, evalua
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from cuhk03_fixture import (
@@ -14,7 +16,8 @@ from cuhk03_fixture import (
 )
 from PIL import Image
 
-from personsearch.cli import main
+from personsearch.cli import build_parser, main
+from personsearch.commands.evaluate_reid import _config
 from personsearch.data.cuhk03 import load_cuhk03, protocol_report, write_cuhk03_images
 from personsearch.data.registry import load_crop_dataset
 from personsearch.errors import ConfigError, DatasetError
@@ -215,3 +218,40 @@ def test_prepare_cuhk03_then_the_reader(tmp_path, capsys):
     assert len(dataset.train) == 5 and {c.pid for c in dataset.query} == {2}
     assert main(["prepare-cuhk03", "--root", str(tmp_path / "none")]) == 1
     assert "cuhk-03.mat not found" in capsys.readouterr().err
+
+
+#: the shipped config, shrunk to seconds on a CPU (the network stays CLSA on ResNet-50)
+SMOKE = ["data.crop_height=32", "data.crop_width=16", "model.pretrained=false",
+         "model.feature_dim=16", "optim.batch_size=4", "optim.epochs=1", "optim.milestones=[1]",
+         "run.workers=0", "run.progress=false", "run.log_period=1", "run.eval_batch_size=8"]
+
+
+def test_smoke_run_of_the_shipped_config(root, tmp_path, capsys):
+    """`train reid --config cuhk03-reid` on the tiny folder, then evaluate-reid per variant."""
+    run = tmp_path / "run"
+    args = ["train", "reid", "--config", "cuhk03-reid", "--out", str(run),
+            f"data.root={root}", *SMOKE]
+    assert main(args) == 0
+    assert "final evaluation: mAP=" in capsys.readouterr().out
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert 0 <= final["mAP"] <= 1 and final["valid_queries"] == 4
+    assert "variant: labeled" in (run / "config.yaml").read_text()
+    assert main(["evaluate-reid", "--run", str(run), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"re-id on cuhk03 labeled ({root}): 4 queries, 4 gallery crops")
+    labeled = json.loads((run / "eval-reid-cuhk03-labeled.json").read_text())
+    assert labeled["mAP"] == pytest.approx(final["mAP"]) and labeled["variant"] == "labeled"
+    assert main(["evaluate-reid", "--run", str(run), "--workers", "0", "--variant",
+                 "detected", "--json"]) == 0
+    detected = json.loads(capsys.readouterr().out)
+    assert detected["variant"] == "detected" and detected["queries"] == 4
+    assert (run / "eval-reid-cuhk03-detected.json").is_file()
+    # a CUHK03 run scored on another dataset drops the variant
+    parser = build_parser()
+    other = _config(parser.parse_args(["evaluate-reid", "--run", str(run), "--dataset",
+                                       "market1501", "--root", str(tmp_path)]))
+    assert (other.data.dataset, other.data.variant) == ("market1501", "")
+    assert main(["train", "reid", "--config", "cuhk03-reid", "--out", str(tmp_path / "r2"),
+                 f"data.root={root}", "data.variant=detect", *SMOKE]) == 1
+    assert "data.variant='detect': CUHK03's variants are labeled and detected" in \
+        capsys.readouterr().err

@@ -26,6 +26,7 @@ What is evaluated (exactly one):
 
   personsearch evaluate-reid --run runs/market1501-reid
   personsearch evaluate-reid --run runs/cuhk-sysu-reid --dataset prw --root /data/prw
+  personsearch evaluate-reid --run runs/cuhk03-reid --variant detected
   personsearch evaluate-reid --run runs/synthetic-reid --per-level --by-scale
   personsearch evaluate-reid --embedder bands --dataset synthetic --root data/synthetic-small --json
 """
@@ -37,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--embedder", metavar="colour|bands|imagenet|FILE.yaml", help="an embedder to evaluate"
     )
-    parser.add_argument("--dataset", help="cuhk-sysu, prw, market1501 or synthetic")
+    parser.add_argument("--dataset", help="cuhk-sysu, prw, market1501, cuhk03 or synthetic")
+    parser.add_argument("--variant", choices=("labeled", "detected"),
+                        help="CUHK03 only: which crops (default: the run's, else labeled)")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--per-level", action="store_true", help="score each pyramid level alone")
     parser.add_argument("--by-scale", action="store_true", help="score per scale-gap bin")
@@ -83,9 +86,13 @@ def run(args: argparse.Namespace) -> int:
     metrics.update(
         dataset=config.data.dataset, root=config.data.root, queries=len(query), gallery=len(gallery)
     )
+    name = config.data.dataset
+    if config.data.variant:
+        metrics["variant"] = config.data.variant
+        name += f"-{config.data.variant}"
     output = Path(args.output) if args.output else None
     if output is None and args.run:
-        output = Path(args.run) / f"eval-reid-{config.data.dataset}.json"
+        output = Path(args.run) / f"eval-reid-{name}.json"
     if output is not None:
         write_json(output, metrics)
     if args.json:
@@ -105,6 +112,10 @@ def _config(args: argparse.Namespace) -> Any:
 
     overrides = [f"data.dataset={args.dataset}"] if args.dataset else []
     overrides += [f"data.root={args.root}"] if args.root else []
+    if args.variant:
+        overrides.append(f"data.variant={args.variant}")
+    elif args.dataset and args.dataset != "cuhk03":
+        overrides.append("data.variant=")  # a CUHK03 run evaluated on another dataset
     if args.embedder:
         # only the data section matters: the shipped re-id config gives its defaults
         return load_config("synthetic-reid", overrides)
@@ -182,7 +193,8 @@ def _evaluate_embedder(args, device, query, gallery, heights) -> dict[str, Any]:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """The human-readable form: a row per level (or one row), then the scale-gap bins."""
     lines = [
-        f"re-id on {metrics['dataset']} ({metrics['root']}): {metrics['queries']} queries, "
+        f"re-id on {metrics['dataset']}{' ' + metrics['variant'] if metrics.get('variant') else ''} "
+        f"({metrics['root']}): {metrics['queries']} queries, "
         f"{metrics['gallery']} gallery crops, {metrics['valid_queries']:.0f} scored; "
         f"{metrics['embedder']} ({metrics['dim']}-d)"
     ]
