@@ -135,20 +135,11 @@ def _os_error(out: Path, error: OSError) -> Exception:
 def _remove_if_empty(folder: Path) -> None:
     """Delete an index folder this run created if it records no image at all (else keep it)."""
     import shutil
-    import sqlite3
 
-    from personsearch.search.store import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR
+    from personsearch.search.store import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR, has_images
 
-    if not folder.is_dir():
+    if not folder.is_dir() or has_images(folder):
         return
-    db = folder / DB_NAME
-    if db.is_file():
-        try:
-            with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as conn:
-                if conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]:
-                    return
-        except sqlite3.DatabaseError:
-            pass  # no images table: nothing was ever committed
     own = {DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR, f"{DB_NAME}-journal"}
     if any(path.name not in own for path in folder.iterdir()):
         return  # something else was put there meanwhile: not ours to delete

@@ -601,6 +601,20 @@ def connect_shared_reader(db: Path, *, busy_timeout_s: float) -> sqlite3.Connect
         raise GalleryIndexError(f"cannot open gallery index database {db}: {error}") from error
 
 
+def has_images(folder: Path) -> bool:
+    """Whether the index database in `folder` records any image, ok or failed (False without a
+    database, or without an images table: nothing was ever committed)."""
+    db = folder / DB_NAME
+    if not db.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        with contextlib.closing(conn):
+            return bool(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return False
+
+
 def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     """The `meta` table: version, fingerprint, dim, index_kind and the indexer's extra info."""
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
