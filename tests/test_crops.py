@@ -12,7 +12,6 @@ from PIL import Image
 from personsearch.data.crops import (
     CropImageDataset,
     CropSample,
-    box_iou,
     build_crop_cache,
     crop_cache_path,
     crop_file_samples,
@@ -45,6 +44,8 @@ def scenes(tmp_path):
 
 
 def test_box_iou():
+    from personsearch.boxes import box_iou
+
     iou = box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
     np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
 

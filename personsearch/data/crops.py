@@ -9,7 +9,6 @@ again every epoch.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import zipfile
 import zlib
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from personsearch.boxes import box_iou, crop_bounds
 from personsearch.data.images import open_rgb
 from personsearch.data.scenes import UNLABELED, Crop, Scene
 from personsearch.errors import DatasetError, ResultsError
@@ -40,19 +40,6 @@ class CropSample:
     pid: int
     camera: int
     source: str = "gt"  #: "gt" (annotated box), "det" (matched detection) or "crop" (crop file)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a) x len(b)) of x1y1x2y2 boxes on continuous coordinates."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def scene_crop_samples(
@@ -74,7 +61,7 @@ def scene_crop_samples(
         found = detections.get(scene.name) if detections else None
         if found is None or len(found) == 0 or len(scene.boxes) == 0:
             continue
-        iou = box_iou(found, scene.boxes)
+        iou = box_iou(found, scene.boxes, clip_areas=False)
         best = iou.argmax(axis=1)
         for row, match in enumerate(best):
             pid = int(scene.pids[match])
@@ -168,12 +155,7 @@ def cut_crop(image: Image.Image, box: Box | None) -> Image.Image:
     """The box's pixels (rounded outwards, clipped to the image, at least 1 x 1)."""
     if box is None:
         return image
-    width, height = image.size
-    x1 = min(max(math.floor(box[0]), 0), width - 1)
-    y1 = min(max(math.floor(box[1]), 0), height - 1)
-    x2 = min(max(math.ceil(box[2]), x1 + 1), width)
-    y2 = min(max(math.ceil(box[3]), y1 + 1), height)
-    return image.crop((x1, y1, x2, y2))
+    return image.crop(crop_bounds(box, *image.size))
 
 
 def crop_cache_path(cache_dir: str | os.PathLike[str], sample: CropSample) -> Path:

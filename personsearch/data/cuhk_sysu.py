@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from personsearch.boxes import box_iou
 from personsearch.data.mat import (
     as_numbers,
     as_record,
@@ -369,17 +370,6 @@ def _match_box(boxes: np.ndarray, pids: np.ndarray, box: np.ndarray, pid: int) -
     free = np.flatnonzero(pids == UNLABELED)
     if not free.size:
         return None
-    overlaps = _iou_xywh(boxes[free], box)
+    overlaps = box_iou(boxes[free], box, fmt="xywh", clip_areas=False)[:, 0]
     best = int(np.argmax(overlaps))
     return int(free[best]) if overlaps[best] >= _MATCH_IOU else None
-
-
-def _iou_xywh(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(boxes[:, 0], box[0])
-    y1 = np.maximum(boxes[:, 1], box[1])
-    x2 = np.minimum(boxes[:, 0] + boxes[:, 2], box[0] + box[2])
-    y2 = np.minimum(boxes[:, 1] + boxes[:, 3], box[1] + box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = boxes[:, 2] * boxes[:, 3] + box[2] * box[3] - inter
-    # two zero-size boxes have no union: overlap 0, not NaN (and no division warning)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

@@ -235,25 +235,14 @@ def _holds(scene: Any, pid: int, box: Any) -> bool:
     """Whether `scene` labels `pid` on a box overlapping `box` by IoU >= 0.5."""
     import numpy as np
 
+    from personsearch.boxes import box_iou
+
     boxes = scene.boxes[scene.pids == pid]
     if not len(boxes):
         return False
-    return bool(np.any(_overlap_at_least(boxes, box, 0.5)))
-
-
-def _overlap_at_least(boxes: Any, box: Any, threshold: float) -> Any:
-    """Per row of `boxes` (N x 4, x1 y1 x2 y2): whether its IoU with `box` is >= `threshold`
-    (compared as intersection >= threshold * union, so a zero union counts as overlapping)."""
-    import numpy as np
-
-    x1 = np.maximum(boxes[:, 0], box[0])
-    y1 = np.maximum(boxes[:, 1], box[1])
-    x2 = np.minimum(boxes[:, 2], box[2])
-    y2 = np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = areas + (box[2] - box[0]) * (box[3] - box[1]) - inter
-    return inter >= threshold * union
+    # in the boxes' own float32, and a zero union (two empty boxes) counts as overlapping
+    iou = box_iou(boxes, box, clip_areas=False, no_union=1.0, dtype=None)[:, 0]
+    return bool(np.any(iou >= 0.5))
 
 
 def _cuhk_identity_lists(dataset: Any, report: DatasetReport) -> list[str]:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from personsearch.boxes import paired_iou, search_iou_threshold
 from personsearch.data.scenes import SearchProtocol
-from personsearch.evaluation.boxes import paired_iou, search_iou_threshold
 
 if TYPE_CHECKING:  # annotations only: search.py imports this module
     from personsearch.evaluation.search import Duplicates, GalleryDetections

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personsearch.evaluation.boxes import paired_iou
+from personsearch.boxes import paired_iou
 
 #: A context detection overlapping the query box by more than this is the query person itself
 #: (SeqNet's query-image pass puts the query box first and suppresses overlaps with NMS at 0.4).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personsearch.evaluation.boxes import paired_iou
+from personsearch.boxes import paired_iou
 
 
 @dataclass(frozen=True)

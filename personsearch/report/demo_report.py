@@ -107,7 +107,7 @@ def _scale_plot(scales: dict[str, dict[str, dict[str, Any]]]) -> Any:
 
 def _example_rankings(results_path: Path, protocol: SearchProtocol, count: int, top_k: int = 5):
     """For `count` evenly spaced queries: the top-k detections of its listed gallery, hit or miss."""
-    from personsearch.evaluation.boxes import box_iou, search_iou_threshold
+    from personsearch.boxes import box_iou, search_iou_threshold
     from personsearch.evaluation.results_file import load_results
 
     results = load_results(results_path)

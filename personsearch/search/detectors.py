@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from personsearch.boxes import clip_boxes
 from personsearch.data.images import read_rgb
 from personsearch.errors import PersonSearchError
 
@@ -167,9 +168,7 @@ def trim_hog_windows(windows: np.ndarray, image_size: tuple[int, int]) -> np.nda
     w, h = x2 - x1, y2 - y1
     boxes = np.stack([x1 + left * w, y1 + top * h, x2 - right * w, y2 - bottom * h], axis=1)
     height, width = image_size
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)  # windows may reach past the border
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return boxes
+    return clip_boxes(boxes, width, height)  # windows may reach past the border
 
 
 def hog_available() -> bool:

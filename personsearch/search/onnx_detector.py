@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from personsearch.boxes import box_iou
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 
 LAYOUTS = ("boxes_scores_labels", "yolo")
@@ -330,16 +331,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
     kept = []
     while len(order):
         best, rest = order[0], order[1:]
         kept.append(best)
-        width = (np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])).clip(0)
-        height = (np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])).clip(0)
-        inter = width * height
-        union = areas[best] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        iou = box_iou(boxes[best], boxes[rest])[0]
         order = rest[iou <= iou_threshold]
     return np.asarray(kept, dtype=np.int64)
 

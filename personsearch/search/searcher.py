@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personsearch.boxes import clip_boxes, crop_bounds
 from personsearch.data.images import ScaledImage, read_scaled
 from personsearch.errors import ImageError, PersonSearchError
 from personsearch.search.detectors import Detector, detector_fingerprint
@@ -280,7 +281,7 @@ class PersonSearcher:
                 f"detector returned {len(boxes)} boxes but {len(scores)} scores for {path}"
             )
         height, width = image.shape[:2]
-        boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+        boxes = clip_boxes(boxes, width, height)
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         return boxes[keep], scores[keep]
@@ -419,7 +420,7 @@ def validate_box(
             f"probe box {shown} lies outside {source}, which is {width} x {height} pixels: "
             f"a box needs 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height}"
         )
-    clipped = np.clip(values, 0, [width, height, width, height])
+    clipped = clip_boxes(values, width, height)
     if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
         raise PersonSearchError(f"probe box {shown} covers less than one pixel of {source}")
     return clipped.astype(np.float32)
@@ -428,10 +429,7 @@ def validate_box(
 def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     """The pixels covered by a box (x1 y1 x2 y2, already inside the image), at least 1 x 1."""
     height, width = image.shape[:2]
-    x1 = min(max(int(math.floor(box[0])), 0), width - 1)
-    y1 = min(max(int(math.floor(box[1])), 0), height - 1)
-    x2 = max(min(int(math.ceil(box[2])), width), x1 + 1)
-    y2 = max(min(int(math.ceil(box[3])), height), y1 + 1)
+    x1, y1, x2, y2 = crop_bounds(box, width, height)
     return image[y1:y2, x1:x2]
 
 

@@ -7,7 +7,6 @@ budget (`personsearch.serve.guards.DecodeBudget`) for it; `decode_probe` then de
 """
 
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from personsearch.boxes import crop_bounds
 from personsearch.data.images import (
     DECODE_ERRORS,
     DECODERS,
@@ -202,11 +202,7 @@ def _crop_rect(box: list[float] | None, width: int, height: int) -> tuple[int, i
     """The whole pixels a box covers, as `crop_box` cuts them (the whole image for None)."""
     if box is None:
         return 0, 0, width, height
-    x1 = min(max(math.floor(box[0]), 0), width - 1)
-    y1 = min(max(math.floor(box[1]), 0), height - 1)
-    x2 = max(min(math.ceil(box[2]), width), x1 + 1)
-    y2 = max(min(math.ceil(box[3]), height), y1 + 1)
-    return x1, y1, x2, y2
+    return crop_bounds(box, width, height)
 
 
 def _stored_rect(
