@@ -57,22 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
     from personsearch.engine.distributed import resolve_device
     from personsearch.engine.reid_eval import crop_heights
     from personsearch.engine.reid_task import reid_samples
     from personsearch.errors import ConfigError
-    from personsearch.io import write_json
 
-    if args.per_level and not args.run:
-        raise ConfigError("--per-level needs --run: only a trained pyramid net has levels")
-    if args.embedder and not (args.dataset and args.root):
-        raise ConfigError("--embedder needs --dataset and --root (the crops to evaluate on)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_arguments(args)
     config = _config(args)
     device = resolve_device(args.device)
     _, query, gallery = reid_samples(config)
@@ -90,6 +80,31 @@ def run(args: argparse.Namespace) -> int:
     if config.data.variant:
         metrics["variant"] = config.data.variant
         name += f"-{config.data.variant}"
+    _report(args, metrics, name)
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """ConfigError for options that do not go together, before anything is read."""
+    from personsearch.errors import ConfigError
+
+    if args.per_level and not args.run:
+        raise ConfigError("--per-level needs --run: only a trained pyramid net has levels")
+    if args.embedder and not (args.dataset and args.root):
+        raise ConfigError("--embedder needs --dataset and --root (the crops to evaluate on)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _report(args: argparse.Namespace, metrics: dict[str, Any], name: str) -> None:
+    """Write the metrics JSON (--output, else RUN/eval-reid-<name>.json with --run) and print
+    them: one JSON object with --json (the written path then goes to stderr), else a table."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from personsearch.io import write_json
+
     output = Path(args.output) if args.output else None
     if output is None and args.run:
         output = Path(args.run) / f"eval-reid-{name}.json"
@@ -101,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_metrics(metrics))
     if output is not None:
         print(f"written: {output}", file=sys.stderr if args.json else sys.stdout)
-    return 0
 
 
 def _config(args: argparse.Namespace) -> Any:

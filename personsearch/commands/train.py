@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "train the re-id network, the detector or a classifier from a config (single process or torchrun)"
 COMMAND = "train"
@@ -55,25 +56,12 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from personsearch.config import load_config
-    from personsearch.errors import ConfigError, PersonSearchError
+    from personsearch.errors import PersonSearchError
 
     target = TASKS[args.task]
     if target is None:
         raise PersonSearchError(f"training the {args.task} is not implemented yet")
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"run.out={args.out}")
-    config_source = args.config
-    if config_source is None:
-        if not (args.resume and args.out):
-            raise ConfigError("give --config FILE (or --resume --out RUNDIR to continue a run)")
-        config_source = Path(args.out) / "config.yaml"
-        if not config_source.is_file():
-            raise ConfigError(f"{config_source} not found: is {args.out} a training run folder?")
-    config = load_config(config_source, overrides)  # every setting checked (config.validate)
-    if config.task != args.task:
-        raise ConfigError(f"config {config_source} is for task {config.task!r}, not {args.task!r}")
+    config = _load_config(args)  # every setting checked (config.validate)
     from personsearch.commands._outputs import check_output_folder, write_error
 
     option = "--out" if args.out else "run.out"
@@ -95,3 +83,27 @@ def run(args: argparse.Namespace) -> int:
         print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
     print(f"run folder: {config.run_dir}")
     return 0
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    """The run's Config: --config (else, with --resume --out, the run's own config.yaml) with
+    the key=value overrides and --out applied; ConfigError if it is for another task."""
+    from pathlib import Path
+
+    from personsearch.config import load_config
+    from personsearch.errors import ConfigError
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out={args.out}")
+    config_source = args.config
+    if config_source is None:
+        if not (args.resume and args.out):
+            raise ConfigError("give --config FILE (or --resume --out RUNDIR to continue a run)")
+        config_source = Path(args.out) / "config.yaml"
+        if not config_source.is_file():
+            raise ConfigError(f"{config_source} not found: is {args.out} a training run folder?")
+    config = load_config(config_source, overrides)
+    if config.task != args.task:
+        raise ConfigError(f"config {config_source} is for task {config.task!r}, not {args.task!r}")
+    return config
