@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from personsearch.commands._pipeline import add_pipeline_argument
 
@@ -57,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images per committed batch (default 8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="end with a one-line JSON summary on stdout (other messages go to stderr)",
+    )
     ray = parser.add_argument_group("indexing with Ray (optional extra: personsearch[ray])")
     ray.add_argument(
         "--ray-workers",
@@ -102,16 +110,10 @@ def run(args: argparse.Namespace) -> int:
             info=info,
             batch_images=args.batch_images,
         ) as searcher:
+            started = time.perf_counter()
             report = searcher.index_folder(args.gallery, progress=not args.no_progress)
             searcher.index.prepare()  # build the FAISS index now: the first search is then fast
-            for path, error in report.failed:
-                print(f"failed: {path}: {error}")
-            print(report.summary())
-            print(
-                f"index {args.out}: {searcher.index.num_images} images, "
-                f"{searcher.index.num_boxes} persons, {searcher.index.index_kind} FAISS index, "
-                f"model {searcher.index.fingerprint}"
-            )
+            _print_report(args, report, searcher.index, time.perf_counter() - started)
     except BaseException as error:
         if created:  # failed before its first batch was committed: leave no empty index behind
             _remove_if_empty(out)
@@ -154,6 +156,7 @@ def _run_with_ray(args: argparse.Namespace) -> int:
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
     run_dir = str(Path(args.pipeline).resolve()) if args.pipeline else None
+    started = time.perf_counter()
     report = index_with_ray(
         args.gallery,
         args.out,
@@ -166,12 +169,36 @@ def _run_with_ray(args: argparse.Namespace) -> int:
         info={"run": str(args.pipeline)} if args.pipeline else None,
         progress=not args.no_progress,
     )
-    for path, error in report.failed:
-        print(f"failed: {path}: {error}")
-    print(report.summary())
     with GalleryIndex.open(args.out) as index:
-        print(
-            f"index {args.out}: {index.num_images} images, {index.num_boxes} persons, "
-            f"{index.index_kind} FAISS index, model {index.fingerprint}"
-        )
+        _print_report(args, report, index, time.perf_counter() - started)
     return 0
+
+
+def _print_report(args: argparse.Namespace, report: Any, index: Any, seconds: float) -> None:
+    """The run's outcome: readable lines, or (--json) the same on stderr and one JSON line."""
+    stream = sys.stderr if args.json else sys.stdout
+    for path, error in report.failed:
+        print(f"failed: {path}: {error}", file=stream)
+    print(report.summary(), file=stream)
+    print(
+        f"index {args.out}: {index.num_images} images, {index.num_boxes} persons, "
+        f"{index.index_kind} FAISS index, model {index.fingerprint}",
+        file=stream,
+    )
+    if args.json:
+        summary = {
+            "index": str(args.out),
+            "gallery": str(args.gallery),
+            "found": report.found,
+            "added": report.added,
+            "persons_added": report.boxes,
+            "skipped": report.skipped,
+            "failed": [{"image": path, "error": error} for path, error in report.failed],
+            "changed": len(report.changed),
+            "images": index.num_images,
+            "persons": index.num_boxes,
+            "index_kind": index.index_kind,
+            "model": index.fingerprint,
+            "seconds": round(seconds, 3),
+        }
+        print(json.dumps(summary))

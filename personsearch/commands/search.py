@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from personsearch.commands._pipeline import add_pipeline_argument
@@ -38,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_pipeline_argument(parser, "the trained pipeline folder that built the index")
     parser.add_argument("--out", metavar="FILE", help="write a picture: .html, .png or .jpg")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print the ranking as one JSON document instead of a table (messages go to stderr)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +64,20 @@ def run(args: argparse.Namespace) -> int:
             check_jpeg_sheet(args.top_k)
     with open_searcher(args.index, args.pipeline) as searcher:
         hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
+    if args.json:
+        print(json.dumps(search_document(args, box, hits), indent=2))
+    else:
+        print_table(hits)
+    if out is not None:
+        try:
+            write_results_picture(out, Path(args.probe), box, hits)
+        except OSError as error:
+            raise write_error("--out", out, error) from error
+        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def print_table(hits: list) -> None:
     print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
     for rank, hit in enumerate(hits, 1):
         box_text = ",".join(f"{v:.0f}" for v in hit.box)
@@ -67,13 +87,31 @@ def run(args: argparse.Namespace) -> int:
         )
     if not hits:
         print("no results: the index holds no persons (or none pass the camera filter)")
-    if out is not None:
-        try:
-            write_results_picture(out, Path(args.probe), box, hits)
-        except OSError as error:
-            raise write_error("--out", out, error) from error
-        print(f"wrote {out}")
-    return 0
+
+
+def search_document(
+    args: argparse.Namespace, box: tuple[float, float, float, float] | None, hits: list
+) -> dict:
+    """The `--json` output: the query and its ranked hits (boxes in the gallery image's pixels;
+    camera -1 where unknown)."""
+    return {
+        "index": str(args.index),
+        "probe": str(args.probe),
+        "box": list(box) if box is not None else None,
+        "top_k": args.top_k,
+        "cameras": args.camera,
+        "hits": [
+            {
+                "rank": rank,
+                "image": hit.image_path,
+                "box": [round(float(v), 2) for v in hit.box],
+                "similarity": float(hit.similarity),
+                "det_score": float(hit.det_score),
+                "camera": int(hit.camera),
+            }
+            for rank, hit in enumerate(hits, 1)
+        ],
+    }
 
 
 def check_jpeg_sheet(top_k: int) -> None:
