@@ -13,6 +13,7 @@ pytest.importorskip("onnx")
 
 from personsearch.cli import main  # noqa: E402
 from personsearch.config import Config, DataConfig  # noqa: E402
+from personsearch.data.preprocess import preprocess_crops  # noqa: E402
 from personsearch.export.onnx import (  # noqa: E402
     ParityError,
     embedder_config_path,
@@ -21,7 +22,7 @@ from personsearch.export.onnx import (  # noqa: E402
 )
 from personsearch.models.reid import ReidConfig, ReidModel  # noqa: E402
 from personsearch.models.saving import save_reid_model  # noqa: E402
-from personsearch.search.onnx_embedder import load_onnx_embedder, preprocess_crops  # noqa: E402
+from personsearch.search.onnx_embedder import load_onnx_embedder  # noqa: E402
 
 CROP = (96, 48)
 

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise
+
 if TYPE_CHECKING:
     from personsearch.config import DataConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,8 @@ def to_normalised_tensor(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """RGB PIL image -> 3 x H x W float32, normalised per channel."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    """RGB PIL image -> 3 x H x W float32, normalised per channel (as every crop is)."""
+    return torch.from_numpy(normalise(np.asarray(image.convert("RGB")), mean, std))
 
 
 def _jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:

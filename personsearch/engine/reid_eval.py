@@ -193,7 +193,7 @@ class ImageNetEmbedder:
 
     @torch.no_grad()
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from personsearch.search.onnx_embedder import preprocess_crops  # numpy only, no onnx
+        from personsearch.data.preprocess import preprocess_crops
 
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)

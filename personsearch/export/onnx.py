@@ -28,14 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import CheckpointError, PersonSearchError
 from personsearch.io import atomic_path
-from personsearch.search.onnx_embedder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OnnxEmbedderConfig,
-    write_embedder_config,
-)
+from personsearch.search.onnx_embedder import OnnxEmbedderConfig, write_embedder_config
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -41,11 +41,10 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
+from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import ConfigError
 from personsearch.models.box_pooling import POOLING_MODES, build_box_pooler
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 2  # background, person
 FEATURE_STAGE = "res4"  # the RPN and the region pooling read this stage
 HEAD_STAGE = "res5"  # the box head runs this stage on the pooled regions

@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from personsearch.boxes import box_iou
+from personsearch.data.preprocess import normalise
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 
 LAYOUTS = ("boxes_scores_labels", "yolo")
@@ -407,12 +408,7 @@ class OnnxDetector:
         """The tensor fed to the graph for one H x W x 3 uint8 RGB image, and its geometry."""
         c = self.config
         pixels, geometry = fit_image(np.asarray(image, dtype=np.uint8), c)
-        if c.channel_order == "bgr":
-            pixels = pixels[..., ::-1]
-        pixels = (pixels / np.float32(c.pixel_scale) - np.asarray(c.mean, np.float32)) / np.asarray(
-            c.std, np.float32
-        )
-        tensor = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        tensor = normalise(pixels, c.mean, c.std, c.pixel_scale, c.channel_order)
         return (tensor[None] if c.batch_axis else tensor), geometry
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,8 @@ re-id net for indexing and search. What the network expects of its input lives i
     embedder = load_onnx_embedder("osnet_x1_0.yaml")
     features = embedder.embed_crops(list_of_hxwx3_uint8_crops)   # N x D float32, unit rows
 
-Preprocessing is done with numpy and Pillow (bilinear resize, as the training crops are), so this
-module needs `onnxruntime` and nothing from torch. The embedder's `fingerprint` hashes the model
+Preprocessing is personsearch.data.preprocess's (numpy and Pillow, bilinear resize, as the
+training crops are), so this module needs `onnxruntime` and nothing from torch. The embedder's `fingerprint` hashes the model
 file and the preprocessing, so a gallery index built with one model refuses features of another.
 """
 
@@ -33,43 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 from personsearch.search.embedders import l2_normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ONNX_INSTALL = "pip install onnxruntime (or pip install 'personsearch[export]')"
-
-
-def preprocess_crops(
-    crops: Sequence[np.ndarray],
-    height: int,
-    width: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    pixel_scale: float = 255.0,
-    channel_order: str = "rgb",
-) -> np.ndarray:
-    """H x W x 3 uint8 RGB crops of any sizes -> N x 3 x height x width float32 network input.
-
-    Each crop is resized (Pillow bilinear, like the training crops), divided by `pixel_scale`
-    and normalised per channel: (pixel / pixel_scale - mean) / std, in `channel_order`.
-    """
-    batch = np.empty((len(crops), height, width, 3), dtype=np.float32)
-    for i, crop in enumerate(crops):
-        crop = np.asarray(crop)
-        if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
-            raise ValueError(f"a crop must be a non-empty H x W x 3 array, got shape {crop.shape}")
-        image = Image.fromarray(crop.astype(np.uint8, copy=False), "RGB")
-        batch[i] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
-    if channel_order == "bgr":
-        batch = batch[..., ::-1]
-    batch /= np.float32(pixel_scale)
-    batch -= np.asarray(mean, dtype=np.float32)
-    batch /= np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
 from personsearch.models.backbones import build_backbone
 from personsearch.models.inference import prepare_for_inference
 from personsearch.models.saving import MODEL_FILE, load_detector, load_reid_model
 from personsearch.search.embedders import l2_normalize
-from personsearch.search.onnx_embedder import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
 
 
 def file_digest(path: Path, length: int = 16) -> str:
@@ -63,8 +62,6 @@ class TorchReidEmbedder:
         self.crop_height, self.crop_width = int(crop_size[0]), int(crop_size[1])
         self.fingerprint = fingerprint
         self.batch_size = batch_size
-        self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        self._std = np.asarray(IMAGENET_STD, dtype=np.float32)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.crop_height, self.crop_width, device=self.device)
             self.dim = int(self.model(probe).shape[1])
@@ -84,19 +81,14 @@ class TorchReidEmbedder:
             device=device,
         )
 
-    def _to_tensor(self, crop: np.ndarray) -> np.ndarray:
-        image = Image.fromarray(np.ascontiguousarray(crop, dtype=np.uint8))
-        image = image.resize((self.crop_width, self.crop_height), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return ((array - self._mean) / self._std).transpose(2, 0, 1)
-
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
-                batch = np.stack([self._to_tensor(c) for c in crops[start : start + self.batch_size]])
+                chunk = crops[start : start + self.batch_size]
+                batch = preprocess_crops(chunk, self.crop_height, self.crop_width)
                 batch = torch.from_numpy(batch).to(self.device)
                 feats = self.model(batch.contiguous(memory_format=torch.channels_last))
                 out.append(feats.float().cpu().numpy())
