@@ -1,15 +1,18 @@
 """Where a search pipeline's detector and embedder come from: a folder, or the built-in baseline.
 
 A search pipeline is a detector and a re-id net trained separately (the paper's two-stage design).
-`load_pipeline(folder)` is the single place that turns a folder given as `--run` into a
+`load_pipeline(folder)` is the single place that turns a folder given as `--pipeline` into a
 (detector, embedder) pair for `personsearch index` / `search` / `evaluate` / `serve`:
 
 - a folder holding `pipeline.yaml`, which names both:
 
-      detector: runs/synthetic-detector   # a detector run folder or its model.pt, or "hog" / "whole-image"
+      detector: runs/synthetic-detector   # a detector run folder or its model.pt, an ONNX
+                                          # detector's .yaml (see onnx_detector.py), or
+                                          # "hog" / "whole-image"
       reid: runs/synthetic-reid           # a re-id run folder or its model.pt, an ONNX embedder's
                                           # .yaml (see onnx_embedder.py), or "imagenet"
-      det_thresh: 0.5                     # keep detections scored at least this (the paper's 0.5)
+      det_thresh: 0.5                     # keep detections scored at least this (the paper's
+                                          # 0.5; for an ONNX detector, default: its score_thresh)
 
   Relative paths are relative to the folder holding pipeline.yaml (`write_pipeline_spec` writes
   one);
@@ -27,6 +30,7 @@ baseline, there so that the commands work out of the box.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -202,6 +206,13 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
         detector = HogPeopleDetector()
     elif detector_spec == "whole-image":
         detector = WholeImageDetector()
+    elif detector_spec.endswith((".yaml", ".yml", ".json")):  # any ONNX person detector
+        from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
+
+        config = read_detector_config(resolve(detector_spec))
+        if "det_thresh" in spec:  # the pipeline's threshold wins over the detector file's
+            config = dataclasses.replace(config, score_thresh=det_thresh)
+        detector = OnnxDetector(config)
     else:
         from personsearch.search.torch_embedders import TorchDetector
 
