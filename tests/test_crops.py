@@ -191,3 +191,24 @@ def test_cache_never_serves_a_replaced_image(tmp_path):
     assert build_crop_cache([sample], cache) == 1
     dataset = CropImageDataset([sample], CropTransform(16, 8), cache_dir=cache)
     assert np.asarray(dataset.load(0))[4, 4].tolist() == [0, 0, 200]
+
+
+def test_detections_and_results_files_share_one_reader(tmp_path):
+    from personsearch.evaluation.results_file import load_results, read_npz
+
+    path = tmp_path / "det.npz"
+    np.savez_compressed(path, image_names=np.array(["x.jpg"]), det_image=np.zeros(300, int),
+                        det_boxes=np.ones((300, 4)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    for read, what in ((load_detections, "detections file"), (load_results, "results file")):
+        with pytest.raises(ResultsError, match=f"cannot read {what} .*not a readable .npz"):
+            read(path)
+        with pytest.raises(ResultsError, match=f"{what} not found"):
+            read(tmp_path / "absent.npz")
+    np.savez(path, image_names=np.array(["x.jpg"], dtype=object), det_image=[0],
+             det_boxes=np.ones((1, 4)))
+    with pytest.raises(ResultsError, match="'image_names' holds Python objects"):
+        load_detections(path)
+    np.savez(path, a=np.arange(3), b=np.array(["s"]))
+    assert sorted(read_npz(path)) == ["a", "b"]

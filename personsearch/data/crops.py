@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from personsearch.boxes import box_iou, crop_bounds
 from personsearch.data.images import open_rgb
 from personsearch.data.scenes import UNLABELED, Crop, Scene
 from personsearch.errors import DatasetError, ResultsError
+from personsearch.evaluation.results_file import read_npz
 from personsearch.io import atomic_path
 
 Box = tuple[float, float, float, float]
@@ -115,16 +114,7 @@ def load_detections(path: str | os.PathLike[str], score_thresh: float = 0.5) -> 
     detections scored below `score_thresh` are left out.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"detections file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        # a truncated .npz is a damaged zip (BadZipFile), a cut member an EOFError or zlib.error
-        raise ResultsError(
-            f"cannot read detections {path} (truncated or not an .npz file?): {error}"
-        ) from error
+    arrays = read_npz(path, "detections file")
     missing = [k for k in ("image_names", "det_image", "det_boxes") if k not in arrays]
     if missing:
         raise ResultsError(f"detections {path} lacks arrays {missing} (has {sorted(arrays)})")

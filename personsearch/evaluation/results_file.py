@@ -14,13 +14,16 @@ and, only for CBGM (the other persons detected in each query image):
     ctx_query (K,) int, ctx_boxes (K, 4), ctx_scores (K,), ctx_feats (K, D)
 
 `load_results` checks every array and raises ResultsError naming the file and the problem;
-`save_results` validates the same way and writes atomically.
+`save_results` validates the same way and writes atomically. `read_npz` is the one reader of
+such archives, also for detections files (`personsearch detect`, data/crops.py), which hold only
+the det_* arrays and image_names.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,11 +95,12 @@ class SearchResults:
         )
 
 
-def load_results(path: str | os.PathLike[str]) -> SearchResults:
-    """Read and validate a results .npz file."""
+def read_npz(path: str | os.PathLike[str], what: str = "results file") -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, without pickled objects; ResultsError naming the file (as
+    `what`) when it is missing, truncated, not an archive, or holds Python objects."""
     path = Path(path)
     if not path.is_file():
-        raise ResultsError(f"{path}: results file not found")
+        raise ResultsError(f"{what} not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {}
@@ -104,15 +108,25 @@ def load_results(path: str | os.PathLike[str]) -> SearchResults:
                 try:
                     arrays[name] = archive[name]
                 except ValueError as error:
+                    if "allow_pickle" not in str(error):
+                        raise  # a damaged member: unreadable, below
                     raise ResultsError(
                         f"{path}: array {name!r} holds Python objects; save plain arrays "
                         "(strings as dtype=str)"
                     ) from error
     except ResultsError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ResultsError(f"{path}: not a readable .npz archive ({error})") from error
-    return validate_results(arrays, source=str(path))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        # a truncated .npz is a damaged zip (BadZipFile), a cut member an EOFError or zlib.error
+        raise ResultsError(
+            f"cannot read {what} {path}: not a readable .npz archive (truncated?): {error}"
+        ) from error
+    return arrays
+
+
+def load_results(path: str | os.PathLike[str]) -> SearchResults:
+    """Read and validate a results .npz file."""
+    return validate_results(read_npz(path, "results file"), source=str(Path(path)))
 
 
 def validate_results(arrays: dict[str, np.ndarray], source: str = "<memory>") -> SearchResults:
