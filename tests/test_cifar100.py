@@ -123,6 +123,12 @@ def test_cifar_resnets():
     assert {k: tuple(v.shape[1:]) for k, v in stages.items()} == {
         "res2": (16, 32, 32), "res3": (32, 16, 16), "res4": (64, 8, 8)}
     assert shallow.stage_strides == {"res2": 1, "res3": 2, "res4": 4}
+    # multiply-adds on one 32 x 32 image (He et al.: ResNet-110 is about 0.25 G)
+    from personsearch.commands.flops import measure
+
+    rows = {row["model"]: row for row in measure("cifar_resnet20", ["plain", "clsa"], 32, 32)}
+    assert rows["plain"]["gflops"] == pytest.approx(0.041, abs=0.001)
+    assert rows["clsa"]["levels"] == ["res2", "res3", "res4"]
     with pytest.raises(ConfigError, match="cifar_resnet20 has no pretrained weights"):
         build_backbone("cifar_resnet20", pretrained=True)
     with pytest.raises(ConfigError, match=r"cannot freeze \['res5'\]: stages are stem, res2"):
