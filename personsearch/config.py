@@ -119,13 +119,16 @@ class Config:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of what a checkpoint's tensors depend on: the task, the model and the crop size."""
+        """Hash of what a checkpoint's tensors depend on: the task, the model, the data (dataset,
+        CUHK03 variant) and the crop size."""
         key = {
             "task": self.task,
             "model": self.model,
             "dataset": self.data.dataset,
             "crop": [self.data.crop_height, self.data.crop_width],
         }
+        if self.data.dataset == "cuhk03":  # other datasets' runs keep their earlier fingerprints
+            key["variant"] = self.data.variant or "labeled"
         blob = json.dumps(key, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -255,3 +255,13 @@ def test_smoke_run_of_the_shipped_config(root, tmp_path, capsys):
                  f"data.root={root}", "data.variant=detect", *SMOKE]) == 1
     assert "data.variant='detect': CUHK03's variants are labeled and detected" in \
         capsys.readouterr().err
+
+
+def test_the_variant_is_part_of_a_run_s_fingerprint():
+    from personsearch.config import load_config
+
+    labeled = load_config("cuhk03-reid").fingerprint()
+    assert load_config("cuhk03-reid", ["data.variant="]).fingerprint() == labeled
+    assert load_config("cuhk03-reid", ["data.variant=detected"]).fingerprint() != labeled
+    market = load_config("market1501-reid")
+    assert market.fingerprint() == load_config("market1501-reid", ["data.variant="]).fingerprint()
