@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         "a batch to its largest image, which shifts boxes near the padding; the "
                         "ONNX graph takes one image at a time)")
     parser.add_argument("--tolerance", type=float, default=0.2, help="points, for every metric")
+    parser.add_argument("--labels", nargs=2, default=["pytorch", "onnx"], metavar=("A", "B"),
+                        help="names of the two rows (e.g. onnx int8 when --pipeline is itself "
+                        "an ONNX pipeline and --onnx its int8 copy)")
     parser.add_argument("--out", default="benchmarks/results/onnx_pipeline.json")
     args = parser.parse_args(argv)
 
@@ -52,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         onnx_dir = Path(args.onnx) if args.onnx else _export(args.pipeline, work / "onnx")
         rows = {}
-        for name, folder in (("pytorch", Path(args.pipeline)), ("onnx", onnx_dir)):
+        first, second = args.labels
+        for name, folder in ((first, Path(args.pipeline)), (second, onnx_dir)):
             print(f"[{name}] {folder}", flush=True)
             rows[name] = measure(folder, args, work / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     metrics = ("mAP", "top1", "recall", "ap")
-    differences = {m: abs(rows["onnx"][m] - rows["pytorch"][m]) for m in metrics}
+    base, other = (rows[name] for name in args.labels)
+    differences = {m: abs(other[m] - base[m]) for m in metrics}
     passed = all(d <= args.tolerance for d in differences.values())
     print(f"\n{'':<9}{'mAP':>7}{'top-1':>7}{'recall':>8}{'AP':>7}{'detect+embed img/s':>20}"
           f"{'index img/s':>13}")
@@ -66,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<9}{row['mAP']:>7.2f}{row['top1']:>7.2f}{row['recall']:>8.2f}{row['ap']:>7.2f}"
               f"{row['detect_embed_images_per_s']:>20.2f}{row['index_images_per_s']:>13.2f}")
     print(f"largest difference {max(differences.values()):.3f} points "
-          f"({'within' if passed else 'OVER'} {args.tolerance}); ONNX / PyTorch indexing speed "
-          f"{rows['onnx']['index_images_per_s'] / rows['pytorch']['index_images_per_s']:.2f}x")
+          f"({'within' if passed else 'OVER'} {args.tolerance}); {args.labels[1]} / "
+          f"{args.labels[0]} indexing speed "
+          f"{other['index_images_per_s'] / base['index_images_per_s']:.2f}x")
     document = {
         "format": "personsearch-onnx-pipeline/1",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

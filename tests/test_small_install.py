@@ -42,20 +42,8 @@ def no_torch_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_pipeline(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from onnx_pipeline_fixture import make_onnx_pipeline
-
-    return make_onnx_pipeline(tmp_path_factory.mktemp("onnx-pipeline"))
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from personsearch.data.synthetic import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "tiny"
-    generate_world(root, "tiny", seed=0, workers=0)
-    return root
+def world(tiny_world) -> Path:
+    return tiny_world
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
