@@ -77,8 +77,8 @@ def test_bad_variant_and_missing_files(root, tmp_path):
 
 def _protocol(root, **changes):
     files = [name for pair, pid, _, _ in IDENTITIES for name, _ in crop_names(pair, pid)]
-    values = dict(files=files, labels=[1] * len(files), cams=[1, 2, 1, 2] * len(IDENTITIES),
-                  train=[1, 2], query=[3], gallery=[4, 5])
+    values = {"files": files, "labels": [1] * len(files), "cams": [1, 2, 1, 2] * len(IDENTITIES),
+                  "train": [1, 2], "query": [3], "gallery": [4, 5]}
     extra = changes.pop("extra", {})
     values.update(changes)
     write_protocol(root / "cuhk03_new_protocol_config_labeled.mat", **values, **extra)

@@ -31,12 +31,12 @@ LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_re
 
 
 def small_config(**overrides: object) -> DetectorConfig:
-    values: dict[str, object] = dict(
-        backbone="mobilenet_v2", pretrained=False, min_size=128, max_size=224,
-        rpn_pre_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=64,
-        rpn_batch_size_per_image=64, box_batch_size_per_image=32,
-    )
+    values: dict[str, object] = {
+        "backbone": "mobilenet_v2", "pretrained": False, "min_size": 128, "max_size": 224,
+        "rpn_pre_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 64,
+        "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32,
+    }
     values.update(overrides)
     return DetectorConfig(**values)  # type: ignore[arg-type]
 

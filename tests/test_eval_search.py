@@ -43,14 +43,14 @@ def assert_matches_reference(result, reference):
 # ------------------------------------------------------------------ against the reference loop
 
 WORLDS = {
-    "plain": dict(),
-    "ties": dict(quantise=0.25),
-    "quirks": dict(duplicate_entries=4, own_image_listed=3),
-    "empty-and-tiny": dict(empty_images=6, tiny_boxes=True),
-    "full-gallery": dict(unlisted="all", own_image_listed=2),
-    "prw": dict(unlisted="all", gallery_size=None),
-    "prw-cross-camera": dict(unlisted="other-cameras", gallery_size=None),
-    "ties-full": dict(unlisted="all", quantise=0.34, duplicate_entries=3),
+    "plain": {},
+    "ties": {"quantise": 0.25},
+    "quirks": {"duplicate_entries": 4, "own_image_listed": 3},
+    "empty-and-tiny": {"empty_images": 6, "tiny_boxes": True},
+    "full-gallery": {"unlisted": "all", "own_image_listed": 2},
+    "prw": {"unlisted": "all", "gallery_size": None},
+    "prw-cross-camera": {"unlisted": "other-cameras", "gallery_size": None},
+    "ties-full": {"unlisted": "all", "quantise": 0.34, "duplicate_entries": 3},
 }
 
 

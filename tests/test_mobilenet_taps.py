@@ -20,10 +20,10 @@ DIM = 16
 
 def model(taps: str, **overrides) -> ReidModel:
     torch.manual_seed(0)
-    settings = dict(
-        num_classes=5, backbone="mobilenet_v2", pretrained=False, feature_dim=DIM,
-        mobilenet_taps=taps,
-    )
+    settings = {
+        "num_classes": 5, "backbone": "mobilenet_v2", "pretrained": False, "feature_dim": DIM,
+        "mobilenet_taps": taps,
+    }
     return ReidModel(ReidConfig(**(settings | overrides)))
 
 

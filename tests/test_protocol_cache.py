@@ -174,7 +174,7 @@ def test_cache_protocols_parses_the_missing_ones_in_parallel_processes(cuhk, cac
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     cache_protocols(cuhk, [50, 100, "full"])
     assert calls == []  # the two missing ones were parsed in worker processes
-    assert len(set(p.name for p in cache.glob("*.npz")) - before) == 2
+    assert len({p.name for p in cache.glob("*.npz")} - before) == 2
     monkeypatch.setenv(CACHE_ENV, "off")
     for size in (100, "full"):
         parsed = load_cuhk_sysu_protocol(cuhk, size)

@@ -58,7 +58,7 @@ def assert_error(response, status: int, *words: str) -> dict:
 
 
 def upload(client, data: bytes, box: str | None = None, **fields):
-    form = {key: value for key, value in fields.items()}
+    form = dict(fields.items())
     if box is not None:
         form["box"] = box
     return client.post("/api/search/upload", files={"file": ("probe", data)}, data=form)

@@ -126,7 +126,7 @@ def test_the_training_tasks_validate_a_config_built_in_python(tmp_path):
 
 
 def _tiny_config(tmp_path, **run) -> Config:
-    settings = dict(out=str(tmp_path / "run"), workers=0, progress=False, log_period=1)
+    settings = {"out": str(tmp_path / "run"), "workers": 0, "progress": False, "log_period": 1}
     settings.update(run)
     return Config(task="reid", data=DataConfig(crop_height=16, crop_width=8), model={"dim": 8},
                   optim=OptimConfig(lr=0.05, batch_size=8, epochs=2, milestones=[1], amp=False),

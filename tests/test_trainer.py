@@ -28,7 +28,7 @@ from personsearch.errors import CheckpointError
 
 
 def make_config(tmp_path, name="run", **optim):
-    settings = dict(lr=0.05, batch_size=8, epochs=4, milestones=[2], amp=False)
+    settings = {"lr": 0.05, "batch_size": 8, "epochs": 4, "milestones": [2], "amp": False}
     settings.update(optim)
     return Config(
         task="reid",
@@ -90,8 +90,8 @@ def test_tiny_training_lowers_the_loss(tmp_path):
 @pytest.mark.parametrize(
     ("schedule", "stop_at"),
     [
-        (dict(epochs=4, milestones=[2]), 8),  # stops at an epoch boundary (epoch checkpoints)
-        (dict(iterations=14, milestones=[6]), 5),  # stops mid-epoch, checkpoint every 3 iters
+        ({"epochs": 4, "milestones": [2]}, 8),  # stops at an epoch boundary (epoch checkpoints)
+        ({"iterations": 14, "milestones": [6]}, 5),  # stops mid-epoch, checkpoint every 3 iters
     ],
 )
 def test_resume_continues_exactly(tmp_path, schedule, stop_at):

@@ -30,7 +30,7 @@ def test_prob_one_changes_the_crop_and_keeps_its_size(image) -> None:
 
 def test_prob_zero_changes_nothing_not_even_the_random_stream(image) -> None:
     """Off, it draws no random number: the other augmentations see the same stream as before."""
-    other = dict(flip=True, color_jitter=0.3, random_erasing=0.5)
+    other = {"flip": True, "color_jitter": 0.3, "random_erasing": 0.5}
     with_option = CropTransform(64, 32, lowres_prob=0.0, lowres_scale=(0.2, 1.0), **other)
     without = CropTransform(64, 32, **other)
     for seed in range(6):

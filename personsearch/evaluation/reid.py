@@ -50,23 +50,9 @@ def evaluate_reid(
     `exclude` (Q x G bool, optional) drops more crops from each query's gallery, like junk:
     neither correct matches nor negatives (the scale-gap metrics drop out-of-bin matches).
     """
-    scores = np.asarray(scores)
-    q_pids = np.asarray(query_pids, dtype=np.int64).reshape(-1)
-    g_pids = np.asarray(gallery_pids, dtype=np.int64).reshape(-1)
-    q_cams = np.asarray(query_cams, dtype=np.int64).reshape(-1)
-    g_cams = np.asarray(gallery_cams, dtype=np.int64).reshape(-1)
-    if scores.shape != (len(q_pids), len(g_pids)) or len(q_cams) != len(q_pids) or len(g_cams) != len(g_pids):
-        raise ValueError(
-            f"score matrix {scores.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery"
-        )
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=bool)
-        if exclude.shape != scores.shape:
-            raise ValueError(f"exclude mask {exclude.shape} does not match the score matrix {scores.shape}")
-    if kind not in ("similarity", "distance"):
-        raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
-    if scores.dtype.kind != "f":
-        scores = scores.astype(np.float64)
+    scores, q_pids, g_pids, q_cams, g_cams, exclude = _checked_inputs(
+        scores, query_pids, gallery_pids, query_cams, gallery_cams, kind, exclude
+    )
     # junk crops are not in the gallery: never kept (cheaper than a copy without their columns)
     not_junk = g_pids != JUNK_PID
 
@@ -132,3 +118,33 @@ def evaluate_reid(
         return float(cmc[min(k, depth) - 1])
 
     return ReidResult(mean_ap, at(1), at(5), at(10), int(valid.sum()), cmc, ap)
+
+
+def _checked_inputs(
+    scores: np.ndarray,
+    query_pids: np.ndarray,
+    gallery_pids: np.ndarray,
+    query_cams: np.ndarray,
+    gallery_cams: np.ndarray,
+    kind: str,
+    exclude: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The arrays of `evaluate_reid` as flat int64 ids and a float score matrix, or ValueError."""
+    scores = np.asarray(scores)
+    q_pids = np.asarray(query_pids, dtype=np.int64).reshape(-1)
+    g_pids = np.asarray(gallery_pids, dtype=np.int64).reshape(-1)
+    q_cams = np.asarray(query_cams, dtype=np.int64).reshape(-1)
+    g_cams = np.asarray(gallery_cams, dtype=np.int64).reshape(-1)
+    if scores.shape != (len(q_pids), len(g_pids)) or len(q_cams) != len(q_pids) or len(g_cams) != len(g_pids):
+        raise ValueError(
+            f"score matrix {scores.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery"
+        )
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude mask {exclude.shape} does not match the score matrix {scores.shape}")
+    if kind not in ("similarity", "distance"):
+        raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    return scores, q_pids, g_pids, q_cams, g_cams, exclude

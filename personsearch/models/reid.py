@@ -207,6 +207,13 @@ class ReidConfig:
             problems.append(
                 f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
             )
+        problems += self._level_problems()
+        if problems:
+            raise ConfigError("invalid re-id config: " + "; ".join(problems))
+
+    def _level_problems(self) -> list[str]:
+        """What is wrong with the levels (stages, scales) for this head and backbone."""
+        problems = []
         spec = HEAD_SPECS[self.head]
         stages = backbone_stages(self.backbone)
         absent = [level for level in self.levels if level not in stages]
@@ -228,8 +235,7 @@ class ReidConfig:
             )
         if self.kl_weight > 0 and self.num_levels < 2:
             problems.append("the alignment loss (kl_weight > 0) needs at least two levels")
-        if problems:
-            raise ConfigError("invalid re-id config: " + "; ".join(problems))
+        return problems
 
     @property
     def num_levels(self) -> int:
