@@ -314,9 +314,9 @@ def onnx_parity(
     in graph output order); return the largest difference, each output's divided by its entry in
     `scales` (default 1: absolute), and raise ParityError above `tolerance` or on a shape
     mismatch."""
-    from personsearch.search.onnx_embedder import _import_onnxruntime
+    from personsearch.search.onnx_files import import_onnxruntime
 
-    ort = _import_onnxruntime()
+    ort = import_onnxruntime()
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:

@@ -41,12 +41,11 @@ Boxes are mapped back to the original image's pixels and clipped to it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +54,24 @@ from PIL import Image
 
 from personsearch.boxes import box_iou
 from personsearch.data.preprocess import normalise
-from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
+from personsearch.errors import ConfigError, PersonSearchError
+from personsearch.search.onnx_files import (
+    ModelConfigFile,
+    file_hash,
+    open_session,
+    read_config_file,
+    write_config_file,
+)
 
 LAYOUTS = ("boxes_scores_labels", "yolo")
 RESIZE_MODES = ("letterbox", "stretch", "keep_ratio", "none")
 
 
 @dataclass(frozen=True)
-class OnnxDetectorConfig:
+class OnnxDetectorConfig(ModelConfigFile):
     """How to feed an ONNX detector and read its outputs; see the module docstring."""
+
+    KIND = "ONNX detector"
 
     model: str
     layout: str = "boxes_scores_labels"
@@ -150,21 +158,6 @@ class OnnxDetectorConfig:
             problems.append(f"nms_iou must be a number in (0, 1] or null, got {self.nms_iou!r}")
         return problems
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> OnnxDetectorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown ONNX detector keys {unknown}; known: {sorted(known)}")
-        if not values.get("model"):
-            raise ConfigError(f"{source}: 'model' (the .onnx file) is required")
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def _is_int(value: Any) -> bool:
@@ -177,39 +170,12 @@ def _is_number(value: Any) -> bool:
 
 def read_detector_config(path: str | os.PathLike[str]) -> OnnxDetectorConfig:
     """Read a YAML/JSON detector config; its `model` path becomes relative to the file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"ONNX detector config not found: {path}") from None
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read ONNX detector config {path}: {error}") from error
-    if not isinstance(values, dict):
-        raise ConfigError(f"ONNX detector config {path} must be a mapping of settings")
-    config = OnnxDetectorConfig.from_dict(values, source=str(path))
-    model = Path(config.model).expanduser()
-    if not model.is_absolute():
-        model = path.parent / model
-    return OnnxDetectorConfig.from_dict({**values, "model": str(model)}, source=str(path))
+    return read_config_file(path, OnnxDetectorConfig.from_dict, "ONNX detector")
 
 
 def write_detector_config(path: str | os.PathLike[str], config: OnnxDetectorConfig) -> None:
     """Write `config` as YAML (atomically), the model path relative when it lies beside the file."""
-    import yaml
-
-    from personsearch.io import atomic_open
-
-    path = Path(path)
-    values = config.to_dict()
-    if Path(config.model).parent.resolve() == path.parent.resolve():
-        values["model"] = Path(config.model).name
-    if not values["extra"]:
-        del values["extra"]
-    with atomic_open(path, "w") as handle:
-        yaml.safe_dump(values, handle, sort_keys=False)
+    write_config_file(path, config)
 
 
 @dataclass(frozen=True)
@@ -345,19 +311,8 @@ class OnnxDetector:
     """A `Detector` running an ONNX detection graph with ONNX Runtime on the CPU."""
 
     def __init__(self, config: OnnxDetectorConfig, *, threads: int | None = None) -> None:
-        from personsearch.search.onnx_embedder import _import_onnxruntime
-
-        ort = _import_onnxruntime()
         model = Path(config.model)
-        if not model.is_file():
-            raise ConfigError(f"ONNX detector model not found: {model}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"cannot load ONNX detector {model}: {error}") from error
+        self._session = open_session(model, threads, "ONNX detector")
         self.config = config
         self._input = self._pick_input()
         self._outputs = self._pick_outputs()
@@ -396,10 +351,7 @@ class OnnxDetector:
         return wanted
 
     def _fingerprint(self, model: Path) -> str:
-        digest = hashlib.sha1()
-        with open(model, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest = file_hash(model)
         settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model", "name", "extra")}
         digest.update(json.dumps(settings, sort_keys=True).encode())
         return f"onnx-detector:{self.config.name or model.stem}:{digest.hexdigest()[:16]}"

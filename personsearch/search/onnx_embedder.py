@@ -23,27 +23,32 @@ file and the preprocessing, so a gallery index built with one model refuses feat
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
-from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
+from personsearch.errors import ConfigError, PersonSearchError
 from personsearch.search.embedders import l2_normalize
-
-ONNX_INSTALL = "pip install onnxruntime (personsearch's core install has it)"
+from personsearch.search.onnx_files import (
+    ModelConfigFile,
+    file_hash,
+    open_session,
+    read_config_file,
+    write_config_file,
+)
 
 
 @dataclass(frozen=True)
-class OnnxEmbedderConfig:
+class OnnxEmbedderConfig(ModelConfigFile):
     """How to feed an ONNX re-id model; see the module docstring for the file format."""
+
+    KIND = "ONNX embedder"
 
     model: str
     input_height: int | None = None
@@ -92,59 +97,16 @@ class OnnxEmbedderConfig:
         if problems:
             raise ConfigError("invalid ONNX embedder config: " + "; ".join(problems))
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> OnnxEmbedderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown ONNX embedder keys {unknown}; known: {sorted(known)}")
-        if not values.get("model"):
-            raise ConfigError(f"{source}: 'model' (the .onnx file) is required")
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def read_embedder_config(path: str | os.PathLike[str]) -> OnnxEmbedderConfig:
     """Read a YAML/JSON embedder config; its `model` path becomes relative to the file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"ONNX embedder config not found: {path}") from None
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read ONNX embedder config {path}: {error}") from error
-    if not isinstance(values, dict):
-        raise ConfigError(f"ONNX embedder config {path} must be a mapping of settings")
-    config = OnnxEmbedderConfig.from_dict(values, source=str(path))
-    model = Path(config.model).expanduser()
-    if not model.is_absolute():
-        model = path.parent / model
-    return OnnxEmbedderConfig.from_dict({**values, "model": str(model)}, source=str(path))
+    return read_config_file(path, OnnxEmbedderConfig.from_dict, "ONNX embedder")
 
 
 def write_embedder_config(path: str | os.PathLike[str], config: OnnxEmbedderConfig) -> None:
     """Write `config` as YAML (atomically), with the model path relative to the file if beside it."""
-    import yaml
-
-    from personsearch.io import atomic_open
-
-    path = Path(path)
-    values = config.to_dict()
-    model = Path(config.model)
-    if model.parent.resolve() == path.parent.resolve():
-        values["model"] = model.name
-    if not values["extra"]:
-        del values["extra"]
-    with atomic_open(path, "w") as handle:
-        yaml.safe_dump(values, handle, sort_keys=False)
+    write_config_file(path, config)
 
 
 class OnnxEmbedder:
@@ -156,19 +118,8 @@ class OnnxEmbedder:
     """
 
     def __init__(self, config: OnnxEmbedderConfig, *, threads: int | None = None) -> None:
-        ort = _import_onnxruntime()
         model = Path(config.model)
-        if not model.is_file():
-            raise ConfigError(f"ONNX model not found: {model}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self._session = ort.InferenceSession(
-                str(model), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"cannot load ONNX model {model}: {error}") from error
+        self._session = open_session(model, threads, "ONNX")
         self.config = config
         self._input = self._pick_input(config)
         self._output = config.output_name or self._session.get_outputs()[0].name
@@ -226,10 +177,7 @@ class OnnxEmbedder:
         return sizes[0], sizes[1], batch or 0
 
     def _fingerprint(self, model: Path) -> str:
-        digest = hashlib.sha1()
-        with open(model, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest = file_hash(model)
         c = self.config
         digest.update(
             repr(
@@ -282,13 +230,3 @@ def load_onnx_embedder(
 ) -> OnnxEmbedder:
     """The embedder described by a YAML/JSON config file (see the module docstring)."""
     return OnnxEmbedder(read_embedder_config(config_path), threads=threads)
-
-
-def _import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise PersonSearchError(
-            f"ONNX models need ONNX Runtime, which is not installed: {ONNX_INSTALL}"
-        ) from None
-    return onnxruntime
