@@ -9,7 +9,10 @@ ONNX Runtime's int8 variants into a temp folder:
 - static: QDQ weights and activations, calibrated on crops / scenes of the world's training
   images (`quantize_static`, MinMax).
 Then times each variant against the fp32 model on the same inputs, alternating rounds, and
-reports the speed-up and the largest feature / score difference. The project ships a quantised
+reports the speed-up and the largest feature / score difference. With --pipeline-out DIR it also
+writes the static variant as a whole pipeline (calibrated on up to 64 of the world's training
+scenes and the persons the fp32 detector finds in them), for `benchmarks/onnx_pipeline.py
+--pipeline ONNX --onnx DIR --labels onnx onnx-int8` to score its search mAP. The project ships a quantised
 model only if it is at least --min-speedup (1.5x) faster with search mAP within 1 point; a
 variant that is not that fast, or whose outputs are far from fp32's (features at cosine < 0.95,
 detections off by more than 10 %), stops here. Prints a
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-speedup", type=float, default=1.5)
     parser.add_argument("--out", default="benchmarks/results/onnx_quantize.json")
+    parser.add_argument("--pipeline-out", metavar="DIR",
+                        help="also write the static int8 variant as a pipeline folder")
     args = parser.parse_args(argv)
 
     from personsearch.data.images import read_rgb
@@ -112,7 +117,58 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
+    if args.pipeline_out:
+        calibration = [read_rgb(s.path) for s in _spread(dataset.train, 64)]
+        print(f"wrote {write_int8_pipeline(folder, Path(args.pipeline_out), calibration)}")
     return 0
+
+
+def _spread(items, count: int) -> list:  # noqa: ANN001
+    """`count` items spread evenly over `items`."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def write_int8_pipeline(folder: Path, out: Path, images: list[np.ndarray]) -> Path:
+    """The ONNX pipeline `folder` with both models quantised (static QDQ, per-channel weights),
+    calibrated on `images` (the detector) and the persons the fp32 detector finds in them (the
+    re-id net); returns the new pipeline.yaml."""
+    import dataclasses
+
+    from personsearch.search.onnx_detector import (
+        OnnxDetector,
+        read_detector_config,
+        write_detector_config,
+    )
+    from personsearch.search.onnx_embedder import (
+        OnnxEmbedder,
+        read_embedder_config,
+        write_embedder_config,
+    )
+    from personsearch.search.pipeline import read_pipeline_spec, write_pipeline_spec
+    from personsearch.search.searcher import crop_box
+
+    spec = read_pipeline_spec(folder)
+    det_config = read_detector_config(folder / spec["detector"])
+    reid_config = read_embedder_config(folder / spec["reid"])
+    detector, reid = OnnxDetector(det_config), OnnxEmbedder(reid_config)
+    crops = [crop_box(image, box) for image in images for box in detector.detect(image)[0]]
+    out.mkdir(parents=True, exist_ok=True)
+    det_model, reid_model = out / "detector.int8.onnx", out / "reid.int8.onnx"
+    for source, target, feeds in (
+        (det_config.model, det_model,
+         [{detector._input: detector.network_input(image)[0]} for image in images]),
+        (reid_config.model, reid_model,
+         [{reid._input.name: batch} for batch in _reid_batches(reid, crops[:512])]),
+    ):
+        error = _quantize(Path(source), target, "static", feeds)
+        if error:
+            raise SystemExit(f"cannot quantise {source}: {error}")
+    det_yaml, reid_yaml = out / "detector.int8.onnx.yaml", out / "reid.int8.onnx.yaml"
+    write_detector_config(det_yaml, dataclasses.replace(det_config, model=str(det_model)))
+    write_embedder_config(reid_yaml, dataclasses.replace(reid_config, model=str(reid_model)))
+    return write_pipeline_spec(out, det_yaml, reid_yaml, float(spec.get("det_thresh", 0.5)))
 
 
 def _keeps_outputs(row: dict) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 COMMAND = "export"
 HELP = "export a trained re-id net (or detector) to ONNX, verified against PyTorch"
@@ -19,9 +18,7 @@ FILE.yaml beside it: the ONNX detector config a pipeline.yaml can name.
 
 --pipeline DIR --out OUTDIR exports both models of a pipeline folder (and writes
 OUTDIR/pipeline.yaml): `index`, `search`, `serve` and `evaluate --pipeline OUTDIR` then run
-with ONNX Runtime alone, no PyTorch installed. Add --int8 --calibration FRAMES to also write
-OUTDIR-int8/: the same pipeline quantised to int8 (static, per-channel weights), calibrated on
-scene images like those to be searched; see docs/search.md for what it costs and gains.
+with ONNX Runtime alone, no PyTorch installed.
 
 Needs PyTorch and onnx (pip install 'personsearch[train,export]').
 
@@ -29,8 +26,6 @@ examples:
   personsearch export onnx --run runs/clsa                     # runs/clsa/reid.onnx (+ .yaml)
   personsearch export onnx --run runs/det --detector --out det.onnx
   personsearch export onnx --pipeline runs/pipeline --out runs/pipeline-onnx
-  personsearch export onnx --pipeline runs/pipeline --out runs/pipeline-onnx --int8 \
-      --calibration frames/
 """
 
 FORMATS = ("onnx",)
@@ -47,10 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with --pipeline, the output folder")
     parser.add_argument("--detector", action="store_true",
                         help="the run is a detector run: export the detector")
-    parser.add_argument("--int8", action="store_true",
-                        help="with --pipeline: also write an int8 copy in OUTDIR-int8")
-    parser.add_argument("--calibration", metavar="DIR",
-                        help="with --int8: scene images to calibrate the int8 ranges on")
+
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pipeline:
         return _export_pipeline(args)
-    if args.int8 or args.calibration:
-        raise ConfigError("--int8 and --calibration go with --pipeline")
     task = run_task(args.run)
     if args.detector and task != "detector":
         raise ConfigError(f"--detector given but {args.run} holds a {task!r} model")
@@ -90,12 +80,7 @@ def _export_pipeline(args: argparse.Namespace) -> int:
         raise ConfigError("--detector is for --run; --pipeline exports both models")
     if not args.out:
         raise ConfigError("--pipeline needs --out OUTDIR: the folder for the ONNX pipeline")
-    if args.int8 != bool(args.calibration):
-        raise ConfigError("--int8 needs --calibration DIR (scene images), and the reverse")
     check_output_folder(args.out, "--out")
-    int8_out = Path(f"{str(args.out).rstrip('/')}-int8")
-    if args.int8:
-        check_output_folder(int8_out, "--out (its -int8 copy)")
     result = export_pipeline(args.pipeline, args.out)
     for what, report in (("detector", result.detector), ("re-id net", result.reid)):
         if report is not None:
@@ -103,10 +88,4 @@ def _export_pipeline(args: argparse.Namespace) -> int:
                   f"difference {report.max_diff:.2g} on a {tuple(report.check_shape)} input)")
     print(f"wrote {result.pipeline_file}: use --pipeline {args.out} with index, search, serve "
           "and evaluate (no PyTorch needed)")
-    if args.int8:
-        from personsearch.export.quantize import quantize_pipeline
-
-        print(f"quantising to int8, calibrated on {args.calibration} ...", flush=True)
-        path = quantize_pipeline(args.out, int8_out, args.calibration)
-        print(f"wrote {path}: the int8 pipeline (check its accuracy on your data first)")
     return 0
