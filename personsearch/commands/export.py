@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 COMMAND = "export"
-HELP = "export a trained re-id net (or detector) to ONNX, verified against PyTorch"
+HELP = "export a trained re-id net, detector or whole pipeline to ONNX, verified against PyTorch"
 DESCRIPTION = """\
 Writes the network of a training run as an ONNX graph and checks that ONNX Runtime reproduces
 PyTorch within 1e-4 on a test batch (nothing is written otherwise).
