@@ -182,6 +182,22 @@ def test_a_failing_worker_stops_the_job_with_its_error(tmp_path, ray_local, gall
         assert index.num_boxes == 0 and not (tmp_path / "out" / SHARDS_DIR).exists()
 
 
+def test_a_failed_first_ray_run_leaves_no_index_folder(tmp_path, ray_local, gallery, monkeypatch,
+                                                      capsys):
+    import personsearch.search.ray_indexing as ray_indexing
+
+    def fail(*args, **kwargs):
+        raise PersonSearchError("a Ray worker failed: injected")
+
+    monkeypatch.setattr(ray_indexing, "_index_shards", fail)
+    out = tmp_path / "out"
+    argv = ["index", "--gallery", str(gallery[0]), "--out", str(out), "--ray-workers", "1",
+            "--no-progress"]
+    assert main(argv) == 1
+    assert "injected" in capsys.readouterr().err
+    assert not out.exists()  # created by this run, empty: removed, as without Ray
+
+
 def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(tmp_path, ray_local, gallery):
     folder, detector = gallery
     out = tmp_path / "ray.index"

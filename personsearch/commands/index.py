@@ -156,19 +156,26 @@ def _run_with_ray(args: argparse.Namespace) -> int:
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
     run_dir = str(Path(args.pipeline).resolve()) if args.pipeline else None
+    out = Path(args.out)
+    created = not out.exists()
     started = time.perf_counter()
-    report = index_with_ray(
-        args.gallery,
-        args.out,
-        pipeline=RunPipeline(run_dir),
-        num_workers=args.ray_workers,
-        address=args.ray_address,
-        index_kind=args.index_kind,
-        shard_images=args.shard_images,
-        batch_images=args.batch_images,
-        info={"run": str(args.pipeline)} if args.pipeline else None,
-        progress=not args.no_progress,
-    )
+    try:
+        report = index_with_ray(
+            args.gallery,
+            args.out,
+            pipeline=RunPipeline(run_dir),
+            num_workers=args.ray_workers,
+            address=args.ray_address,
+            index_kind=args.index_kind,
+            shard_images=args.shard_images,
+            batch_images=args.batch_images,
+            info={"run": str(args.pipeline)} if args.pipeline else None,
+            progress=not args.no_progress,
+        )
+    except BaseException:
+        if created:  # as without Ray: a failed first run leaves no empty index behind
+            _remove_if_empty(out)
+        raise
     with GalleryIndex.open(args.out) as index:
         _print_report(args, report, index, time.perf_counter() - started)
     return 0
