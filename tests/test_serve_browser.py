@@ -212,6 +212,38 @@ def test_pick_gallery_image_click_a_person_and_search(page, gallery):
     assert set(names[:3]) == gallery.planted_names - {source.path.name}
 
 
+def test_a_busy_server_is_asked_again_after_retry_after(browser, server_url):
+    page, _ = open_page(browser, server_url)  # the 503s below log console errors on purpose
+    calls: list[int] = []
+
+    def busy_once(route):
+        calls.append(1)
+        if len(calls) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "0"},
+                          content_type="application/json", body='{"message": "busy"}')
+        else:
+            route.continue_()
+
+    page.route("**/api/stats", busy_once)
+    stats = page.evaluate("apiJson('/api/stats')")
+    assert len(calls) == 2 and isinstance(stats, dict)  # retried once, then the real answer
+    page.unroute("**/api/stats")
+
+    calls.clear()
+
+    def always_busy(route):
+        calls.append(1)
+        route.fulfill(status=503, headers={"Retry-After": "0"},
+                      content_type="application/json", body='{"message": "busy"}')
+
+    page.route("**/api/stats", always_busy)
+    outcome = page.evaluate(
+        "apiJson('/api/stats').then(() => 'ok', error => `${error.status} ${error.message}`)"
+    )
+    assert outcome == "503 busy" and len(calls) == 4  # three retries, then the error shows
+    page.close()
+
+
 def test_token_from_the_link_reaches_the_api_and_leaves_the_address_bar(browser, gallery):
     token = "browser-test-token-123"
     with serving(create_app(gallery.index_dir, token=token)) as url:

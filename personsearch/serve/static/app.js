@@ -32,14 +32,26 @@ class ApiError extends Error {
   }
 }
 
+// A busy server (its decode budget full) answers 503 with Retry-After: wait and ask again a few
+// times before showing the error. The request body (FormData or JSON text) can be sent again.
+const BUSY_RETRIES = 3;
+const BUSY_WAIT_MAX_S = 10;
+
 async function api(path, options = {}) {
   const headers = { ...(options.headers || {}) };
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   let response;
-  try {
-    response = await fetch(path, { ...options, headers });
-  } catch (error) {
-    throw new ApiError(0, `cannot reach the server (${error.message})`);
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      response = await fetch(path, { ...options, headers });
+    } catch (error) {
+      throw new ApiError(0, `cannot reach the server (${error.message})`);
+    }
+    const wait = Number(response.headers.get("Retry-After"));
+    if (response.status !== 503 || attempt >= BUSY_RETRIES || !(wait >= 0)) break;
+    const seconds = Math.min(wait, BUSY_WAIT_MAX_S);
+    setStatus(`the server is busy: trying again in ${seconds} s`);
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
   }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
