@@ -25,6 +25,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(verdict)
     document = {
         "format": "personsearch-onnx-quantize/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "threads": args.threads},
         "onnx": str(folder), "crops": args.crops, "scenes": args.scenes, "rounds": args.rounds,
