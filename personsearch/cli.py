@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -22,6 +23,7 @@ from personsearch.errors import PersonSearchError
 #: Installed by the `train` extra; the core install (index, search, serve, evaluate) lacks them.
 TRAINING_MODULES = frozenset({"torch", "torchvision", "tensorboard"})
 TRAIN_INSTALL = "pip install 'personsearch[train]'"
+EXPORT_INSTALL = "pip install 'personsearch[train,export]'"
 
 
 def _command_modules() -> list[ModuleType]:
@@ -87,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:
         if error.name not in TRAINING_MODULES:
             raise
+        install = EXPORT_INSTALL if args.command == "export" else TRAIN_INSTALL
         print(f"error: `personsearch {args.command}` needs {error.name}, which this installation "
-              f"lacks (the small install searches with ONNX pipelines only): {TRAIN_INSTALL}",
+              f"lacks (the small install searches with ONNX pipelines only): {install}",
               file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `personsearch search --json | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        return 0
 
 
 if __name__ == "__main__":

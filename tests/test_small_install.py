@@ -108,6 +108,12 @@ def test_training_commands_say_what_to_install(no_torch_env):
     assert "Traceback" not in done.stderr
 
 
+def test_export_names_its_extra(no_torch_env, tmp_path):
+    done = run_cli(no_torch_env, "export", "onnx", "--run", str(tmp_path))
+    assert done.returncode == 1 and "personsearch[train,export]" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

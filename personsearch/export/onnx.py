@@ -49,6 +49,8 @@ class ExportReport:
     config_path: Path | None
     max_diff: float
     check_shape: tuple[int, ...]
+    #: detector exports: boxes the check image gave (0: only shapes could be compared)
+    compared_boxes: int | None = None
 
 
 class ParityError(PersonSearchError):
@@ -262,7 +264,7 @@ def export_detector_onnx(
         )
         config_path = embedder_config_path(path)
         write_detector_config(config_path, config)
-    return ExportReport(path, config_path, diff, tuple(check.shape))
+    return ExportReport(path, config_path, diff, tuple(check.shape), len(expected[0]))
 
 
 class _SingleImageDetector(nn.Module):
