@@ -11,7 +11,7 @@ Runs the whole system on the built-in synthetic world, on the CPU, with no downl
 generate the world, train the light detector and a CLSA re-id net, index the test gallery,
 evaluate (detection recall/AP, search mAP/top-k per gallery size) and write report.html.
 Every step is cached in --out: a second run (or one after an interruption) continues.
-  personsearch demo            # about 10 minutes on 2 cores
+  personsearch demo            # about 9.5 minutes on 2 cores
   personsearch demo --quick    # about 2 minutes: a tiny world, short training
 """
 
