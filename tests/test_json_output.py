@@ -11,13 +11,9 @@ from personsearch.cli import main
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory):
-    from personsearch.data.synthetic import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "tiny"
-    generate_world(root, "tiny", seed=0, workers=0)
+def gallery(tiny_world, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gallery")
-    for image in sorted((root / "Image" / "SSM").iterdir())[:6]:
+    for image in sorted((tiny_world / "Image" / "SSM").iterdir())[:6]:
         shutil.copy(image, folder / image.name)
     return folder
 

@@ -41,11 +41,6 @@ def no_torch_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def world(tiny_world) -> Path:
-    return tiny_world
-
-
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "personsearch", *args], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -57,7 +52,9 @@ def test_blocker_really_blocks(no_torch_env):
     assert done.returncode != 0 and "blocked: small install" in done.stderr
 
 
-def test_index_search_serve_evaluate_without_torch(no_torch_env, onnx_pipeline, world, tmp_path):
+def test_index_search_serve_evaluate_without_torch(no_torch_env, onnx_pipeline, tiny_world,
+                                                  tmp_path):
+    world = tiny_world
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     for image in sorted((world / "Image" / "SSM").iterdir())[:4]:

@@ -156,6 +156,7 @@ def export_pipeline(
     from personsearch.search.pipeline import (
         PIPELINE_FILE,
         read_pipeline_spec,
+        resolve_spec_path,
         write_pipeline_spec,
     )
 
@@ -174,7 +175,7 @@ def export_pipeline(
                 "nothing to export (use the folder as it is)"
             )
         detector_report = export_detector_run(
-            _spec_path(source, detector), out / "detector.onnx", score_thresh=det_thresh
+            resolve_spec_path(source, detector), out / "detector.onnx", score_thresh=det_thresh
         )
         detector = str(detector_report.config_path)
     reid, reid_report = str(spec["reid"]), None
@@ -186,24 +187,16 @@ def export_pipeline(
     if reid.endswith((".yaml", ".yml", ".json")):  # already ONNX: copy the model and its config
         from personsearch.search.onnx_embedder import read_embedder_config, write_embedder_config
 
-        config = read_embedder_config(_spec_path(source, reid))
+        config = read_embedder_config(resolve_spec_path(source, reid))
         model = out / Path(config.model).name
         shutil.copyfile(config.model, model)
         reid = str(out / "reid.onnx.yaml")
         write_embedder_config(reid, dataclasses.replace(config, model=str(model)))
     else:
-        reid_report = export_reid_run(_spec_path(source, reid), out / "reid.onnx")
+        reid_report = export_reid_run(resolve_spec_path(source, reid), out / "reid.onnx")
         reid = str(reid_report.config_path)
     path = write_pipeline_spec(out, detector, reid, det_thresh)
     return PipelineExport(path, detector_report, reid_report)
-
-
-def _spec_path(folder: Path, value: str) -> Path:
-    path = Path(value)
-    path = path if path.is_absolute() else folder / path
-    if not path.exists():
-        raise PersonSearchError(f"{folder} names {value}, which does not exist")
-    return path
 
 
 def run_task(run: str | os.PathLike[str]) -> str:

@@ -59,6 +59,7 @@ from personsearch.search.onnx_files import (
     ModelConfigFile,
     file_hash,
     open_session,
+    pick_input,
     read_config_file,
     write_config_file,
 )
@@ -314,24 +315,10 @@ class OnnxDetector:
         model = Path(config.model)
         self._session = open_session(model, threads, "ONNX detector")
         self.config = config
-        self._input = self._pick_input()
+        self._input = pick_input(self._session, config.input_name, config.model).name
         self._outputs = self._pick_outputs()
         self.score_thresh = float(config.score_thresh)
         self.fingerprint = self._fingerprint(model)
-
-    def _pick_input(self) -> str:
-        inputs = [i.name for i in self._session.get_inputs()]
-        if self.config.input_name is not None:
-            if self.config.input_name not in inputs:
-                raise ConfigError(
-                    f"{self.config.model}: no input named {self.config.input_name!r}; inputs are {inputs}"
-                )
-            return self.config.input_name
-        if len(inputs) != 1:
-            raise ConfigError(
-                f"{self.config.model} has inputs {inputs}: name the image input with input_name"
-            )
-        return inputs[0]
 
     def _pick_outputs(self) -> list[str]:
         names = [o.name for o in self._session.get_outputs()]

@@ -39,6 +39,7 @@ from personsearch.search.onnx_files import (
     ModelConfigFile,
     file_hash,
     open_session,
+    pick_input,
     read_config_file,
     write_config_file,
 )
@@ -121,7 +122,7 @@ class OnnxEmbedder:
         model = Path(config.model)
         self._session = open_session(model, threads, "ONNX")
         self.config = config
-        self._input = self._pick_input(config)
+        self._input = pick_input(self._session, config.input_name, config.model)
         self._output = config.output_name or self._session.get_outputs()[0].name
         if self._output not in {o.name for o in self._session.get_outputs()}:
             raise ConfigError(
@@ -131,23 +132,6 @@ class OnnxEmbedder:
         self.height, self.width, self._fixed_batch = self._input_geometry(config, model)
         self.dim = int(self._run(np.zeros((1, 3, self.height, self.width), np.float32)).shape[1])
         self.fingerprint = self._fingerprint(model)
-
-    def _pick_input(self, config: OnnxEmbedderConfig) -> Any:
-        inputs = self._session.get_inputs()
-        if config.input_name is not None:
-            chosen = [i for i in inputs if i.name == config.input_name]
-            if not chosen:
-                raise ConfigError(
-                    f"{config.model}: no input named {config.input_name!r}; inputs are "
-                    f"{[i.name for i in inputs]}"
-                )
-            return chosen[0]
-        if len(inputs) != 1:
-            raise ConfigError(
-                f"{config.model} has {len(inputs)} inputs {[i.name for i in inputs]}: "
-                "name the image input with input_name"
-            )
-        return inputs[0]
 
     def _input_geometry(self, config: OnnxEmbedderConfig, model: Path) -> tuple[int, int, int]:
         shape = list(self._input.shape)

@@ -113,6 +113,21 @@ def open_session(model: str | os.PathLike[str], threads: int | None, what: str) 
         raise CheckpointError(f"cannot load {what} model {model}: {error}") from error
 
 
+def pick_input(session: Any, input_name: str | None, model: str | os.PathLike[str]) -> Any:
+    """The graph input an image goes to: the one named `input_name`, else the only one."""
+    inputs = session.get_inputs()
+    names = [i.name for i in inputs]
+    if input_name is not None:
+        if input_name not in names:
+            raise ConfigError(f"{model}: no input named {input_name!r}; inputs are {names}")
+        return inputs[names.index(input_name)]
+    if len(inputs) != 1:
+        raise ConfigError(
+            f"{model} has {len(inputs)} inputs {names}: name the image input with input_name"
+        )
+    return inputs[0]
+
+
 def file_hash(path: str | os.PathLike[str]) -> Any:
     """A SHA-1 object over the file's bytes, to fold a config into before hexdigest()."""
     digest = hashlib.sha1()

@@ -103,6 +103,11 @@ def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
     spec_path = run / PIPELINE_FILE
     if spec_path.is_file():  # a detector + re-id pairing
         return pipeline_from_spec(run, read_run_config(spec_path))
+    return pipeline_from_run(run, *_run_config_and_checkpoint(run))
+
+
+def _run_config_and_checkpoint(run: Path) -> tuple[dict[str, Any], Path]:
+    """A training run folder's resolved config and weights, or an error naming what is missing."""
     config_path = next((run / name for name in CONFIG_NAMES if (run / name).is_file()), None)
     if config_path is None:
         raise PersonSearchError(
@@ -115,7 +120,7 @@ def load_pipeline(run_dir: str | os.PathLike[str]) -> Pipeline:
             f"run folder {run} has no checkpoint (*.pt or *.pth in {run} or {run / 'checkpoints'})"
             ": did its training finish writing one?"
         )
-    return pipeline_from_run(run, read_run_config(config_path), checkpoint)
+    return read_run_config(config_path), checkpoint
 
 
 def read_pipeline_spec(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -129,13 +134,8 @@ def read_pipeline_spec(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise PersonSearchError(f"run folder not found: {run}")
     if (run / PIPELINE_FILE).is_file():
         return read_run_config(run / PIPELINE_FILE)
-    config_path = next((run / name for name in CONFIG_NAMES if (run / name).is_file()), None)
-    checkpoint = find_checkpoint(run)
-    if config_path is None or checkpoint is None:
-        raise PersonSearchError(
-            f"{run} holds neither {PIPELINE_FILE} nor a re-id run's config and checkpoint"
-        )
-    task = read_run_config(config_path).get("task")
+    config, checkpoint = _run_config_and_checkpoint(run)
+    task = config.get("task")
     if task != "reid":
         raise PersonSearchError(
             f"{run} is a {task!r} run; a pipeline needs a detector and a re-id net: write a "
@@ -220,11 +220,7 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
         )
 
     def resolve(value: str) -> Path:
-        path = Path(value)
-        path = path if path.is_absolute() else folder / path
-        if not path.exists():
-            raise PersonSearchError(f"{folder / PIPELINE_FILE} names {value}, which does not exist")
-        return path
+        return resolve_spec_path(folder, value)
 
     detector_spec = str(spec["detector"])
     detector: Detector
@@ -258,6 +254,15 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
 
         embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
     return Pipeline(detector=detector, embedder=embedder, source=str(folder))
+
+
+def resolve_spec_path(folder: Path, value: str) -> Path:
+    """A path named in `folder`'s pipeline.yaml (relative to the folder), which must exist."""
+    path = Path(value)
+    path = path if path.is_absolute() else folder / path
+    if not path.exists():
+        raise PersonSearchError(f"{folder / PIPELINE_FILE} names {value}, which does not exist")
+    return path
 
 
 def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pipeline:
