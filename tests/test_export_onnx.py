@@ -119,3 +119,33 @@ def test_detector_exports_per_image_with_dynamic_size(tmp_path):
     report = export_detector_onnx(detector, tmp_path / "detector.onnx", (120, 160))
     assert report.path.is_file() and report.max_diff <= 1e-4
     assert report.check_shape != (3, 120, 160)  # checked on another image size than traced
+
+
+def test_pipeline_export_leaves_nothing_when_a_model_fails(onnx_pipeline, tmp_path):
+    from personsearch.errors import PersonSearchError
+    from personsearch.export.onnx import export_pipeline
+    from personsearch.search.pipeline import write_pipeline_spec
+
+    source = tmp_path / "pipeline"
+    write_pipeline_spec(source, onnx_pipeline.parent / "detector-run", tmp_path / "gone")
+    # the re-id net names a missing run: its export fails after the detector's
+    out = tmp_path / "out"
+    with pytest.raises(PersonSearchError, match="gone, which does not exist"):
+        export_pipeline(source, out)
+    assert list(out.iterdir()) == []  # the detector already exported is not left behind
+
+    write_pipeline_spec(source, onnx_pipeline.parent / "detector-run", "imagenet")
+    with pytest.raises(PersonSearchError, match="'imagenet'"):
+        export_pipeline(source, out)
+
+
+def test_pipeline_export_writes_a_pipeline_that_loads(onnx_pipeline):
+    from personsearch.search.pipeline import load_pipeline, read_pipeline_spec
+
+    spec = read_pipeline_spec(onnx_pipeline)
+    assert spec["detector"] == "detector.onnx.yaml" and spec["reid"] == "reid.onnx.yaml"
+    assert sorted(p.name for p in onnx_pipeline.iterdir()) == [
+        "detector.onnx", "detector.onnx.yaml", "pipeline.yaml", "reid.onnx", "reid.onnx.yaml"]
+    pipeline = load_pipeline(onnx_pipeline)
+    assert pipeline.embedder.fingerprint.startswith("onnx:")
+    assert pipeline.detector.fingerprint.startswith("onnx-detector:")

@@ -151,6 +151,7 @@ def export_pipeline(
     the baseline detector ("hog" when OpenCV is installed, else "whole-image").
     """
     import shutil
+    import tempfile
 
     from personsearch.search.detectors import hog_available
     from personsearch.search.pipeline import (
@@ -162,39 +163,55 @@ def export_pipeline(
 
     source = Path(pipeline)
     spec = read_pipeline_spec(source)
+    det_thresh = float(spec.get("det_thresh", 0.5))
+    detector, reid = str(spec.get("detector") or ""), str(spec.get("reid") or "")
+    onnx_config = (".yaml", ".yml", ".json")
+    if detector.endswith(onnx_config):
+        raise PersonSearchError(
+            f"{source / PIPELINE_FILE}: its detector {detector} is already an ONNX config; "
+            "nothing to export (use the folder as it is)"
+        )
+    if reid in ("", "imagenet"):
+        raise PersonSearchError(
+            f"{source}: its re-id model is {reid or 'not named'!r}; a pipeline exports a trained "
+            "re-id net or an ONNX embedder config"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    det_thresh = float(spec.get("det_thresh", 0.5))
-    detector, detector_report = str(spec.get("detector") or ""), None
-    if not detector:
-        detector = "hog" if hog_available() else "whole-image"
-    elif detector not in ("hog", "whole-image"):
-        if detector.endswith((".yaml", ".yml", ".json")):
-            raise PersonSearchError(
-                f"{source / PIPELINE_FILE}: its detector {detector} is already an ONNX config; "
-                "nothing to export (use the folder as it is)"
+    # everything is written into a scratch folder first: a failed export leaves nothing behind
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
+        work = Path(scratch)
+        detector_report = reid_report = None
+        if not detector:
+            detector = "hog" if hog_available() else "whole-image"
+        elif detector not in ("hog", "whole-image"):
+            detector_report = export_detector_run(
+                resolve_spec_path(source, detector), work / "detector.onnx",
+                score_thresh=det_thresh,
             )
-        detector_report = export_detector_run(
-            resolve_spec_path(source, detector), out / "detector.onnx", score_thresh=det_thresh
-        )
-        detector = str(detector_report.config_path)
-    reid, reid_report = str(spec["reid"]), None
-    if reid == "imagenet":
-        raise PersonSearchError(
-            f"{source}: its re-id model is 'imagenet' (pooled torchvision features); train a "
-            "re-id net or name an ONNX embedder config to export a pipeline"
-        )
-    if reid.endswith((".yaml", ".yml", ".json")):  # already ONNX: copy the model and its config
-        from personsearch.search.onnx_embedder import read_embedder_config, write_embedder_config
+            detector = str(out / detector_report.config_path.name)
+        if reid.endswith(onnx_config):  # already ONNX: copy the model and its config
+            from personsearch.search.onnx_embedder import (
+                read_embedder_config,
+                write_embedder_config,
+            )
 
-        config = read_embedder_config(resolve_spec_path(source, reid))
-        model = out / Path(config.model).name
-        shutil.copyfile(config.model, model)
-        reid = str(out / "reid.onnx.yaml")
-        write_embedder_config(reid, dataclasses.replace(config, model=str(model)))
-    else:
-        reid_report = export_reid_run(resolve_spec_path(source, reid), out / "reid.onnx")
-        reid = str(reid_report.config_path)
+            config = read_embedder_config(resolve_spec_path(source, reid))
+            model = work / Path(config.model).name
+            shutil.copyfile(config.model, model)
+            write_embedder_config(work / "reid.onnx.yaml",
+                                  dataclasses.replace(config, model=str(model)))
+            reid = str(out / "reid.onnx.yaml")
+        else:
+            reid_report = export_reid_run(resolve_spec_path(source, reid), work / "reid.onnx")
+            reid = str(out / reid_report.config_path.name)
+        for written in work.iterdir():  # configs name their models relative: they move together
+            os.replace(written, out / written.name)
+    detector_report, reid_report = (
+        None if report is None else dataclasses.replace(
+            report, path=out / report.path.name, config_path=out / report.config_path.name)
+        for report in (detector_report, reid_report)
+    )
     path = write_pipeline_spec(out, detector, reid, det_thresh)
     return PipelineExport(path, detector_report, reid_report)
 
