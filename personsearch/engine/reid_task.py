@@ -8,7 +8,7 @@ from (for evaluation, export and search).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from personsearch.engine import distributed
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import evaluate_crops
 from personsearch.engine.runs import run_task
-from personsearch.engine.trainer import Trainer, build_train_loader
+from personsearch.engine.trainer import Hook, Trainer, build_train_loader
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.models.saving import MODEL_FILE, save_reid_model
 
@@ -116,14 +116,23 @@ def build_model(model: dict[str, Any], num_classes: int) -> nn.Module:
     return build_reid_model({**model, "num_classes": num_classes})
 
 
-def train_reid(config: Config, resume: bool = False) -> dict[str, Any]:
-    """Train (or continue) a re-id run; returns the metrics summary. Works under torchrun."""
+def train_reid(
+    config: Config, resume: bool = False, extra_hooks: Sequence[Hook] = ()
+) -> dict[str, Any]:
+    """Train (or continue) a re-id run; returns the metrics summary. Works under torchrun.
+
+    `extra_hooks` run after the trainer's own (logging, evaluation, checkpoint, export) at every
+    step: the ablation script's learning curves and whole-epoch statistics use them.
+    """
     validate(config)  # every setting, before any data is read or any step is taken
     check_model_config(config.model)
-    return run_task(_train, config, resume)
+    hooks = tuple(extra_hooks)
+    return run_task(lambda *args: _train(*args, extra_hooks=hooks), config, resume)
 
 
-def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict[str, Any]:
+def _train(
+    config: Config, checkpoint: Path | None, dist_info: DistInfo, extra_hooks: Sequence[Hook] = ()
+) -> dict[str, Any]:
     data = load_reid_data(config, dist_info)
     model = build_model(config.model, data.num_classes)
     evaluator = reid_evaluator(data, config, dist_info)
@@ -133,7 +142,8 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
     def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
         save_reid_model(config.run_dir / MODEL_FILE, module, config, pids)
 
-    trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator, export=export)
+    trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator, export=export,
+                      extra_hooks=extra_hooks)
     if checkpoint is not None:
         trainer.resume(checkpoint)
     return trainer.train()
