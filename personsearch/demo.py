@@ -86,6 +86,14 @@ def _step(timings: dict[str, float], name: str, log: Callable[[str], None]) -> I
     log(f"   {name}: {timings[name]:.0f} s")
 
 
+def schedule_text(overrides: tuple[str, ...]) -> str:
+    """'12 epochs, lr / 10 after epoch 9' from a plan's optim overrides (for the report)."""
+    values = dict(item.partition("=")[::2] for item in overrides)
+    epochs = values.get("optim.epochs", "?")
+    steps = values.get("optim.milestones", "").strip("[]").replace(",", " and ")
+    return f"{epochs} epochs" + (f", lr / 10 after epoch {steps}" if steps else "")
+
+
 def _train(task: str, config_name: str, run_dir: Path, world: Path, overrides: tuple[str, ...],
            progress: bool, workers: int) -> Path:
     """Train (or resume, or reuse) a run; returns the run folder holding model.pt."""
@@ -180,7 +188,7 @@ def run_demo(
         report = write_demo_report(
             out / "report.html", metrics=metrics, timings=timings, plan_name="quick" if quick else "full",
             world=world, dataset=dataset, protocol=protocols[100], results_path=results_path,
-            examples=plan.examples,
+            examples=plan.examples, reid_schedule=schedule_text(plan.reid_overrides),
         )
     write_json(out / "metrics.json", {**metrics, "timings_s": timings})
     return DemoResult(out, report, index_dir, pipeline_dir, metrics, timings)
