@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+#: Real sample data (PRW frames, a CUHK-SYSU protocol file, a COCO detector, a video) kept beside
+#: the repository on the developers' machines; never copied into it, absent in a user's clone.
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """`real_data("prw-mini")`: the path of a real sample, or the test is skipped with the reason."""
+
+    def get(name: str) -> Path:
+        path = REAL_DATA / name
+        if not path.exists():
+            pytest.skip(f"real sample data {name!r} is not on this machine (looked in {REAL_DATA})")
+        return path
+
+    return get
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -217,3 +217,95 @@ def test_torchvision_detector_export_matches_torch(tmp_path: Path) -> None:
     assert 0 < keep.sum() < len(keep), "the check must keep some boxes and drop others"
     np.testing.assert_allclose(scores, want["scores"][keep].numpy(), atol=1e-4)
     np.testing.assert_allclose(boxes, want["boxes"][keep].numpy(), atol=0.05)
+
+
+# ---- YOLOX: an objectness column, raw grid outputs, the real YOLOX-nano
+
+
+def test_yolox_objectness_column_scores_by_product(tmp_path: Path) -> None:
+    """4 + 1 + C columns: the person's score is objectness x class, thresholded on the product."""
+    rows = np.array(
+        [  # cx   cy   w    h   obj  person car
+            [100, 100, 40, 80, 0.9, 0.9, 0.1],  # 0.81: kept
+            [300, 300, 40, 80, 0.5, 0.9, 0.0],  # 0.45: below 0.5 although each column is not
+            [200, 200, 40, 80, 0.95, 0.1, 0.9],  # a car
+        ],
+        dtype=np.float32,
+    )
+    boxes, scores = decode_yolo(rows[None], 0, 0.5, 0.45, 300, rows_first=True, objectness=True)
+    np.testing.assert_allclose(scores, [0.81], rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[80, 60, 120, 140]])
+    # read without the objectness column, the same rows give wrong scores: the layout matters
+    _, plain = decode_yolo(rows[None], 0, 0.5, 0.45, 300, rows_first=True)
+    assert len(plain) == 3  # column 4 (the objectness) read as the person score
+
+
+def test_yolox_raw_grid_decoded_by_hand() -> None:
+    """Raw rows over strides 8 and 16 of a 32 x 32 input: (dx + col) * s, exp(dw) * s."""
+    strides, size = (8, 16), 32
+    cells = [(s, r, c) for s in strides for r in range(size // s) for c in range(size // s)]
+    rows = np.zeros((len(cells), 4 + 1 + 1), np.float32)
+    target = cells.index((16, 1, 0))  # stride 16, grid row 1, column 0
+    rows[target] = [0.5, 0.25, np.log(2.0), np.log(3.0), 1.0, 0.8]
+    boxes, scores = decode_yolo(rows[None], 0, 0.5, None, 300, rows_first=True, objectness=True,
+                                grid=(strides, size, size))
+    cx, cy, w, h = (0 + 0.5) * 16, (1 + 0.25) * 16, 2 * 16, 3 * 16
+    np.testing.assert_allclose(boxes, [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]], rtol=1e-6)
+    np.testing.assert_allclose(scores, [0.8], rtol=1e-6)
+    with pytest.raises(Exception, match="give 20 grid cells, but the YOLO output has 19 rows"):
+        decode_yolo(rows[None, :-1], 0, 0.5, None, 300, rows_first=True, objectness=True,
+                    grid=(strides, size, size))
+
+
+def test_yolox_bad_outputs_named() -> None:
+    rows = np.zeros((1, 10, 5), np.float32)  # 4 + 1 columns: no class left after objectness
+    with pytest.raises(Exception, match=r"4 \+ 1 \+ C.*yolo_objectness"):
+        decode_yolo(rows, 0, 0.5, None, 300, rows_first=True, objectness=True)
+    rows = np.full((1, 3, 7), np.nan, np.float32)
+    with pytest.raises(Exception, match="NaN or infinite"):
+        decode_yolo(rows, 0, 0.5, None, 300, rows_first=True, objectness=True)
+    with pytest.raises(ConfigError, match="yolo_strides .* needs input_height"):
+        OnnxDetectorConfig(model="m.onnx", layout="yolo", yolo_strides=[8, 16])
+    with pytest.raises(ConfigError, match="letterbox_align must be one of"):
+        OnnxDetectorConfig(model="m.onnx", layout="yolo", letterbox_align="middle")
+
+
+def test_letterbox_top_left_pads_right_and_bottom_only() -> None:
+    config = OnnxDetectorConfig(model="m.onnx", layout="yolo", resize="letterbox",
+                                letterbox_align="top_left", input_height=416, input_width=416)
+    image = np.zeros((108, 192, 3), np.uint8)
+    pixels, geometry = fit_image(image, config)
+    assert pixels.shape == (416, 416, 3) and (geometry.pad_x, geometry.pad_y) == (0.0, 0.0)
+    assert (pixels[234:, :, 0] == 114).all() and (pixels[:234, :, 0] == 0).all()
+
+
+YOLOX_CONFIG = {
+    "layout": "yolo", "yolo_rows_first": True, "yolo_objectness": True, "resize": "letterbox",
+    "letterbox_align": "top_left", "input_height": 416, "input_width": 416,
+    "channel_order": "bgr", "pixel_scale": 1.0, "score_thresh": 0.3,
+}
+
+
+def test_real_yolox_nano_finds_the_prw_pedestrians(tmp_path: Path, real_data) -> None:
+    """The real COCO YOLOX-nano on real PRW frames: most annotated people found, few false boxes."""
+    from PIL import Image
+
+    from personsearch.boxes import box_iou
+    from personsearch.data.prw import read_annotation
+
+    model = real_data("models/yolox-nano-coco") / "yolox_nano.onnx"
+    frames = real_data("prw-mini")
+    config = write_config(tmp_path / "yolox.yaml", model=str(model), **YOLOX_CONFIG)
+    detector = load_onnx_detector(config)
+    found = total = false = 0
+    for name in sorted(p.name for p in (frames / "frames").iterdir())[:6]:
+        image = np.asarray(Image.open(frames / "frames" / name).convert("RGB"))
+        boxes, scores = detector.detect(image)
+        assert (scores >= 0.3).all() and (scores <= 1).all()
+        truth, _ = read_annotation(frames / "annotations" / f"{name}.mat")
+        iou = box_iou(truth, boxes) if len(boxes) else np.zeros((len(truth), 0))
+        found += int((iou.max(axis=1, initial=0) >= 0.5).sum())
+        false += int((iou.max(axis=0, initial=0) < 0.5).sum()) if len(truth) else len(boxes)
+        total += len(truth)
+    assert found / total > 0.6, (found, total)
+    assert false <= total, false

@@ -11,6 +11,7 @@ the graph and how to read what it returns:
     input_height: 640            # letterbox / stretch: the graph's input size
     input_width: 640
     pad_value: 114               # letterbox: the grey of the padding (0..255)
+    letterbox_align: center      # letterbox: center (YOLOv5/v8) or top_left (YOLOX)
     mean: [0, 0, 0]              # per channel, in the units of pixel_scale
     std: [1, 1, 1]
     pixel_scale: 255.0           # pixels are divided by this first
@@ -31,6 +32,26 @@ Layouts:
   centre x, centre y, width, height in input pixels, then C class scores; the
   person score is column `person_class`. Boxes are kept from `score_thresh` and suppressed by
   NumPy NMS, class-agnostic since only persons remain.
+  YOLOX-style heads: `yolo_objectness: true` says column 4 is the objectness and the C class
+  scores follow it (4 + 1 + C columns); a person's score is then objectness x class score, as
+  YOLOX scores its detections (the thresholds YOLOX is used at, 0.25-0.3 in its demo, apply to
+  that product). `yolo_strides: [8, 16, 32]` says the output is the raw grid (YOLOX exported
+  with `decode_in_inference=False`): rows run over the stride-8 grid, then 16, then 32, each
+  row-major over the input, and hold offsets and log-sizes in grid cells, decoded here as
+  cx = (dx + column) x stride, w = exp(dw) x stride (needs input_height and input_width).
+  A real YOLOX-nano (416 x 416, BGR, 0-255, letterboxed top-left with 114):
+
+      model: yolox_nano.onnx
+      layout: yolo
+      yolo_rows_first: true
+      yolo_objectness: true
+      resize: letterbox
+      letterbox_align: top_left
+      input_height: 416
+      input_width: 416
+      channel_order: bgr
+      pixel_scale: 1.0
+      score_thresh: 0.3
 
 Resizing: `letterbox` scales the image to fit input_height x input_width keeping its aspect
 ratio and pads the rest evenly on both sides (as YOLO's exporters expect); `stretch` resizes to
@@ -66,6 +87,9 @@ from personsearch.search.onnx_files import (
 
 LAYOUTS = ("boxes_scores_labels", "yolo")
 RESIZE_MODES = ("letterbox", "stretch", "keep_ratio", "none")
+LETTERBOX_ALIGNS = ("center", "top_left")
+#: settings added after the first release, left out of the fingerprint at their default
+LATER_DEFAULTS = {"letterbox_align": "center", "yolo_objectness": False, "yolo_strides": None}
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,7 @@ class OnnxDetectorConfig(ModelConfigFile):
     shorter_side: int | None = None
     longer_side: int | None = None
     pad_value: float = 114.0
+    letterbox_align: str = "center"  #: where the letterboxed image sits: "center" or "top_left"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pixel_scale: float = 255.0
@@ -97,6 +122,8 @@ class OnnxDetectorConfig(ModelConfigFile):
     labels_output: str | None = "labels"  #: read when the graph has it
     output_name: str | None = None  #: yolo: the output to read (default: the first)
     yolo_rows_first: bool = False  #: yolo: the output is 1 x N x (4 + C)
+    yolo_objectness: bool = False  #: yolo: column 4 is the objectness (YOLOX: 4 + 1 + C columns)
+    yolo_strides: tuple[int, ...] | None = None  #: yolo: raw grid outputs at these strides
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -117,7 +144,10 @@ class OnnxDetectorConfig(ModelConfigFile):
             problems.append(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.channel_order not in ("rgb", "bgr"):
             problems.append(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
-        for key in ("batch_axis", "yolo_rows_first"):
+        if self.letterbox_align not in LETTERBOX_ALIGNS:
+            problems.append(f"letterbox_align must be one of {', '.join(LETTERBOX_ALIGNS)}, got "
+                            f"{self.letterbox_align!r}")
+        for key in ("batch_axis", "yolo_rows_first", "yolo_objectness"):
             if not isinstance(getattr(self, key), bool):
                 problems.append(f"{key} must be true or false, got {getattr(self, key)!r}")
         return problems
@@ -136,6 +166,16 @@ class OnnxDetectorConfig(ModelConfigFile):
             problems.append(f"resize: {self.resize} needs input_height and input_width")
         if self.resize == "keep_ratio" and self.shorter_side is None:
             problems.append("resize: keep_ratio needs shorter_side (and optionally longer_side)")
+        if self.yolo_strides is not None:
+            strides = self.yolo_strides
+            if not (isinstance(strides, list | tuple) and strides
+                    and all(_is_int(v) and v >= 1 for v in strides)):
+                problems.append(f"yolo_strides must be a list of integers >= 1, got {strides!r}")
+            else:
+                object.__setattr__(self, "yolo_strides", tuple(strides))
+                if self.input_height is None or self.input_width is None:
+                    problems.append("yolo_strides (raw grid outputs) needs input_height and "
+                                    "input_width: the grid is laid over the input")
         return problems
 
     def _check_numbers(self) -> list[str]:
@@ -220,6 +260,8 @@ def fit_image(image: np.ndarray, config: OnnxDetectorConfig) -> tuple[np.ndarray
     scale = min(target_h / height, target_w / width)  # letterbox
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     pad_x, pad_y = (target_w - new_w) // 2, (target_h - new_h) // 2
+    if config.letterbox_align == "top_left":  # YOLOX pads only right and bottom
+        pad_x = pad_y = 0
     canvas = np.full((target_h, target_w, 3), float(config.pad_value), dtype=np.float32)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = _resize(image, (new_w, new_h))
     return canvas, Geometry(new_w / width, new_h / height, float(pad_x), float(pad_y))
@@ -234,31 +276,77 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def decode_yolo(
     output: np.ndarray, person_class: int, score_thresh: float, nms_iou: float | None,
-    max_detections: int, rows_first: bool = False,
+    max_detections: int, rows_first: bool = False, objectness: bool = False,
+    grid: tuple[tuple[int, ...], int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A YOLO output (1 x (4+C) x N, or 1 x N x (4+C) when `rows_first`) -> person boxes
-    (x1 y1 x2 y2) and scores, thresholded and suppressed."""
+    """A YOLO output (1 x (4+C) x N, or 1 x N x (4+C) when `rows_first`; 4 + 1 + C columns with
+    `objectness`) -> person boxes (x1 y1 x2 y2) and scores, thresholded and suppressed.
+
+    `grid` = (strides, input_height, input_width) decodes raw grid outputs first
+    (`decode_grid`). With `objectness` a person's score is objectness x class score.
+    """
     array = np.asarray(output, dtype=np.float32)
     if array.ndim == 3:
         if array.shape[0] != 1:
             raise PersonSearchError(f"a YOLO output must hold one image, got shape {array.shape}")
         array = array[0]
-    rows = array if rows_first else array.T  # N x (4 + C)
-    if rows.ndim != 2 or rows.shape[1] < 5:
-        layout = "1 x N x (4 + C)" if rows_first else "1 x (4 + C) x N"
+    rows = array if rows_first else array.T  # N x (4 [+ 1] + C)
+    first_class = 5 if objectness else 4
+    if rows.ndim != 2 or rows.shape[1] < first_class + 1:
+        columns = "4 + 1 + C" if objectness else "4 + C"
+        layout = f"1 x N x ({columns})" if rows_first else f"1 x ({columns}) x N"
         raise PersonSearchError(
             f"a YOLO output must be {layout} with C >= 1 classes, got shape {np.shape(output)}"
+            + (" (yolo_objectness: true adds the objectness column)" if objectness else "")
         )
-    classes = rows.shape[1] - 4
+    classes = rows.shape[1] - first_class
     if person_class >= classes:
         raise ConfigError(
             f"person_class {person_class} is out of range: the YOLO output has {classes} classes"
+            + (" after its objectness column" if objectness else "")
         )
-    scores = rows[:, 4 + person_class]
+    if not np.isfinite(rows).all():
+        raise PersonSearchError("the YOLO output holds NaN or infinite values: the model or its "
+                                "export is broken")
+    if grid is not None:
+        rows = decode_grid(rows, *grid)
+    scores = rows[:, first_class + person_class]
+    if objectness:
+        scores = scores * rows[:, 4]
     keep = scores >= score_thresh
     cx, cy, w, h = (rows[keep, i] for i in range(4))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     return _suppress(boxes, scores[keep], nms_iou, max_detections)
+
+
+def decode_grid(
+    rows: np.ndarray, strides: Sequence[int], input_height: int, input_width: int
+) -> np.ndarray:
+    """Raw YOLOX grid rows (dx, dy, log w, log h in grid cells, then scores) -> rows whose first
+    four columns are centre x, centre y, width, height in input pixels.
+
+    Rows run over each stride's grid in turn (stride 8 first), row-major: row r of the stride-s
+    block is the cell (r // (W / s), r % (W / s)), as YOLOX's `decode_outputs` lays them out.
+    """
+    centres, scales = [], []
+    for stride in strides:
+        grid_h, grid_w = input_height // stride, input_width // stride
+        ys, xs = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+        centres.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+        scales.append(np.full(grid_h * grid_w, stride))
+    centre = np.concatenate(centres).astype(np.float32)
+    stride = np.concatenate(scales).astype(np.float32)[:, None]
+    if len(centre) != len(rows):
+        raise PersonSearchError(
+            f"yolo_strides {list(strides)} on a {input_height} x {input_width} input give "
+            f"{len(centre)} grid cells, but the YOLO output has {len(rows)} rows: the strides or "
+            "the input size do not fit this model"
+        )
+    out = rows.astype(np.float32).copy()
+    out[:, :2] = (rows[:, :2] + centre) * stride
+    with np.errstate(over="ignore"):
+        out[:, 2:4] = np.exp(rows[:, 2:4]) * stride
+    return out
 
 
 def decode_boxes_scores_labels(
@@ -340,6 +428,9 @@ class OnnxDetector:
     def _fingerprint(self, model: Path) -> str:
         digest = file_hash(model)
         settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model", "name", "extra")}
+        for key, default in LATER_DEFAULTS.items():  # indexes built before these keys existed
+            if settings.get(key) == default:  # keep their fingerprint
+                settings.pop(key, None)
         digest.update(json.dumps(settings, sort_keys=True).encode())
         return f"onnx-detector:{self.config.name or model.stem}:{digest.hexdigest()[:16]}"
 
@@ -358,9 +449,11 @@ class OnnxDetector:
         outputs = self._session.run(self._outputs, {self._input: tensor})
         c = self.config
         if c.layout == "yolo":
+            grid = None if c.yolo_strides is None else (
+                c.yolo_strides, c.input_height, c.input_width)
             boxes, scores = decode_yolo(
                 outputs[0], c.person_class, c.score_thresh, c.nms_iou, c.max_detections,
-                c.yolo_rows_first,
+                c.yolo_rows_first, c.yolo_objectness, grid,
             )
         else:
             labels = outputs[2] if len(outputs) > 2 else None
