@@ -102,3 +102,36 @@ def test_a_cached_weights_file_is_used(tmp_path: Path, monkeypatch) -> None:
     assert boxes.shape[1] == 4 and len(scores) == len(boxes)
     with pytest.raises(ValueError, match="H x W x 3"):
         detector.detect(np.zeros((5, 5), np.uint8))
+
+
+def test_exported_onnx_gives_the_torch_boxes(tmp_path: Path) -> None:
+    """export onnx --torchvision: the ONNX person detector returns the PyTorch detector's boxes."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from personsearch.search.onnx_detector import load_onnx_detector
+
+    torch.manual_seed(0)
+    detector = CocoDetector(FAST, weights="random")
+    # Untrained BatchNorm statistics make every region's features alike, and tied scores make
+    # NMS keep an arbitrary set: calibrate them on a few images so that scores differ.
+    detector.network.backbone.train()
+    with torch.no_grad():
+        detector.network.roi_heads.box_predictor.cls_score.bias[COCO_PERSON] += 10.0
+        for _ in range(4):
+            detector.network.backbone(torch.rand(2, 3, 320, 320))
+    weights = tmp_path / "calibrated.pth"
+    torch.save(detector.network.state_dict(), weights)
+    from personsearch.cli import main
+
+    out = tmp_path / "frcnn.onnx"
+    assert main(["export", "onnx", "--torchvision", FAST, "--weights", str(weights),
+                 "--out", str(out), "--score-thresh", "0.0"]) == 0
+    yy, xx = np.mgrid[0:1:300j, 0:1:400j]
+    image = (255 * np.stack([xx, yy, 0.5 + 0.5 * np.sin(7 * xx)], axis=2)).astype(np.uint8)
+    image[40:200, 100:160] = 255
+    torch_boxes, torch_scores = CocoDetector(FAST, weights=weights, score_thresh=0.0).detect(image)
+    boxes, scores = load_onnx_detector(out.with_name(out.name + ".yaml")).detect(image)
+    assert len(torch_boxes) > 5
+    top = 5  # the best-scored boxes: far from the thresholds where float noise may swap one
+    np.testing.assert_allclose(scores[:top], torch_scores[:top], atol=1e-4)
+    np.testing.assert_allclose(boxes[:top], torch_boxes[:top], atol=0.05)

@@ -20,12 +20,17 @@ FILE.yaml beside it: the ONNX detector config a pipeline.yaml can name.
 OUTDIR/pipeline.yaml): `index`, `search`, `serve` and `evaluate --pipeline OUTDIR` then run
 with ONNX Runtime alone, no PyTorch installed.
 
+--torchvision NAME --out FILE.onnx exports one of torchvision's COCO detectors as a person
+detector (the graph keeps the person class only) with its detector config: its COCO weights come
+from torch hub's cache or --weights FILE.
+
 Needs PyTorch and onnx (pip install 'personsearch[train,export]').
 
 examples:
   personsearch export onnx --run runs/clsa                     # runs/clsa/reid.onnx (+ .yaml)
   personsearch export onnx --run runs/det --detector --out det.onnx
   personsearch export onnx --pipeline runs/pipeline --out runs/pipeline-onnx
+  personsearch export onnx --torchvision fasterrcnn_resnet50_fpn_v2 --out frcnn.onnx
 """
 
 FORMATS = ("onnx",)
@@ -37,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--run", metavar="RUNDIR", help="training run folder (or its model.pt)")
     source.add_argument("--pipeline", metavar="DIR",
                         help="a pipeline folder: export its detector and re-id net (needs --out)")
+    source.add_argument("--torchvision", metavar="NAME",
+                        help="one of torchvision's COCO detectors (e.g. fasterrcnn_resnet50_fpn_v2) "
+                        "as an ONNX person detector (needs --out)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="--torchvision: a local COCO weights file (default: torch hub's cache)")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="--torchvision: the score threshold written into its YAML (0.5)")
     parser.add_argument("--out", metavar="PATH",
                         help="output file (default RUNDIR/reid.onnx or RUNDIR/detector.onnx); "
                         "with --pipeline, the output folder")
@@ -58,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pipeline:
         return _export_pipeline(args)
+    if args.torchvision:
+        return _export_torchvision(args)
     task = run_task(args.run)
     if args.detector and task != "detector":
         raise ConfigError(f"--detector given but {args.run} holds a {task!r} model")
@@ -73,6 +87,23 @@ def run(args: argparse.Namespace) -> int:
     if report.config_path is not None:
         kind = "detector" if task == "detector" else "embedder"
         print(f"{kind} config {report.config_path} (name it in a pipeline.yaml to use this model)")
+    print(f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
+          f"max difference {report.max_diff:.2g} (tolerance 1e-4)")
+    _note_empty_check(report)
+    return 0
+
+
+def _export_torchvision(args: argparse.Namespace) -> int:
+    from personsearch.errors import ConfigError
+    from personsearch.export.onnx import export_coco_detector
+
+    if not args.out:
+        raise ConfigError("--torchvision needs --out PATH.onnx (where to write the detector)")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ConfigError(f"--score-thresh {args.score_thresh} must be in [0, 1]")
+    report = export_coco_detector(args.torchvision, args.out, args.weights, args.score_thresh)
+    print(f"exported torchvision's {args.torchvision} (persons only) to {report.path}")
+    print(f"detector config {report.config_path} (name it in a pipeline.yaml to use this model)")
     print(f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
           f"max difference {report.max_diff:.2g} (tolerance 1e-4)")
     _note_empty_check(report)
