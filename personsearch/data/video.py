@@ -1,0 +1,245 @@
+"""Decoding video files into sampled frames, with their frame numbers and timestamps.
+
+    for frame in read_video_frames("cam1.mp4", fps=2.0):
+        frame.index, frame.time_s, frame.image        # decoded frame number, seconds, H x W x 3 RGB
+
+PyAV decodes (it ships FFmpeg inside its wheels, so nothing else is installed and every common
+container and codec reads: mp4, mkv, mov, avi, webm, ...). Frames are decoded one at a time and
+handed on: memory stays that of a frame or two whatever the video's length.
+
+Sampling (`fps`): a frame is kept when its timestamp reaches the next sampling time, so a
+variable-frame-rate video is sampled by time, not by frame count; `fps=None` keeps every frame;
+`keyframes=True` decodes the keyframes only (the fast mode: FFmpeg skips every other frame's
+decoding, typically one frame in 1-10 seconds is a keyframe). Timestamps are the frames'
+presentation times, except in AVI, whose frames carry no presentation times of their own (AVI
+is constant-frame-rate by design, and B-frame streams in AVI return decode-order times): there
+the time is frame number / frame rate. `frame.index` is the frame's number in decoding order
+from the first frame (in keyframes mode, estimated from its time and the frame rate, since the
+frames between are never decoded).
+
+Rotation metadata (phones record portrait video as landscape plus a rotation) is applied, so
+the image is upright. A frame larger than `images.MAX_PIXELS` is refused before conversion.
+
+A truncated or corrupt video raises `VideoError` after the frames decoded so far were handed on;
+its `frames_read` and `last_time_s` say how far it got (the caller records the video as failed
+there, and the rest of a gallery goes on). `start_after` resumes after a frame already handled
+(a killed indexing run): earlier frames are decoded but not converted or returned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from personsearch.data.images import MAX_PIXELS
+from personsearch.errors import PersonSearchError
+
+#: File suffixes read as videos (case-insensitive); anything PyAV opens works through the API.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts",
+                  ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv")
+DEFAULT_FPS = 2.0  #: frames per second sampled by default: people stay in view for seconds
+
+
+class VideoError(PersonSearchError):
+    """A video that cannot be opened or decoded to its end; says how far decoding got."""
+
+    def __init__(self, message: str, frames_read: int = 0, last_time_s: float | None = None):
+        super().__init__(message)
+        self.frames_read = frames_read
+        self.last_time_s = last_time_s
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container header says (frame counts and durations can be wrong in real files)."""
+
+    path: str
+    width: int
+    height: int
+    fps: float  #: the stream's frame rate (the guessed one when the header's is unset)
+    duration_s: float | None
+    frames_in_header: int | None
+    rotation: int  #: degrees counter-clockwise applied to make frames upright
+    codec: str
+    timing: str  #: "pts" (presentation times) or "frame-rate" (frame number / fps: AVI)
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    index: int  #: frame number in decoding order from the first frame (keyframes: estimated)
+    time_s: float  #: seconds from the start of the video
+    image: np.ndarray  #: H x W x 3 uint8 RGB, upright
+
+
+def _import_av():  # type: ignore[no-untyped-def]
+    try:
+        import av
+    except ImportError:
+        raise PersonSearchError(
+            "reading videos needs PyAV: pip install av (it ships FFmpeg inside its wheels)"
+        ) from None
+    return av
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    av = _import_av()
+    if not path.is_file():
+        raise VideoError(f"{path}: no such video file")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        raise VideoError(f"{path}: not a readable video ({error})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: the file holds no video stream")
+    return container
+
+
+def _rate(stream, constant: bool = False) -> float:  # type: ignore[no-untyped-def]
+    """Frames per second. `constant` (AVI): FFmpeg's guess from the frames' own spacing comes
+    first, since AVI headers of B-frame streams often give twice the real rate."""
+    rates = (stream.average_rate, stream.guessed_rate, stream.base_rate)
+    if constant:
+        rates = (stream.guessed_rate, stream.average_rate, stream.base_rate)
+    for rate in rates:
+        if rate:
+            return float(rate)
+    return 25.0  # no rate anywhere in the header: FFmpeg's own fallback
+
+
+def _header_rotation(stream) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return int(float(stream.metadata.get("rotate", 0))) % 360
+    except (TypeError, ValueError):
+        return 0
+
+
+def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
+    """The header of a video file (no frame is decoded)."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        duration = None
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1_000_000
+        constant = path.suffix.lower() == ".avi"
+        fps = _rate(stream, constant)
+        if constant and stream.frames:
+            # AVI: the header's frame count at the header's rate (FFmpeg's own duration of an
+            # AVI is estimated from the file size, so a cut file would look complete)
+            duration = int(stream.frames) / float(stream.average_rate or fps)
+        return VideoInfo(
+            path=str(path), width=width, height=height, fps=fps, duration_s=duration,
+            frames_in_header=int(stream.frames) or None, rotation=_header_rotation(stream),
+            codec=stream.codec_context.name,
+            timing="frame-rate" if path.suffix.lower() == ".avi" else "pts",
+        )
+    finally:
+        container.close()
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate by the display rotation (degrees counter-clockwise, as FFmpeg reports it)."""
+    turns = (round(rotation / 90) % 4) if rotation else 0
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+class _Sampler:
+    """Keeps a frame when its time reaches the next sampling time (every frame without fps)."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.period = None if fps is None else 1.0 / fps
+        self.next_time = 0.0
+
+    def keep(self, time_s: float) -> bool:
+        if self.period is None:
+            return True
+        if time_s + 1e-6 < self.next_time:
+            return False
+        # the next sampling time follows this frame's, so that a gap in the video does not make
+        # a burst of frames after it
+        self.next_time = max(self.next_time + self.period, time_s + self.period * 0.5)
+        return True
+
+
+def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ignore[no-untyped-def]
+                    keyframes: bool) -> Iterator[tuple[int, float, object]]:
+    """(index, time, frame) for every decoded frame; a decoding error becomes a VideoError that
+    says how far decoding got, and so does a video that ends long before its header says."""
+    av = _import_av()
+    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    decoded, last_time = 0, None
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except (av.error.FFmpegError, ValueError) as error:
+            where = f" ({last_time:.2f} s)" if last_time is not None else ""
+            raise VideoError(f"{path}: decoding failed after {decoded} frames{where}: {error}",
+                             decoded, last_time) from None
+        if info.timing == "pts" and frame.time is not None:
+            time_s = float(frame.time) - start
+        else:
+            time_s = decoded / info.fps
+        index = round(time_s * info.fps) if keyframes else decoded
+        decoded, last_time = decoded + 1, time_s
+        yield index, time_s, frame
+    # FFmpeg ends a cut-off file quietly: a video that stops well before its header's duration
+    # was truncated (frame counts in headers are often wrong, durations rarely by this much)
+    if not keyframes and info.duration_s and last_time is not None and (
+            last_time < 0.9 * info.duration_s - 1.0):
+        raise VideoError(f"{path}: the video ends at {last_time:.2f} s of the {info.duration_s:.2f} "
+                         f"s its header gives, after {decoded} frames: truncated?", decoded,
+                         last_time)
+
+
+def read_video_frames(
+    path: str | os.PathLike[str],
+    fps: float | None = DEFAULT_FPS,
+    keyframes: bool = False,
+    start_after: int | None = None,
+    threads: int = 0,
+    max_pixels: int = MAX_PIXELS,
+) -> Iterator[VideoFrame]:
+    """Sampled frames of a video, in order; see the module docstring."""
+    if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 1000):
+        raise PersonSearchError(f"fps must be a number in (0, 1000] or None, got {fps!r}")
+    path = Path(path)
+    info = probe_video(path)
+    if info.width * info.height > max_pixels:
+        raise VideoError(f"{path}: frames of {info.width} x {info.height} pixels are more than "
+                         f"the limit of {max_pixels:,} (a decompression bomb?)")
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads: decoding is footage's speed floor
+        if threads:
+            stream.codec_context.thread_count = threads
+        if keyframes:
+            stream.codec_context.skip_frame = "NONKEY"
+        sampler = _Sampler(fps)
+        for index, time_s, frame in _decoded_frames(container, stream, path, info, keyframes):
+            if not sampler.keep(time_s) or (start_after is not None and index <= start_after):
+                continue
+            if frame.width * frame.height > max_pixels:
+                raise VideoError(f"{path}: frame {index} is {frame.width} x {frame.height} "
+                                 f"pixels, more than the limit of {max_pixels:,}", index, time_s)
+            image = frame.to_ndarray(format="rgb24")
+            rotation = int(getattr(frame, "rotation", 0) or 0) or info.rotation
+            yield VideoFrame(index, time_s, _upright(image, rotation))
+    finally:
+        container.close()
