@@ -43,13 +43,14 @@ def test_looks_bridge_what_iou_cannot_at_a_low_sampling_rate():
     blind = _feed(Tracker(), times, people)
     assert len(np.unique(blind[:, 0])) > 1  # IoU alone fragments the walk
     looks = [np.eye(8)[0], np.eye(8)[1]]
-    seeing = _feed(Tracker(), times, people, looks)
+    seeing = _feed(Tracker(TrackerSettings(min_similarity=0.3, rejoin_similarity=0.6)), times,
+                   people, looks)
     assert len(np.unique(seeing[:, 0])) == 1 and len(np.unique(seeing[:, 1])) == 1
     assert seeing[0, 0] != seeing[0, 1]
 
 
 def test_a_different_looking_person_in_the_same_place_is_not_the_same_track():
-    tracker = Tracker()
+    tracker = Tracker(TrackerSettings(min_similarity=0.3))
     box = np.array([[100.0, 100, 140, 200]])
     first = tracker.update(0.0, box, [0.9], np.eye(4)[:1])
     second = tracker.update(0.1, box, [0.9], np.eye(4)[1:2])
@@ -193,3 +194,24 @@ def test_video_world_settings_are_checked():
         VideoWorldSettings(cameras=1)
     with pytest.raises(ConfigError, match="visit_s"):
         VideoWorldSettings(duration_s=3, visit_s=(2.0, 5.0))
+
+
+def test_one_hit_per_track_keeps_each_tracks_best_frame():
+    from personsearch.search.tracking import one_hit_per_track
+
+    scores = np.array([0.2, 0.9, 0.5, 0.8, 0.1, 0.7])
+    keys = np.array([1, 1, 2, -1, 2, -1])
+    assert one_hit_per_track(scores, keys).tolist() == [1, 3, 5, 2]
+    with pytest.raises(ValueError, match="track keys"):
+        one_hit_per_track(scores, keys[:2])
+
+
+def test_track_search_ap_counts_a_fragmented_trajectory_once():
+    from personsearch.evaluation.tracking import track_search_ap
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    relevant = np.array([True, True, False, True])
+    assert track_search_ap(scores, relevant, 3) == pytest.approx((1 + 1 + 3 / 4) / 3)
+    # tracks 0 and 1 are one trajectory (a person cut in two): the second is a false hit
+    trajectory = np.array([hash(t) for t in [("v", 7), ("v", 7), ("v", 8), ("w", 7)]])
+    assert track_search_ap(scores, relevant, 2, trajectory) == pytest.approx((1 + 2 / 4) / 2)

@@ -97,3 +97,30 @@ def tracks_kept(found_sampled: set[Any], found_every_frame: set[Any]) -> float:
     if not found_every_frame:
         return 1.0
     return len(found_sampled & found_every_frame) / len(found_every_frame)
+
+
+def track_search_ap(track_scores: np.ndarray, track_relevant: np.ndarray, relevant_total: int,
+                    track_trajectory: np.ndarray | None = None) -> float:
+    """Average precision of one query over a gallery of tracks (one hit per track).
+
+    `track_relevant` says whether each track's majority identity is the query's;
+    `relevant_total` is how many (video, identity) trajectories of the query's person the
+    gallery holds. When `track_trajectory` names each track's trajectory, only a trajectory's
+    first-ranked track counts as found: a person cut into three tracks gives one hit and two
+    false ones, so fragmentation costs mAP as it costs a user's attention.
+    """
+    if relevant_total <= 0:
+        raise ValueError("a query with no relevant trajectory has no AP")
+    order = np.argsort(-np.asarray(track_scores, dtype=np.float64), kind="stable")
+    hits = np.asarray(track_relevant, dtype=bool)[order].copy()
+    if track_trajectory is not None:
+        seen: set[Any] = set()
+        for rank, trajectory in enumerate(np.asarray(track_trajectory)[order]):
+            if hits[rank]:
+                hits[rank] = trajectory not in seen
+                seen.add(trajectory)
+    if not hits.any():
+        return 0.0
+    ranks = np.flatnonzero(hits) + 1
+    precision = np.arange(1, len(ranks) + 1) / ranks
+    return float(precision.sum() / relevant_total)

@@ -15,10 +15,13 @@ where people move far between frames and IoU alone loses them):
 
 - time steps are in seconds, not frames, so the filter and the "lost for too long" rule hold
   whatever the sampling rate, and a variable-frame-rate video is handled;
-- when the detections' re-id features are given (the index computes them anyway), a pair whose
-  appearance disagrees (cosine below `min_similarity`) is never matched, the cost mixes IoU with
-  appearance, and a detection that overlaps no predicted box can still rejoin a lost track of the
-  same-looking person (cosine >= `rejoin_similarity`), as BoT-SORT and DeepSORT do.
+- when the detections' re-id features are given (the index computes them anyway), the cost
+  mixes IoU with appearance; optionally (`min_similarity`) a pair whose appearance disagrees is
+  never matched, and (`rejoin_similarity`) a detection that overlaps no predicted box rejoins a
+  lost track of a same-looking person, as BoT-SORT and DeepSORT do. Both are off by default:
+  on the synthetic world in motion, with a colour embedder, they merged different people
+  (IDF1 0.93 against 0.998 with boxes alone; `experiments/video_tracking.py`); turn them on
+  with a re-id net that separates people well.
 
 The tracker is our own rather than a library's: the maintained Python implementations (Roboflow's
 `trackers`, `supervision` before 0.26, `boxmot`) bring opencv-python, which clashes with the
@@ -46,14 +49,19 @@ class TrackerSettings:
     new_track_score: float = 0.6  #: an unmatched detection starts a track from this score
     min_iou: float = 0.2  #: first stage: pairs with less IoU (to the predicted box) never match
     low_min_iou: float = 0.5  #: second stage's stricter IoU
-    min_similarity: float = 0.3  #: features given: pairs less alike than this never match
-    rejoin_similarity: float = 0.6  #: features given: a lost track rejoined on looks alone
+    #: features given: pairs less alike (cosine) than this never match (0: no gate)
+    min_similarity: float = 0.0
+    #: features given: a track rejoined on looks alone from this cosine (None: never). Off by
+    #: default: with a weak embedder unrelated people look alike (see docs/search.md)
+    rejoin_similarity: float | None = None
     max_lost_s: float = 3.0  #: a track unmatched for longer than this ends
     max_speed: float = 1.5  #: third stage: body heights per second a person can move (walking ~0.8)
     appearance_weight: float = 0.5  #: cost = (1 - w) (1 - IoU) + w (1 - cosine)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if name == "rejoin_similarity" and value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ConfigError(f"tracker setting {name}={value!r} must be a finite number")
         for name in ("high_score", "low_score", "new_track_score", "min_iou", "low_min_iou",
@@ -304,7 +312,7 @@ class Tracker:
                          predicted: list[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
                          features: np.ndarray | None, time_s: float) -> None:
         """Unmatched confident detections rejoin free tracks of a person who looks the same."""
-        if features is None:
+        if features is None or self.settings.rejoin_similarity is None:
             return
         candidates = np.array([d for d in high if ids[d] < 0], dtype=np.int64)
         open_tracks = np.array(sorted(free_tracks), dtype=np.int64)
@@ -368,3 +376,24 @@ def track_all(times: np.ndarray, frame_of: np.ndarray, boxes: np.ndarray, scores
         ids[members] = tracker.update(float(times[members[0]]), boxes[members], scores[members],
                                       None if features is None else features[members])
     return ids
+
+
+def one_hit_per_track(scores: np.ndarray, track_keys: np.ndarray) -> np.ndarray:
+    """Indices of each track's best-scored detection, best track first.
+
+    `track_keys` (M,) names each detection's track uniquely across the gallery (e.g. a video
+    number x 2^32 + track id); a detection with no track (key < 0) stands alone, as its own hit.
+    Ties go to the earlier detection, so the result is deterministic.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    track_keys = np.asarray(track_keys, dtype=np.int64)
+    if scores.shape != track_keys.shape:
+        raise ValueError(f"{scores.shape} scores but {track_keys.shape} track keys")
+    order = np.lexsort((np.arange(len(scores)), -scores))  # best first, then earlier
+    keyed = track_keys[order]
+    alone = keyed < 0
+    _, first = np.unique(keyed[~alone], return_index=True)
+    keep = np.zeros(len(order), dtype=bool)
+    keep[np.flatnonzero(~alone)[first]] = True
+    keep[alone] = True
+    return order[keep]
