@@ -215,3 +215,56 @@ def test_track_search_ap_counts_a_fragmented_trajectory_once():
     # tracks 0 and 1 are one trajectory (a person cut in two): the second is a false hit
     trajectory = np.array([hash(t) for t in [("v", 7), ("v", 7), ("v", 8), ("w", 7)]])
     assert track_search_ap(scores, relevant, 2, trajectory) == pytest.approx((1 + 2 / 4) / 2)
+
+
+class _TruthDetector:
+    """Returns the world's true boxes for the frame with the given index (a stand-in detector)."""
+
+    fingerprint = "truth"
+
+    def __init__(self, truth: dict[str, np.ndarray]):
+        self.truth, self.frame = truth, 0
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        here = self.truth["frame"] == self.frame
+        self.frame += 1
+        return self.truth["boxes"][here], np.full(int(here.sum()), 0.9)
+
+
+def test_scan_video_resumes_after_a_kill_with_the_same_tracks(tmp_path):
+    from personsearch.data.synthetic_video import (
+        VideoWorldSettings,
+        generate_video_world,
+        ground_truth_arrays,
+        read_ground_truth,
+    )
+    from personsearch.search.embedders import BandColourEmbedder
+    from personsearch.search.video_scan import scan_video
+
+    settings = VideoWorldSettings(cameras=2, identities=3, duration_s=4, fps=5, width=320,
+                                  height=180, visit_s=(2.0, 3.5))
+    root = generate_video_world(tmp_path / "w", settings)
+    truth = ground_truth_arrays(read_ground_truth(root), "videos/cam0.mp4")
+    video = root / "videos" / "cam0.mp4"
+    timings: dict[str, float] = {}
+    whole = list(scan_video(video, _TruthDetector(truth), BandColourEmbedder(), fps=None,
+                            timings=timings))
+    assert [f.index for f in whole] == list(range(20))
+    assert sum(len(f.boxes) for f in whole) == len(truth["frame"])
+    assert set(timings) == {"decode", "detect", "embed", "track"}
+    # A run killed after frame 9: its tracker state was saved with frame 9's detections.
+    tracker = Tracker()
+    head = []
+    for frame in scan_video(video, _TruthDetector(truth), BandColourEmbedder(), fps=None,
+                            tracker=tracker):
+        head.append(frame)
+        if frame.index == 9:
+            break
+    state = json.loads(json.dumps(tracker.state_dict()))
+    detector = _TruthDetector(truth)
+    detector.frame = 10
+    tail = list(scan_video(video, detector, BandColourEmbedder(), fps=None,
+                           tracker=Tracker.from_state(state), start_after=9))
+    assert [f.index for f in head + tail] == list(range(20))
+    for a, b in zip(head + tail, whole, strict=True):
+        np.testing.assert_array_equal(a.tracks, b.tracks)

@@ -202,7 +202,8 @@ class Tracker:
         if not (np.isfinite(boxes).all() and np.isfinite(scores).all() and math.isfinite(time_s)):
             raise ValueError(f"non-finite box, score or time at t={time_s}")
         if features is not None:
-            features = np.asarray(features, dtype=np.float32).reshape(len(boxes), -1)
+            features = np.asarray(features, dtype=np.float32)
+            features = features.reshape(len(boxes), features.shape[-1] if features.ndim else 0)
             norms = np.linalg.norm(features, axis=1, keepdims=True)
             features = features / np.maximum(norms, 1e-12)
         if self.last_time is not None and time_s < self.last_time:
