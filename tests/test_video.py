@@ -121,3 +121,28 @@ def test_the_real_crowd_video(real_data, tmp_path: Path) -> None:
     with pytest.raises(VideoError) as error:
         seen.extend(read_video_frames(cut, fps=None))
     assert 0 < error.value.frames_read < 341 and len(seen) == error.value.frames_read
+
+
+def test_sampling_skips_b_frames_and_keeps_exact_times(tmp_path: Path) -> None:
+    video = tmp_path / "b.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "50", "bf": "3"}  # B-frames, as x264 writes by default
+        for k in range(100):
+            image = np.full((48, 64, 3), min(255, 2 * k), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    every = list(read_video_frames(video, fps=None))
+    skipped = list(read_video_frames(video, fps=2.0))
+    full = list(read_video_frames(video, fps=2.0, skip_b_frames=False))
+    assert len(every) == 100 and len(skipped) == len(full) == 8
+    by_index = {f.index: f for f in every}
+    for frame, reference in zip(skipped, full, strict=True):
+        # at most a few frames after the sampling time, with the frame's own timestamp
+        assert 0 <= frame.time_s - reference.time_s <= 4 / 25 + 1e-6
+        assert frame.time_s == pytest.approx(by_index[frame.index].time_s, abs=1e-3)
+        np.testing.assert_allclose(frame.image.astype(int), by_index[frame.index].image.astype(int),
+                                   atol=3)

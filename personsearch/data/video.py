@@ -14,8 +14,15 @@ decoding, typically one frame in 1-10 seconds is a keyframe). Timestamps are the
 presentation times, except in AVI, whose frames carry no presentation times of their own (AVI
 is constant-frame-rate by design, and B-frame streams in AVI return decode-order times): there
 the time is frame number / frame rate. `frame.index` is the frame's number in decoding order
-from the first frame (in keyframes mode, estimated from its time and the frame rate, since the
-frames between are never decoded).
+from the first frame (in keyframes mode, and when B-frames are skipped, estimated from its time
+and the frame rate, since the frames between are never decoded).
+
+Sampling at a rate well below the video's (`fps` <= half the frame rate) skips decoding
+B-frames (`skip_b_frames`, on by default there): no other frame refers to them, so the I- and
+P-frames decode alike, and a sampled frame is then the first I- or P-frame at or after each
+sampling time (a frame or two later, with its own exact timestamp). Decoding, the floor of
+footage speed, takes about half the time for typical H.264 (measured in
+`benchmarks/bench_video.py`). AVI, timed by frame count, always decodes every frame.
 
 Rotation metadata (phones record portrait video as landscape plus a rotation) is applied, so
 the image is upright. A frame larger than `images.MAX_PIXELS` is refused before conversion.
@@ -74,7 +81,7 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class VideoFrame:
-    index: int  #: frame number in decoding order from the first frame (keyframes: estimated)
+    index: int  #: frame number in decoding order from the first frame (skipping: estimated)
     time_s: float  #: seconds from the start of the video
     image: np.ndarray  #: H x W x 3 uint8 RGB, upright
 
@@ -175,7 +182,8 @@ class _Sampler:
 
 
 def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ignore[no-untyped-def]
-                    keyframes: bool) -> Iterator[tuple[int, float, object]]:
+                    estimate_index: bool,
+                    check_end: bool = True) -> Iterator[tuple[int, float, object]]:
     """(index, time, frame) for every decoded frame; a decoding error becomes a VideoError that
     says how far decoding got, and so does a video that ends long before its header says."""
     av = _import_av()
@@ -195,12 +203,12 @@ def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ign
             time_s = float(frame.time) - start
         else:
             time_s = decoded / info.fps
-        index = round(time_s * info.fps) if keyframes else decoded
+        index = round(time_s * info.fps) if estimate_index else decoded
         decoded, last_time = decoded + 1, time_s
         yield index, time_s, frame
     # FFmpeg ends a cut-off file quietly: a video that stops well before its header's duration
     # was truncated (frame counts in headers are often wrong, durations rarely by this much)
-    if not keyframes and info.duration_s and last_time is not None and (
+    if check_end and info.duration_s and last_time is not None and (
             last_time < 0.9 * info.duration_s - 1.0):
         raise VideoError(f"{path}: the video ends at {last_time:.2f} s of the {info.duration_s:.2f} "
                          f"s its header gives, after {decoded} frames: truncated?", decoded,
@@ -212,6 +220,7 @@ def read_video_frames(
     fps: float | None = DEFAULT_FPS,
     keyframes: bool = False,
     start_after: int | None = None,
+    skip_b_frames: bool | None = None,
     threads: int = 0,
     max_pixels: int = MAX_PIXELS,
 ) -> Iterator[VideoFrame]:
@@ -229,10 +238,19 @@ def read_video_frames(
         stream.thread_type = "AUTO"  # frame and slice threads: decoding is footage's speed floor
         if threads:
             stream.codec_context.thread_count = threads
+        if skip_b_frames is None:  # only where sampling leaves most frames unused anyway
+            skip_b_frames = fps is not None and fps <= info.fps / 2
+        # a stream without B-frames has nothing to skip (and keeps exact frame numbers)
+        skip_b_frames = (skip_b_frames and info.timing == "pts"
+                         and bool(stream.codec_context.has_b_frames))
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
+        elif skip_b_frames:
+            stream.codec_context.skip_frame = "BIDIR"
         sampler = _Sampler(fps)
-        for index, time_s, frame in _decoded_frames(container, stream, path, info, keyframes):
+        for index, time_s, frame in _decoded_frames(container, stream, path, info,
+                                                    keyframes or bool(skip_b_frames),
+                                                    check_end=not keyframes):
             if not sampler.keep(time_s) or (start_after is not None and index <= start_after):
                 continue
             if frame.width * frame.height > max_pixels:
