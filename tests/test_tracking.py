@@ -268,3 +268,29 @@ def test_scan_video_resumes_after_a_kill_with_the_same_tracks(tmp_path):
     assert [f.index for f in head + tail] == list(range(20))
     for a, b in zip(head + tail, whole, strict=True):
         np.testing.assert_array_equal(a.tracks, b.tracks)
+
+
+def test_real_crowd_video_scanned_with_the_real_yolox(real_data, tmp_path):
+    """The real 1280 x 720 crowd video at 2 fps through the real YOLOX-nano: about 20 people per
+    frame, linked into tracks that last (no ground truth: the tracks' lengths are the check)."""
+    import collections
+
+    from personsearch.search.embedders import BandColourEmbedder
+    from personsearch.search.onnx_detector import load_onnx_detector
+    from personsearch.search.video_scan import scan_video
+
+    video = real_data("video/crowd-1280x720.avi")
+    model = real_data("models/yolox-nano-coco")
+    config = tmp_path / "yolox.yaml"
+    config.write_text(
+        f"model: {model / 'yolox_nano.onnx'}\nlayout: yolo\nyolo_rows_first: true\n"
+        "yolo_objectness: true\nresize: letterbox\nletterbox_align: top_left\n"
+        "input_height: 416\ninput_width: 416\nchannel_order: bgr\npixel_scale: 1.0\n"
+        "score_thresh: 0.3\n")
+    frames = list(scan_video(video, load_onnx_detector(config), BandColourEmbedder(), fps=2.0))
+    assert len(frames) == 28
+    assert all(len(f.boxes) >= 10 for f in frames)
+    lengths = collections.Counter(int(t) for f in frames for t in f.tracks if t >= 0)
+    detections = sum(len(f.boxes) for f in frames)
+    assert len(lengths) <= 0.15 * detections  # most detections continue a track
+    assert max(lengths.values()) >= 20  # someone followed through most of the 14 s
