@@ -106,7 +106,8 @@ def accuracy(detector: Any, frames: list[tuple[str, np.ndarray, np.ndarray]],
 def speed_entries(args: argparse.Namespace, frame: np.ndarray) -> list[dict[str, Any]]:
     import torch
 
-    from personsearch.search.coco_detectors import COCO_DETECTORS, CocoDetector
+    from personsearch.models.coco import COCO_DETECTORS
+    from personsearch.search.coco_detectors import CocoDetector
     from personsearch.search.detectors import HogPeopleDetector, hog_available
     from personsearch.search.sliced import SlicedDetector
 

@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from personsearch.errors import ConfigError
+from personsearch.models.coco import COCO_DETECTORS, COCO_PERSON, coco_box_ap, weights_cache_path
 from personsearch.models.pretrained import WeightsUnavailableError
-from personsearch.search.coco_detectors import (
-    COCO_DETECTORS,
-    COCO_PERSON,
-    CocoDetector,
-    coco_box_ap,
-    weights_cache_path,
-)
+from personsearch.search.coco_detectors import CocoDetector
 
 FAST = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the quickest to build and run on a CPU
 

@@ -164,3 +164,46 @@ def test_train_detector_command_trains_exports_and_resumes(cuhk_root: Path, tmp_
     assert cli.main([*args, "optim.iterations=3", "--resume"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["iteration"] for r in records) == 3
+
+
+COCO_FAST = "fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+def test_a_coco_start_keeps_the_person_rows_and_round_trips(cuhk_root: Path, tmp_path: Path) -> None:
+    from personsearch.models.coco import build_coco_network
+    from personsearch.models.detector import DetectorConfig
+
+    config = small_config(cuhk_root, tmp_path, f"model.coco_start={COCO_FAST}",
+                          "model.coco_weights=random", "model.min_size=160", "model.max_size=240")
+    torch.manual_seed(0)
+    model = build_detector(detector_config(config))
+    torch.manual_seed(0)
+    coco, _ = build_coco_network(COCO_FAST, "random")
+    predictor, original = model.roi_heads.box_predictor, coco.roi_heads.box_predictor
+    assert predictor.cls_score.out_features == 2 and predictor.bbox_pred.out_features == 8
+    # background and person rows of COCO's 91-way head, in that order
+    torch.testing.assert_close(predictor.cls_score.weight, original.cls_score.weight[[0, 1]])
+    torch.testing.assert_close(predictor.bbox_pred.weight[4:], original.bbox_pred.weight[4:8])
+    body = dict(model.backbone.body.named_children())
+    assert not any(p.requires_grad for p in body["0"].parameters())  # the first block
+    assert any(p.requires_grad for p in body[list(body)[-1]].parameters())
+    # one training step: the person-search losses come out finite
+    model.train()
+    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 110.0]]), "labels": torch.tensor([1])}
+    losses = model([torch.rand(3, 120, 160)], [target])
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                           "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    model.score_thresh = 0.0
+    save_detector(tmp_path / "model.pt", model, config)
+    loaded, meta = load_detector(tmp_path, "cpu")
+    assert meta["model_config"]["coco_start"] == COCO_FAST
+    loaded.score_thresh = 0.0
+    image = torch.rand(3, 120, 160)
+    with torch.no_grad():
+        expected, got = model([image])[0], loaded([image])[0]
+    torch.testing.assert_close(got["boxes"], expected["boxes"])
+    with pytest.raises(ConfigError, match="coco_start='retinanet"):
+        DetectorConfig(coco_start="retinanet_resnet50_fpn_v2")
+    with pytest.raises(ConfigError, match="coco_weights is set"):
+        DetectorConfig(coco_weights="x.pth")

@@ -58,7 +58,9 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
         raise DatasetError(f"{config.data.root}: no training scenes in {config.data.dataset}")
     model = build_detector(detector_config(config))
     if dist_info.is_main:
-        print(f"detector backbone {model.config.backbone}, initial weights: {model.weights_source}")
+        start = (f"torchvision COCO {model.config.coco_start}" if model.config.coco_start
+                 else f"backbone {model.config.backbone}")
+        print(f"detector from {start}, initial weights: {model.weights_source}")
     train_set = SceneDetectionDataset(scenes.train, flip_prob=FLIP_PROB if config.data.flip else 0.0)
     loader = build_train_loader(train_set, config, dist_info, collate_fn=collate_detection)
 

@@ -135,7 +135,7 @@ def export_coco_detector(
     name: str, out: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
     score_thresh: float = 0.5, image_size: Sequence[int] = (480, 640),
 ) -> ExportReport:
-    """Export one of torchvision's COCO detectors (`personsearch.search.coco_detectors`) as an
+    """Export one of torchvision's COCO detectors (`personsearch.models.coco`) as an
     ONNX person detector: the graph keeps the person class only, so it reads as the
     boxes_scores_labels layout without labels, and its YAML is written beside it."""
     from personsearch.search.coco_detectors import CocoDetector
@@ -156,7 +156,7 @@ class _PersonsOnly(nn.Module):
         self.network = network
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        from personsearch.search.coco_detectors import COCO_PERSON
+        from personsearch.models.coco import COCO_PERSON
 
         results = []
         for output in self.network(images):

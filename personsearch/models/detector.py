@@ -49,6 +49,10 @@ NUM_CLASSES = 2  # background, person
 FEATURE_STAGE = "res4"  # the RPN and the region pooling read this stage
 HEAD_STAGE = "res5"  # the box head runs this stage on the pooled regions
 FIRST_BLOCK_LAST_STAGE = "res2"  # the first block is every module up to and including res2
+#: torchvision COCO detectors training can start from (the Faster R-CNN family: RPN + box head)
+COCO_START_MODELS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn",
+                     "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn")
+COCO_PERSON_CLASS = 1  # COCO's category id of "person" in torchvision's 91-way heads
 
 
 @dataclass
@@ -89,6 +93,13 @@ class DetectorConfig:
     score_thresh: float = 0.5  #: detections kept at search time score at least this
     nms_thresh: float = 0.4
     detections_per_img: int = 100
+    #: fine-tune a torchvision COCO Faster R-CNN instead of building the C4 detector above: its
+    #: name (COCO_START_MODELS). Its person class becomes the one foreground class; backbone,
+    #: pretrained, pooling, anchors and head_stride_one then do not apply (its own FPN layout is
+    #: kept), the thresholds, input sizes, frozen batch norm and first block do.
+    coco_start: str | None = None
+    #: coco_start's COCO weights: a local file (default: torch hub's cache; "random": untrained)
+    coco_weights: str | None = None
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
@@ -119,6 +130,16 @@ class DetectorConfig:
                 raise ConfigError(f"detector.{name}={getattr(self, name)} must be positive")
         if self.proposal_min_size < 0:
             raise ConfigError(f"detector.proposal_min_size={self.proposal_min_size} must be >= 0")
+        self._validate_coco_start()
+
+    def _validate_coco_start(self) -> None:
+        if self.coco_start is not None and self.coco_start not in COCO_START_MODELS:
+            raise ConfigError(f"detector.coco_start={self.coco_start!r}: choose one of "
+                              f"{', '.join(COCO_START_MODELS)} (two-stage detectors: the "
+                              "person-search detector is a Faster R-CNN)")
+        if self.coco_weights is not None and self.coco_start is None:
+            raise ConfigError("detector.coco_weights is set but detector.coco_start is not: "
+                              "name the COCO detector the weights belong to")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
@@ -255,6 +276,8 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     from personsearch.models.backbones import build_backbone  # the shared backbone code path
 
     config = config or DetectorConfig()
+    if config.coco_start is not None:
+        return _detector_from_coco(config)
     backbone = build_backbone(config.backbone, pretrained=config.pretrained,
                               missing_weights=config.missing_weights)  # type: ignore[arg-type]
     channels = dict(backbone.stage_channels)
@@ -311,3 +334,51 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     detector.weights_source = backbone.weights_source
     return detector
 
+
+
+def _person_predictor(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
+    """A 2-class (background, person) box predictor cut from a COCO one: its background and
+    person rows, so fine-tuning starts from COCO's person classifier and box regressor."""
+    keep = torch.tensor([0, COCO_PERSON_CLASS])
+    box_rows = torch.cat([torch.arange(4 * c, 4 * c + 4) for c in keep.tolist()])
+    person = FastRCNNPredictor(predictor.cls_score.in_features, NUM_CLASSES)
+    with torch.no_grad():
+        person.cls_score.weight.copy_(predictor.cls_score.weight[keep])
+        person.cls_score.bias.copy_(predictor.cls_score.bias[keep])
+        person.bbox_pred.weight.copy_(predictor.bbox_pred.weight[box_rows])
+        person.bbox_pred.bias.copy_(predictor.bbox_pred.bias[box_rows])
+    return person
+
+
+def _freeze_coco_first_block(body: nn.Module) -> None:
+    """The stem and first stage of a COCO detector's backbone body (everything to stride 4)."""
+    names = [name for name, _ in body.named_children()]
+    # ResNet bodies: conv1, bn1, relu, maxpool, layer1; MobileNetV3 bodies: features 0-3
+    last = "layer1" if "layer1" in names else "3"
+    for name, child in body.named_children():
+        child.requires_grad_(False)
+        if name == last:
+            break
+
+
+def _detector_from_coco(config: DetectorConfig) -> PersonDetector:
+    """A torchvision COCO Faster R-CNN turned into a person detector (see `coco_start`)."""
+    from personsearch.models.coco import build_coco_network
+
+    network, source = build_coco_network(config.coco_start, config.coco_weights,  # type: ignore[arg-type]
+                                         config.detections_per_img)
+    roi_heads = network.roi_heads
+    roi_heads.box_predictor = _person_predictor(roi_heads.box_predictor)
+    roi_heads.nms_thresh = config.nms_thresh
+    roi_heads.detections_per_img = config.detections_per_img
+    backbone = network.backbone
+    if config.frozen_batchnorm:
+        backbone = freeze_batchnorm(backbone)
+    if config.freeze_first_block:
+        _freeze_coco_first_block(backbone.body)
+    transform = GeneralizedRCNNTransform(config.min_size, config.max_size,
+                                         list(IMAGENET_MEAN), list(IMAGENET_STD))
+    detector = PersonDetector(config, backbone, network.rpn, roi_heads, transform)
+    detector.score_thresh = config.score_thresh
+    detector.weights_source = source
+    return detector

@@ -192,7 +192,10 @@ def load_detector(
     path, state = read_model_file(path, DETECTOR_TASK, device)
     try:
         # the weights come from the file: skip loading (or warning about) ImageNet ones
-        config = DetectorConfig.from_dict({**state["model_config"], "pretrained": False})
+        values = {**state["model_config"], "pretrained": False}
+        if values.get("coco_start"):
+            values["coco_weights"] = "random"  # likewise for a COCO start's weights
+        config = DetectorConfig.from_dict(values)
     except ConfigError as error:
         raise CheckpointError(f"{path}: {error}") from error
     model = build_detector(config)
