@@ -219,7 +219,7 @@ def _search_entry(row: Any) -> dict[str, Any]:
 
 def _detection_metrics(test_scenes, detections) -> dict[str, Any]:
     """Detection recall and AP (all persons, and labelled ones) of the indexed detections."""
-    from personsearch.engine.detector_eval import SceneDetections, score_detections
+    from personsearch.evaluation.scene_detection import SceneDetections, score_detections
 
     names = tuple(scene.name for scene in test_scenes)
     flat = SceneDetections(

@@ -17,13 +17,10 @@ from cuhk_fixture import write_cuhk_sysu
 from personsearch import cli
 from personsearch.config import Config, load_config, save_config
 from personsearch.data.scenes import Scene
-from personsearch.engine.detector_eval import (
-    SceneDetections,
-    detect_scenes,
-    detection_metrics,
-)
+from personsearch.engine.detector_eval import detect_scenes
 from personsearch.engine.detector_task import detector_config, load_scenes
 from personsearch.errors import CheckpointError, ConfigError
+from personsearch.evaluation.scene_detection import SceneDetections, detection_metrics
 from personsearch.models.detector import build_detector
 from personsearch.models.saving import load_detector, save_detector
 

@@ -82,3 +82,50 @@ def test_windows_cover_the_image_and_small_images_pass_straight_through() -> Non
 def test_bad_settings_named(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         SlicedDetector(FixedInputDetector(), **kwargs)
+
+
+def test_pipeline_yaml_names_slices_and_torchvision_detectors(tmp_path) -> None:
+    from personsearch.search.detectors import HogPeopleDetector
+    from personsearch.search.pipeline import detector_from_spec, sliced_detector
+
+    where = tmp_path / "pipeline.yaml"
+    sliced = sliced_detector(HogPeopleDetector(), {"tile": 416, "overlap": 0.3}, where)
+    assert isinstance(sliced, SlicedDetector) and sliced.tile == (416, 416)
+    assert isinstance(sliced_detector(HogPeopleDetector(), True, where), SlicedDetector)
+    with pytest.raises(ConfigError, match="unknown slices settings tiles"):
+        sliced_detector(HogPeopleDetector(), {"tiles": 416}, where)
+    with pytest.raises(ConfigError, match="must be true or a mapping"):
+        sliced_detector(HogPeopleDetector(), 416, where)
+    pytest.importorskip("torch")
+    from personsearch.search.coco_detectors import CocoDetector
+
+    coco = detector_from_spec("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn?weights=random",
+                              tmp_path, 0.4)
+    assert isinstance(coco, CocoDetector) and coco.score_thresh == 0.4
+    with pytest.raises(ConfigError, match="unknown torchvision COCO detector 'nope'"):
+        detector_from_spec("torchvision:nope", tmp_path, 0.5)
+    with pytest.raises(ConfigError, match=r"\?weights=FILE"):
+        detector_from_spec("torchvision:fasterrcnn_resnet50_fpn?file=x", tmp_path, 0.5)
+
+
+def test_evaluate_detector_scores_any_detector(tmp_path, capsys) -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cuhk_fixture import write_cuhk_sysu
+
+    from personsearch.cli import main
+
+    root = tmp_path / "cuhk"
+    write_cuhk_sysu(root)
+    out = tmp_path / "eval"
+    assert main(["evaluate-detector", "--detector", "whole-image", "--dataset", "cuhk-sysu",
+                 "--root", str(root), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["detector"] == "whole-image" and 0 <= metrics["recall"] <= 100
+    assert (out / "pr_curve.png").is_file() and (out / "detections.npz").is_file()
+    capsys.readouterr()
+    assert main(["evaluate-detector", "--detector", "hog"]) != 0
+    assert "--detector needs --dataset and --root" in capsys.readouterr().err

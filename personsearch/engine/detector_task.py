@@ -17,11 +17,12 @@ from torch import nn
 from personsearch.config import Config, validate
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
-from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
+from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.runs import run_task
 from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import ConfigError, DatasetError
+from personsearch.evaluation.scene_detection import detection_metrics
 from personsearch.models.detector import DetectorConfig, build_detector
 from personsearch.models.saving import MODEL_FILE, save_detector
 

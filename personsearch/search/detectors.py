@@ -9,20 +9,24 @@ The detectors here need nothing beyond numpy and Pillow (HOG: OpenCV 4, when ins
 - `WholeImageDetector`: the whole image is one person (galleries of person crops).
 - `GroundTruthBoxes`: returns known boxes for known images (tests, evaluation with given boxes).
 - `HogPeopleDetector`: OpenCV's HOG + linear SVM pedestrian detector, when OpenCV 4 is installed.
+
+`detect_scene_images` runs any detector over a dataset's scenes, for `evaluate-detector`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from personsearch.boxes import clip_boxes
 from personsearch.data.images import read_rgb
+from personsearch.data.scenes import Scene
 from personsearch.errors import PersonSearchError
+from personsearch.evaluation.scene_detection import SceneDetections
 
 
 @runtime_checkable
@@ -178,3 +182,28 @@ def hog_available() -> bool:
     except ImportError:
         return False
     return hasattr(cv2, "HOGDescriptor")
+
+
+def detect_scene_images(detector: Detector, scenes: Sequence[Scene], progress: bool = False,
+                        min_score: float = 0.0) -> SceneDetections:
+    """Run any `Detector` over the scenes' images: the detections `evaluate-detector` scores.
+
+    Boxes scored below `min_score` are dropped (the detector's own threshold applies first).
+    """
+    from tqdm import tqdm
+
+    rows = [np.zeros((0, 6), dtype=np.float64)]  # scene index, x1, y1, x2, y2, score
+    for index, scene in enumerate(tqdm(scenes, desc="detect", unit="image", disable=not progress)):
+        boxes, scores = detector.detect(read_rgb(scene.path))
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        keep = scores >= min_score
+        rows.append(np.hstack([np.full((int(keep.sum()), 1), float(index)), boxes[keep],
+                               scores[keep, None]]))
+    table = np.concatenate(rows)
+    return SceneDetections(
+        image_names=tuple(scene.name for scene in scenes),
+        det_image=table[:, 0].astype(np.int64),
+        det_boxes=table[:, 1:5].astype(np.float32),
+        det_scores=table[:, 5].astype(np.float32),
+    )

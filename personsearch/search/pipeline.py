@@ -7,8 +7,11 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
 - a folder holding `pipeline.yaml`, which names both:
 
       detector: runs/synthetic-detector   # a detector run folder or its model.pt, an ONNX
-                                          # detector's .yaml (see onnx_detector.py), or
-                                          # "hog" / "whole-image"
+                                          # detector's .yaml (see onnx_detector.py),
+                                          # torchvision:NAME[?weights=FILE] (a COCO detector,
+                                          # coco_detectors.py), or "hog" / "whole-image"
+      slices: {tile: [416, 416], overlap: 0.25}   # optional: run the detector on overlapping
+                                          # tiles plus the whole frame (small people; sliced.py)
       reid: runs/synthetic-reid           # a re-id run folder or its model.pt, an ONNX embedder's
                                           # .yaml (see onnx_embedder.py), or "imagenet"
       det_thresh: 0.5                     # keep detections scored at least this (the paper's
@@ -190,7 +193,8 @@ def write_pipeline_spec(
     folder.mkdir(parents=True, exist_ok=True)
 
     def rel(target: str | os.PathLike[str]) -> str:
-        if str(target) in ("hog", "whole-image", "imagenet"):
+        if str(target) in ("hog", "whole-image", "imagenet") or str(target).startswith(
+                TORCHVISION_PREFIX):
             return str(target)
         return os.path.relpath(Path(target).resolve(), folder.resolve())
 
@@ -222,23 +226,10 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
     def resolve(value: str) -> Path:
         return resolve_spec_path(folder, value)
 
-    detector_spec = str(spec["detector"])
-    detector: Detector
-    if detector_spec == "hog":
-        detector = HogPeopleDetector()
-    elif detector_spec == "whole-image":
-        detector = WholeImageDetector()
-    elif detector_spec.endswith((".yaml", ".yml", ".json")):  # any ONNX person detector
-        from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
-
-        config = read_detector_config(resolve(detector_spec))
-        if "det_thresh" in spec:  # the pipeline's threshold wins over the detector file's
-            config = dataclasses.replace(config, score_thresh=det_thresh)
-        detector = OnnxDetector(config)
-    else:
-        from personsearch.search.torch_embedders import TorchDetector
-
-        detector = TorchDetector.from_run(resolve(detector_spec), det_thresh, device)
+    detector = detector_from_spec(str(spec["detector"]), folder, det_thresh,
+                                  "det_thresh" in spec, device)
+    if spec.get("slices") is not None:
+        detector = sliced_detector(detector, spec["slices"], folder / PIPELINE_FILE)
     reid_spec = str(spec["reid"])
     embedder: Embedder
     if reid_spec == "imagenet":  # pooled ImageNet features: before any re-id net is trained
@@ -254,6 +245,73 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
 
         embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
     return Pipeline(detector=detector, embedder=embedder, source=str(folder))
+
+
+TORCHVISION_PREFIX = "torchvision:"
+SLICE_KEYS = ("tile", "overlap", "full_frame", "nms_iou")
+
+
+def sliced_detector(detector: Detector, settings: Any, where: Path) -> Detector:
+    """`detector` run on tiles, as pipeline.yaml's `slices:` says (true: the defaults)."""
+    from personsearch.search.sliced import SlicedDetector
+
+    if settings is True:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: slices={settings!r} must be true or a mapping of "
+                          f"{', '.join(SLICE_KEYS)}")
+    unknown = sorted(set(settings) - set(SLICE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown slices settings {', '.join(unknown)} "
+                          f"(known: {', '.join(SLICE_KEYS)})")
+    values = dict(settings)
+    if "tile" in values:
+        tile = values["tile"]
+        values["tile"] = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    try:
+        return SlicedDetector(detector, **values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: slices: {error}") from error
+
+
+def detector_from_spec(value: str, folder: Path, det_thresh: float, thresh_given: bool = True,
+                       device: str | None = None) -> Detector:
+    """The detector a pipeline.yaml's `detector:` names (paths relative to `folder`).
+
+    hog, whole-image, an ONNX detector's FILE.yaml, torchvision:NAME[?weights=FILE] (one of
+    torchvision's COCO detectors, person class only), or a detector run folder / model.pt.
+    `det_thresh` is the score threshold; for an ONNX detector it replaces the file's own only
+    when `thresh_given`.
+    """
+    def resolve(path: str) -> Path:
+        return resolve_spec_path(folder, path)
+
+    if value == "hog":
+        return HogPeopleDetector()
+    if value == "whole-image":
+        return WholeImageDetector()
+    if value.startswith(TORCHVISION_PREFIX):  # one of torchvision's COCO detectors
+        from personsearch.search.coco_detectors import CocoDetector  # imports torch
+
+        name, _, query = value[len(TORCHVISION_PREFIX):].partition("?")
+        weights = None
+        if query:
+            key, _, weights = query.partition("=")
+            if key != "weights" or not weights:
+                raise ConfigError(f"detector {value!r}: the only option is ?weights=FILE")
+            # "random": untrained weights (tests, export checks), else a file
+            weights = weights if weights == "random" else str(resolve(weights))
+        return CocoDetector(name, weights=weights, score_thresh=det_thresh, device=device)
+    if value.endswith((".yaml", ".yml", ".json")):  # any ONNX person detector
+        from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
+
+        config = read_detector_config(resolve(value))
+        if thresh_given:  # the pipeline's threshold wins over the detector file's
+            config = dataclasses.replace(config, score_thresh=det_thresh)
+        return OnnxDetector(config)
+    from personsearch.search.torch_embedders import TorchDetector
+
+    return TorchDetector.from_run(resolve(value), det_thresh, device)
 
 
 def resolve_spec_path(folder: Path, value: str) -> Path:
