@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from real_data import REAL_DATA, skip_reason
 
 #: Real sample data (PRW frames, a CUHK-SYSU protocol file, a COCO detector, a video) kept beside
 #: the repository on the developers' machines; never copied into it, absent in a user's clone.
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def real_data():
     def get(name: str) -> Path:
         path = REAL_DATA / name
         if not path.exists():
-            pytest.skip(f"real sample data {name!r} is not on this machine (looked in {REAL_DATA})")
+            pytest.skip(skip_reason(name))
         return path
 
     return get

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 from PIL import Image
+from real_data import REAL_DATA
 
 #: image name -> persons in it as (pid or None for a background person, (x, y, w, h))
 Persons = dict[str, list[tuple[int | None, tuple[int, int, int, int]]]]
@@ -33,7 +34,7 @@ DEFAULT_IMAGES: Persons = {
 }
 DEFAULT_POOL = ("s5.jpg", "s6.jpg", "s7.jpg", "s8.jpg")
 #: The released TestG100.mat among the shared samples (absent on machines without them).
-REAL_TESTG100 = (Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol"
+REAL_TESTG100 = (REAL_DATA / "cuhk-sysu-protocol"
                  / "TestG100.mat")
 IMAGE_SIZE = (160, 120)  # width, height
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import scipy.io
 from cuhk_fixture import DEFAULT_IMAGES, write_cuhk_sysu
 from market_fixture import write_market1501
+from real_data import REAL_DATA, needs_real
 
 from personsearch.cli import main
 from personsearch.data import validation
 
-PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
-needs_prw_mini = pytest.mark.skipif(not PRW_MINI.is_dir(), reason=f"prw-mini not at {PRW_MINI}")
+PRW_MINI = REAL_DATA / "prw-mini"
+needs_prw_mini = needs_real("prw-mini")
 
 
 def _run(capsys, *argv):

@@ -12,6 +12,7 @@ from cuhk_fixture import (
     write_cuhk_sysu,
     write_real_testg100_root,
 )
+from real_data import skip_reason
 
 from personsearch.data.cuhk_sysu import (
     available_gallery_sizes,
@@ -32,7 +33,7 @@ from personsearch.errors import ConfigError, DatasetError
 def real_protocol(tmp_path_factory):
     """TestG100 read through the reader (see cuhk_fixture.write_real_testg100_root)."""
     if not REAL_TESTG100.is_file():
-        pytest.skip(f"real CUHK-SYSU protocol sample not found at {REAL_TESTG100}")
+        pytest.skip(skip_reason("cuhk-sysu-protocol/TestG100.mat"))
     return load_cuhk_sysu_protocol(write_real_testg100_root(tmp_path_factory.mktemp("cuhk-real")), 100)
 
 

@@ -3,12 +3,11 @@ cases of every protocol rule, and properties (Hypothesis)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from real_data import REAL_DATA, needs_real
 from reference_eval import reference_search
 from search_synth import make_world
 
@@ -367,7 +366,7 @@ def test_scores_are_bounded_and_monotone_in_k(seed):
 
 # ------------------------------------------------------- the released CUHK-SYSU protocol file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol" / "TestG100.mat"
+SHARED = REAL_DATA / "cuhk-sysu-protocol" / "TestG100.mat"
 
 
 class _GrowingIndex(dict):
@@ -381,7 +380,7 @@ class _GrowingIndex(dict):
         return self[name]
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="shared TestG100.mat not available")
+@needs_real("cuhk-sysu-protocol/TestG100.mat")
 def test_released_testg100_quirks_match_reference():
     from personsearch.data.cuhk_sysu import read_test_protocol
 
@@ -430,10 +429,10 @@ def test_released_testg100_quirks_match_reference():
     assert set(differs) <= set(duplicated)
 
 
-PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
+PRW_MINI = REAL_DATA / "prw-mini"
 
 
-@pytest.mark.skipif(not PRW_MINI.is_dir(), reason="shared prw-mini not available")
+@needs_real("prw-mini")
 @pytest.mark.parametrize("cross_camera", [False, True])
 def test_prw_protocol_from_the_reader(cross_camera):
     from personsearch.data.registry import load_scene_dataset, load_search_protocol

@@ -5,16 +5,16 @@ persons of a real PRW frame, ImageNet features re-find PRW persons across frames
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from real_data import REAL_DATA, needs_real
 
 from personsearch.search.detectors import HogPeopleDetector, hog_available
 from personsearch.search.searcher import crop_box
 
-PRW = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
-needs_prw = pytest.mark.skipif(not (PRW / "frames").is_dir(), reason="PRW sample not in shared/data")
+PRW = REAL_DATA / "prw-mini"
+needs_prw = needs_real("prw-mini/frames")
 needs_hog = pytest.mark.skipif(not hog_available(), reason="OpenCV 4 (cv2.HOGDescriptor) missing")
 
 

@@ -18,6 +18,7 @@ import pytest
 import scipy.io
 from cuhk_fixture import DEFAULT_IMAGES, write_cuhk_sysu
 from PIL import Image
+from real_data import REAL_DATA, needs_real
 from search_scenes import make_gallery, make_probe
 
 from personsearch.cli import main
@@ -28,7 +29,7 @@ from personsearch.search.faiss_backends import build_faiss_index
 from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord
 from personsearch.search.store import CACHE_DIR, DB_NAME, SHARD_DIR
 
-PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
+PRW_MINI = REAL_DATA / "prw-mini"
 DIM = 8
 
 
@@ -69,7 +70,7 @@ def test_check_data_reports_a_nan_box_in_a_protocol_file(tmp_path, capsys):
     _one_line_error(capsys, code, "TestG100.mat", "Query.idlocate", "is not finite")
 
 
-@pytest.mark.skipif(not PRW_MINI.is_dir(), reason=f"prw-mini not at {PRW_MINI}")
+@needs_real("prw-mini")
 def test_check_data_reports_a_nan_box_in_prw(tmp_path, capsys):
     root = tmp_path / "PRW"
     root.mkdir()

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 import scipy.io
-from cuhk_fixture import REAL_TESTG100, write_cuhk_sysu, write_real_testg100_root
+from cuhk_fixture import write_cuhk_sysu, write_real_testg100_root
+from real_data import needs_real
 
 import personsearch.data.cuhk_sysu as cuhk_sysu
 from personsearch.data.cuhk_sysu import load_cuhk_sysu_protocol
@@ -137,7 +138,7 @@ def test_missing_files_still_raise_the_readers_error(tmp_path, cache):
     assert not cache.exists() or not list(cache.glob("*.npz"))
 
 
-@pytest.mark.skipif(not REAL_TESTG100.is_file(), reason="shared TestG100.mat not available")
+@needs_real("cuhk-sysu-protocol/TestG100.mat")
 def test_real_testg100_round_trips(tmp_path, cache, monkeypatch):
     """The released file's quirks (images listed twice, a query's own image listed) survive."""
     root = write_real_testg100_root(tmp_path / "real")

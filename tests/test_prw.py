@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+from real_data import REAL_DATA, needs_real
 
 from personsearch.data.prw import camera_of, load_prw, load_prw_protocol, read_id_list
 from personsearch.data.registry import load_scene_dataset, load_search_protocol
 from personsearch.data.scenes import UNLABELED
 from personsearch.errors import DatasetError
 
-PRW_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "prw-mini"
-pytestmark = pytest.mark.skipif(not PRW_MINI.is_dir(), reason=f"prw-mini not found at {PRW_MINI}")
+PRW_MINI = REAL_DATA / "prw-mini"
+pytestmark = needs_real("prw-mini")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 from PIL import Image
+from real_data import REAL_DATA, skip_reason
 
 from personsearch.cli import main
 from personsearch.data import synthetic
@@ -30,7 +31,7 @@ from personsearch.data.synthetic_render import (
 )
 from personsearch.errors import DatasetError
 
-REAL_TESTG100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-sysu-protocol" / "TestG100.mat"
+REAL_TESTG100 = REAL_DATA / "cuhk-sysu-protocol" / "TestG100.mat"
 PROTOCOL = Path("annotation") / "test" / "train_test"
 
 
@@ -73,7 +74,7 @@ def test_structures_match_the_real_protocol_file(world: tuple[Path, dict]) -> No
     mine = load(root, PROTOCOL / "TestG100.mat", "TestG100")
     assert mine.shape == (1, 30)
     if not REAL_TESTG100.is_file():
-        pytest.skip(f"real CUHK-SYSU protocol sample not found at {REAL_TESTG100}")
+        pytest.skip(skip_reason("cuhk-sysu-protocol/TestG100.mat"))
     real = sio.loadmat(REAL_TESTG100)["TestG100"]
     assert mine.dtype.names == real.dtype.names == ("Query", "Gallery")
 
