@@ -28,7 +28,7 @@ def test_shipped_configs_resolve_by_name_and_keep_paper_settings():
     for name in ("cuhk-sysu-reid", "prw-reid", "market1501-reid"):
         config = load_config(name)
         assert config.name == name and config.task == "reid"
-        assert config.model["backbone"] == "resnet50"
+        assert config.model.backbone == "resnet50"
         assert config.optim.weight_decay == 1e-5 and config.optim.milestones == [40, 80]
         assert (config.data.crop_height, config.data.crop_width) == (256, 128)
     assert resolve_config_path("synthetic-reid.yaml").name == "synthetic-reid.yaml"
@@ -43,8 +43,8 @@ def test_overrides_are_parsed_and_typed():
     assert config.optim.lr == pytest.approx(1e-3) and isinstance(config.optim.lr, float)
     assert config.optim.epochs == 3 and config.optim.milestones == [2]
     assert config.data.flip is False
-    assert config.model["backbone"] == "resnet18"
-    assert config.model["kl_weight"] == 0.5
+    assert config.model.backbone == "resnet18"
+    assert config.model.kl_weight == 0.5
     assert str(config.run_dir) == "/tmp/x"
 
 

@@ -30,8 +30,8 @@ FLIP_PROB = 0.5  # data.flip: mirror half of the training images
 
 
 def detector_config(config: Config) -> DetectorConfig:
-    """The model section as a DetectorConfig (ConfigError on unknown or invalid keys)."""
-    return DetectorConfig.from_dict(dict(config.model))
+    """The model section: a DetectorConfig (checked when the config was built)."""
+    return config.model
 
 
 def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
