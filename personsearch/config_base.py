@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -162,7 +163,7 @@ def _coerce_union(value: Any, annotation: Any, args: tuple[Any, ...], key: str) 
     member it passes as."""
     for arg in args:
         if isinstance(arg, type) and type(value) is arg:
-            return value
+            return coerce(value, arg, key)
     for arg in args:
         try:
             return coerce(value, arg, key)
@@ -205,6 +206,11 @@ def _as_float(value: Any, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"config key {key}={float(value)!r} is not a finite number (YAML .nan and .inf "
+                "are not settings)"
+            )
         return float(value)
     raise ConfigError(f"config key {key}: expected a number, got {value!r}")
 
