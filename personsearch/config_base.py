@@ -61,7 +61,7 @@ class ConfigBase:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (tuples as lists, nested configs as dicts): ready for YAML/JSON."""
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return fields_dict(self)
 
     def given(self) -> dict[str, Any]:
         """The settings this config was built from: `from_dict`'s mapping as written (so a saved
@@ -82,23 +82,29 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     """A `cls` from a mapping; the one place unknown keys are found and named."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'}: expected a mapping")
+    check_keys(cls, values, prefix)
     types_ = field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]}; valid keys in "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(types_))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        annotation = types_[name]
-        if isinstance(annotation, type) and issubclass(annotation, ConfigBase):
-            kwargs[name] = build(annotation, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = coerce(value, annotation, prefix + name)
+    kwargs = {name: coerce(value, types_[name], prefix + name) for name, value in values.items()}
     config = cls(**kwargs)
     object.__setattr__(config, "_given", copy.deepcopy(dict(values)))  # for `given()`
     return config
+
+
+def check_keys(cls: type, values: Mapping[str, Any], prefix: str = "", where: str = "") -> None:
+    """ConfigError naming the first key of `values` that is no field of dataclass `cls`, with
+    its path (`prefix`) and the valid keys in `where` (default: the path)."""
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = where or prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys in {where}: {', '.join(names)}"
+        )
+
+
+def fields_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields as plain types (the one `to_dict`)."""
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def plain(value: Any) -> Any:

@@ -48,7 +48,6 @@ def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
 def train_detector(config: Config, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a detector run; returns the metrics summary. Works under torchrun."""
     validate(config)  # every setting, before any data is read or any step is taken
-    detector_config(config)  # fail on a bad model section before touching data or devices
     return run_task(_train, config, resume)
 
 
