@@ -68,6 +68,9 @@ class DataConfig(ConfigBase):
     low_resolution: float = 0.0
     cache_dir: str = ""  #: pre-crop scene boxes into this folder once ("" = crop on the fly)
 
+    def check(self) -> None:
+        _check_data(self)
+
 
 @dataclass(frozen=True)
 class OptimConfig(ConfigBase):
@@ -89,6 +92,9 @@ class OptimConfig(ConfigBase):
     amp: bool = True  #: mixed precision on CUDA (ignored on CPU)
     grad_clip: float = 0.0  #: max gradient norm (0 = off)
 
+    def check(self) -> None:
+        _check_optim(self)
+
 
 @dataclass(frozen=True)
 class RunConfig(ConfigBase):
@@ -109,6 +115,9 @@ class RunConfig(ConfigBase):
     eval_batch_size: int = 128
     progress: bool = True  #: progress bars (rank 0 only)
     find_unused_parameters: bool = False  #: DDP option for models with unused branches
+
+    def check(self) -> None:
+        _check_run(self)
 
 
 #: task -> "module:class" of its model section (imported when a config is built: torch)
@@ -211,9 +220,14 @@ def validate(config: Config) -> None:
 
     Raises one ConfigError naming the first bad key and its value. Every number anywhere in the
     config (the model section included) must be finite: YAML's `.nan` and `.inf` are not settings.
+    A Config runs this when it is built; each section's own checks ran when it was.
     """
     _check_finite(config.to_dict())
-    optim, data, run = config.optim, config.data, config.run
+    for section in (config.optim, config.data, config.run):
+        section.check()
+
+
+def _check_optim(optim: OptimConfig) -> None:
     if optim.iterations < 0:
         raise ConfigError(f"optim.iterations={optim.iterations} must be >= 0 (0: use optim.epochs)")
     if optim.iterations == 0 and optim.epochs <= 0:
@@ -247,6 +261,8 @@ def validate(config: Config) -> None:
              "is the learning-rate fraction the warm-up starts from: it must be in [0, 1]")
     _require(optim.grad_clip >= 0, "optim.grad_clip", optim.grad_clip, "must be >= 0 (0 = off)")
 
+
+def _check_data(data: DataConfig) -> None:
     _require(data.crop_height >= 1, "data.crop_height", data.crop_height, "must be positive")
     _require(data.crop_width >= 1, "data.crop_width", data.crop_width, "must be positive")
     for name in ("random_erasing", "low_resolution", "lowres_prob"):
@@ -272,6 +288,8 @@ def validate(config: Config) -> None:
             "(fractions of the crop size)"
         )
 
+
+def _check_run(run: RunConfig) -> None:
     _require(run.workers >= 0, "run.workers", run.workers, "must be >= 0 (0: load in this process)")
     _require(run.eval_batch_size >= 1, "run.eval_batch_size", run.eval_batch_size,
              "must be positive")
