@@ -370,8 +370,9 @@ def config_identity(config: Any) -> dict[str, Any]:
     data["root"] = str(Path(data["root"]).resolve())
     from personsearch.engine.logging import flatten
 
-    identity = {"model": config.to_dict()["model"], "optim": dataclasses.asdict(config.optim), "data": data,
-                "seed": config.run.seed}
+    # the model section as written (config.yaml's), so earlier runs keep their identity
+    identity = {"model": config.model.given(), "optim": dataclasses.asdict(config.optim),
+                "data": data, "seed": config.run.seed}
     return flatten(identity, sep=".")
 
 
