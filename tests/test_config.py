@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -173,3 +175,14 @@ def test_model_configs_round_trip_through_to_dict():
     detector = DetectorConfig(anchor_sizes=(16, 32), pooling="roi_align")
     assert DetectorConfig.from_dict(detector.to_dict()) == detector
     assert detector.to_dict()["anchor_sizes"] == [16, 32]
+
+
+def test_shipped_configs_resolve_as_before():
+    # to_dict (a run's config.yaml) and fingerprint of every shipped config, as written by the
+    # code before the config builder was unified (commit c8713cf): run folders must not change
+    expected = json.loads((Path(__file__).parent / "shipped_configs.json").read_text())
+    assert sorted(expected) == shipped_configs()
+    for name, saved in expected.items():
+        config = load_config(name)
+        assert config.to_dict() == saved["to_dict"], name
+        assert config.fingerprint() == saved["fingerprint"], name
