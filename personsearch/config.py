@@ -1,39 +1,50 @@
 """Typed training configs: dataclass defaults, YAML in, `key=value` overrides, resolved YAML out.
 
-A config has five sections: `data` (what to train on and how crops look), `model` (passed as a
-dict to the model builder, which owns its keys), `optim` (optimiser and schedule), `run` (where,
-seed, workers, periods) and the top-level `task` / `name`. The defaults of the dataclasses are the
-paper's re-id settings, so a shipped config only lists what differs.
+A config has five sections: `data` (what to train on and how crops look), `model` (the task's
+model config: `ReidConfig` for reid and classify, `DetectorConfig` for detector), `optim`
+(optimiser and schedule), `run` (where, seed, workers, periods) and the top-level `task` / `name`.
+The defaults of the dataclasses are the paper's re-id settings, so a shipped config only lists
+what differs.
 
-Overrides use dotted keys (`optim.lr=0.001`, `data.crop_height=128`); values are parsed as YAML and
-checked against the field's type. Unknown keys raise ConfigError naming the key and the valid ones.
+Overrides use dotted keys (`optim.lr=0.001`, `data.crop_height=128`, `model.levels=5`); values
+are parsed as YAML and checked against the field's type. Every section is built by
+personsearch.config_base: frozen, checked at construction, unknown keys a ConfigError naming the
+key and the valid ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from personsearch.config_base import ConfigBase, coerce
 from personsearch.errors import ConfigError
 from personsearch.io import atomic_open
+
+if TYPE_CHECKING:
+    from personsearch.models.detector import DetectorConfig
+    from personsearch.models.reid import ReidConfig
+
+    ModelConfig = ReidConfig | DetectorConfig
+else:
+    ModelConfig = Any  # resolved at runtime without importing torch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-@dataclass
-class DataConfig:
+@dataclass(frozen=True)
+class DataConfig(ConfigBase):
     """What to train on and how a training crop is made."""
+
+    SECTION = "data"
 
     #: "cuhk-sysu", "prw", "market1501", "cuhk03", "synthetic"; "cifar100" (task classify)
     dataset: str = "cuhk-sysu"
@@ -57,10 +68,15 @@ class DataConfig:
     low_resolution: float = 0.0
     cache_dir: str = ""  #: pre-crop scene boxes into this folder once ("" = crop on the fly)
 
+    def check(self) -> None:
+        _check_data(self)
 
-@dataclass
-class OptimConfig:
+
+@dataclass(frozen=True)
+class OptimConfig(ConfigBase):
     """SGD with step decay; the length and milestones are in epochs or in iterations."""
+
+    SECTION = "optim"
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -76,10 +92,15 @@ class OptimConfig:
     amp: bool = True  #: mixed precision on CUDA (ignored on CPU)
     grad_clip: float = 0.0  #: max gradient norm (0 = off)
 
+    def check(self) -> None:
+        _check_optim(self)
 
-@dataclass
-class RunConfig:
+
+@dataclass(frozen=True)
+class RunConfig(ConfigBase):
     """Where a run writes, how it is seeded and how often it evaluates and checkpoints."""
+
+    SECTION = "run"
 
     out: str = ""  #: run folder ("" = runs/<name>)
     seed: int = 0
@@ -95,17 +116,56 @@ class RunConfig:
     progress: bool = True  #: progress bars (rank 0 only)
     find_unused_parameters: bool = False  #: DDP option for models with unused branches
 
+    def check(self) -> None:
+        _check_run(self)
 
-@dataclass
-class Config:
-    """A full training config."""
+
+#: task -> "module:class" of its model section (imported when a config is built: torch)
+MODEL_CONFIGS = {
+    "reid": "personsearch.models.reid:ReidConfig",
+    "detector": "personsearch.models.detector:DetectorConfig",
+    # the classifier is the re-id network with classes for identities
+    "classify": "personsearch.models.reid:ReidConfig",
+}
+
+
+def model_config_class(task: str) -> type[ConfigBase]:
+    """The config class of a task's model section."""
+    if task not in MODEL_CONFIGS:
+        raise ConfigError(f"task={task!r}: choose one of {', '.join(MODEL_CONFIGS)}")
+    module, name = MODEL_CONFIGS[task].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Config(ConfigBase):
+    """A full training config, checked (`validate`) when it is constructed.
+
+    `model` may be given as a mapping (the section as written); it becomes the task's model
+    config (MODEL_CONFIGS), whose own checks name the bad key.
+    """
 
     task: str = "reid"
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        kind = model_config_class(self.task)
+        model = self.model
+        if not isinstance(model, ConfigBase):
+            model = kind.from_dict(coerce(model, dict[str, Any], "model"), "model.")
+            object.__setattr__(self, "model", model)
+        elif not isinstance(model, kind):
+            raise ConfigError(
+                f"model is a {type(model).__name__}; task {self.task} takes a {kind.__name__}"
+            )
+        super().__post_init__()
+
+    def check(self) -> None:
+        validate(self)
 
     @property
     def iteration_based(self) -> bool:
@@ -116,14 +176,17 @@ class Config:
         return Path(self.run.out or os.path.join("runs", self.name))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain types; the model section as it was written (`given()`), not resolved: the model
+        resolves its defaults and writes them to model.pt, while config.yaml and the fingerprint
+        repeat the section key for key, so earlier runs keep their fingerprints."""
+        return {**super().to_dict(), "model": self.model.given()}
 
     def fingerprint(self) -> str:
         """Hash of what a checkpoint's tensors depend on: the task, the model, the data (dataset,
         CUHK03 variant) and the crop size."""
         key = {
             "task": self.task,
-            "model": self.model,
+            "model": self.model.given(),
             "dataset": self.data.dataset,
             "crop": [self.data.crop_height, self.data.crop_width],
         }
@@ -134,115 +197,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# building a Config from nested dicts, with type checks
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` against a field annotation; convert the harmless cases (int -> float)."""
-    if annotation is Any:
-        return value
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union):
-        return _coerce_union(value, annotation, args, key)
-    if origin is list:
-        return _coerce_list(value, args[0], key)
-    if origin is dict:
-        return _coerce_dict(value, args[1], key)
-    for kind, convert in _SCALARS:
-        if annotation is kind:  # identity: bool is a subclass of int, and must not pass as one
-            return convert(value, key)
-    raise ConfigError(f"config key {key}: unsupported type {annotation}")
-
-
-def _coerce_union(value: Any, annotation: Any, args: tuple[Any, ...], key: str) -> Any:
-    """The first member of the union `value` passes as."""
-    for arg in args:
-        try:
-            return _coerce(value, arg, key)
-        except ConfigError:
-            continue
-    raise ConfigError(f"config key {key}: {value!r} is not {annotation}")
-
-
-def _coerce_list(value: Any, item: Any, key: str) -> list[Any]:
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-    return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-
-
-def _coerce_dict(value: Any, item: Any, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-    return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-
-
-def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
-
-
-def _as_int(value: Any, key: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-
-
-def _as_float(value: Any, key: str) -> float:
-    if isinstance(value, str):
-        # YAML 1.1 reads "1e-5" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(f"config key {key}: expected a number, got {value!r}")
-
-
-def _as_str(value: Any, key: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(f"config key {key}: expected a string, got {value!r}")
-
-
-#: The scalar field types and how a config value becomes one.
-_SCALARS: tuple[tuple[type, Callable[[Any, str], Any]], ...] = (
-    (bool, _as_bool),
-    (int, _as_int),
-    (float, _as_float),
-    (str, _as_str),
-)
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'}: expected a mapping")
-    types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]}; valid keys in "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(types_))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        annotation = types_[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, annotation, prefix + name)
-    return cls(**kwargs)
+# building a Config from nested dicts
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -257,9 +212,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a Config from nested dicts (missing keys keep their defaults)."""
-    config = _build(Config, values, "")
-    validate(config)
-    return config
+    return Config.from_dict(values)
 
 
 def validate(config: Config) -> None:
@@ -267,9 +220,14 @@ def validate(config: Config) -> None:
 
     Raises one ConfigError naming the first bad key and its value. Every number anywhere in the
     config (the model section included) must be finite: YAML's `.nan` and `.inf` are not settings.
+    A Config runs this when it is built; each section's own checks ran when it was.
     """
     _check_finite(config.to_dict())
-    optim, data, run = config.optim, config.data, config.run
+    for section in (config.optim, config.data, config.run):
+        section.check()
+
+
+def _check_optim(optim: OptimConfig) -> None:
     if optim.iterations < 0:
         raise ConfigError(f"optim.iterations={optim.iterations} must be >= 0 (0: use optim.epochs)")
     if optim.iterations == 0 and optim.epochs <= 0:
@@ -303,6 +261,8 @@ def validate(config: Config) -> None:
              "is the learning-rate fraction the warm-up starts from: it must be in [0, 1]")
     _require(optim.grad_clip >= 0, "optim.grad_clip", optim.grad_clip, "must be >= 0 (0 = off)")
 
+
+def _check_data(data: DataConfig) -> None:
     _require(data.crop_height >= 1, "data.crop_height", data.crop_height, "must be positive")
     _require(data.crop_width >= 1, "data.crop_width", data.crop_width, "must be positive")
     for name in ("random_erasing", "low_resolution", "lowres_prob"):
@@ -328,6 +288,8 @@ def validate(config: Config) -> None:
             "(fractions of the crop size)"
         )
 
+
+def _check_run(run: RunConfig) -> None:
     _require(run.workers >= 0, "run.workers", run.workers, "must be >= 0 (0: load in this process)")
     _require(run.eval_batch_size >= 1, "run.eval_batch_size", run.eval_batch_size,
              "must be positive")
@@ -425,7 +387,6 @@ def load_config(
     values = read_yaml(resolve_config_path(name_or_path)) if name_or_path is not None else {}
     if "name" not in values and name_or_path is not None:
         values["name"] = Path(name_or_path).stem
-    # The model section's keys belong to the task's model builder, which checks them.
     return config_from_dict(_merge(values, parse_overrides(overrides or [])))
 
 

@@ -176,10 +176,10 @@ def test_top1_scores():
     ("model.pretrained=true", "cifar_resnet110 has no pretrained weights"),
 ])
 def test_settings_the_task_refuses(override, message):
-    config = load_config("cifar100-classify", [override])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # when the config is built, or by the task
+        config = load_config("cifar100-classify", [override])
         check_classify_config(config)
-        build_backbone(config.model["backbone"], config.model["pretrained"])
+        build_backbone(config.model.backbone, config.model.pretrained)
 
 
 def test_check_data(tmp_path, capsys):

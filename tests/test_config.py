@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 
 from personsearch.config import (
     Config,
+    OptimConfig,
     load_config,
     parse_overrides,
     resolve_config_path,
@@ -14,6 +19,8 @@ from personsearch.config import (
     shipped_configs,
 )
 from personsearch.errors import ConfigError
+from personsearch.models.detector import DetectorConfig
+from personsearch.models.reid import ReidConfig
 
 
 def test_defaults_are_the_paper_reid_settings():
@@ -28,7 +35,7 @@ def test_shipped_configs_resolve_by_name_and_keep_paper_settings():
     for name in ("cuhk-sysu-reid", "prw-reid", "market1501-reid"):
         config = load_config(name)
         assert config.name == name and config.task == "reid"
-        assert config.model["backbone"] == "resnet50"
+        assert config.model.backbone == "resnet50"
         assert config.optim.weight_decay == 1e-5 and config.optim.milestones == [40, 80]
         assert (config.data.crop_height, config.data.crop_width) == (256, 128)
     assert resolve_config_path("synthetic-reid.yaml").name == "synthetic-reid.yaml"
@@ -43,8 +50,8 @@ def test_overrides_are_parsed_and_typed():
     assert config.optim.lr == pytest.approx(1e-3) and isinstance(config.optim.lr, float)
     assert config.optim.epochs == 3 and config.optim.milestones == [2]
     assert config.data.flip is False
-    assert config.model["backbone"] == "resnet18"
-    assert config.model["kl_weight"] == 0.5
+    assert config.model.backbone == "resnet18"
+    assert config.model.kl_weight == 0.5
     assert str(config.run_dir) == "/tmp/x"
 
 
@@ -98,3 +105,84 @@ def test_fingerprint_follows_the_model_not_the_schedule():
 
 def test_parse_overrides_nests_dotted_keys():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+# ------------------------------------------------------------------ one builder for every config
+
+
+def test_configs_are_frozen_and_checked_when_constructed():
+    config = load_config("synthetic-reid")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.optim.lr = 0.5  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="config key optim.lr: expected a number"):
+        OptimConfig(lr="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="config key model.feature_dim: expected an integer"):
+        ReidConfig(feature_dim=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="config key model.min_size: expected an integer"):
+        DetectorConfig(min_size="big")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="optim.milestones=\\[500\\]"):
+        OptimConfig(epochs=10, milestones=[500])  # each section checks its own values
+    # the harmless conversions: an int for a float, a list for a tuple
+    assert ReidConfig(temperature=2, frozen_stages=["stem"]).frozen_stages == ("stem",)
+    assert isinstance(ReidConfig(temperature=2).temperature, float)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("synthetic-reid", "ReidConfig"), ("synthetic-detector", "DetectorConfig"),
+    ("cifar100-classify", "ReidConfig"),
+])
+def test_the_model_section_is_typed_by_task(name, kind):
+    config = load_config(name)
+    assert type(config.model).__name__ == kind
+    if kind == "ReidConfig":
+        assert config.model.num_classes is None  # the task sets it from the data
+
+
+@pytest.mark.parametrize(("config", "override", "message"), [
+    ("synthetic-reid", "model.dimm=3", "unknown config key model.dimm; valid keys in model: "),
+    ("synthetic-detector", "model.poolng=x", "unknown config key model.poolng; valid keys in "),
+    ("synthetic-reid", "model.feature_dim=wide", "config key model.feature_dim: expected an integer"),
+    ("synthetic-detector", "model.min_size=[1]", "config key model.min_size: expected an integer"),
+    ("synthetic-reid", "model.head=vit", "unknown re-id head 'vit'"),
+    ("synthetic-reid", "model.mobilenet_taps=wide", "mobilenet_taps must be one of"),
+])
+def test_a_bad_model_section_names_its_key_when_the_config_is_built(config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config, [override])
+
+
+def test_the_saved_model_section_is_the_one_written(tmp_path):
+    # as written (an int stays an int): config.yaml and the fingerprint of earlier runs hold
+    config = load_config("synthetic-reid", ["model.head=plain", "model.levels=5",
+                                            "model.temperature=3"])
+    assert config.to_dict()["model"] == {
+        "head": "plain", "backbone": "mobilenet_v2", "pretrained": True, "levels": 5,
+        "feature_dim": 256, "temperature": 3,
+    }
+    assert config.model.levels == "5" and config.model.temperature == 3.0
+    save_config(config, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == config and again.to_dict() == config.to_dict()
+    assert again.fingerprint() == config.fingerprint()
+    # a replaced section (no longer as written) saves the fields that differ from the defaults
+    plain = dataclasses.replace(config, model=ReidConfig(head="plain", levels="5"))
+    assert plain.to_dict()["model"] == {"head": "plain", "levels": "5"}
+
+
+def test_model_configs_round_trip_through_to_dict():
+    reid = ReidConfig(num_classes=3, head="fpn", backbone="resnet18").resolved()
+    assert ReidConfig.from_dict(reid.to_dict()) == reid
+    detector = DetectorConfig(anchor_sizes=(16, 32), pooling="roi_align")
+    assert DetectorConfig.from_dict(detector.to_dict()) == detector
+    assert detector.to_dict()["anchor_sizes"] == [16, 32]
+
+
+def test_shipped_configs_resolve_as_before():
+    # to_dict (a run's config.yaml) and fingerprint of every shipped config, as written by the
+    # code before the config builder was unified (commit c8713cf): run folders must not change
+    expected = json.loads((Path(__file__).parent / "shipped_configs.json").read_text())
+    assert sorted(expected) == shipped_configs()
+    for name, saved in expected.items():
+        config = load_config(name)
+        assert config.to_dict() == saved["to_dict"], name
+        assert config.fingerprint() == saved["fingerprint"], name

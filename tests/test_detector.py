@@ -93,7 +93,7 @@ def test_every_pooling_gives_7x7_regions_per_proposal(mode: str) -> None:
 def test_unknown_pooling_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="pooling"):
         small_config(pooling="bilinear")
-    with pytest.raises(ConfigError, match="unknown detector settings: min_sise"):
+    with pytest.raises(ConfigError, match="unknown config key model.min_sise; valid keys in model: "):
         DetectorConfig.from_dict({"min_sise": 10})
 
 

@@ -3,6 +3,7 @@ synthetic world: every number equals a direct computation with the pure evaluato
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -53,7 +54,7 @@ def trained_run(world, tmp_path_factory):
     run.mkdir()
     config = load_config("synthetic-reid", [f"data.root={world}", *TINY_MODEL])
     torch.manual_seed(0)
-    model = build_reid_model({**config.model, "num_classes": 5}).eval()
+    model = build_reid_model(dataclasses.replace(config.model, num_classes=5)).eval()
     save_config(config, run / "config.yaml")
     save_reid_model(run / "model.pt", model, config, list(range(5)))
     return run

@@ -255,7 +255,7 @@ def test_bad_training_calls(batch) -> None:
         model(images, torch.tensor([0, 1, 2, 3, 4, 5]))
     with pytest.raises(ConfigError, match="unlabelled"):
         model(images, torch.tensor([0, 1, 2, 3, 4, -1]))
-    with pytest.raises(ConfigError, match="unknown re-id config keys"):
+    with pytest.raises(ConfigError, match="unknown config key model.dim; valid keys in model: "):
         ReidConfig.from_dict({"num_classes": 3, "dim": 4})
 
 

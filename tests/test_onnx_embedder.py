@@ -104,7 +104,7 @@ def test_fingerprint_follows_model_and_preprocessing(tmp_path):
     ("values", "message"),
     [
         ({"model": "absent.onnx"}, "ONNX model not found"),
-        ({"colour": "rgb"}, "unknown ONNX embedder keys"),
+        ({"colour": "rgb"}, "unknown config key colour; valid keys in an ONNX embedder config: "),
         ({"std": [1.0, 0.0, 1.0]}, "std must be positive"),
         ({"channel_order": "rbg"}, "channel_order must be 'rgb' or 'bgr'"),
         ({"input_name": "pixels"}, "no input named 'pixels'"),

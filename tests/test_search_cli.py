@@ -187,8 +187,7 @@ def test_load_pipeline_says_what_a_run_folder_lacks(tmp_path, monkeypatch):
         pipeline.load_pipeline(run)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    (run / "checkpoints" / "best.pt").write_bytes(b"")
-    assert pipeline.find_checkpoint(run) == run / "checkpoints" / "best.pt"
+    assert pipeline.find_checkpoint(run) == run / "checkpoints" / "last.pt"
     # a run of no task (or a detector run) alone cannot search: it says what to write instead
     with pytest.raises(PersonSearchError, match="needs a detector and a re-id net"):
         pipeline.load_pipeline(run)

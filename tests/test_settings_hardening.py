@@ -6,6 +6,7 @@ uses the checkpoint it was given."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -107,18 +108,16 @@ def test_nan_in_a_config_file_is_named(tmp_path):
         load_config(path)
 
 
-def test_the_training_tasks_validate_a_config_built_in_python(tmp_path):
-    from personsearch.engine.detector_task import train_detector
-    from personsearch.engine.reid_task import train_reid
-
-    config = Config(task="reid", data=DataConfig(root=str(tmp_path / "w")),
-                    optim=OptimConfig(epochs=2, milestones=[1], gamma=float("nan")),
-                    run=RunConfig(out=str(tmp_path / "run")))
+def test_a_config_built_in_python_is_validated_when_built(tmp_path):
+    # a config is checked when it is built (configs are frozen), before any task sees it
     with pytest.raises(ConfigError, match="optim.gamma=nan"):
-        train_reid(config)
-    config.task, config.optim.gamma, config.run.eval_batch_size = "detector", 0.1, 0
+        Config(task="reid", data=DataConfig(root=str(tmp_path / "w")),
+               optim=OptimConfig(epochs=2, milestones=[1], gamma=float("nan")),
+               run=RunConfig(out=str(tmp_path / "run")))
     with pytest.raises(ConfigError, match="run.eval_batch_size=0"):
-        train_detector(config)
+        Config(task="detector", data=DataConfig(root=str(tmp_path / "w")),
+               optim=OptimConfig(epochs=2, milestones=[1]),
+               run=RunConfig(out=str(tmp_path / "run"), eval_batch_size=0))
     assert not (tmp_path / "run").exists()
 
 
@@ -128,7 +127,7 @@ def test_the_training_tasks_validate_a_config_built_in_python(tmp_path):
 def _tiny_config(tmp_path, **run) -> Config:
     settings = {"out": str(tmp_path / "run"), "workers": 0, "progress": False, "log_period": 1}
     settings.update(run)
-    return Config(task="reid", data=DataConfig(crop_height=16, crop_width=8), model={"dim": 8},
+    return Config(task="reid", data=DataConfig(crop_height=16, crop_width=8), model={"feature_dim": 8},
                   optim=OptimConfig(lr=0.05, batch_size=8, epochs=2, milestones=[1], amp=False),
                   run=RunConfig(**settings))
 
@@ -190,7 +189,8 @@ def test_periodic_evaluations_still_come_before_their_checkpoint(tmp_path):
 
 def test_warm_up_longer_than_an_epoch_schedule_is_refused_before_the_first_step(tmp_path):
     config = _tiny_config(tmp_path)
-    config.optim.warmup_iterations = 9  # 2 epochs of 4 iterations
+    # 2 epochs of 4 iterations
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, warmup_iterations=9))
     with pytest.raises(ConfigError, match=r"optim.warmup_iterations=9 is longer than the whole "
                                           r"schedule \(8 iterations"):
         _trainer(config)
@@ -322,7 +322,7 @@ def reid_run(tmp_path) -> tuple[Path, torch.nn.Module, torch.nn.Module, dict]:
     config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32",
                                             "model.backbone=resnet18", "model.pretrained=false",
                                             "model.feature_dim=16", f"run.out={run}"])
-    settings = {**config.model, "num_classes": 3}
+    settings = dataclasses.replace(config.model, num_classes=3)
     torch.manual_seed(0)
     final = build_reid_model(settings).eval()
     torch.manual_seed(1)

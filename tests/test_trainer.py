@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -34,10 +35,15 @@ def make_config(tmp_path, name="run", **optim):
         task="reid",
         name=name,
         data=DataConfig(crop_height=16, crop_width=8),
-        model={"dim": 8},
+        model={"feature_dim": 8},  # unused by TinyReid: a model section as written
         optim=OptimConfig(**settings),
         run=RunConfig(out=str(tmp_path / name), workers=0, progress=False, log_period=1),
     )
+
+
+def with_run(config, **run):
+    """The config with run settings changed (configs are frozen)."""
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, **run))
 
 
 def make_trainer(config, evaluate=None, hooks=()):
@@ -95,14 +101,11 @@ def test_tiny_training_lowers_the_loss(tmp_path):
     ],
 )
 def test_resume_continues_exactly(tmp_path, schedule, stop_at):
-    straight = make_trainer(make_config(tmp_path, "straight", **schedule))
-    if "iterations" in schedule:
-        straight.config.run.checkpoint_period = 3
+    period = {"checkpoint_period": 3} if "iterations" in schedule else {}
+    straight = make_trainer(with_run(make_config(tmp_path, "straight", **schedule), **period))
     straight.train()
 
-    config = make_config(tmp_path, "resumed", **schedule)
-    if "iterations" in schedule:
-        config.run.checkpoint_period = 3
+    config = with_run(make_config(tmp_path, "resumed", **schedule), **period)
     with pytest.raises(KeyboardInterrupt):
         make_trainer(config, hooks=[StopAt(stop_at)]).train()
     torch.manual_seed(1234)  # a new process: RNG state differs until the checkpoint restores it
@@ -129,9 +132,8 @@ def test_run_folder_outputs_and_evaluation_periods(tmp_path):
         calls.append(1)
         return {"mAP": 50.0 + len(calls)}
 
-    config = make_config(tmp_path, epochs=4, milestones=[2])
-    config.run.eval_period = 2
-    config.run.keep_checkpoints = True
+    config = with_run(make_config(tmp_path, epochs=4, milestones=[2]),
+                      eval_period=2, keep_checkpoints=True)
     trainer = make_trainer(config, evaluate=evaluate)
     summary = trainer.train()
     run = tmp_path / "run"

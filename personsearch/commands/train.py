@@ -24,7 +24,7 @@ metrics.jsonl / metrics.json, TensorBoard events, checkpoints/last.pt and the fi
 """
 
 #: task name -> "module:function" taking (Config, resume: bool); a new task is one line here
-TASKS: dict[str, str | None] = {
+TASKS: dict[str, str] = {
     "reid": "personsearch.engine.reid_task:train_reid",
     "detector": "personsearch.engine.detector_task:train_detector",
     "classify": "personsearch.engine.classify_task:train_classify",
@@ -56,11 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from personsearch.errors import PersonSearchError
-
     target = TASKS[args.task]
-    if target is None:
-        raise PersonSearchError(f"training the {args.task} is not implemented yet")
     config = _load_config(args)  # every setting checked (config.validate)
     from personsearch.commands._outputs import check_output_folder, write_error
 

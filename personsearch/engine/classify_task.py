@@ -17,16 +17,17 @@ Evaluation on the test split, as fractions:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from personsearch.config import Config, validate
-from personsearch.data.cifar100 import NUM_CLASSES, SIDE, CifarImageDataset
+from personsearch.data.cifar100 import SIDE, CifarImageDataset
 from personsearch.data.registry import CLASSIFY_DATASETS, load_classify_dataset
 from personsearch.engine.distributed import DistInfo
 from personsearch.engine.reid_eval import extract_embeddings
@@ -34,6 +35,9 @@ from personsearch.engine.runs import run_task
 from personsearch.engine.trainer import Trainer, build_train_loader
 from personsearch.errors import ConfigError
 from personsearch.models.saving import MODEL_FILE, save_classifier
+
+if TYPE_CHECKING:
+    from personsearch.models.reid import ReidConfig
 
 #: data settings of re-id crops that the CIFAR pipeline (pad-4 crop + flip) does not apply
 _CROP_ONLY = ("random_erasing", "color_jitter", "lowres_prob", "low_resolution")
@@ -77,13 +81,11 @@ def check_classify_config(config: Config) -> None:
     check_model_config(config.model)
 
 
-def check_model_config(model: dict[str, Any]) -> None:
-    """The model section, checked as the builder will (num_classes comes from the dataset)."""
-    from personsearch.models.reid import ReidConfig
-
-    if "num_classes" in model:
+def check_model_config(model: ReidConfig) -> None:
+    """What the task adds to the model section's own checks (done when the config was built):
+    num_classes comes from the dataset."""
+    if model.num_classes is not None:
         raise ConfigError("model.num_classes is set from the dataset's classes: remove it")
-    ReidConfig.from_dict({**model, "num_classes": NUM_CLASSES}).resolved()
 
 
 def load_classify_data(config: Config) -> ClassifyData:
@@ -95,10 +97,10 @@ def load_classify_data(config: Config) -> ClassifyData:
     )
 
 
-def build_model(model: dict[str, Any], num_classes: int) -> nn.Module:
-    from personsearch.models.reid import build_reid_model
+def build_model(model: ReidConfig, num_classes: int) -> nn.Module:
+    from personsearch.models.reid import ReidModel
 
-    return build_reid_model({**model, "num_classes": num_classes})
+    return ReidModel(dataclasses.replace(model, num_classes=num_classes))
 
 
 def train_classify(config: Config, resume: bool = False) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from (for evaluation, export and search).
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -33,6 +33,9 @@ from personsearch.engine.runs import run_task
 from personsearch.engine.trainer import Hook, Trainer, build_train_loader
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.models.saving import MODEL_FILE, save_reid_model
+
+if TYPE_CHECKING:
+    from personsearch.models.reid import ReidConfig
 
 REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "cuhk03", "synthetic")
 
@@ -101,19 +104,17 @@ def load_reid_data(config: Config, dist_info: DistInfo | None = None) -> ReidDat
     )
 
 
-def check_model_config(model: dict[str, Any]) -> None:
-    """Fail early, before reading any data, on a model section the re-id builder rejects."""
-    from personsearch.models.reid import ReidConfig
-
-    if "num_classes" in model:
+def check_model_config(model: ReidConfig) -> None:
+    """Fail early, before reading any data, on a model section the task cannot take (the rest
+    of it was checked when the config was built)."""
+    if model.num_classes is not None:
         raise ConfigError("model.num_classes is set from the training identities: remove it")
-    ReidConfig.from_dict({**model, "num_classes": 1}).resolved()
 
 
-def build_model(model: dict[str, Any], num_classes: int) -> nn.Module:
-    from personsearch.models.reid import build_reid_model
+def build_model(model: ReidConfig, num_classes: int) -> nn.Module:
+    from personsearch.models.reid import ReidModel
 
-    return build_reid_model({**model, "num_classes": num_classes})
+    return ReidModel(dataclasses.replace(model, num_classes=num_classes))
 
 
 def train_reid(
@@ -155,10 +156,6 @@ def reid_evaluator(
     """The trainer's evaluation: re-id on the query and gallery crops (None without them)."""
     query, gallery = data.query, data.gallery
     if query is None or gallery is None:
-        return None
-    if importlib.util.find_spec("personsearch.evaluation.reid") is None:
-        if dist_info.is_main:
-            print("re-id evaluation skipped: personsearch.evaluation.reid is not installed")
         return None
 
     def evaluate(module: nn.Module) -> dict[str, float]:

@@ -25,6 +25,8 @@ STAGES = ("res2", "res3", "res4", "res5")
 # Where MobileNetV2's res3/res4 are read: "bottleneck" (the blocks' 32- and 96-channel linear
 # outputs) or "expanded" (the next block's 192- and 576-channel expansion, after ReLU6).
 MOBILENET_TAPS = ("bottleneck", "expanded")
+#: what happens when pretrained=True cannot be honoured (personsearch.models.pretrained)
+MISSING_WEIGHTS = ("warn", "raise")
 STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 FREEZABLE = ("stem", *STAGES)
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2", *CIFAR_RESNETS)
@@ -140,10 +142,6 @@ def _mobilenet_v2(
             assert modules[following][0] is net.features[index]
             modules[name].append(expansion)
             modules[following] = [*rest, *modules[following][1:]]
-    elif taps != "bottleneck":
-        raise ConfigError(
-            f"unknown MobileNetV2 taps '{taps}'; choose one of {', '.join(MOBILENET_TAPS)}"
-        )
     pieces = {name: nn.Sequential(*layers) for name, layers in modules.items()}
     stages = OrderedDict((name, pieces[name]) for name in STAGES)
     channels = {
@@ -169,6 +167,26 @@ def backbone_stages(name: str) -> tuple[str, ...]:
     return CIFAR_STAGES if name in CIFAR_RESNETS else STAGES
 
 
+def backbone_option_problems(
+    backbone: str, mobilenet_taps: str = "bottleneck", missing_weights: str = "warn"
+) -> list[str]:
+    """What is wrong with these backbone options (the one check of them: the model configs
+    report it with their other problems, build_backbone raises it)."""
+    problems = []
+    if mobilenet_taps not in MOBILENET_TAPS:
+        problems.append(
+            f"mobilenet_taps must be one of {', '.join(MOBILENET_TAPS)}, got {mobilenet_taps!r}"
+        )
+    elif mobilenet_taps != "bottleneck" and backbone != "mobilenet_v2":
+        problems.append(
+            f"mobilenet_taps={mobilenet_taps!r} applies to backbone mobilenet_v2 only "
+            f"(backbone is {backbone})"
+        )
+    if missing_weights not in MISSING_WEIGHTS:
+        problems.append(f"missing_weights must be 'warn' or 'raise', got {missing_weights!r}")
+    return problems
+
+
 def build_backbone(
     name: str,
     pretrained: bool | str | Path = False,
@@ -186,12 +204,9 @@ def build_backbone(
     `mobilenet_taps`: where MobileNetV2's res3/res4 end, "bottleneck" (32/96 channels) or
     "expanded" (192/576; see MOBILENET_V2_EXPANDED_TAPS); other backbones accept "bottleneck" only.
     """
-    if mobilenet_taps not in MOBILENET_TAPS:
-        raise ConfigError(
-            f"unknown mobilenet_taps '{mobilenet_taps}'; choose one of {', '.join(MOBILENET_TAPS)}"
-        )
-    if mobilenet_taps != "bottleneck" and name != "mobilenet_v2":
-        raise ConfigError(f"mobilenet_taps='{mobilenet_taps}' applies to mobilenet_v2, not {name}")
+    problems = backbone_option_problems(name, mobilenet_taps, missing_weights)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if name in ("resnet50", "resnet18"):
         backbone = _resnet(name, pretrained, missing_weights)
     elif name == "mobilenet_v2":

@@ -26,7 +26,6 @@ detection fine-tuning. The frozen first block is always frozen this way, so noth
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +40,10 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
+from personsearch.config_base import ConfigBase
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import ConfigError
+from personsearch.models.backbones import backbone_option_problems
 from personsearch.models.box_pooling import POOLING_MODES, build_box_pooler
 
 NUM_CLASSES = 2  # background, person
@@ -55,9 +56,12 @@ COCO_START_MODELS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn",
 COCO_PERSON_CLASS = 1  # COCO's category id of "person" in torchvision's 91-way heads
 
 
-@dataclass
-class DetectorConfig:
-    """Everything that defines the detector; the defaults are the paper's settings."""
+@dataclass(frozen=True)
+class DetectorConfig(ConfigBase):
+    """Everything that defines the detector; the defaults are the paper's settings. Checked at
+    construction (personsearch.config_base)."""
+
+    SECTION = "model"
 
     backbone: str = "resnet50"  #: "resnet50" | "resnet18" | "mobilenet_v2"
     #: ImageNet weights: True (torchvision's, else the local copy), False, or a weights file path
@@ -101,15 +105,12 @@ class DetectorConfig:
     #: coco_start's COCO weights: a local file (default: torch hub's cache; "random": untrained)
     coco_weights: str | None = None
 
-    def __post_init__(self) -> None:
-        self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
-        self.anchor_aspect_ratios = tuple(float(r) for r in self.anchor_aspect_ratios)
-        self.validate()
-
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
-        if self.missing_weights not in ("warn", "raise"):
-            raise ConfigError(f"detector.missing_weights={self.missing_weights!r}: 'warn' or 'raise'")
+        # the backbone name itself is checked by build_backbone, as before
+        problems = backbone_option_problems(self.backbone, missing_weights=self.missing_weights)
+        if problems:
+            raise ConfigError(f"invalid detector config: {problems[0]}")
         if self.pooling not in POOLING_MODES:
             raise ConfigError(f"detector.pooling={self.pooling!r}: choose one of {', '.join(POOLING_MODES)}")
         if not 0 < self.min_size <= self.max_size:
@@ -140,21 +141,6 @@ class DetectorConfig:
         if self.coco_weights is not None and self.coco_start is None:
             raise ConfigError("detector.coco_weights is set but detector.coco_start is not: "
                               "name the COCO detector the weights belong to")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
-        """Build from a mapping (a YAML section); unknown keys raise ConfigError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown detector settings: {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (tuples as lists) for YAML/JSON and checkpoints."""
-        values = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 class PersonDetector(GeneralizedRCNN):

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from personsearch.config_base import ConfigBase
 from personsearch.errors import ConfigError
 from personsearch.models.backbones import (
     BACKBONES,
-    MOBILENET_TAPS,
     STAGES,
+    backbone_option_problems,
     backbone_stages,
     build_backbone,
 )
@@ -130,14 +131,18 @@ def default_levels(head: str, backbone: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class ReidConfig:
+class ReidConfig(ConfigBase):
     """Everything that defines a re-id model, its initial weights and its loss weights.
 
-    None fields take the head's default (HEAD_SPECS) in `resolved()`, which the model keeps,
-    so a saved config always holds concrete numbers.
+    Checked at construction (types, then the values as `resolved()` fills them in). None fields
+    take the head's default (HEAD_SPECS) in `resolved()`, which the model keeps, so a saved
+    config always holds concrete numbers. As a training config's model section, num_classes is
+    None: the task sets it from the training data.
     """
 
-    num_classes: int
+    SECTION = "model"
+
+    num_classes: int | None = None
     head: str = "clsa"
     backbone: str = "resnet50"
     pretrained: bool | str = True
@@ -159,7 +164,21 @@ class ReidConfig:
     kl_weight: float | None = None
 
     def resolved(self) -> ReidConfig:
-        """This config with head defaults filled in and every field checked."""
+        """This config with head defaults filled in (and checked, as every construction is)."""
+        if self.num_classes is None:
+            raise ConfigError("re-id config needs num_classes (training identities)")
+        return dataclasses.replace(self, **self._resolved_fields())
+
+    def check(self) -> None:
+        resolved = self._resolved_fields()
+        if any(getattr(self, name) != value for name, value in resolved.items()):
+            # the values are checked in their resolved form, whose construction checks it
+            dataclasses.replace(self, **resolved)
+        else:
+            self._check()
+
+    def _resolved_fields(self) -> dict[str, Any]:
+        """The fields `resolved()` changes: head defaults filled in, levels as stage names."""
         if self.head not in HEADS:
             raise ConfigError(f"unknown re-id head '{self.head}'; choose one of {', '.join(HEADS)}")
         if self.backbone not in BACKBONES:
@@ -172,20 +191,16 @@ class ReidConfig:
             if self.levels is not None
             else default_levels(self.head, self.backbone)
         )
-        config = dataclasses.replace(
-            self,
-            levels=levels,
-            frozen_stages=tuple(self.frozen_stages),
-            mst_scales=tuple(sorted({float(s) for s in self.mst_scales})),
-            level_ce_weight=_default(self.level_ce_weight, defaults.level_ce_weight),
-            kl_weight=_default(self.kl_weight, defaults.kl_weight),
-        )
-        config._check()
-        return config
+        return {
+            "levels": levels,
+            "mst_scales": tuple(sorted(set(self.mst_scales))),
+            "level_ce_weight": _default(self.level_ce_weight, defaults.level_ce_weight),
+            "kl_weight": _default(self.kl_weight, defaults.kl_weight),
+        }
 
     def _check(self) -> None:
         problems = []
-        if self.num_classes < 1:
+        if self.num_classes is not None and self.num_classes < 1:
             problems.append(f"num_classes must be >= 1, got {self.num_classes}")
         if self.feature_dim < 1 or self.fpn_channels < 1:
             problems.append("feature_dim and fpn_channels must be >= 1")
@@ -193,20 +208,9 @@ class ReidConfig:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if min(self.ce_weight, self.level_ce_weight, self.kl_weight) < 0:
             problems.append("loss weights must be >= 0")
-        if self.mobilenet_taps not in MOBILENET_TAPS:
-            problems.append(
-                f"mobilenet_taps must be one of {', '.join(MOBILENET_TAPS)}, "
-                f"got {self.mobilenet_taps!r}"
-            )
-        elif self.mobilenet_taps != "bottleneck" and self.backbone != "mobilenet_v2":
-            problems.append(
-                f"mobilenet_taps={self.mobilenet_taps!r} applies to backbone mobilenet_v2 only "
-                f"(backbone is {self.backbone})"
-            )
-        if self.missing_weights not in ("warn", "raise"):
-            problems.append(
-                f"missing_weights must be 'warn' or 'raise', got {self.missing_weights!r}"
-            )
+        problems += backbone_option_problems(
+            self.backbone, self.mobilenet_taps, self.missing_weights
+        )
         problems += self._level_problems()
         if problems:
             raise ConfigError("invalid re-id config: " + "; ".join(problems))
@@ -246,24 +250,6 @@ class ReidConfig:
         if self.levels is None:
             return len(default_levels(self.head, self.backbone))
         return len(parse_levels(self.levels))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only (lists for tuples): ready for YAML/JSON."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ReidConfig:
-        """The inverse of `to_dict`; unknown keys are a ConfigError naming them."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(f"unknown re-id config keys {unknown}; known: {sorted(fields)}")
-        if "num_classes" not in values:
-            raise ConfigError("re-id config needs num_classes (training identities)")
-        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
 
 
 def _default(value: float | None, default: float) -> float:
@@ -388,7 +374,7 @@ def _check_labels(labels: Tensor, num_classes: int) -> None:
 
 
 def build_reid_model(config: ReidConfig | Mapping[str, Any]) -> ReidModel:
-    """A ReidModel from a config or its dict form (as read from YAML)."""
+    """A ReidModel from a config or its dict form (as read from YAML or a model file)."""
     if not isinstance(config, ReidConfig):
-        config = ReidConfig.from_dict(config)
+        config = ReidConfig.from_dict(config, prefix="")
     return ReidModel(config)

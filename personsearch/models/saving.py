@@ -10,8 +10,8 @@ read with `weights_only=True`; every error is a CheckpointError naming the file.
     classifier, meta = load_classifier(run)                  # CIFAR-100 (train classify)
 
 Training checkpoints (resume state: optimiser, RNG, ...) live in personsearch.engine.checkpoint;
-this module only recognises them, so that a re-id run's checkpoints/best.pt or last.pt can stand
-in for its model.pt.
+this module only recognises them, so that a re-id run's checkpoints/last.pt can stand in for its
+model.pt.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def read_weights_file(path: Path, device: str | torch.device = "cpu") -> Any:
 
 
 def is_training_checkpoint(state: Any) -> bool:
-    """Whether a loaded file is a training checkpoint (checkpoints/last.pt, best.pt, ...)."""
+    """Whether a loaded file is a training checkpoint (checkpoints/last.pt, <unit>_<N>.pt)."""
     return isinstance(state, dict) and all(key in state for key in TRAINING_CHECKPOINT_KEYS)
 
 
@@ -96,7 +96,7 @@ def save_reid_model(
     path: str | os.PathLike[str], model: nn.Module, config: Config, pids: list[int]
 ) -> None:
     """Write the final weights with everything needed to rebuild the model (atomically)."""
-    model_config = model.config.to_dict() if hasattr(model, "config") else dict(config.model)
+    model_config = model.config.to_dict() if hasattr(model, "config") else config.model.given()
     write_model_file(path, {
         "format_version": MODEL_FORMAT,
         "task": REID_TASK,
@@ -113,7 +113,7 @@ def load_reid_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained re-id model (eval mode) of a run folder or model.pt, and the file's metadata.
 
-    A training checkpoint of a re-id run (checkpoints/last.pt, best.pt, ...) is accepted too:
+    A training checkpoint of a re-id run (checkpoints/last.pt, <unit>_<N>.pt) is accepted too:
     its model config and crop size come from the run config it holds, its number of classes
     from its classifier weights.
     """

@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from personsearch.config_base import check_keys, fields_dict
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
 
 ONNX_INSTALL = "pip install onnxruntime (personsearch's core install has it)"
@@ -31,10 +31,10 @@ class ModelConfigFile:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> Any:
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown {cls.KIND} keys {unknown}; known: {sorted(known)}")
+        try:
+            check_keys(cls, values, where=f"an {cls.KIND} config")
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
         if not values.get("model"):
             raise ConfigError(f"{source}: 'model' (the .onnx file) is required")
         try:
@@ -43,7 +43,7 @@ class ModelConfigFile:
             raise ConfigError(f"{source}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+        return fields_dict(self)
 
 
 def read_config_file(

@@ -19,8 +19,8 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
 
   Relative paths are relative to the folder holding pipeline.yaml (`write_pipeline_spec` writes
   one);
-- a re-id training run folder: its weights (model.pt, else checkpoints/best.pt, last.pt or the
-  newest checkpoint) paired with the baseline detector (HOG, or the whole image).
+- a re-id training run folder: its weights (model.pt, else checkpoints/last.pt or the newest
+  checkpoint) paired with the baseline detector (HOG, or the whole image).
 
 It says what a folder lacks when it is neither. The torch models are wrapped by
 `personsearch.search.torch_embedders`, imported only when a pipeline needs one, so importing this
@@ -148,12 +148,8 @@ def read_pipeline_spec(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def find_checkpoint(run: Path) -> Path | None:
-    """The run's weights: its final model.pt, else checkpoints/best.pt, last.pt, or the newest."""
-    for preferred in (
-        run / "model.pt",
-        run / "checkpoints" / "best.pt",
-        run / "checkpoints" / "last.pt",
-    ):
+    """The run's weights: its final model.pt, else checkpoints/last.pt, or the newest."""
+    for preferred in (run / "model.pt", run / "checkpoints" / "last.pt"):
         if preferred.is_file():
             return preferred
     found = [
@@ -325,7 +321,7 @@ def resolve_spec_path(folder: Path, value: str) -> Path:
 
 def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pipeline:
     """A re-id run folder's weights in `checkpoint` (its model.pt, or a training checkpoint such
-    as checkpoints/best.pt or last.pt, as `load_pipeline` found them), with the baseline detector."""
+    as checkpoints/last.pt, as `load_pipeline` found them), with the baseline detector."""
     task = config.get("task")
     if task == "reid":
         from personsearch.search.torch_embedders import TorchReidEmbedder
