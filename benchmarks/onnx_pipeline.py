@@ -101,8 +101,8 @@ def _export(pipeline: str, out: Path) -> Path:
 def measure(folder: Path, args: argparse.Namespace, work: Path) -> dict[str, float]:
     """Detect + embed the test set, score search and detection, time indexing."""
     from personsearch.data.registry import load_scene_dataset, load_search_protocol
-    from personsearch.engine.detector_eval import SceneDetections, score_detections
     from personsearch.evaluation.results_file import load_results
+    from personsearch.evaluation.scene_detection import SceneDetections, score_detections
     from personsearch.evaluation.search import evaluate_search
     from personsearch.search.pipeline import load_pipeline, read_pipeline_spec
     from personsearch.search.pipeline_results import (
