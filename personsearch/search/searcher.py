@@ -10,10 +10,11 @@
         print(hit.similarity, hit.image_path, hit.box)
 
 Indexing detects persons in every image, crops them, embeds the crops, and adds the batch to the
-gallery index (see `personsearch.search.index` for why that is crash-safe). Images that cannot
-be read are recorded as failed and reported; the rest carry on. An image the process died on
-(a crash in native code) is retried once, then recorded as failed too, so it cannot stop every
-later run.
+gallery index's store (see `personsearch.search.store.writer` for why that is crash-safe).
+Images that cannot be read are recorded as failed and reported; the rest carry on. An image the
+process died on (a crash in native code) is retried once, then recorded as failed too, so it
+cannot stop every later run: the rules of the store's indexing journal
+(`personsearch.search.store.journal`), applied here.
 
 Images are read with `read_scaled` (personsearch/data/images.py): one whose longer side is above
 DETECT_MAX_SIDE is detected and cropped at a reduced scale, and its boxes are mapped back, so the
