@@ -1,8 +1,9 @@
-"""Small I/O helpers: atomic writes so a killed run never leaves half-written files."""
+"""Small I/O helpers: atomic writes so a killed run never leaves half-written files, file hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -57,3 +58,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def file_hash(path: str | os.PathLike[str], algorithm: str = "sha1") -> Any:
+    """A `hashlib` object over the file's bytes, read in chunks (the file may be large); fold
+    more into it (e.g. a config) before hexdigest()."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def file_digest(
+    path: str | os.PathLike[str], length: int | None = 16, *, algorithm: str = "sha256"
+) -> str:
+    """Hex digest of a file's bytes, cut to `length` characters (None: all of it).
+
+    The default, a short SHA-256, identifies trained weights in fingerprints.
+    """
+    return file_hash(path, algorithm).hexdigest()[:length]

@@ -191,7 +191,7 @@ def test_an_image_the_detector_dies_on_is_retried_once_then_recorded_and_skipped
     assert index_in_child(index_dir, folder, result) == 134
     assert index_in_child(index_dir, folder, result) == 134
     with GalleryIndex.open(index_dir) as index:
-        assert index.num_images == 2  # the batch before the poison stays committed
+        assert index.store.num_images == 2  # the batch before the poison stays committed
     # The second death in a row: recorded as failed, with the reason, and the rest indexed.
     assert index_in_child(index_dir, folder, result) == 0
     report = json.loads(result.read_text())
@@ -205,7 +205,7 @@ def test_an_image_the_detector_dies_on_is_retried_once_then_recorded_and_skipped
     assert index_in_child(index_dir, folder, result) == 0
     assert json.loads(result.read_text()) == {"added": 1, "failed": []}
     with GalleryIndex.open(index_dir) as index:
-        assert index.num_images == 4 and index.failed_images() == []
+        assert index.store.num_images == 4 and index.store.failed_images() == []
 
 
 def test_an_exception_in_the_detector_leaves_no_image_blamed(tmp_path):
@@ -219,7 +219,7 @@ def test_an_exception_in_the_detector_leaves_no_image_blamed(tmp_path):
     with PersonSearcher.open(tmp_path / "idx", Raising(), ColorHistogramEmbedder()) as searcher:
         with pytest.raises(KeyboardInterrupt):
             searcher.index_paths([tmp_path / "a.png"], progress=False)
-        assert searcher.index.interrupted_image() is None
+        assert searcher.index.store.journal.interrupted_image() is None
 
 
 # ---- 3. decompression bombs --------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_a_big_image_is_read_reduced_and_its_boxes_come_back_in_full_pixels(
     with PersonSearcher.open(tmp_path / "idx", detector, ColorHistogramEmbedder()) as searcher:
         searcher.index_paths([path], progress=False)
         assert detector.seen == [(75, 100, 3)]
-        (record,) = searcher.index.records()
+        (record,) = searcher.index.store.records()
         assert (record.width, record.height) == (400, 300)
         np.testing.assert_allclose(record.boxes, [[100, 60, 300, 240]])
         # A probe box is in full-resolution pixels too: valid although outside 100 x 75.

@@ -7,7 +7,8 @@ import pytest
 
 from personsearch.errors import PersonSearchError
 from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord
-from personsearch.search.store import CACHE_DIR, SHARD_DIR
+from personsearch.search.store import writer as store_writer
+from personsearch.search.store.schema import CACHE_DIR, SHARD_DIR
 
 DIM = 16
 
@@ -39,7 +40,7 @@ def fill(
     feats = []
     for i in range(start, start + images):
         f = unit_rows(rng, boxes_each)
-        index.add_batch([record(f"img{i:04d}.jpg", boxes_each, camera=i % 3)], f)
+        index.store.add_batch([record(f"img{i:04d}.jpg", boxes_each, camera=i % 3)], f)
         feats.append(f)
     return np.concatenate(feats)
 
@@ -51,12 +52,12 @@ def test_rows_and_vectors_survive_reopening_and_flat_search_is_exact(tmp_path):
         # a batch with an image without persons and a failed image: no feature rows
         empty = ImageRecord("/gallery/empty.jpg", "1" * 40, 5, 1.0, 64, 64)
         failed = ImageRecord("/gallery/bad.jpg", None, 5, 1.0, error="cannot decode")
-        index.add_batch([empty, failed], np.zeros((0, DIM), np.float32))
+        index.store.add_batch([empty, failed], np.zeros((0, DIM), np.float32))
     index = GalleryIndex.open(tmp_path / "idx", fingerprint="m")
-    assert index.num_boxes == 15 and index.num_images == 6
-    assert index.failed_images() == [("/gallery/bad.jpg", "cannot decode")]
-    np.testing.assert_array_equal(index.vectors(), feats)
-    assert index.rows()[4] == ("/gallery/img0001.jpg", (1.0, 1.0, 11.0, 21.0), 0.75)
+    assert index.store.num_boxes == 15 and index.store.num_images == 6
+    assert index.store.failed_images() == [("/gallery/bad.jpg", "cannot decode")]
+    np.testing.assert_array_equal(index.store.vectors(), feats)
+    assert index.store.rows()[4] == ("/gallery/img0001.jpg", (1.0, 1.0, 11.0, 21.0), 0.75)
 
     queries = unit_rows(rng, 4)
     results = index.search(queries, top_k=5)
@@ -111,35 +112,35 @@ def test_shards_of_uncommitted_batches_are_removed_and_ignored(tmp_path, monkeyp
         def failing_insert(*args, **kwargs):
             raise RuntimeError("disk full")
 
-        monkeypatch.setattr(index.store, "_insert_batch", failing_insert)
-        with pytest.raises(RuntimeError):
-            index.add_batch([record("x.jpg", 2)], unit_rows(rng, 2))
+        with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+            patch.setattr(store_writer, "_insert_batch", failing_insert)
+            index.store.add_batch([record("x.jpg", 2)], unit_rows(rng, 2))
         assert len(list((folder / SHARD_DIR).iterdir())) == 2
     # a writer killed between writing its shard and committing leaves an orphan (and temp files)
     orphan = folder / SHARD_DIR / "000000000006-000003.npy"
     np.save(orphan, unit_rows(rng, 3))
     (folder / SHARD_DIR / ".000000000009-000003.npy.abc.tmp.npy").write_bytes(b"half")
     reader = GalleryIndex.open(folder)
-    np.testing.assert_array_equal(reader.vectors(), feats)  # readers ignore it
+    np.testing.assert_array_equal(reader.store.vectors(), feats)  # readers ignore it
     reader.close()
     with GalleryIndex.open_for_writing(folder, fingerprint="m", dim=DIM) as index:
         assert not orphan.exists()
         assert len(list((folder / SHARD_DIR).iterdir())) == 2
         more = fill(index, rng, images=1, start=10)
-        np.testing.assert_array_equal(index.vectors(), np.concatenate([feats, more]))
+        np.testing.assert_array_equal(index.store.vectors(), np.concatenate([feats, more]))
 
 
 def test_bad_features_and_reindexing_an_image_are_refused(tmp_path):
     rng = np.random.default_rng(2)
     with GalleryIndex.open_for_writing(tmp_path / "idx", fingerprint="m", dim=DIM) as index:
         with pytest.raises(GalleryIndexError, match=r"expected 2 x 16 features"):
-            index.add_batch([record("a.jpg", 2)], unit_rows(rng, 3))
+            index.store.add_batch([record("a.jpg", 2)], unit_rows(rng, 3))
         with pytest.raises(GalleryIndexError, match="NaN"):
-            index.add_batch([record("a.jpg", 1)], np.full((1, DIM), np.nan, np.float32))
-        index.add_batch([record("a.jpg", 1)], unit_rows(rng, 1))
+            index.store.add_batch([record("a.jpg", 1)], np.full((1, DIM), np.nan, np.float32))
+        index.store.add_batch([record("a.jpg", 1)], unit_rows(rng, 1))
         with pytest.raises(GalleryIndexError, match="already indexed"):
-            index.add_batch([record("a.jpg", 1)], unit_rows(rng, 1))
-        assert index.num_boxes == 1
+            index.store.add_batch([record("a.jpg", 1)], unit_rows(rng, 1))
+        assert index.store.num_boxes == 1
         assert len(list((tmp_path / "idx" / SHARD_DIR).iterdir())) == 1
 
 
@@ -147,10 +148,10 @@ def test_failed_image_can_be_retried(tmp_path):
     rng = np.random.default_rng(3)
     with GalleryIndex.open_for_writing(tmp_path / "idx", fingerprint="m", dim=DIM) as index:
         bad = ImageRecord("/gallery/a.jpg", None, 1, 1.0, error="truncated")
-        index.add_batch([bad], np.zeros((0, DIM), np.float32))
-        index.add_batch([record("a.jpg", 2)], unit_rows(rng, 2))
-        assert index.failed_images() == []
-        assert index.known_images()["/gallery/a.jpg"].status == "ok"
+        index.store.add_batch([bad], np.zeros((0, DIM), np.float32))
+        index.store.add_batch([record("a.jpg", 2)], unit_rows(rng, 2))
+        assert index.store.failed_images() == []
+        assert index.store.known_images()["/gallery/a.jpg"].status == "ok"
 
 
 def test_camera_filter_and_excluded_images(tmp_path):
@@ -185,9 +186,9 @@ def test_faiss_cache_is_written_extended_and_switched_by_kind(tmp_path):
     with GalleryIndex.open_for_writing(
         folder, fingerprint="m", dim=DIM, index_kind="flat"
     ) as index:
-        assert index.index_kind == "flat"
+        assert index.store.index_kind == "flat"
         assert index.search_one(feats[3], top_k=1)[0].row == 3
-    assert GalleryIndex.open(folder).meta["index_kind"] == "flat"
+    assert GalleryIndex.open(folder).store.meta["index_kind"] == "flat"
     assert sorted(p.name for p in (folder / CACHE_DIR).iterdir()) == [
         "flat-18.faiss",
         "hnsw-18.faiss",
@@ -216,7 +217,7 @@ def test_approximate_kinds_agree_with_exact_search(tmp_path, kind, min_recall):
     with GalleryIndex.open_for_writing(
         tmp_path / "idx", fingerprint="m", dim=dim, index_kind=kind
     ) as index:
-        index.add_batch(records, vectors)
+        index.store.add_batch(records, vectors)
         approx = index.search(queries, top_k=k)
         exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
         recall = np.mean(
@@ -253,7 +254,7 @@ def test_ivfpq_finds_planted_boxes_survives_reopening_and_grows_like_ivf(tmp_pat
         feats = np.concatenate([feats, fill(index, rng, images=200, start=6)])
         assert index.search_one(feats[500], top_k=1)[0].row == 500  # retrained: 18 -> 618
     reader = GalleryIndex.open(folder, fingerprint="m")
-    assert reader.index_kind == "ivfpq"
+    assert reader.store.index_kind == "ivfpq"
     queries = feats[[3, 100, 617]] + 0.05 * unit_rows(rng, 3)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     assert [hits[0].row for hits in reader.search(queries, top_k=5)] == [3, 100, 617]

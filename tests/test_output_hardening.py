@@ -131,7 +131,7 @@ def small_index(tmp_path) -> tuple[Path, np.ndarray]:
     with GalleryIndex.open_for_writing(folder, fingerprint="m", dim=DIM) as index:
         for i in range(3):
             f = _unit(rng, 4)
-            index.add_batch([_record(f"img{i}.jpg", 4)], f)
+            index.store.add_batch([_record(f"img{i}.jpg", 4)], f)
             feats.append(f)
         index.prepare()
     return folder, np.concatenate(feats)
@@ -453,7 +453,7 @@ def test_search_opens_the_index_read_only_and_writes_nothing(built_index, capsys
     with GalleryIndex.open(index_dir) as index:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             index.store._conn.execute("CREATE TABLE t (x)")
-        assert not index.writable
+        assert not index.store.writable
     assert main(_search(index_dir, probe, box)) == 0
     assert "rank" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in index_dir.rglob("*")} == before

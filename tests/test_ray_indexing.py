@@ -55,7 +55,8 @@ def two_workers(folder: Path, out: Path, detector, kind: str):
                           num_workers=2, index_kind=kind, shard_images=8, progress=False)
 
 
-def assert_same_index(merged: GalleryIndex, single: GalleryIndex) -> None:
+def assert_same_index(merged_index: GalleryIndex, single_index: GalleryIndex) -> None:
+    merged, single = merged_index.store, single_index.store
     assert merged.rows() == single.rows()  # same images, boxes and scores, in the same row order
     np.testing.assert_allclose(merged.vectors(), single.vectors(), atol=1e-5)
     assert merged.known_images() == single.known_images()
@@ -86,7 +87,7 @@ def test_flat_merge_equals_single_machine_and_uses_both_workers(tmp_path, ray_lo
     merged = GalleryIndex.open(out)
     single = single_machine(folder, tmp_path / "single.index", detector)
     assert_same_index(merged, single)
-    queries = single.vectors()[::7]
+    queries = single.store.vectors()[::7]
     assert merged.search(queries, 5) == single.search(queries, 5)
 
 
@@ -106,7 +107,7 @@ def test_ivf_is_trained_once_and_merged_from_worker_parts(tmp_path, ray_local, g
     merged_ivf = faiss.read_index(str(merged_file))
     assert merged_ivf.nlist == 2 and merged_ivf.ntotal == report.boxes
     assert merged_file.read_bytes() == single_file.read_bytes()
-    queries = single.vectors()
+    queries = single.store.vectors()
     assert merged.search(queries, 5, nprobe=1) == single.search(queries, 5, nprobe=1)
 
 
@@ -138,9 +139,11 @@ def test_cli_with_ray_workers_adds_to_an_index_and_equals_cli_without(
     assert main(["index", *common, "--out", str(plain_index)]) == 0
 
     merged, plain = GalleryIndex.open(ray_index), GalleryIndex.open(plain_index)
-    assert merged.rows() == plain.rows() and merged.known_images() == plain.known_images()
-    np.testing.assert_allclose(merged.vectors(), plain.vectors(), atol=1e-5)
-    assert merged.num_boxes > 0
+    merged_store, plain_store = merged.store, plain.store
+    assert merged_store.rows() == plain_store.rows()
+    assert merged_store.known_images() == plain_store.known_images()
+    np.testing.assert_allclose(merged_store.vectors(), plain_store.vectors(), atol=1e-5)
+    assert merged_store.num_boxes > 0
     capsys.readouterr()
     probe = folder / names[0]
     printed = []
@@ -179,7 +182,7 @@ def test_a_failing_worker_stops_the_job_with_its_error(tmp_path, ray_local, gall
             folder, tmp_path / "out", pipeline=pipeline_of(detector, embedder), progress=False
         )
     with GalleryIndex.open(tmp_path / "out") as index:  # nothing half-merged
-        assert index.num_boxes == 0 and not (tmp_path / "out" / SHARDS_DIR).exists()
+        assert index.store.num_boxes == 0 and not (tmp_path / "out" / SHARDS_DIR).exists()
 
 
 def test_a_failed_first_ray_run_leaves_no_index_folder(tmp_path, ray_local, gallery, monkeypatch,
@@ -206,5 +209,5 @@ def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(tmp_path,
     merged = GalleryIndex.open(out)
     single = single_machine(folder, tmp_path / "single.index", detector, kind="ivfpq")
     assert_same_index(merged, single)
-    queries = single.vectors()[::5]
+    queries = single.store.vectors()[::5]
     assert merged.search(queries, 5) == single.search(queries, 5)

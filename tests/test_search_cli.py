@@ -90,7 +90,7 @@ def test_approximate_index_kind_from_the_command_line(tmp_path, crops_gallery, c
         "--no-progress",
     ]
     assert main(argv) == 0
-    assert GalleryIndex.open(index).index_kind == "hnsw"
+    assert GalleryIndex.open(index).store.index_kind == "hnsw"
     assert "hnsw FAISS index" in capsys.readouterr().out
     probe = folder / sorted(planted)[0]
     assert main(["search", "--index", str(index), "--probe", str(probe), "--top-k", "3"]) == 0

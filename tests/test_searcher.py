@@ -56,9 +56,10 @@ def detector(gallery) -> GroundTruthBoxes:
 def content(index_dir: Path) -> dict[tuple[str, tuple], np.ndarray]:
     """{(image file name, box): feature} of an index: what must match between two builds."""
     with GalleryIndex.open(index_dir) as index:
-        vectors = index.vectors()
+        vectors = index.store.vectors()
         return {
-            (Path(path).name, box): vectors[row] for row, (path, box, _) in enumerate(index.rows())
+            (Path(path).name, box): vectors[row]
+            for row, (path, box, _) in enumerate(index.store.rows())
         }
 
 
@@ -86,7 +87,7 @@ def test_planted_person_ranks_first(tmp_path, gallery, detector):
         if im.planted is not None
     }
     with build(tmp_path / "idx", folder, detector) as searcher:
-        assert searcher.index.num_boxes == sum(len(im.boxes) for im in images)
+        assert searcher.index.store.num_boxes == sum(len(im.boxes) for im in images)
         hits = searcher.search(tmp_path / "probe.png", box=probe_box, top_k=10)
     assert len(planted) == 4 and len(hits) == 10
     assert {(h.image_path, h.box) for h in hits[:4]} == planted
@@ -152,8 +153,8 @@ def test_crash_mid_indexing_then_resume_equals_one_go(tmp_path, gallery, detecto
         searcher.index_folder(folder, progress=False)
     searcher.close()  # what the death of a crashed process does to its lock
     with GalleryIndex.open(tmp_path / "resumed") as partial:
-        assert partial.num_images == 6  # two committed batches of three images
-        committed_boxes = partial.num_boxes
+        assert partial.store.num_images == 6  # two committed batches of three images
+        committed_boxes = partial.store.num_boxes
     embedder = CountingEmbedder()
     build(tmp_path / "resumed", folder, detector, embedder, batch_images=3).close()
     assert embedder.crops == sum(len(im.boxes) for im in images) - committed_boxes
@@ -207,7 +208,7 @@ def test_killed_indexer_resumes_to_the_same_index(tmp_path, gallery, detector):
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the indexer finished before it was killed"
     with GalleryIndex.open(index_dir) as partial:
-        assert 3 <= partial.num_images < 12
+        assert 3 <= partial.store.num_images < 12
     build(index_dir, folder, detector).close()
     assert_same_content(tmp_path / "one-go", index_dir)
 
@@ -225,8 +226,8 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path, gallery, detector):
         assert report.found == 14 and report.added == 12
         assert sorted(Path(p).name for p, _ in report.failed) == ["broken.jpg", "truncated.png"]
         assert all("cannot decode image" in error for _, error in report.failed)
-        assert searcher.index.num_boxes == sum(len(im.boxes) for im in images)
-        assert len(searcher.index.failed_images()) == 2
+        assert searcher.index.store.num_boxes == sum(len(im.boxes) for im in images)
+        assert len(searcher.index.store.failed_images()) == 2
         again = searcher.index_folder(mixed, progress=False)  # failures are retried, still fail
         assert again.added == 0 and again.skipped == 12 and len(again.failed) == 2
 

@@ -130,7 +130,7 @@ def test_the_largest_camera_list_is_searched_in_chunks(client, gallery):
 
 def test_gallery_index_filters_by_any_number_of_cameras_and_paths(gallery):
     with GalleryIndex.open(gallery.index_dir) as index:
-        query = index.vectors()[:1]
+        query = index.store.vectors()[:1]
         everything = index.search(query, top_k=10)[0]
         cameras = [*range(-1, 300_000), HUGE, -HUGE]  # too many variables for one statement
         assert index.search(query, top_k=10, cameras=cameras)[0] == everything
@@ -176,14 +176,14 @@ def test_a_damaged_shard_is_reported_without_server_folders(tmp_path):
         assert upload(client, probe, box).status_code == 200
         # An indexer adds a batch while the server runs; then a shard is damaged on disk.
         with GalleryIndex.open(copy.index_dir) as index:
-            fingerprint, dim = index.fingerprint, index.dim
+            fingerprint, dim = index.store.fingerprint, index.store.dim
         with GalleryIndex.open_for_writing(
             copy.index_dir, fingerprint=fingerprint, dim=dim
         ) as index:
             record = ImageRecord(
                 str(tmp_path / "late.png"), None, 1, 0.0, 10, 10, boxes=[[0, 0, 5, 5]], scores=[1]
             )
-            index.add_batch([record], np.eye(1, dim, dtype=np.float32))
+            index.store.add_batch([record], np.eye(1, dim, dtype=np.float32))
         shard = sorted((copy.index_dir / "shards").iterdir())[0]
         shard.write_bytes(b"not a numpy file")
         body = assert_error(upload(client, probe, box), 422, "damaged", f"shards/{shard.name}")

@@ -38,17 +38,16 @@ examples:
       --ray-address HEAD_IP:6379
 """
 
-INDEX_KIND_CHOICES = ("flat", "hnsw", "ivf", "ivfpq")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from personsearch.search.index_kinds import INDEX_KINDS  # cheap: no numpy, no faiss
+
     parser.add_argument("--gallery", required=True, metavar="DIR", help="folder of scene images")
     parser.add_argument("--out", required=True, metavar="INDEX", help="gallery index folder")
     add_pipeline_argument(parser, "trained pipeline folder providing detector and re-id model "
                           "(default: the baseline)")
     parser.add_argument(
         "--index-kind",
-        choices=INDEX_KIND_CHOICES,
+        choices=INDEX_KINDS,
         default=None,
         help="flat = exact (default for a new index); hnsw / ivf / ivfpq = approximate, for large "
         "galleries (ivfpq: the fast one at 1M boxes, see docs/search.md)",
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             report = searcher.index_folder(args.gallery, progress=not args.no_progress)
             searcher.index.prepare()  # build the FAISS index now: the first search is then fast
-            _print_report(args, report, searcher.index, time.perf_counter() - started)
+            _print_report(args, report, searcher.index.store, time.perf_counter() - started)
     except BaseException as error:
         if created:  # failed before its first batch was committed: leave no empty index behind
             _remove_if_empty(out)
@@ -138,7 +137,8 @@ def _remove_if_empty(folder: Path) -> None:
     """Delete an index folder this run created if it records no image at all (else keep it)."""
     import shutil
 
-    from personsearch.search.store import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR, has_images
+    from personsearch.search.store.queries import has_images
+    from personsearch.search.store.schema import DB_NAME, LOCK_NAME, PROGRESS_NAME, SHARD_DIR
 
     if not folder.is_dir() or has_images(folder):
         return
@@ -150,8 +150,8 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _run_with_ray(args: argparse.Namespace) -> int:
     from personsearch.errors import PersonSearchError
-    from personsearch.search.index import GalleryIndex
     from personsearch.search.ray_indexing import RunPipeline, index_with_ray
+    from personsearch.search.store.gallery import GalleryStore
 
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
@@ -176,20 +176,21 @@ def _run_with_ray(args: argparse.Namespace) -> int:
         if created:  # as without Ray: a failed first run leaves no empty index behind
             _remove_if_empty(out)
         raise
-    with GalleryIndex.open(args.out) as index:
-        _print_report(args, report, index, time.perf_counter() - started)
+    with GalleryStore.open(args.out) as store:
+        _print_report(args, report, store, time.perf_counter() - started)
     return 0
 
 
-def _print_report(args: argparse.Namespace, report: Any, index: Any, seconds: float) -> None:
-    """The run's outcome: readable lines, or (--json) the same on stderr and one JSON line."""
+def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: float) -> None:
+    """The run's outcome (`store`: the index's GalleryStore): readable lines, or (--json) the
+    same on stderr and one JSON line."""
     stream = sys.stderr if args.json else sys.stdout
     for path, error in report.failed:
         print(f"failed: {path}: {error}", file=stream)
     print(report.summary(), file=stream)
     print(
-        f"index {args.out}: {index.num_images} images, {index.num_boxes} persons, "
-        f"{index.index_kind} FAISS index, model {index.fingerprint}",
+        f"index {args.out}: {store.num_images} images, {store.num_boxes} persons, "
+        f"{store.index_kind} FAISS index, model {store.fingerprint}",
         file=stream,
     )
     if args.json:
@@ -202,10 +203,10 @@ def _print_report(args: argparse.Namespace, report: Any, index: Any, seconds: fl
             "skipped": report.skipped,
             "failed": [{"image": path, "error": error} for path, error in report.failed],
             "changed": len(report.changed),
-            "images": index.num_images,
-            "persons": index.num_boxes,
-            "index_kind": index.index_kind,
-            "model": index.fingerprint,
+            "images": store.num_images,
+            "persons": store.num_boxes,
+            "index_kind": store.index_kind,
+            "model": store.fingerprint,
             "seconds": round(seconds, 3),
         }
         print(json.dumps(summary))

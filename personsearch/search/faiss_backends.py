@@ -17,15 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from personsearch.io import atomic_path
-from personsearch.search.store import GalleryIndexError
-
-IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq"]
-INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
+from personsearch.search.index_kinds import INDEX_KINDS
+from personsearch.search.store.records import GalleryIndexError
 
 HNSW_NEIGHBORS = 32  # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 80

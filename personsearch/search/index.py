@@ -1,30 +1,29 @@
 """The gallery index: person boxes of scene images and their features, on disk, crash-safe.
 
-`GalleryIndex` joins the two halves of an index folder: the gallery store
-(`personsearch.search.store`: the SQLite database, the feature shards, the write lock, crash
-recovery; the folder layout is described there) and the FAISS index derived from the shards
+`GalleryIndex` owns the gallery store of an index folder (`index.store`, a
+`personsearch.search.store.GalleryStore`: the SQLite database, the feature shards, the write
+lock, the indexing journal; the folder layout is in `personsearch.search.store.schema`) and adds
+search on top, through the FAISS index derived from the shards
 (`personsearch.search.faiss_backends`: the kinds "flat", "hnsw", "ivf", "ivfpq", and their cache).
-It answers searches: FAISS ranks the rows, the store says which boxes they are.
+FAISS ranks the rows, the store says which boxes they are. Everything else (counts, records,
+adding batches) is asked of `index.store`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from personsearch.search.faiss_backends import INDEX_KINDS, FaissCache, IndexKind, search_params
-from personsearch.search.store import (
-    CACHE_DIR,
-    GalleryIndexError,
-    GalleryStore,
-    ImageRecord,
-    IndexedImage,
-    InterruptedImage,
-)
+from personsearch.search.faiss_backends import FaissCache, search_params
+from personsearch.search.index_kinds import INDEX_KINDS, IndexKind
+from personsearch.search.store.gallery import GalleryStore
+from personsearch.search.store.journal import InterruptedImage
+from personsearch.search.store.records import GalleryIndexError, ImageRecord, IndexedImage
+from personsearch.search.store.schema import CACHE_DIR
 
 __all__ = [
     "INDEX_KINDS",
@@ -51,7 +50,7 @@ class SearchHit:
 
 
 class GalleryIndex:
-    """A gallery of person boxes with features: a `GalleryStore` searched through FAISS.
+    """A gallery of person boxes with features: a `GalleryStore` (`store`) searched through FAISS.
 
     Open with `GalleryIndex.open` (search only) or `GalleryIndex.open_for_writing` (create or add).
     """
@@ -113,71 +112,6 @@ class GalleryIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- the store's records (see GalleryStore) ------------------------------------------
-
-    @property
-    def meta(self) -> dict[str, str]:
-        return self.store.meta
-
-    @property
-    def fingerprint(self) -> str:
-        return self.store.fingerprint
-
-    @property
-    def dim(self) -> int:
-        return self.store.dim
-
-    @property
-    def index_kind(self) -> str:
-        return self.store.index_kind
-
-    @property
-    def writable(self) -> bool:
-        return self.store.writable
-
-    @property
-    def num_boxes(self) -> int:
-        """Number of indexed boxes = feature rows."""
-        return self.store.num_boxes
-
-    @property
-    def num_images(self) -> int:
-        """Number of images indexed successfully (with or without persons)."""
-        return self.store.num_images
-
-    def __len__(self) -> int:
-        return self.num_boxes
-
-    def known_images(self) -> dict[str, IndexedImage]:
-        return self.store.known_images()
-
-    def failed_images(self) -> list[tuple[str, str]]:
-        return self.store.failed_images()
-
-    def rows(self) -> list[tuple[str, tuple[float, float, float, float], float]]:
-        return self.store.rows()
-
-    def vectors(self) -> np.ndarray:
-        return self.store.vectors()
-
-    def records(self) -> list[ImageRecord]:
-        return self.store.records()
-
-    def add_batch(self, records: Sequence[ImageRecord], features: np.ndarray) -> None:
-        self.store.add_batch(records, features)
-
-    def begin_image(self, path: str, deaths: int = 0) -> None:
-        self.store.begin_image(path, deaths)
-
-    def end_image(self) -> None:
-        self.store.end_image()
-
-    def interrupted_image(self) -> InterruptedImage | None:
-        return self.store.interrupted_image()
-
-    def check_model(self, fingerprint: str, dim: int | None = None) -> None:
-        self.store.check_model(fingerprint, dim)
-
     # ---- searching -----------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -190,7 +124,8 @@ class GalleryIndex:
         It must be of this index's kind and hold exactly its rows, in row order (FAISS id = row);
         searches then use it as if it had been built here.
         """
-        self._faiss.adopt(index, self.index_kind, self.num_boxes, self.dim)
+        store = self.store
+        self._faiss.adopt(index, store.index_kind, store.num_boxes, store.dim)
 
     def search(
         self,
@@ -208,23 +143,24 @@ class GalleryIndex:
         images (e.g. the probe's own image). `ef_search` (HNSW) and `nprobe` (IVF) trade speed
         for recall.
         """
+        store = self.store
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
+        if queries.ndim != 2 or queries.shape[1] != store.dim:
             raise GalleryIndexError(
-                f"queries must be Q x {self.dim} features for this index, got {queries.shape}"
+                f"queries must be Q x {store.dim} features for this index, got {queries.shape}"
             )
         if not np.isfinite(queries).all():
             raise GalleryIndexError("query features contain NaN or infinite values")
-        allowed = self.store.allowed_rows(cameras, exclude_paths)
-        candidates = self.num_boxes if allowed is None else len(allowed)
+        allowed = store.allowed_rows(cameras, exclude_paths)
+        candidates = store.num_boxes if allowed is None else len(allowed)
         k = min(int(top_k), candidates)
         if k <= 0:
             return [[] for _ in range(len(queries))]
         index = self._faiss_index()
         params = search_params(index, allowed, k, ef_search, nprobe)
         similarities, rows = index.search(queries, k, params=params)
-        self._check_search_output(similarities, rows, exact=self.index_kind == "flat")
-        metadata = self.store.box_metadata(rows[rows >= 0].tolist())
+        self._check_search_output(similarities, rows, exact=store.index_kind == "flat")
+        metadata = store.box_metadata(rows[rows >= 0].tolist())
         return [
             [
                 SearchHit(**metadata[int(r)], similarity=float(s), row=int(r))
@@ -257,9 +193,10 @@ class GalleryIndex:
         short = exact and not returned.all()
         if not short and np.isfinite(similarities[returned]).all():
             return
-        self.vectors()  # raises GalleryIndexError naming a shard with non-finite rows
+        store = self.store
+        store.vectors()  # raises GalleryIndexError naming a shard with non-finite rows
         raise GalleryIndexError(
             f"gallery index {self.folder} is damaged: its cached FAISS index ({CACHE_DIR}/"
-            f"{self.index_kind}-{self.num_boxes}.faiss) holds NaN or infinite features that its "
+            f"{store.index_kind}-{store.num_boxes}.faiss) holds NaN or infinite features that its "
             f"shards do not; delete {CACHE_DIR}/ to rebuild it"
         )

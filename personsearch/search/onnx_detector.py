@@ -76,9 +76,9 @@ from PIL import Image
 from personsearch.boxes import box_iou
 from personsearch.data.preprocess import normalise
 from personsearch.errors import ConfigError, PersonSearchError
+from personsearch.io import file_hash
 from personsearch.search.onnx_files import (
     ModelConfigFile,
-    file_hash,
     open_session,
     pick_input,
     read_config_file,

@@ -34,10 +34,10 @@ import numpy as np
 
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
 from personsearch.errors import ConfigError, PersonSearchError
+from personsearch.io import file_hash
 from personsearch.search.embedders import l2_normalize
 from personsearch.search.onnx_files import (
     ModelConfigFile,
-    file_hash,
     open_session,
     pick_input,
     read_config_file,

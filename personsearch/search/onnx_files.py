@@ -8,7 +8,6 @@ model with ONNX Runtime on the CPU, with errors that name the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -126,12 +125,3 @@ def pick_input(session: Any, input_name: str | None, model: str | os.PathLike[st
             f"{model} has {len(inputs)} inputs {names}: name the image input with input_name"
         )
     return inputs[0]
-
-
-def file_hash(path: str | os.PathLike[str]) -> Any:
-    """A SHA-1 object over the file's bytes, to fold a config into before hexdigest()."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest

@@ -82,13 +82,14 @@ def detect_and_embed(
 def detections_from_index(index: GalleryIndex, scenes: Sequence[Scene]) -> ImageDetections:
     """The boxes, scores and features a gallery index holds for the given scenes."""
     wanted = {str(Path(scene.path).resolve()): scene.name for scene in scenes}
-    vectors = index.vectors()
+    store = index.store
+    vectors = store.vectors()
     grouped: dict[str, list[int]] = {}
-    rows = index.rows()
+    rows = store.rows()
     for row, (path, _, _) in enumerate(rows):
         if path in wanted:
             grouped.setdefault(wanted[path], []).append(row)
-    indexed = {path for path, record in index.known_images().items() if record.status == "ok"}
+    indexed = {path for path, record in store.known_images().items() if record.status == "ok"}
     missing = [name for path, name in wanted.items() if path not in indexed]
     if missing:
         raise DatasetError(f"{len(missing)} test images are not in the index, e.g. {missing[:3]}")
@@ -97,7 +98,7 @@ def detections_from_index(index: GalleryIndex, scenes: Sequence[Scene]) -> Image
         ids = grouped.get(scene.name, [])
         boxes = np.asarray([rows[i][1] for i in ids], dtype=np.float32).reshape(-1, 4)
         scores = np.asarray([rows[i][2] for i in ids], dtype=np.float32)
-        out[scene.name] = (boxes, scores, vectors[ids].reshape(len(ids), index.dim))
+        out[scene.name] = (boxes, scores, vectors[ids].reshape(len(ids), store.dim))
     return out
 
 

@@ -12,7 +12,7 @@ runs as a Ray Data job (needs the optional extra: `pip install 'personsearch[ray
    temporary name and renamed when complete. For a flat index the worker also writes the
    shard's FAISS index.
 3. The driver merges shards as they arrive, in shard order: each shard's records and features
-   go into the output index with `GalleryIndex.add_batch` (one transaction per shard, so a
+   go into the output index with `GalleryStore.add_batch` (one transaction per shard, so a
    killed merge resumes), and the shards' FAISS indexes are merged with FAISS's own
    `merge_from`. For IVF, FAISS's distributed recipe: the driver trains the coarse quantizer
    once (on the very sample a single machine would use), the workers add their shard's vectors
@@ -61,6 +61,7 @@ from personsearch.search.searcher import (
     images_to_index,
     list_images,
 )
+from personsearch.search.store.gallery import GalleryStore
 
 RAY_INSTALL_HINT = "pip install 'personsearch[ray]'   (or: pip install 'ray[data]==2.60.0')"
 SHARDS_DIR = "ray-shards"  #: inside the output index folder; removed when the job ends
@@ -168,7 +169,7 @@ def index_with_ray(
         shutil.rmtree(shard_root, ignore_errors=True)  # left by a killed job: we hold the lock
         shard_root.mkdir()
         cleanup.callback(shutil.rmtree, shard_root, ignore_errors=True)
-        fresh = index.num_boxes == 0
+        fresh = index.store.num_boxes == 0
         shards = [todo[i : i + shard_images] for i in range(0, len(todo), shard_images)]
         with _data_context(ray):
             merged = _index_shards(
@@ -222,7 +223,7 @@ def _index_shards(
             "pipeline": factory,
             "shard_root": str(shard_root),
             "batch_images": batch_images,
-            "flat": index.index_kind == "flat",
+            "flat": index.store.index_kind == "flat",
         },
         batch_size=1,
         batch_format="numpy",
@@ -240,9 +241,9 @@ def _index_shards(
             report.workers.add(str(row["worker"]))
             while len(merged) in arrived:  # merge in shard order: rows as on one machine
                 folder = arrived.pop(len(merged))
-                first_row = index.num_boxes
-                images = _merge_shard(index, folder, report)
-                merged.append(_MergedShard(folder, first_row, index.num_boxes - first_row))
+                first_row = index.store.num_boxes
+                images = _merge_shard(index.store, folder, report)
+                merged.append(_MergedShard(folder, first_row, index.store.num_boxes - first_row))
                 bar.update(images)
     if len(merged) != len(shards):
         raise PersonSearchError(
@@ -251,19 +252,19 @@ def _index_shards(
     return merged
 
 
-def _merge_shard(index: GalleryIndex, folder: Path, report: RayIndexReport) -> int:
-    """Add one shard's records and features to the index (one transaction); count them."""
+def _merge_shard(store: GalleryStore, folder: Path, report: RayIndexReport) -> int:
+    """Add one shard's records and features to the index's store (one transaction); count them."""
     # A worker node whose model or detector differs from the driver's (other weights, another
     # OpenCV) must not slip into the index: the shard's fingerprints are checked like an index's.
-    with GalleryIndex.open(folder, fingerprint=index.fingerprint) as shard:
-        theirs, ours = shard.meta.get("detector"), index.meta.get("detector")
+    with GalleryStore.open(folder, fingerprint=store.fingerprint) as shard:
+        theirs, ours = shard.meta.get("detector"), store.meta.get("detector")
         if theirs != ours:
             raise GalleryIndexError(
                 f"a Ray worker detected with {theirs!r}, the driver with {ours!r}: every node "
                 "must have the same detector (same weights and OpenCV version)"
             )
         records, vectors = shard.records(), shard.vectors()
-    index.add_batch(records, vectors)
+    store.add_batch(records, vectors)
     report.count(records)
     return len(records)
 
@@ -279,8 +280,8 @@ def _finish_faiss(
     """Give the index its FAISS index: merged from the shards' when it was empty before."""
     import faiss
 
-    kind = index.index_kind
-    if not fresh or kind in ("hnsw", "ivfpq") or index.num_boxes == 0:
+    kind = index.store.index_kind
+    if not fresh or kind in ("hnsw", "ivfpq") or index.store.num_boxes == 0:
         # Rows appended to an existing index extend its cached FAISS index the usual way; an
         # HNSW graph cannot be merged from parts, and "ivfpq" re-ranks with the exact vectors
         # the driver holds anyway, so the driver builds both.
@@ -288,7 +289,7 @@ def _finish_faiss(
         report.faiss = f"{kind}, built by the driver"
         return
     if kind == "flat":
-        merged = faiss.IndexFlatIP(index.dim)
+        merged = faiss.IndexFlatIP(index.store.dim)
         for shard in shards:
             merged.merge_from(faiss.read_index(str(shard.folder / FLAT_PART)))
     else:
@@ -301,14 +302,15 @@ def _merge_ivf(ray: Any, index: GalleryIndex, shards: list[_MergedShard], num_wo
     """FAISS's distributed IVF build: train once here, fill per shard on workers, merge here."""
     import faiss
 
-    n = index.num_boxes
-    trained = empty_faiss_index("ivf", index.dim, n)
+    store = index.store
+    n = store.num_boxes
+    trained = empty_faiss_index("ivf", store.dim, n)
     rows = ivf_training_rows(n, trained.nlist)  # the sample a single machine trains on
-    trained.train(_rows_of(shards, rows, index.fingerprint))
+    trained.train(_rows_of(shards, rows, store.fingerprint))
     items = [{"folder": str(s.folder), "first_row": s.first_row} for s in shards if s.n_rows]
     parts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _fill_ivf_part,
-        fn_kwargs={"trained": faiss.serialize_index(trained), "fingerprint": index.fingerprint},
+        fn_kwargs={"trained": faiss.serialize_index(trained), "fingerprint": store.fingerprint},
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=num_workers),
@@ -329,7 +331,7 @@ def _rows_of(shards: list[_MergedShard], rows: np.ndarray | None, fingerprint: s
     for shard in shards:
         if not shard.n_rows:
             continue
-        with GalleryIndex.open(shard.folder, fingerprint=fingerprint) as part:
+        with GalleryStore.open(shard.folder, fingerprint=fingerprint) as part:
             vectors = part.vectors()
         if rows is None:
             parts.append(vectors)
@@ -448,7 +450,7 @@ class _ShardIndexer:
                 # the single-machine code itself: same reading, boxes, crops and features
                 searcher.index_paths(paths, progress=False)
                 if self.flat:
-                    part = build_faiss_index(searcher.index.vectors(), "flat")
+                    part = build_faiss_index(searcher.index.store.vectors(), "flat")
                     _write_faiss(part, tmp / FLAT_PART)
             try:
                 os.rename(tmp, final)  # the shard appears complete or not at all
@@ -468,7 +470,7 @@ def _fill_ivf_part(
 
     for folder, first_row in zip(batch["folder"], batch["first_row"], strict=True):
         folder = Path(str(folder))
-        with GalleryIndex.open(folder, fingerprint=fingerprint) as shard:
+        with GalleryStore.open(folder, fingerprint=fingerprint) as shard:
             vectors = shard.vectors()
         part = faiss.deserialize_index(trained)
         part.add_with_ids(vectors, np.arange(first_row, first_row + len(vectors), dtype=np.int64))

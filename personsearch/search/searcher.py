@@ -10,10 +10,11 @@
         print(hit.similarity, hit.image_path, hit.box)
 
 Indexing detects persons in every image, crops them, embeds the crops, and adds the batch to the
-gallery index (see `personsearch.search.index` for why that is crash-safe). Images that cannot
-be read are recorded as failed and reported; the rest carry on. An image the process died on
-(a crash in native code) is retried once, then recorded as failed too, so it cannot stop every
-later run.
+gallery index's store (see `personsearch.search.store.writer` for why that is crash-safe).
+Images that cannot be read are recorded as failed and reported; the rest carry on. An image the
+process died on (a crash in native code) is retried once, then recorded as failed too, so it
+cannot stop every later run: the rules of the store's indexing journal
+(`personsearch.search.store.journal`), applied here.
 
 Images are read with `read_scaled` (personsearch/data/images.py): one whose longer side is above
 DETECT_MAX_SIDE is detected and cropped at a reduced scale, and its boxes are mapped back, so the
@@ -23,7 +24,6 @@ index always holds boxes, widths and heights in full-resolution pixels of the im
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -37,10 +37,11 @@ import numpy as np
 from personsearch.boxes import clip_boxes, crop_bounds
 from personsearch.data.images import ScaledImage, read_scaled
 from personsearch.errors import ImageError, PersonSearchError
+from personsearch.io import file_digest
 from personsearch.search.detectors import Detector, detector_fingerprint
 from personsearch.search.embedders import Embedder, l2_normalize
 from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
-from personsearch.search.store import CRASH_LIMIT, crash_error, is_crash_error
+from personsearch.search.store.journal import CRASH_LIMIT, crash_error, is_crash_error
 
 __all__ = ["IMAGE_SUFFIXES", "IndexReport", "PersonSearcher", "SearchHit", "validate_box"]
 
@@ -106,7 +107,7 @@ class PersonSearcher:
         *,
         batch_images: int = 8,
     ) -> None:
-        index.check_model(embedder.fingerprint, embedder.dim)
+        index.store.check_model(embedder.fingerprint, embedder.dim)
         self.detector = detector
         self.embedder = embedder
         self.index = index
@@ -189,7 +190,7 @@ class PersonSearcher:
             for start in range(0, len(todo), self.batch_images):
                 batch = todo[start : start + self.batch_images]
                 records, crops = self._read_and_detect(batch, camera_of, deaths)
-                self.index.add_batch(records, self._embed(crops))
+                self.index.store.add_batch(records, self._embed(crops))
                 for record in report.count(records):
                     log.warning("skipped %s: %s", record.path, record.error)
                     if progress:
@@ -203,11 +204,12 @@ class PersonSearcher:
         A death may be a kill from outside, so the image is retried once; after CRASH_LIMIT
         deaths in a row it is recorded as failed (and not retried until its file changes).
         """
-        interrupted = self.index.interrupted_image()
-        self.index.end_image()
+        store = self.index.store
+        interrupted = store.journal.interrupted_image()
+        store.journal.end_image()
         if interrupted is None:
             return {}
-        seen = self.index.known_images().get(interrupted.path)
+        seen = store.known_images().get(interrupted.path)
         if seen is not None and seen.status == "ok":  # died after it was done with it
             return {}
         if interrupted.deaths < CRASH_LIMIT:
@@ -222,7 +224,7 @@ class PersonSearcher:
             size, mtime = stat.st_size, stat.st_mtime
         error = crash_error(interrupted.deaths)
         record = ImageRecord(interrupted.path, None, size, mtime, error=error)
-        self.index.add_batch([record], np.zeros((0, self.embedder.dim), dtype=np.float32))
+        store.add_batch([record], np.zeros((0, self.embedder.dim), dtype=np.float32))
         log.warning("recorded as failed: %s: %s", interrupted.path, error)
         return {}
 
@@ -230,14 +232,15 @@ class PersonSearcher:
         self, paths: Sequence[Path], camera_of: Callable[[Path], int], deaths: dict[str, int]
     ) -> tuple[list[ImageRecord], list[np.ndarray]]:
         records, crops = [], []
+        journal = self.index.store.journal
         for path in paths:
             key = str(path.resolve())
             # The note outlives only a process death inside: an exception removes it.
-            self.index.begin_image(key, deaths.get(key, 0))
+            journal.begin_image(key, deaths.get(key, 0))
             try:
                 record, image_crops = self._read_and_detect_one(path, key, camera_of)
             finally:
-                self.index.end_image()
+                journal.end_image()
             records.append(record)
             crops += image_crops
         return records, crops
@@ -249,7 +252,7 @@ class PersonSearcher:
         try:
             stat = path.stat()
             size, mtime = stat.st_size, stat.st_mtime
-            sha1 = file_sha1(path)
+            sha1 = file_digest(path, None, algorithm="sha1")
             scaled = read_scaled(path)
         except (ImageError, OSError) as error:
             message = str(error) if isinstance(error, ImageError) else f"{path}: {error}"
@@ -354,7 +357,7 @@ def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexRep
     `report` as skipped, and as changed when the file differs from when it was indexed. An image
     the indexing process died on is not retried while its file is unchanged: it is reported as
     failed again."""
-    known = index.known_images()
+    known = index.store.known_images()
     todo = []
     for path in paths:
         key = str(path.resolve())  # how the index stores paths
@@ -378,7 +381,7 @@ def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexRep
 
 def check_same_detector(index: GalleryIndex, detector: Detector) -> None:
     """Refuse to add boxes of another detector than the one the index already holds."""
-    stored, current = index.meta.get("detector"), detector_fingerprint(detector)
+    stored, current = index.store.meta.get("detector"), detector_fingerprint(detector)
     if stored is not None and stored != current:
         raise GalleryIndexError(
             f"gallery index {index.folder} holds boxes of detector {stored!r}; adding images with "
@@ -431,15 +434,6 @@ def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     height, width = image.shape[:2]
     x1, y1, x2, y2 = crop_bounds(box, width, height)
     return image[y1:y2, x1:x2]
-
-
-def file_sha1(path: Path) -> str:
-    """SHA-1 of a file's bytes, read in chunks (the file may be large)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_probe(probe: str | os.PathLike[str] | np.ndarray) -> tuple[ScaledImage, str]:

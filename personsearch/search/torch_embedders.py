@@ -24,19 +24,11 @@ import numpy as np
 import torch
 
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_crops
+from personsearch.io import file_digest
 from personsearch.models.backbones import build_backbone
 from personsearch.models.inference import prepare_for_inference
 from personsearch.models.saving import MODEL_FILE, load_detector, load_reid_model
 from personsearch.search.embedders import l2_normalize
-
-
-def file_digest(path: Path, length: int = 16) -> str:
-    """Short SHA-256 of a file: identifies trained weights in fingerprints."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from personsearch.search import store
-from personsearch.search.store import DB_NAME, SQLITE_INTEGERS, GalleryIndexError, ImageSummary
+from personsearch.search.store import queries
+from personsearch.search.store.queries import ImageSummary
+from personsearch.search.store.records import GalleryIndexError
+from personsearch.search.store.schema import DB_NAME, SQLITE_INTEGERS
 
 BUSY_TIMEOUT_S = 5.0  # wait this long for an indexer's write transaction to finish
 
@@ -57,7 +59,7 @@ class CatalogStats:
 class IndexCatalog:
     """Image metadata of a gallery index, looked up by id; thread-safe, read-only.
 
-    The SQL is the store's (`personsearch.search.store`); this class shares one read-only
+    The SQL is the store's (`personsearch.search.store.queries`); this class shares one read-only
     connection between threads and keeps client-supplied numbers within SQLite's range.
     """
 
@@ -65,7 +67,7 @@ class IndexCatalog:
         db = Path(index_dir).resolve() / DB_NAME
         if not db.is_file():
             raise GalleryIndexError(f"no gallery index at {index_dir} ({DB_NAME} not found)")
-        self._conn = store.connect_shared_reader(db, busy_timeout_s=BUSY_TIMEOUT_S)
+        self._conn = queries.connect_shared_reader(db, busy_timeout_s=BUSY_TIMEOUT_S)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -77,10 +79,10 @@ class IndexCatalog:
             return lookup(self._conn)
 
     def stats(self) -> CatalogStats:
-        images, failed = self._query(store.image_counts)
-        persons = self._query(store.box_count)
-        cameras = self._query(store.cameras)
-        meta = self._query(store.read_meta)
+        images, failed = self._query(queries.image_counts)
+        persons = self._query(queries.box_count)
+        cameras = self._query(queries.cameras)
+        meta = self._query(queries.read_meta)
         return CatalogStats(images, failed, persons, cameras, meta)
 
     def list_images(
@@ -90,7 +92,7 @@ class IndexCatalog:
         if camera is not None and camera not in SQLITE_INTEGERS:
             return 0, []
         offset = min(max(0, offset), SQLITE_INTEGERS.stop - 1)
-        total, rows = self._query(lambda conn: store.list_images(conn, offset, limit, camera))
+        total, rows = self._query(lambda conn: queries.list_images(conn, offset, limit, camera))
         return total, [_image(row) for row in rows]
 
     def image(self, image_id: int) -> CatalogImage | None:
@@ -101,20 +103,20 @@ class IndexCatalog:
     def image_and_path(self, image_id: int) -> tuple[CatalogImage, Path] | None:
         if image_id not in SQLITE_INTEGERS:
             return None
-        row = self._query(lambda conn: store.image_by_id(conn, image_id))
+        row = self._query(lambda conn: queries.image_by_id(conn, image_id))
         return None if row is None else (_image(row), Path(row.path))
 
     def boxes(self, image_id: int) -> list[CatalogBox]:
         if image_id not in SQLITE_INTEGERS:
             return []
-        rows = self._query(lambda conn: store.boxes_of_image(conn, image_id))
+        rows = self._query(lambda conn: queries.boxes_of_image(conn, image_id))
         return [CatalogBox(int(r), box, float(s)) for r, box, s in rows]
 
     def images_by_path(self, paths: Iterable[str]) -> dict[str, CatalogImage]:
         """{stored path: image} for search hits, which name their image by its stored path.
 
         Any number of paths: the store looks them up in chunks under SQLite's variable limit."""
-        rows = self._query(lambda conn: store.images_by_path(conn, paths))
+        rows = self._query(lambda conn: queries.images_by_path(conn, paths))
         return {row.path: _image(row) for row in rows}
 
 

@@ -90,7 +90,7 @@ class SearchService:
 
     @property
     def meta(self) -> dict[str, str]:
-        return self._searcher.index.meta  # a copy made at opening: safe from any thread
+        return self._searcher.index.store.meta  # a copy made at opening: safe from any thread
 
     def close(self) -> None:
         self._executor.submit(self._searcher.close).result()

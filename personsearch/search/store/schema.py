@@ -1,0 +1,119 @@
+"""The index folder's layout and its database schema: the one place that defines them.
+
+    index.sqlite         metadata: meta(key, value), images, boxes, shards (SCHEMA below)
+    shards/*.npy         features, float32 rows; feature row r belongs to boxes.id = r
+    faiss/<kind>-<rows>.faiss   cached FAISS index covering the first <rows> rows (derived data,
+                         see `personsearch.search.faiss_backends`)
+    write.lock           held (flock) by the one process allowed to add images
+    in-progress.json     the image the writer is reading and detecting now (see `journal`)
+
+A new column or table goes into SCHEMA here (with INDEX_VERSION raised if old indexes cannot be
+read any more); the statements that fill and read it live in `writer`, `gallery` and `queries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from personsearch.search.store.records import GalleryIndexError
+
+INDEX_VERSION = "1"
+
+DB_NAME = "index.sqlite"
+SHARD_DIR = "shards"
+CACHE_DIR = "faiss"
+LOCK_NAME = "write.lock"
+PROGRESS_NAME = "in-progress.json"
+
+#: Values bound in one IN (...) list: SQLite allows 999 on old builds.
+SQL_CHUNK = 500
+#: SQLite's integers: an id or camera outside matches nothing.
+SQLITE_INTEGERS = range(-(2**63), 2**63)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL UNIQUE,
+    first_row INTEGER NOT NULL,
+    n_rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha1 TEXT,
+    size INTEGER,
+    mtime REAL,
+    width INTEGER,
+    height INTEGER,
+    camera INTEGER NOT NULL DEFAULT -1,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS boxes (
+    id INTEGER PRIMARY KEY,  -- the feature row
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+    det_score REAL NOT NULL,
+    shard_id INTEGER NOT NULL REFERENCES shards(id)
+);
+CREATE INDEX IF NOT EXISTS boxes_image ON boxes(image_id);
+"""
+
+
+def connect(db: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to an index database, in autocommit mode (transactions are explicit)."""
+    try:
+        if read_only:  # never creates or changes a file (no journal: nothing is written)
+            uri = f"{db.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(db, isolation_level=None)  # transactions are explicit
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise GalleryIndexError(f"cannot read gallery index database {db}: {error}") from error
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed if the block succeeds, rolled back otherwise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    """The `meta` table: version, fingerprint, dim, index_kind and the indexer's extra info."""
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def check_version(meta: dict[str, str], folder: Path) -> None:
+    """Refuse an index of another format version than this code reads."""
+    version = meta.get("version")
+    if version != INDEX_VERSION:
+        raise GalleryIndexError(
+            f"gallery index {folder} has format version {version!r}; this personsearch "
+            f"reads version {INDEX_VERSION!r}: rebuild the index"
+        )
+
+
+def chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    """`values` in lists of at most SQL_CHUNK (SQLite bounds the variables of one statement)."""
+    for start in range(0, len(values), SQL_CHUNK):
+        yield list(values[start : start + SQL_CHUNK])
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    """"?,?,?" for binding `values` in an IN (...) list."""
+    return ",".join("?" * len(values))

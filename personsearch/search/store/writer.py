@@ -1,0 +1,201 @@
+"""Writing an index folder: creating it, taking its write lock, committing batches of detections.
+
+Adding is incremental and crash-safe: a batch's features are written to a new shard file first
+(atomically, fsynced), then ONE SQLite transaction records the shard, the batch's images and
+their boxes. A crash before the commit leaves an unreferenced shard, deleted the next time the
+index is opened for writing (`delete_unreferenced_shards`); a crash after it leaves a complete
+batch. Either way nothing is lost or recorded twice, and re-running the indexing picks up where
+it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personsearch.io import atomic_open
+from personsearch.search.store.records import GalleryIndexError, ImageRecord
+from personsearch.search.store.schema import (
+    CACHE_DIR,
+    DB_NAME,
+    INDEX_VERSION,
+    LOCK_NAME,
+    SCHEMA,
+    SHARD_DIR,
+    connect,
+    transaction,
+)
+
+
+def open_database_for_writing(
+    folder: Path,
+    *,
+    fingerprint: str,
+    dim: int,
+    index_kind: str | None,
+    info: Mapping[str, str] | None,
+) -> tuple[sqlite3.Connection, Any]:
+    """(connection, held write lock) of the index database in `folder`, created if new.
+
+    A new database gets the schema and its `meta`: `info`, the format version, the model's
+    `fingerprint` and `dim`, and `index_kind` ("flat" when None). The caller checks an existing
+    one against the model.
+    """
+    if int(dim) <= 0:
+        raise GalleryIndexError(f"feature dimension must be positive, got {dim}")
+    if folder.exists() and not folder.is_dir():
+        raise GalleryIndexError(f"index path {folder} exists and is not a folder")
+    fresh = not (folder / DB_NAME).exists()
+    own_names = {SHARD_DIR, CACHE_DIR, LOCK_NAME}  # left by a writer killed while creating
+    if fresh and folder.is_dir() and any(p.name not in own_names for p in folder.iterdir()):
+        raise GalleryIndexError(
+            f"{folder} is a non-empty folder without {DB_NAME}: refusing to write an index "
+            "into it; choose a new or empty folder"
+        )
+    (folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    lock = _acquire_write_lock(folder / LOCK_NAME)
+    try:
+        conn = connect(folder / DB_NAME)
+        conn.executescript(SCHEMA)
+        if fresh or not conn.execute("SELECT 1 FROM meta").fetchone():
+            meta = {
+                **{str(k): str(v) for k, v in (info or {}).items()},
+                "version": INDEX_VERSION,
+                "fingerprint": fingerprint,
+                "dim": str(int(dim)),
+                "index_kind": index_kind or "flat",  # the exact FAISS kind
+            }
+            with transaction(conn):
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+        return conn, lock
+    except BaseException:
+        lock.close()
+        raise
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Store one `meta` value (e.g. a new index kind)."""
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+def write_batch(
+    conn: sqlite3.Connection,
+    folder: Path,
+    records: Sequence[ImageRecord],
+    features: np.ndarray,
+    *,
+    first_row: int,
+    dim: int,
+) -> None:
+    """Commit a batch: its shard file (durable first), then one transaction for its rows.
+
+    `features` has one row per box of `records`, in order; `first_row` is the next free row.
+    """
+    n_boxes = sum(len(r.boxes) for r in records)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.shape != (n_boxes, dim):
+        raise GalleryIndexError(
+            f"expected {n_boxes} x {dim} features for this batch, got {features.shape}"
+        )
+    if not np.isfinite(features).all():
+        raise GalleryIndexError("features contain NaN or infinite values")
+    shard_file = f"{first_row:012d}-{n_boxes:06d}.npy" if n_boxes else None
+    if shard_file is not None:
+        # Durable before any row references it; an unreferenced shard is garbage.
+        with atomic_open(folder / SHARD_DIR / shard_file, "wb") as handle:
+            np.save(handle, features)
+        _fsync_dir(folder / SHARD_DIR)
+    try:
+        with transaction(conn):
+            _insert_batch(conn, records, shard_file, first_row, n_boxes)
+    except BaseException:
+        if shard_file is not None:
+            (folder / SHARD_DIR / shard_file).unlink(missing_ok=True)
+        raise
+
+
+def delete_unreferenced_shards(conn: sqlite3.Connection, folder: Path) -> None:
+    """Remove shards no transaction committed (a writer died before its commit)."""
+    referenced = {r[0] for r in conn.execute("SELECT file FROM shards")}
+    for path in (folder / SHARD_DIR).iterdir():
+        if path.name not in referenced:
+            path.unlink(missing_ok=True)
+
+
+def _insert_batch(
+    conn: sqlite3.Connection,
+    records: Sequence[ImageRecord],
+    shard_file: str | None,
+    first_row: int,
+    n_boxes: int,
+) -> None:
+    shard_id = None
+    if shard_file is not None:
+        shard_id = conn.execute(
+            "INSERT INTO shards (file, first_row, n_rows) VALUES (?, ?, ?)",
+            (shard_file, first_row, n_boxes),
+        ).lastrowid
+    row = first_row
+    for record in records:
+        image_id = _insert_image(conn, record)
+        for box, score in zip(record.boxes.tolist(), record.scores.tolist(), strict=True):
+            conn.execute(
+                "INSERT INTO boxes (id, image_id, x1, y1, x2, y2, det_score, shard_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row, image_id, *box, score, shard_id),
+            )
+            row += 1
+
+
+def _insert_image(conn: sqlite3.Connection, record: ImageRecord) -> int:
+    """Insert the image's row (replacing a failed one: it was retried); return its id."""
+    previous = conn.execute(
+        "SELECT id, status FROM images WHERE path = ?", (record.path,)
+    ).fetchone()
+    if previous is not None and previous[1] == "ok":
+        raise GalleryIndexError(f"image already indexed: {record.path}")
+    if previous is not None:  # a retried failure: replace its record
+        conn.execute("DELETE FROM images WHERE id = ?", (previous[0],))
+    return conn.execute(
+        "INSERT INTO images (path, sha1, size, mtime, width, height, camera, status, error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.path,
+            record.sha1,
+            int(record.size),
+            float(record.mtime),
+            int(record.width),
+            int(record.height),
+            int(record.camera),
+            record.status,
+            record.error,
+        ),
+    ).lastrowid
+
+
+def _acquire_write_lock(path: Path) -> Any:
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the index's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise GalleryIndexError(
+            f"gallery index {path.parent} is being written by another process "
+            f"(lock {path} is held); wait for it to finish"
+        ) from None
+    return handle
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
