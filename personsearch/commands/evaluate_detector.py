@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from personsearch.commands.detect import resolve_run_data
+from personsearch.errors import ConfigError
+from personsearch.io import atomic_path, write_json
+
 COMMAND = "evaluate-detector"
 HELP = "evaluate a trained detector on the test scenes (recall, AP at IoU 0.5, PR curve)"
 DESCRIPTION = """\
@@ -38,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from personsearch.commands.detect import resolve_run_data
     from personsearch.engine.detector_eval import (
         EVAL_SCORE_THRESH,
         detect_scenes,
@@ -47,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from personsearch.engine.detector_task import load_scenes
     from personsearch.engine.distributed import DistInfo, resolve_device
-    from personsearch.errors import ConfigError
-    from personsearch.io import write_json
     from personsearch.models.saving import load_detector
 
     if not 0.0 <= args.det_thresh <= 1.0:
@@ -88,8 +89,6 @@ def _plot_pr_curve(curve, path, det_thresh: float, title: str) -> None:  # type:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from personsearch.io import atomic_path
 
     figure, axes = plt.subplots(figsize=(5, 4.2), dpi=120)
     axes.plot(curve.recall_curve, curve.precision_curve, lw=1.5, label=f"AP (all) {100 * curve.ap:.1f}%")

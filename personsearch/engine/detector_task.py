@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from personsearch.config import Config, validate
+from personsearch.data import registry
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
 from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes, detection_metrics
@@ -40,8 +41,6 @@ def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
         raise ConfigError(f"data.dataset={dataset!r}: choose one of {', '.join(DETECTOR_DATASETS)}")
     if not str(root):
         raise ConfigError(f"data.root is empty: give the {dataset} folder (data.root=DIR)")
-    from personsearch.data import registry
-
     return registry.load_scene_dataset("cuhk-sysu" if dataset == "synthetic" else dataset, root)
 
 

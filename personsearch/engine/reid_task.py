@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from personsearch.config import Config, validate
+from personsearch.data import registry
 from personsearch.data.crops import (
     CropImageDataset,
     CropSample,
@@ -62,8 +63,6 @@ def reid_samples(config: Config) -> tuple[CropSamples, CropSamples, CropSamples]
         )
     if not data.root:
         raise ConfigError(f"data.root is empty: give the {data.dataset} folder (data.root=DIR)")
-    from personsearch.data import registry
-
     if data.dataset in registry.CROP_DATASETS:
         crops = registry.load_crop_dataset(data.dataset, data.root, data.variant or None)
         train = crop_file_samples(crops.train)

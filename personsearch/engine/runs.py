@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.config import Config, save_config
+from personsearch.data.synthetic import generate_world
 from personsearch.engine import distributed
 from personsearch.engine.checkpoint import latest_checkpoint
 from personsearch.engine.distributed import DistInfo
@@ -25,8 +26,6 @@ TaskBody = Callable[[Config, "Path | None", DistInfo], dict[str, Any]]
 
 def ensure_synthetic_world(config: Config, dist_info: DistInfo | None = None) -> Path:
     """Generate the synthetic world at data.root (preset data.synthetic_size) unless it exists."""
-    from personsearch.data.synthetic import generate_world
-
     dist_info = dist_info or DistInfo()
     if not config.data.root:
         raise ConfigError("data.root is empty: give the folder of the synthetic world")

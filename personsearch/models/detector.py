@@ -43,6 +43,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import ConfigError
+from personsearch.models.backbones import build_backbone
 from personsearch.models.box_pooling import POOLING_MODES, build_box_pooler
 
 NUM_CLASSES = 2  # background, person
@@ -252,8 +253,6 @@ def first_block_parameters(detector: PersonDetector) -> list[nn.Parameter]:
 
 def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     """Build the detector of `config` (the paper's settings when None)."""
-    from personsearch.models.backbones import build_backbone  # the shared backbone code path
-
     config = config or DetectorConfig()
     backbone = build_backbone(config.backbone, pretrained=config.pretrained,
                               missing_weights=config.missing_weights)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
+from personsearch.io import atomic_open
 
 ONNX_INSTALL = "pip install onnxruntime (personsearch's core install has it)"
 
@@ -73,8 +74,6 @@ def read_config_file(
 def write_config_file(path: str | os.PathLike[str], config: Any) -> None:
     """Write `config` as YAML (atomically), its model path relative when it lies beside the file."""
     import yaml
-
-    from personsearch.io import atomic_open
 
     path = Path(path)
     values = config.to_dict()

@@ -36,7 +36,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from personsearch.errors import ConfigError, PersonSearchError
 from personsearch.io import atomic_open
@@ -47,9 +47,8 @@ from personsearch.search.detectors import (
     hog_available,
 )
 from personsearch.search.embedders import ColorHistogramEmbedder, Embedder
-
-if TYPE_CHECKING:
-    from personsearch.search.searcher import PersonSearcher
+from personsearch.search.index import GalleryIndex
+from personsearch.search.searcher import PersonSearcher
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -83,9 +82,6 @@ def open_searcher(
     The one way `personsearch search` and `personsearch serve` open an index, so both refuse an
     index built by another model with the same message.
     """
-    from personsearch.search.index import GalleryIndex
-    from personsearch.search.searcher import PersonSearcher
-
     embedder = (load_pipeline(run_dir) if run_dir else baseline_pipeline()).embedder
     index = GalleryIndex.open(index_dir, fingerprint=embedder.fingerprint)
     return PersonSearcher(None, embedder, index)
