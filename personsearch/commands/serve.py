@@ -10,6 +10,7 @@ import secrets
 
 from personsearch.commands._pipeline import add_pipeline_argument
 from personsearch.errors import ConfigError
+from personsearch.serve.allocator import tune_allocator
 
 COMMAND = "serve"
 HELP = "serve a web page and JSON API to search a gallery index by drawing a box"
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'personsearch[serve]'"
         ) from None
     from personsearch.serve.app import create_app
-    from personsearch.serve.guards import LOOPBACK_HOSTS, ServeLimits, tune_allocator
+    from personsearch.serve.limits import ServeLimits
+    from personsearch.serve.middleware import LOOPBACK_HOSTS
 
     limits = ServeLimits(
         max_upload_bytes=upload_bytes,

@@ -34,11 +34,10 @@ from personsearch.data.synthetic_render import (
     render_person,
     sample_appearance,
     sample_pose,
-    write_contact_sheet,
-    write_scale_histogram,
 )
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.io import write_json
+from personsearch.report.synthetic_previews import write_contact_sheet, write_scale_histogram
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 JPEG_QUALITY = 90

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.config import Config, save_config
+from personsearch.data.registry import DATASET_SPECS
 from personsearch.data.synthetic import generate_world
 from personsearch.engine import distributed
 from personsearch.engine.checkpoint import latest_checkpoint
@@ -50,7 +51,8 @@ def prepare_run(config: Config, resume: bool, dist_info: DistInfo) -> Path | Non
         print(f"no checkpoint in {run_dir}: starting from the beginning")
     if dist_info.is_main:
         save_config(config, run_dir / "config.yaml")
-    if config.data.dataset == "synthetic":
+    spec = DATASET_SPECS.get(config.data.dataset)
+    if spec is not None and spec.generated:  # the synthetic world: made on first use
         ensure_synthetic_world(config, dist_info)
     seed_everything(config.run.seed, config.run.deterministic)
     return checkpoint

@@ -54,7 +54,7 @@ def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchScores:
     """Per-query outcomes of a search evaluation, and their means."""
 
     protocol: str
@@ -88,7 +88,7 @@ def _finish(
     pos_query: np.ndarray,
     pos_score: np.ndarray,
     cand_at_least: np.ndarray,
-) -> SearchResult:
+) -> SearchScores:
     """AP and top-k from every positive's (query, score, weighted candidates scoring >= it)."""
     num_queries = len(count_gt)
     order = np.lexsort((-pos_score.astype(np.float64), pos_query))
@@ -110,7 +110,7 @@ def _finish(
         # the best positive opens each query's group
         negatives_above = cand[group_start] - pos_at_least[group_start]
         hits[q[group_start]] = negatives_above[:, None] < np.asarray(ks)[None, :]
-    return SearchResult(name, ks, ap, hits, count_gt, count_tp)
+    return SearchScores(name, ks, ap, hits, count_gt, count_tp)
 
 
 def evaluate_search(
@@ -124,7 +124,7 @@ def evaluate_search(
     query_context: QueryContext | None = None,
     batch_size: int = 1024,
     path: SearchPath = "auto",
-) -> SearchResult:
+) -> SearchScores:
     """Evaluate one search protocol.
 
     `gallery` holds the detections of every image in `protocol.images` (see

@@ -23,9 +23,9 @@ from personsearch.data.registry import load_search_protocol
 from personsearch.data.scenes import SearchProtocol
 from personsearch.errors import ConfigError, ResultsError
 from personsearch.evaluation.cbgm import CBGM_DEFAULTS, CBGMOptions
-from personsearch.evaluation.results_file import SearchResults, load_results
+from personsearch.evaluation.results_file import ResultsFile, load_results
 from personsearch.evaluation.scale_gap import search_by_scale
-from personsearch.evaluation.search import Duplicates, SearchResult, evaluate_search
+from personsearch.evaluation.search import Duplicates, SearchScores, evaluate_search
 from personsearch.io import atomic_open
 
 #: A gallery size: 50 ... 4000 or "full" (CUHK-SYSU); None for PRW (one gallery).
@@ -41,7 +41,7 @@ class GalleryEvaluation:
 
     size: GallerySize
     protocol: SearchProtocol
-    result: SearchResult
+    result: SearchScores
     by_scale: dict[str, dict[str, Any]] | None = None
 
 
@@ -111,7 +111,7 @@ def iter_protocols(dataset: str, root: str | os.PathLike[str], sizes: Sequence[G
                                          cross_camera=cross_camera)
 
 
-def check_queries(results: SearchResults, protocol: SearchProtocol, source: str | os.PathLike[str]) -> None:
+def check_queries(results: ResultsFile, protocol: SearchProtocol, source: str | os.PathLike[str]) -> None:
     """ResultsError unless the results file holds one query feature per protocol query."""
     if len(results.query_feats) != len(protocol.queries):
         raise ResultsError(
@@ -121,7 +121,7 @@ def check_queries(results: SearchResults, protocol: SearchProtocol, source: str 
 
 
 def evaluate_protocols(
-    results: SearchResults,
+    results: ResultsFile,
     protocols: Iterable[tuple[GallerySize, SearchProtocol]],
     *,
     det_thresh: float = 0.5,
@@ -149,7 +149,7 @@ def evaluate_protocols(
     return rows
 
 
-def cbgm_options(dataset: str, results: SearchResults, source: str | os.PathLike[str],
+def cbgm_options(dataset: str, results: ResultsFile, source: str | os.PathLike[str],
                  k1: int | None = None, k2: int | None = None) -> CBGMOptions:
     """CBGM's settings (the dataset's defaults where k1/k2 are None), refused when the results
     file lacks the query images' detections."""

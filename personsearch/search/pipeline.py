@@ -19,9 +19,10 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
 - a re-id training run folder: its weights (model.pt, else checkpoints/best.pt, last.pt or the
   newest checkpoint) paired with the baseline detector (HOG, or the whole image).
 
-It says what a folder lacks when it is neither. The torch models are wrapped by
-`personsearch.search.torch_embedders`, imported only when a pipeline needs one, so importing this
-module does not import torch.
+It says what a folder lacks when it is neither. `DETECTOR_SOURCES` and `REID_SOURCES` are the
+one table of what pipeline.yaml may name. The torch models are wrapped by
+`personsearch.search.torch_detector` and `torch_embedders`, imported only when a pipeline needs
+one, so importing this module does not import torch.
 
 `baseline_pipeline()` needs no training and no weights: OpenCV's HOG people detector when `cv2`
 is installed (else every image is one person) and a colour-histogram embedder. It is a weak
@@ -34,7 +35,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,14 @@ from personsearch.search.detectors import (
 )
 from personsearch.search.embedders import ColorHistogramEmbedder, Embedder
 from personsearch.search.index import GalleryIndex
+from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
+from personsearch.search.onnx_embedder import load_onnx_embedder
 from personsearch.search.searcher import PersonSearcher
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 PIPELINE_FILE = "pipeline.yaml"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  #: an ONNX model's config, not a run folder
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,7 @@ def write_pipeline_spec(
     folder.mkdir(parents=True, exist_ok=True)
 
     def rel(target: str | os.PathLike[str]) -> str:
-        if str(target) in ("hog", "whole-image", "imagenet"):
+        if str(target) in BUILTIN_SOURCES:
             return str(target)
         return os.path.relpath(Path(target).resolve(), folder.resolve())
 
@@ -195,6 +201,86 @@ def write_pipeline_spec(
     with atomic_open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(spec, handle, sort_keys=False)
     return path
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """A detector or re-id source as pipeline.yaml names it, and what building it needs."""
+
+    value: str
+    resolve: Callable[[str], Path]  #: a path named in pipeline.yaml -> the existing file
+    det_thresh: float
+    thresh_given: bool  #: pipeline.yaml sets det_thresh (it then wins over a detector file's)
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One way pipeline.yaml names a detector or a re-id net: a built-in name, or a kind of
+    path; `build` makes the detector or embedder."""
+
+    what: str
+    matches: Callable[[str], bool]
+    build: Callable[[SourceRequest], Any]
+    builtin: bool = False  #: `what` is the name itself (kept as is, not a path)
+
+
+def _named(name: str) -> Callable[[str], bool]:
+    return lambda value: value == name
+
+
+def _config_file(value: str) -> bool:
+    return value.endswith(CONFIG_SUFFIXES)
+
+
+def _onnx_detector(request: SourceRequest) -> Detector:
+    config = read_detector_config(request.resolve(request.value))
+    if request.thresh_given:  # the pipeline's threshold wins over the detector file's
+        config = dataclasses.replace(config, score_thresh=request.det_thresh)
+    return OnnxDetector(config)
+
+
+def _torch_detector(request: SourceRequest) -> Detector:
+    from personsearch.search.torch_detector import TorchDetector  # imports torch
+
+    return TorchDetector.from_run(request.resolve(request.value), request.det_thresh, request.device)
+
+
+def _imagenet_embedder(request: SourceRequest) -> Embedder:
+    from personsearch.search.torch_embedders import ImageNetEmbedder  # imports torch
+
+    return ImageNetEmbedder()
+
+
+def _torch_embedder(request: SourceRequest) -> Embedder:
+    from personsearch.search.torch_embedders import TorchReidEmbedder  # imports torch
+
+    return TorchReidEmbedder.from_run(request.resolve(request.value), request.device)
+
+
+#: pipeline.yaml's `detector:`, the first matching source wins.
+DETECTOR_SOURCES = (
+    SourceSpec("hog", _named("hog"), lambda _: HogPeopleDetector(), builtin=True),
+    SourceSpec("whole-image", _named("whole-image"), lambda _: WholeImageDetector(), builtin=True),
+    SourceSpec("an ONNX detector's config", _config_file, _onnx_detector),  # any ONNX detector
+    SourceSpec("a detector run folder or its model.pt", lambda _: True, _torch_detector),
+)
+#: pipeline.yaml's `reid:`, the first matching source wins.
+REID_SOURCES = (
+    # pooled ImageNet features: before any re-id net is trained
+    SourceSpec("imagenet", _named("imagenet"), _imagenet_embedder, builtin=True),
+    SourceSpec("an ONNX embedder's config", _config_file,  # any exported re-id model
+               lambda request: load_onnx_embedder(request.resolve(request.value))),
+    SourceSpec("a re-id run folder or its model.pt", lambda _: True, _torch_embedder),
+)
+#: The sources named, not found at a path.
+BUILTIN_SOURCES = tuple(s.what for s in (*DETECTOR_SOURCES, *REID_SOURCES) if s.builtin)
+
+
+def build_source(sources: tuple[SourceSpec, ...], request: SourceRequest) -> Any:
+    """The detector or embedder of the first source that matches `request.value`."""
+    source = next(s for s in sources if s.matches(request.value))
+    return source.build(request)
 
 
 def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = None) -> Pipeline:
@@ -215,40 +301,10 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
             "(a detection score)"
         )
 
-    def resolve(value: str) -> Path:
-        return resolve_spec_path(folder, value)
-
-    detector_spec = str(spec["detector"])
-    detector: Detector
-    if detector_spec == "hog":
-        detector = HogPeopleDetector()
-    elif detector_spec == "whole-image":
-        detector = WholeImageDetector()
-    elif detector_spec.endswith((".yaml", ".yml", ".json")):  # any ONNX person detector
-        from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
-
-        config = read_detector_config(resolve(detector_spec))
-        if "det_thresh" in spec:  # the pipeline's threshold wins over the detector file's
-            config = dataclasses.replace(config, score_thresh=det_thresh)
-        detector = OnnxDetector(config)
-    else:
-        from personsearch.search.torch_embedders import TorchDetector
-
-        detector = TorchDetector.from_run(resolve(detector_spec), det_thresh, device)
-    reid_spec = str(spec["reid"])
-    embedder: Embedder
-    if reid_spec == "imagenet":  # pooled ImageNet features: before any re-id net is trained
-        from personsearch.search.torch_embedders import ImageNetEmbedder
-
-        embedder = ImageNetEmbedder()
-    elif reid_spec.endswith((".yaml", ".yml", ".json")):  # any exported re-id model
-        from personsearch.search.onnx_embedder import load_onnx_embedder
-
-        embedder = load_onnx_embedder(resolve(reid_spec))
-    else:
-        from personsearch.search.torch_embedders import TorchReidEmbedder
-
-        embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
+    request = partial(SourceRequest, resolve=lambda value: resolve_spec_path(folder, value),
+                      det_thresh=det_thresh, thresh_given="det_thresh" in spec, device=device)
+    detector = build_source(DETECTOR_SOURCES, request(str(spec["detector"])))
+    embedder = build_source(REID_SOURCES, request(str(spec["reid"])))
     return Pipeline(detector=detector, embedder=embedder, source=str(folder))
 
 
@@ -266,7 +322,7 @@ def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pi
     as checkpoints/best.pt or last.pt, as `load_pipeline` found them), with the baseline detector."""
     task = config.get("task")
     if task == "reid":
-        from personsearch.search.torch_embedders import TorchReidEmbedder
+        from personsearch.search.torch_embedders import TorchReidEmbedder  # imports torch
 
         return Pipeline(baseline_detector(), TorchReidEmbedder.from_run(checkpoint), source=str(run))
     raise PersonSearchError(
