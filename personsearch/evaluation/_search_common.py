@@ -23,7 +23,8 @@ from personsearch.data.scenes import SearchProtocol
 
 T = TypeVar("T")
 
-#: How a listed gallery image named twice counts: as the original code does, or once.
+#: How a gallery image listed twice for a query counts: every entry as listed ("original", OIM's
+#: code) or once, with its first entry's box ("first", SeqNet's); see docs/evaluation.md.
 Duplicates = Literal["original", "first"]
 
 #: Largest number of (positive, candidate) comparisons materialised at once.

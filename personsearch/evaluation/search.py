@@ -38,6 +38,9 @@ from personsearch.evaluation.cbgm import CBGMOptions, QueryContext
 
 # GalleryDetections and Duplicates are this module's API; they live in _search_common because
 # both kernels need them too (importing them from here would be a cycle).
+__all__ = ["Duplicates", "GalleryDetections", "SearchPath", "SearchScores", "TOP_K",
+           "evaluate_search", "similarity"]
+
 SearchPath = Literal["auto", "sparse", "dense"]
 TOP_K = (1, 5, 10)
 
