@@ -63,7 +63,7 @@ def detectors_for_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             found[f"yolox-nano sliced @ {thresh:g}"] = SlicedDetector(
                 yolox_detector(args.yolox, thresh), tile=(416, 416), overlap=0.25)
     if args.run:
-        from personsearch.search.torch_embedders import TorchDetector
+        from personsearch.search.torch_detector import TorchDetector
 
         found[f"trained run ({args.run.name})"] = TorchDetector.from_run(args.run)
     return found

@@ -17,6 +17,7 @@ import pkgutil
 import sys
 from types import ModuleType
 
+import personsearch.commands as package
 from personsearch import __version__
 from personsearch.errors import PersonSearchError
 
@@ -27,8 +28,6 @@ EXPORT_INSTALL = "pip install 'personsearch[train,export]'"
 
 
 def _command_modules() -> list[ModuleType]:
-    import personsearch.commands as package
-
     modules = []
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

@@ -20,8 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from personsearch.config import load_config
+from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
+from personsearch.data.synthetic import generate_world
 from personsearch.errors import PersonSearchError
+from personsearch.evaluation.results_file import load_results
+from personsearch.evaluation.search_protocols import evaluate_protocols
 from personsearch.io import write_json
+from personsearch.report.demo_report import write_demo_report
+from personsearch.search.index import GalleryIndex
+from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
+from personsearch.search.pipeline_results import detections_from_index, write_search_results
+from personsearch.search.searcher import PersonSearcher
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,6 @@ def schedule_text(overrides: tuple[str, ...]) -> str:
 def _train(task: str, config_name: str, run_dir: Path, world: Path, overrides: tuple[str, ...],
            progress: bool, workers: int) -> Path:
     """Train (or resume, or reuse) a run; returns the run folder holding model.pt."""
-    from personsearch.config import load_config
-
     if (run_dir / "model.pt").is_file():
         return run_dir
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
@@ -129,12 +137,6 @@ def run_demo(
 ) -> DemoResult:
     """Run every step of the demo into `out` and return where the report and index are."""
     import torch
-
-    from personsearch.data.cuhk_sysu import load_cuhk_sysu, load_cuhk_sysu_protocol
-    from personsearch.data.synthetic import generate_world
-    from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
-    from personsearch.search.pipeline_results import detections_from_index, write_search_results
-    from personsearch.search.searcher import PersonSearcher
 
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
@@ -168,8 +170,6 @@ def run_demo(
         searcher.index.prepare()
 
     with _step(timings, "evaluate", log):
-        from personsearch.search.index import GalleryIndex
-
         index = GalleryIndex.open(index_dir, fingerprint=pipeline.embedder.fingerprint)
         detections = detections_from_index(index, dataset.test)
         index.close()
@@ -183,8 +183,6 @@ def run_demo(
         write_json(out / "metrics.json", {**metrics, "timings_s": timings})
 
     with _step(timings, "report", log):
-        from personsearch.report.demo_report import write_demo_report
-
         report = write_demo_report(
             out / "report.html", metrics=metrics, timings=timings, plan_name="quick" if quick else "full",
             world=world, dataset=dataset, protocol=protocols[100], results_path=results_path,
@@ -197,9 +195,6 @@ def run_demo(
 def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> dict[str, Any]:
     """Search mAP/top-k per gallery size (with the scale-gap bins at gallery 100 and full), and
     detection recall/AP, of the indexed detections."""
-    from personsearch.evaluation.results_file import load_results
-    from personsearch.evaluation.search_protocols import evaluate_protocols
-
     rows = evaluate_protocols(load_results(results_path), protocols.items(), det_thresh=0.5,
                               by_scale=(100, "full"), source=results_path)
     return {"search": {str(row.size): _search_entry(row) for row in rows},

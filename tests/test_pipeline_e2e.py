@@ -82,7 +82,7 @@ def test_gt_boxes_evaluation_matches_between_paths(world, reid_run, tmp_path, ca
 def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, tmp_path, capsys):
     from personsearch.data.cuhk_sysu import load_cuhk_sysu
     from personsearch.search.pipeline import load_pipeline, write_pipeline_spec
-    from personsearch.search.torch_embedders import TorchDetector
+    from personsearch.search.torch_detector import TorchDetector
 
     folder = tmp_path / "pipeline"
     write_pipeline_spec(folder, detector_run, reid_run, det_thresh=0.0)

@@ -21,8 +21,8 @@ from serve_fixture import ServedGallery, build_served_gallery  # noqa: E402
 from personsearch.errors import ConfigError  # noqa: E402
 from personsearch.search.index import GalleryIndexError  # noqa: E402
 from personsearch.serve.app import create_app  # noqa: E402
-from personsearch.serve.guards import FORM_OVERHEAD_BYTES, ServeLimits  # noqa: E402
 from personsearch.serve.imaging import BytesLRU, ImageRejected, decode_upload  # noqa: E402
+from personsearch.serve.limits import FORM_OVERHEAD_BYTES, ServeLimits  # noqa: E402
 
 BASE = "http://127.0.0.1"
 TOKEN = "s3cret-token-for-tests"

@@ -24,12 +24,8 @@ from personsearch.search.pipeline import open_searcher  # noqa: E402
 from personsearch.search.searcher import crop_box  # noqa: E402
 from personsearch.serve.app import create_app  # noqa: E402
 from personsearch.serve.decoding import decode_probe, open_upload_probe  # noqa: E402
-from personsearch.serve.guards import (  # noqa: E402
-    BudgetExhausted,
-    DecodeBudget,
-    ServeLimits,
-    path_redactor,
-)
+from personsearch.serve.errors import path_redactor  # noqa: E402
+from personsearch.serve.limits import BudgetExhausted, DecodeBudget, ServeLimits  # noqa: E402
 from personsearch.serve.schemas import MAX_CAMERAS  # noqa: E402
 
 BASE = "http://127.0.0.1"

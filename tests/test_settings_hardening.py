@@ -283,7 +283,7 @@ def test_detector_keeps_a_score_equal_to_its_threshold():
 
 def test_every_detection_filter_keeps_scores_at_the_threshold(tmp_path):
     from personsearch.data.crops import load_detections
-    from personsearch.search.torch_embedders import TorchDetector
+    from personsearch.search.torch_detector import TorchDetector
 
     class Scores(torch.nn.Module):
         def forward(self, images):  # type: ignore[no-untyped-def]

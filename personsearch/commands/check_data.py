@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from personsearch.data.validation import DATASETS
+from personsearch.data.validation import DATASETS, DatasetReport, check_dataset
 
 COMMAND = "check-data"
 HELP = "validate a dataset folder (annotations, protocols, images) and print its statistics"
@@ -36,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.data.validation import DatasetReport, check_dataset
-
     # each line and warning is printed as soon as it is found, before the images are read
     report = DatasetReport(on_line=print,
                            on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from personsearch.errors import ConfigError
+
 COMMAND = "detect"
 HELP = "run a trained detector over a dataset's scenes and save the boxes and scores (.npz)"
 DESCRIPTION = """\
@@ -39,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_run_data(run: Path, dataset: str | None, root: str | None) -> tuple[str, str]:
     """The dataset name and folder to use: the arguments, else the run's config.yaml."""
     from personsearch.config import load_config
-    from personsearch.errors import ConfigError
 
     if dataset and root:
         return dataset, root
@@ -55,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.engine.detector_eval import detect_scenes
     from personsearch.engine.detector_task import load_scenes
     from personsearch.engine.distributed import DistInfo, resolve_device
-    from personsearch.errors import ConfigError
     from personsearch.models.saving import load_detector
 
     if not 0.0 <= args.score_thresh <= 1.0:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from personsearch.commands._outputs import check_output_file, write_error
 from personsearch.commands._pipeline import add_pipeline_argument
 from personsearch.errors import ConfigError
 
@@ -119,8 +120,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every file this run will write can be written: refused now, not after the evaluation."""
-    from personsearch.commands._outputs import check_output_file
-
     if args.per_query is not None:
         check_output_file(args.per_query, "--per-query")
     if args.plot is not None:
@@ -138,8 +137,7 @@ def _results_path(args: argparse.Namespace) -> Path:
 
 def _compute_results(args: argparse.Namespace) -> Path:
     """Run the --pipeline over the test set and write the results file."""
-    from personsearch.commands._outputs import write_error
-    from personsearch.evaluation.search_protocols import pipeline_results_file
+    from personsearch.search.pipeline_results import pipeline_results_file
 
     out = _results_path(args)
     try:
@@ -153,8 +151,8 @@ def _compute_results(args: argparse.Namespace) -> Path:
 
 def _write_files(args: argparse.Namespace, evaluation: Any, summary: dict[str, Any]) -> None:
     """The plot (several gallery sizes) and the per-query CSV; their paths go into `summary`."""
-    from personsearch.commands._outputs import write_error
-    from personsearch.evaluation.search_protocols import plot_gallery_sizes, write_per_query
+    from personsearch.evaluation.search_protocols import write_per_query
+    from personsearch.report.gallery_curve import plot_gallery_sizes
 
     if len(evaluation.rows) > 1:
         path = args.plot or args.results.with_name(args.results.stem + "_gallery_sizes.png")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from personsearch.errors import ConfigError
+from personsearch.io import write_json
+
 COMMAND = "evaluate-classify"
 HELP = "top-1 accuracy of a `train classify` run on the CIFAR-100 test set"
 DESCRIPTION = """\
@@ -37,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.data.cifar100 import CifarImageDataset, load_cifar100
     from personsearch.engine.classify_task import evaluate_classifier
     from personsearch.engine.distributed import DistInfo, resolve_device
-    from personsearch.errors import ConfigError
-    from personsearch.io import write_json
     from personsearch.models.saving import load_classifier
 
     if args.batch_size < 1:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from personsearch.errors import ConfigError
+from personsearch.io import atomic_path, write_json
+
 COMMAND = "evaluate-detector"
 HELP = "evaluate any detector on the test scenes (recall, AP at IoU 0.5, PR curve)"
 DESCRIPTION = """\
@@ -56,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from personsearch.errors import ConfigError
 
     if not 0.0 <= args.det_thresh <= 1.0:
         raise ConfigError(f"--det-thresh {args.det_thresh} must be in [0, 1]")
@@ -136,7 +138,6 @@ def _any_detector(args: argparse.Namespace, scenes):  # type: ignore[no-untyped-
 def _report(args: argparse.Namespace, scenes, detections, out, dataset: str, root,  # type: ignore[no-untyped-def]
             min_score: float) -> None:
     from personsearch.evaluation.scene_detection import detection_metrics, score_detections
-    from personsearch.io import write_json
 
     metrics = detection_metrics(scenes, detections, det_thresh=args.det_thresh)
     curve = score_detections(scenes, detections, det_thresh=0.0)
@@ -161,8 +162,6 @@ def _plot_pr_curve(curve, path, det_thresh: float, title: str) -> None:  # type:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from personsearch.io import atomic_path
 
     figure, axes = plt.subplots(figsize=(5, 4.2), dpi=120)
     axes.plot(curve.recall_curve, curve.precision_curve, lw=1.5, label=f"AP (all) {100 * curve.ap:.1f}%")

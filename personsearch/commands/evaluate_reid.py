@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from personsearch.errors import ConfigError
+from personsearch.io import write_json
+
 COMMAND = "evaluate-reid"
 HELP = "evaluate a re-id network or any embedder on query/gallery crops (mAP, CMC)"
 DESCRIPTION = """\
@@ -60,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.engine.distributed import resolve_device
     from personsearch.engine.reid_eval import crop_heights
     from personsearch.engine.reid_task import reid_samples
-    from personsearch.errors import ConfigError
 
     _check_arguments(args)
     config = _config(args)
@@ -86,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """ConfigError for options that do not go together, before anything is read."""
-    from personsearch.errors import ConfigError
-
     if args.per_level and not args.run:
         raise ConfigError("--per-level needs --run: only a trained pyramid net has levels")
     if args.embedder and not (args.dataset and args.root):
@@ -102,8 +102,6 @@ def _report(args: argparse.Namespace, metrics: dict[str, Any], name: str) -> Non
     import json
     import sys
     from pathlib import Path
-
-    from personsearch.io import write_json
 
     output = Path(args.output) if args.output else None
     if output is None and args.run:
@@ -122,7 +120,6 @@ def _config(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from personsearch.config import load_config
-    from personsearch.errors import ConfigError
 
     overrides = [f"data.dataset={args.dataset}"] if args.dataset else []
     overrides += [f"data.root={args.root}"] if args.root else []

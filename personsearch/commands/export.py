@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from personsearch.commands._outputs import check_output_folder
+from personsearch.errors import ConfigError, PersonSearchError
+
 COMMAND = "export"
 HELP = "export a trained re-id net, detector or whole pipeline to ONNX, verified against PyTorch"
 DESCRIPTION = """\
@@ -58,8 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.errors import ConfigError, PersonSearchError
-
     try:
         import onnx  # noqa: F401 - torch's exporter needs it, and says so only deep inside
     except ImportError:
@@ -94,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_torchvision(args: argparse.Namespace) -> int:
-    from personsearch.errors import ConfigError
     from personsearch.export.onnx import export_coco_detector
 
     if not args.out:
@@ -119,8 +119,6 @@ def _note_empty_check(report: object) -> None:
 
 
 def _export_pipeline(args: argparse.Namespace) -> int:
-    from personsearch.commands._outputs import check_output_folder
-    from personsearch.errors import ConfigError
     from personsearch.export.onnx import export_pipeline
 
     if args.detector:

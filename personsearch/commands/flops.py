@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from personsearch.errors import ConfigError
+
 COMMAND = "flops"
 HELP = "GFLOPs (multiply-adds) per person crop of each re-id model, beside the paper's Table 4"
 DESCRIPTION = """\
@@ -39,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _chosen_models(text: str) -> list[str]:
-    from personsearch.errors import ConfigError
-
     if text == "all":
         return list(MODELS)
     chosen = [name.strip() for name in text.split(",") if name.strip()]
@@ -88,8 +88,6 @@ def _table(rows: list[dict], backbone: str, height: int, width: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.errors import ConfigError
-
     if args.height < 32 or args.width < 32:
         raise ConfigError("--height and --width must be at least 32 pixels (stride-32 backbones)")
     models = _chosen_models(args.models)

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from personsearch.commands._outputs import check_output_folder, write_error
 from personsearch.commands._pipeline import add_pipeline_argument
+from personsearch.errors import PersonSearchError
 
 COMMAND = "index"
 HELP = "index a folder of scene images for person search (incremental, resumable)"
@@ -86,8 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.commands._outputs import check_output_folder
-
     check_output_folder(args.out, "--out")  # before loading any model
     if args.ray_workers is not None or args.ray_address:
         return _run_with_ray(args)
@@ -124,9 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _os_error(out: Path, error: OSError) -> Exception:
     """One line for an OSError: a write into the index, or anything else (reading the gallery)."""
-    from personsearch.commands._outputs import write_error
-    from personsearch.errors import PersonSearchError
-
     name = str(error.filename or "")
     if not name or Path(name).resolve().is_relative_to(out.resolve()):
         return write_error("--out", out, error)

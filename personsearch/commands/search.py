@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from personsearch.commands._outputs import check_output_file, write_error
 from personsearch.commands._pipeline import add_pipeline_argument
+from personsearch.errors import PersonSearchError
 
 COMMAND = "search"
 HELP = "search a gallery index for the person in a probe image"
@@ -47,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.commands._outputs import check_output_file, write_error
-    from personsearch.errors import PersonSearchError
     from personsearch.report.search_picture import write_results_picture
     from personsearch.search.pipeline import open_searcher
 
@@ -116,7 +116,6 @@ def search_document(
 
 def check_jpeg_sheet(top_k: int) -> None:
     """Refuse, before searching, a --top-k whose JPEG sheet would be taller than JPEG allows."""
-    from personsearch.errors import PersonSearchError
     from personsearch.report.search_picture import JPEG_MAX_SIDE, sheet_size
 
     _, height = sheet_size(top_k, 1)
@@ -129,8 +128,6 @@ def check_jpeg_sheet(top_k: int) -> None:
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """'x1,y1,x2,y2' -> four floats, or PersonSearchError saying what is wrong."""
-    from personsearch.errors import PersonSearchError
-
     parts = [p.strip() for p in text.split(",")]
     try:
         values = tuple(float(p) for p in parts)

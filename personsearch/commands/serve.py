@@ -9,6 +9,8 @@ import os
 import secrets
 
 from personsearch.commands._pipeline import add_pipeline_argument
+from personsearch.errors import ConfigError
+from personsearch.serve.allocator import tune_allocator
 
 COMMAND = "serve"
 HELP = "serve a web page and JSON API to search a gallery index by drawing a box"
@@ -104,8 +106,6 @@ def is_loopback(host: str) -> bool:
 
 def resolve_token(args: argparse.Namespace) -> str | None:
     """The access token from --token or the environment; refuse an unsafe combination."""
-    from personsearch.errors import ConfigError
-
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if token == "generate":
         token = secrets.token_urlsafe(24)
@@ -121,8 +121,6 @@ def resolve_token(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from personsearch.errors import ConfigError
-
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     upload_bytes = _whole(args.max_upload_mb * 1024 * 1024, "--max-upload-mb", "byte")
@@ -142,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'personsearch[serve]'"
         ) from None
     from personsearch.serve.app import create_app
-    from personsearch.serve.guards import LOOPBACK_HOSTS, ServeLimits, tune_allocator
+    from personsearch.serve.limits import ServeLimits
+    from personsearch.serve.middleware import LOOPBACK_HOSTS
 
     limits = ServeLimits(
         max_upload_bytes=upload_bytes,
@@ -176,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _whole(value: float, option: str, unit: str) -> int:
     """A limit in whole units (bytes, pixels): at least one, and not absurdly large."""
-    from personsearch.errors import ConfigError
-
     if value < 1:
         raise ConfigError(f"{option} gives {value:g} {unit}s: it must allow at least one {unit}")
     if value > 2**53:

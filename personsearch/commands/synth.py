@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from personsearch.commands._outputs import check_output_folder, write_error
+
 COMMAND = "synth"
 HELP = "generate a synthetic person-search world in CUHK-SYSU's layout (no download needed)"
 DESCRIPTION = """\
@@ -37,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from personsearch.commands._outputs import check_output_folder, write_error
     from personsearch.data.synthetic import generate_world
 
     out = Path(args.out)

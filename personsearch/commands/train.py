@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from personsearch.commands._outputs import check_output_folder, write_error
+from personsearch.errors import ConfigError
+
 HELP = "train the re-id network, the detector or a classifier from a config (single process or torchrun)"
 COMMAND = "train"
 DESCRIPTION = """\
@@ -58,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
     target = TASKS[args.task]
     config = _load_config(args)  # every setting checked (config.validate)
-    from personsearch.commands._outputs import check_output_folder, write_error
-
     option = "--out" if args.out else "run.out"
     check_output_folder(config.run_dir, option)  # before reading data or taking a step
     module_name, function_name = target.split(":")
@@ -87,7 +88,6 @@ def _load_config(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from personsearch.config import load_config
-    from personsearch.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.out:

@@ -33,6 +33,7 @@ import numpy as np
 from personsearch.data.mat import as_numbers, as_strings, load_mat, mat_variable, require_file
 from personsearch.data.scenes import Crop, CropDataset
 from personsearch.errors import ConfigError, DatasetError, PersonSearchError
+from personsearch.io import atomic_path
 
 VARIANTS = ("labeled", "detected")
 DEFAULT_VARIANT = "labeled"
@@ -268,8 +269,6 @@ def write_cuhk03_images(
 def _write_variant(handle: Any, mat_path: Path, variant: str, folder: Path, progress: bool) -> int:
     from PIL import Image
     from tqdm import tqdm
-
-    from personsearch.io import atomic_path
 
     pairs = _read(handle[variant], f"{mat_path}: {variant}").reshape(-1)
     folder.mkdir(parents=True, exist_ok=True)

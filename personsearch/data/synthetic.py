@@ -36,6 +36,8 @@ from personsearch.data.synthetic_render import (
     sample_pose,
 )
 from personsearch.errors import ConfigError, DatasetError
+from personsearch.io import write_json
+from personsearch.report.synthetic_previews import write_contact_sheet, write_scale_histogram
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 JPEG_QUALITY = 90
@@ -456,9 +458,6 @@ def generate_world(out: str | os.PathLike[str], preset: str | SynthPreset = "tin
     complete. An existing non-empty `out` is replaced only with `force`. `workers` = 0 renders in
     this process; None uses one process per CPU for the larger presets.
     """
-    from personsearch.data.synthetic_render import write_contact_sheet, write_scale_histogram
-    from personsearch.io import write_json
-
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ConfigError(f"unknown synthetic preset {preset!r}: choose one of {', '.join(PRESETS)}")

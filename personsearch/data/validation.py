@@ -17,11 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personsearch.data.registry import (
+    CLASSIFY_DATASETS,
+    CROP_DATASETS,
+    READER_DATASETS,
+    SCENE_DATASETS,
+    load_classify_dataset,
+    load_crop_dataset,
+    load_scene_dataset,
+    load_search_protocol,
+)
 from personsearch.errors import ConfigError, DatasetError, ImageError, PersonSearchError
 
-#: The datasets `check_dataset` knows: data.registry's SCENE_, CROP_ and CLASSIFY_DATASETS, listed here
-#: without importing the readers (the CLI builds its parser from it; a test keeps them equal).
-DATASETS = ("cuhk-sysu", "prw", "market1501", "cuhk03", "cifar100")
+#: The datasets `check_dataset` knows: those of data.registry's table with a reader of their own
+#: (the registry imports no reader at module level, so the CLI builds its parser from this).
+DATASETS = READER_DATASETS
 #: A box may extend this far past the image border (annotation rounding) before it is an error:
 #: the larger of a few pixels and a small fraction of the image side.
 BORDER_TOLERANCE_PX = 8
@@ -73,8 +83,6 @@ def check_dataset(
 
     read_images=False only checks that the image files exist (faster; box-inside-image checks
     need the image sizes and are skipped). `variant`: CUHK03's labeled (default) or detected."""
-    from personsearch.data.registry import CLASSIFY_DATASETS, CROP_DATASETS, SCENE_DATASETS
-
     report = report if report is not None else DatasetReport()
     if variant and name != "cuhk03":
         raise ConfigError(f"a variant applies to cuhk03 only, not to {name} (got {variant!r})")
@@ -95,8 +103,6 @@ def check_dataset(
 
 def _check_scenes(name: str, root: Path, read_images: bool, report: DatasetReport) -> None:
     import numpy as np
-
-    from personsearch.data.registry import load_scene_dataset
 
     dataset = load_scene_dataset(name, root)
     report.note(f"{name} at {root}")
@@ -134,8 +140,6 @@ def _check_scenes(name: str, root: Path, read_images: bool, report: DatasetRepor
 
 def _protocols(name: str, root: Path, dataset: Any) -> list[Any]:
     """Every search protocol the folder provides (CUHK-SYSU: each TestG<N>.mat found)."""
-    from personsearch.data.registry import load_search_protocol
-
     if name == "prw":
         from personsearch.data.prw import protocol_from_scenes
 
@@ -284,8 +288,6 @@ def _prw_identity_lists(dataset: Any, report: DatasetReport) -> list[str]:
 def _check_crops(
     name: str, root: Path, read_images: bool, report: DatasetReport, variant: str | None = None
 ) -> None:
-    from personsearch.data.registry import load_crop_dataset
-
     dataset = load_crop_dataset(name, root, variant)
     report.note(f"{dataset.name} at {root}")
     for split in ("train", "query", "gallery"):
@@ -326,7 +328,6 @@ def _check_classes(name: str, root: Path, report: DatasetReport) -> None:
     import numpy as np
 
     from personsearch.data.cifar100 import NUM_CLASSES, RELEASE_RECORDS
-    from personsearch.data.registry import load_classify_dataset
 
     dataset = load_classify_dataset(name, root)
     report.note(f"{name} at {root}")

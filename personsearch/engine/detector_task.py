@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from personsearch.config import Config, validate
+from personsearch.data import registry
 from personsearch.data.detection_dataset import SceneDetectionDataset, collate_detection
 from personsearch.data.scenes import Scene, SceneDataset
 from personsearch.engine.detector_eval import EVAL_SCORE_THRESH, detect_scenes
@@ -26,7 +27,7 @@ from personsearch.evaluation.scene_detection import detection_metrics
 from personsearch.models.detector import DetectorConfig, build_detector
 from personsearch.models.saving import MODEL_FILE, save_detector
 
-DETECTOR_DATASETS = ("cuhk-sysu", "prw", "synthetic")
+DETECTOR_DATASETS = registry.dataset_names(task="detector")
 FLIP_PROB = 0.5  # data.flip: mirror half of the training images
 
 
@@ -41,9 +42,7 @@ def load_scenes(dataset: str, root: str | os.PathLike[str]) -> SceneDataset:
         raise ConfigError(f"data.dataset={dataset!r}: choose one of {', '.join(DETECTOR_DATASETS)}")
     if not str(root):
         raise ConfigError(f"data.root is empty: give the {dataset} folder (data.root=DIR)")
-    from personsearch.data import registry
-
-    return registry.load_scene_dataset("cuhk-sysu" if dataset == "synthetic" else dataset, root)
+    return registry.load_scene_dataset(registry.reader_name(dataset), root)
 
 
 def train_detector(config: Config, resume: bool = False) -> dict[str, Any]:

@@ -23,10 +23,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from personsearch.data.crops import CropImageDataset, CropSample, cut_crop
 from personsearch.data.images import image_size, open_rgb
+from personsearch.data.preprocess import preprocess_crops
 from personsearch.data.samplers import ShardSampler
 from personsearch.engine.distributed import DistInfo, all_gather_arrays
 from personsearch.errors import ConfigError, PersonSearchError
-from personsearch.search.embedders import Embedder, l2_normalize
+from personsearch.evaluation.reid import evaluate_reid
+from personsearch.evaluation.scale_gap import reid_by_scale
+from personsearch.models.losses import l2_normalize as torch_l2_normalize
+from personsearch.search.embedders import (
+    BandColourEmbedder,
+    ColorHistogramEmbedder,
+    Embedder,
+    l2_normalize,
+)
+from personsearch.search.onnx_embedder import load_onnx_embedder
 
 
 @torch.no_grad()
@@ -85,8 +95,6 @@ def score_embeddings(
     gallery_cams: np.ndarray,
 ) -> dict[str, float]:
     """mAP and CMC rank-1/5/10 (fractions) of L2-normalised embeddings, by cosine similarity."""
-    from personsearch.evaluation.reid import evaluate_reid
-
     result = evaluate_reid(query @ gallery.T, query_pids, gallery_pids, query_cams, gallery_cams)
     return {
         "mAP": float(result.mAP),
@@ -193,8 +201,6 @@ class ImageNetEmbedder:
 
     @torch.no_grad()
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from personsearch.data.preprocess import preprocess_crops
-
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = torch.from_numpy(preprocess_crops(crops, self.height, self.width))
@@ -207,8 +213,6 @@ BUILTIN_EMBEDDERS = ("colour", "bands", "imagenet")
 
 def build_embedder(spec: str, device: str | torch.device = "cpu") -> Embedder:
     """"colour", "bands", "imagenet" or the path of an ONNX embedder config (YAML/JSON)."""
-    from personsearch.search.embedders import BandColourEmbedder, ColorHistogramEmbedder
-
     if spec == "colour":
         return ColorHistogramEmbedder()
     if spec == "bands":
@@ -221,8 +225,6 @@ def build_embedder(spec: str, device: str | torch.device = "cpu") -> Embedder:
             f"unknown embedder {spec!r}: choose {', '.join(BUILTIN_EMBEDDERS)} or an ONNX "
             "embedder config FILE.yaml"
         )
-    from personsearch.search.onnx_embedder import load_onnx_embedder
-
     _check_yaml(path)
     return load_onnx_embedder(path)
 
@@ -269,8 +271,6 @@ class LevelOutputs(nn.Module):
         self.feature_dims: tuple[int, ...] = tuple(int(d) for d in model.feature_dims)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from personsearch.models.losses import l2_normalize as torch_l2_normalize
-
         raw = torch.cat(self.model.level_features(images), dim=1)
         return torch.cat([torch_l2_normalize(raw), raw], dim=1)
 
@@ -334,8 +334,6 @@ def evaluate_embeddings(
         query, query_pids, query_cams, gallery, gallery_pids, gallery_cams
     )
     if heights is not None:
-        from personsearch.evaluation.scale_gap import reid_by_scale
-
         metrics["by_scale"] = reid_by_scale(
             query @ gallery.T, query_pids, gallery_pids, query_cams, gallery_cams, *heights
         )

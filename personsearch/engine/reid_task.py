@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from personsearch.config import Config, validate
+from personsearch.data import registry
 from personsearch.data.crops import (
     CropImageDataset,
     CropSample,
@@ -37,7 +38,7 @@ from personsearch.models.saving import MODEL_FILE, save_reid_model
 if TYPE_CHECKING:
     from personsearch.models.reid import ReidConfig
 
-REID_DATASETS = ("cuhk-sysu", "prw", "market1501", "cuhk03", "synthetic")
+REID_DATASETS = registry.dataset_names(task="reid")
 
 
 @dataclass
@@ -65,14 +66,11 @@ def reid_samples(config: Config) -> tuple[CropSamples, CropSamples, CropSamples]
         )
     if not data.root:
         raise ConfigError(f"data.root is empty: give the {data.dataset} folder (data.root=DIR)")
-    from personsearch.data import registry
-
-    if data.dataset in registry.CROP_DATASETS:
+    if registry.DATASET_SPECS[data.dataset].kind == "crop":
         crops = registry.load_crop_dataset(data.dataset, data.root, data.variant or None)
         train = crop_file_samples(crops.train)
         return train, crop_file_samples(crops.query), crop_file_samples(crops.gallery)
-    reader = "cuhk-sysu" if data.dataset == "synthetic" else data.dataset
-    scenes = registry.load_scene_dataset(reader, data.root)
+    scenes = registry.load_scene_dataset(registry.reader_name(data.dataset), data.root)
     detections = load_detections(data.detections) if data.detections else None
     train = scene_crop_samples(scenes.train, detections, data.det_iou)
     query, gallery = scene_eval_samples(scenes.test)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.config import Config, save_config
+from personsearch.data.registry import DATASET_SPECS
+from personsearch.data.synthetic import generate_world
 from personsearch.engine import distributed
 from personsearch.engine.checkpoint import latest_checkpoint
 from personsearch.engine.distributed import DistInfo
@@ -25,8 +27,6 @@ TaskBody = Callable[[Config, "Path | None", DistInfo], dict[str, Any]]
 
 def ensure_synthetic_world(config: Config, dist_info: DistInfo | None = None) -> Path:
     """Generate the synthetic world at data.root (preset data.synthetic_size) unless it exists."""
-    from personsearch.data.synthetic import generate_world
-
     dist_info = dist_info or DistInfo()
     if not config.data.root:
         raise ConfigError("data.root is empty: give the folder of the synthetic world")
@@ -51,7 +51,8 @@ def prepare_run(config: Config, resume: bool, dist_info: DistInfo) -> Path | Non
         print(f"no checkpoint in {run_dir}: starting from the beginning")
     if dist_info.is_main:
         save_config(config, run_dir / "config.yaml")
-    if config.data.dataset == "synthetic":
+    spec = DATASET_SPECS.get(config.data.dataset)
+    if spec is not None and spec.generated:  # the synthetic world: made on first use
         ensure_synthetic_world(config, dist_info)
     seed_everything(config.run.seed, config.run.deterministic)
     return checkpoint

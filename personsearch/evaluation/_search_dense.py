@@ -8,15 +8,15 @@ query (listed multiplicity; unlisted images 0 or 1 by the protocol's rule), coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from personsearch.data.scenes import SearchProtocol
 from personsearch.evaluation._search_common import (
     CHUNK_ELEMENTS,
+    Duplicates,
     Entries,
     ExactPairs,
+    GalleryDetections,
     flatten_protocol,
     max_row_norm,
     positive_scores,
@@ -25,9 +25,6 @@ from personsearch.evaluation._search_common import (
     score_band,
 )
 from personsearch.evaluation.cbgm import CBGMOptions, rescore_image, top_candidate_images
-
-if TYPE_CHECKING:  # annotations only: search.py imports this module
-    from personsearch.evaluation.search import Duplicates, GalleryDetections
 
 
 def search_dense(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +20,9 @@ from personsearch.data.scenes import SearchProtocol
 from personsearch.evaluation._search_common import (
     CHUNK_ELEMENTS,
     MAX_THREADS,
+    Duplicates,
     ExactPairs,
+    GalleryDetections,
     cpu_count,
     flatten_protocol,
     in_threads,
@@ -32,9 +33,6 @@ from personsearch.evaluation._search_common import (
     score_band,
 )
 from personsearch.evaluation.cbgm import CBGMOptions, rescore_image, top_candidate_images
-
-if TYPE_CHECKING:  # annotations only: search.py imports this module
-    from personsearch.evaluation.search import Duplicates, GalleryDetections
 
 #: Images that make one more thread worth it for the per-image products.
 _IMAGES_PER_THREAD = 500

@@ -46,7 +46,7 @@ NORM_BOUND = (1 + NORM_TOLERANCE) * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
-class SearchResults:
+class ResultsFile:
     """A validated results file. Build it with `load_results` or `validate_results`:
     `gallery_for` relies on their check that every feature is L2-normalised."""
 
@@ -124,12 +124,12 @@ def read_npz(path: str | os.PathLike[str], what: str = "results file") -> dict[s
     return arrays
 
 
-def load_results(path: str | os.PathLike[str]) -> SearchResults:
+def load_results(path: str | os.PathLike[str]) -> ResultsFile:
     """Read and validate a results .npz file."""
     return validate_results(read_npz(path, "results file"), source=str(Path(path)))
 
 
-def validate_results(arrays: dict[str, np.ndarray], source: str = "<memory>") -> SearchResults:
+def validate_results(arrays: dict[str, np.ndarray], source: str = "<memory>") -> ResultsFile:
     """Check shapes, types and values of the results arrays; raise ResultsError on the first fault."""
     missing = [name for name in REQUIRED if name not in arrays]
     if missing:
@@ -162,7 +162,7 @@ def validate_results(arrays: dict[str, np.ndarray], source: str = "<memory>") ->
     _check_normalised(det_feats, "det_feats", source)
     _check_normalised(query_feats, "query_feats", source)
     context = _context(arrays, dim, source, len(query_feats))
-    return SearchResults(names, det_image, boxes, scores, det_feats, query_feats, context, source)
+    return ResultsFile(names, det_image, boxes, scores, det_feats, query_feats, context, source)
 
 
 def save_results(

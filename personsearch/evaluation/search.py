@@ -25,20 +25,22 @@ computation.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
 from personsearch.data.scenes import SearchProtocol
-from personsearch.evaluation._search_common import max_row_norm
+from personsearch.evaluation._search_common import Duplicates, GalleryDetections
 from personsearch.evaluation._search_dense import search_dense
 from personsearch.evaluation._search_sparse import search_sparse
 from personsearch.evaluation.cbgm import CBGMOptions, QueryContext
 
-Duplicates = Literal["original", "first"]
+# GalleryDetections and Duplicates are this module's API; they live in _search_common because
+# both kernels need them too (importing them from here would be a cycle).
+__all__ = ["Duplicates", "GalleryDetections", "SearchPath", "SearchScores", "TOP_K",
+           "evaluate_search", "similarity"]
+
 SearchPath = Literal["auto", "sparse", "dense"]
 TOP_K = (1, 5, 10)
 
@@ -55,78 +57,7 @@ def similarity(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray
 
 
 @dataclass(frozen=True)
-class GalleryDetections:
-    """Detections grouped per gallery image (indices into SearchProtocol.images), thresholded.
-
-    Rows are sorted by image; image g's detections are rows offsets[g]:offsets[g+1]. Features
-    stay in the caller's array (`source_feats`, row `feat_rows[i]` for detection i) until a path
-    needs them all in order: the sparse path reads them image by image, without a full copy.
-    """
-
-    image: np.ndarray  #: (M,) int64, sorted
-    boxes: np.ndarray  #: (M, 4) x1 y1 x2 y2
-    scores: np.ndarray  #: (M,)
-    offsets: np.ndarray  #: (G + 1,) int64
-    source_feats: np.ndarray  #: (N, D) L2-normalised features as given (N >= M)
-    feat_rows: np.ndarray  #: (M,) row of source_feats holding each detection's feature
-    #: A proven upper bound of every source_feats row's norm (a validated results file knows
-    #: one), or None: the evaluator then computes one, reading every feature once.
-    norm_bound: float | None = None
-
-    @classmethod
-    def from_flat(
-        cls,
-        det_image: np.ndarray,
-        boxes: np.ndarray,
-        scores: np.ndarray,
-        feats: np.ndarray,
-        num_images: int,
-        det_thresh: float = 0.5,
-        norm_bound: float | None = None,
-    ) -> GalleryDetections:
-        """Keep detections scored at least `det_thresh` (NaN scores never are) and group them by
-        image (stable). `feats` are kept as given, not copied."""
-        det_image = np.asarray(det_image, dtype=np.int64).reshape(-1)
-        scores = np.asarray(scores).reshape(-1)
-        boxes = np.asarray(boxes).reshape(-1, 4)
-        feats = np.asarray(feats)
-        if not (len(det_image) == len(scores) == len(boxes) == len(feats)):
-            raise ValueError(
-                f"detection arrays disagree in length: image {len(det_image)}, boxes {len(boxes)}, "
-                f"scores {len(scores)}, feats {len(feats)}"
-            )
-        if len(det_image) and (det_image.min() < 0 or det_image.max() >= num_images):
-            raise ValueError(f"det_image must index {num_images} images")
-        keep = np.flatnonzero(scores >= det_thresh)
-        order = keep[np.argsort(det_image[keep], kind="stable")]
-        image = det_image[order]
-        offsets = np.searchsorted(image, np.arange(num_images + 1)).astype(np.int64)
-        return cls(image, boxes[order], scores[order], offsets, feats, order, norm_bound)
-
-    @cached_property
-    def feats(self) -> np.ndarray:
-        """(M, D) every detection's feature, in row order (a copy, made on first use)."""
-        return self.source_feats.take(self.feat_rows, axis=0)
-
-    def with_norm_bound(self) -> GalleryDetections:
-        """These detections with `norm_bound` computed if unknown (one pass over every feature):
-        worth it before several evaluations of one gallery, each of which would make that pass."""
-        if self.norm_bound is not None:
-            return self
-        return dataclasses.replace(self, norm_bound=max_row_norm(self.source_feats))
-
-    @property
-    def num_images(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Detections per image."""
-        return np.diff(self.offsets)
-
-
-@dataclass(frozen=True)
-class SearchResult:
+class SearchScores:
     """Per-query outcomes of a search evaluation, and their means."""
 
     protocol: str
@@ -160,7 +91,7 @@ def _finish(
     pos_query: np.ndarray,
     pos_score: np.ndarray,
     cand_at_least: np.ndarray,
-) -> SearchResult:
+) -> SearchScores:
     """AP and top-k from every positive's (query, score, weighted candidates scoring >= it)."""
     num_queries = len(count_gt)
     order = np.lexsort((-pos_score.astype(np.float64), pos_query))
@@ -182,7 +113,7 @@ def _finish(
         # the best positive opens each query's group
         negatives_above = cand[group_start] - pos_at_least[group_start]
         hits[q[group_start]] = negatives_above[:, None] < np.asarray(ks)[None, :]
-    return SearchResult(name, ks, ap, hits, count_gt, count_tp)
+    return SearchScores(name, ks, ap, hits, count_gt, count_tp)
 
 
 def evaluate_search(
@@ -196,7 +127,7 @@ def evaluate_search(
     query_context: QueryContext | None = None,
     batch_size: int = 1024,
     path: SearchPath = "auto",
-) -> SearchResult:
+) -> SearchScores:
     """Evaluate one search protocol.
 
     `gallery` holds the detections of every image in `protocol.images` (see

@@ -3,9 +3,11 @@
 `evaluate_results_file` does the whole of `evaluate`'s work on a results file: the gallery sizes
 asked for, their protocols, mAP/top-k per size (each CUHK-SYSU size shares one grouping of the
 detections), optionally CBGM and the scale-gap bins. `evaluate_protocols` is its core for a
-results file already loaded and protocols already read (the demo's way). `pipeline_results_file`
-makes the results file first, by running a pipeline over the protocol's test scenes.
-`write_per_query` and `plot_gallery_sizes` write the per-query CSV and the mAP-vs-size plot.
+results file already loaded and protocols already read (the demo's way). `write_per_query`
+writes the per-query CSV. Running a pipeline to make a results file
+(`personsearch.search.pipeline_results.pipeline_results_file`) and plotting mAP against gallery
+size (`personsearch.report.gallery_curve.plot_gallery_sizes`) live above this package, which
+imports nothing from search/ or report/.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import os
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from personsearch.data.cuhk_sysu import available_gallery_sizes, cache_protocols
+from personsearch.data.registry import load_search_protocol
+from personsearch.data.scenes import SearchProtocol
 from personsearch.errors import ConfigError, ResultsError
-
-if TYPE_CHECKING:
-    from personsearch.data.scenes import SearchProtocol
-    from personsearch.evaluation.cbgm import CBGMOptions
-    from personsearch.evaluation.results_file import SearchResults
-    from personsearch.evaluation.search import Duplicates, SearchResult
+from personsearch.evaluation.cbgm import CBGM_DEFAULTS, CBGMOptions
+from personsearch.evaluation.results_file import ResultsFile, load_results
+from personsearch.evaluation.scale_gap import search_by_scale
+from personsearch.evaluation.search import Duplicates, SearchScores, evaluate_search
+from personsearch.io import atomic_open
 
 #: A gallery size: 50 ... 4000 or "full" (CUHK-SYSU); None for PRW (one gallery).
 GallerySize = int | str | None
@@ -37,7 +41,7 @@ class GalleryEvaluation:
 
     size: GallerySize
     protocol: SearchProtocol
-    result: SearchResult
+    result: SearchScores
     by_scale: dict[str, dict[str, Any]] | None = None
 
 
@@ -91,8 +95,6 @@ def search_gallery_sizes(dataset: str, root: str | os.PathLike[str],
     if dataset == "prw":
         return [None]
     if gallery_size == ALL_SIZES:
-        from personsearch.data.cuhk_sysu import available_gallery_sizes
-
         return list(available_gallery_sizes(root)) or [MAIN_GALLERY_SIZE]
     return [gallery_size if gallery_size == "full" else int(gallery_size)]
 
@@ -101,11 +103,7 @@ def iter_protocols(dataset: str, root: str | os.PathLike[str], sizes: Sequence[G
                    cross_camera: bool = False) -> Iterator[tuple[GallerySize, SearchProtocol]]:
     """(size, protocol) for each size, each read when reached (several CUHK-SYSU files are
     first parsed in parallel into the protocol cache)."""
-    from personsearch.data.registry import load_search_protocol
-
     if dataset == "cuhk-sysu" and len(sizes) > 1:
-        from personsearch.data.cuhk_sysu import cache_protocols
-
         cache_protocols(root, sizes)  # first parse of every .mat file, in parallel
     for size in sizes:
         gallery_size = MAIN_GALLERY_SIZE if size is None else size
@@ -113,7 +111,7 @@ def iter_protocols(dataset: str, root: str | os.PathLike[str], sizes: Sequence[G
                                          cross_camera=cross_camera)
 
 
-def check_queries(results: SearchResults, protocol: SearchProtocol, source: str | os.PathLike[str]) -> None:
+def check_queries(results: ResultsFile, protocol: SearchProtocol, source: str | os.PathLike[str]) -> None:
     """ResultsError unless the results file holds one query feature per protocol query."""
     if len(results.query_feats) != len(protocol.queries):
         raise ResultsError(
@@ -123,7 +121,7 @@ def check_queries(results: SearchResults, protocol: SearchProtocol, source: str 
 
 
 def evaluate_protocols(
-    results: SearchResults,
+    results: ResultsFile,
     protocols: Iterable[tuple[GallerySize, SearchProtocol]],
     *,
     det_thresh: float = 0.5,
@@ -135,8 +133,6 @@ def evaluate_protocols(
     """Score `results` on each (size, protocol), in order; `by_scale` (True: every size, or the
     sizes it lists) adds the scale-gap bins. Protocols over the same images share one grouping
     of the detections. `source` names the results in errors."""
-    from personsearch.evaluation.search import evaluate_search
-
     rows = []
     galleries: dict[tuple[str, ...], Any] = {}
     for size, protocol in protocols:
@@ -148,19 +144,15 @@ def evaluate_protocols(
         result = evaluate_search(protocol, gallery, results.query_feats, **options)
         scale = None
         if by_scale is True or (by_scale and size in by_scale):
-            from personsearch.evaluation.scale_gap import search_by_scale
-
             scale = search_by_scale(protocol, gallery, results.query_feats, **options)
         rows.append(GalleryEvaluation(size, protocol, result, scale))
     return rows
 
 
-def cbgm_options(dataset: str, results: SearchResults, source: str | os.PathLike[str],
+def cbgm_options(dataset: str, results: ResultsFile, source: str | os.PathLike[str],
                  k1: int | None = None, k2: int | None = None) -> CBGMOptions:
     """CBGM's settings (the dataset's defaults where k1/k2 are None), refused when the results
     file lacks the query images' detections."""
-    from personsearch.evaluation.cbgm import CBGM_DEFAULTS, CBGMOptions
-
     if results.context is None:
         raise ResultsError(
             f"{source}: --cbgm needs the query images' detections (ctx_query, "
@@ -189,8 +181,6 @@ def evaluate_results_file(
 ) -> SearchEvaluation:
     """Score a results file on `dataset`'s protocols (`gallery_size`: 50 ... 4000, "full" or
     "all-sizes"; PRW has one gallery) with the published evaluation (docs/evaluation.md)."""
-    from personsearch.evaluation.results_file import load_results
-
     results = load_results(results_path)
     options = cbgm_options(dataset, results, results_path, cbgm_k1, cbgm_k2) if cbgm else None
     sizes = search_gallery_sizes(dataset, root, gallery_size)
@@ -200,40 +190,8 @@ def evaluate_results_file(
     return SearchEvaluation(dataset, Path(results_path), det_thresh, duplicates, options, rows)
 
 
-def pipeline_results_file(
-    pipeline_dir: str | os.PathLike[str],
-    dataset: str,
-    root: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    gt_boxes: bool = False,
-    cross_camera: bool = False,
-) -> Path:
-    """Run the pipeline of `pipeline_dir` over the test scenes of `dataset`'s protocol (the
-    ground-truth gallery boxes instead of detections with `gt_boxes`) and write the results
-    file `out`; returns its path."""
-    from personsearch.data.registry import load_scene_dataset, load_search_protocol
-    from personsearch.search.pipeline import load_pipeline
-    from personsearch.search.pipeline_results import (
-        detect_and_embed,
-        protocol_scenes,
-        write_search_results,
-    )
-
-    pipeline = load_pipeline(pipeline_dir)
-    scene_dataset = load_scene_dataset(dataset, root)
-    protocol = load_search_protocol(dataset, root, gallery_size=MAIN_GALLERY_SIZE,
-                                    cross_camera=cross_camera)
-    scenes = protocol_scenes(scene_dataset.test, protocol)
-    detector = None if gt_boxes else pipeline.detector
-    detections = detect_and_embed(detector, pipeline.embedder, scenes)
-    return write_search_results(detections, pipeline.embedder, scenes, protocol, out)
-
-
 def write_per_query(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluation]) -> None:
     """A CSV row per query of every gallery size: AP, counts and the top-k hits."""
-    from personsearch.io import atomic_open
-
     with atomic_open(path, "w", encoding="utf-8") as handle:
         ks = rows[0].result.ks
         handle.write("protocol,query,image,pid,ap,count_gt,count_tp," + ",".join(f"top{k}" for k in ks) + "\n")
@@ -245,14 +203,3 @@ def write_per_query(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluati
                     f"{protocol.name},{i},{task.image},{task.pid},{result.ap[i]:.10f},"
                     f"{result.count_gt[i]},{result.count_tp[i]},{hits}\n"
                 )
-
-
-def plot_gallery_sizes(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluation]) -> Path:
-    """The plot of mAP and top-1 against gallery size ("full" placed at the pool's size)."""
-    from personsearch.report.gallery_curve import plot_gallery_curve
-
-    sizes = [len(r.protocol.images) if r.size == "full" else int(r.size) for r in rows]  # type: ignore[arg-type]
-    labels = [f"full\n({len(r.protocol.images)})" if r.size == "full" else str(r.size) for r in rows]
-    return plot_gallery_curve(
-        sizes, [r.result.mAP for r in rows], [r.result.top(1) for r in rows], Path(path), labels=labels
-    )

@@ -33,8 +33,21 @@ from torch import nn
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import CheckpointError, PersonSearchError
 from personsearch.io import atomic_path
+from personsearch.models.saving import load_detector, load_reid_model
+from personsearch.search.detectors import hog_available
 from personsearch.search.onnx_detector import OnnxDetectorConfig, write_detector_config
-from personsearch.search.onnx_embedder import OnnxEmbedderConfig, write_embedder_config
+from personsearch.search.onnx_embedder import (
+    OnnxEmbedderConfig,
+    read_embedder_config,
+    write_embedder_config,
+)
+from personsearch.search.onnx_files import import_onnxruntime
+from personsearch.search.pipeline import (
+    PIPELINE_FILE,
+    read_pipeline_spec,
+    resolve_spec_path,
+    write_pipeline_spec,
+)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -103,8 +116,6 @@ def export_reid_run(
 ) -> ExportReport:
     """Export the trained re-id net of a run folder (or model.pt) to `out` (default
     `<run>/reid.onnx`), with the run's crop size."""
-    from personsearch.models.saving import load_reid_model
-
     run = Path(run)
     model, meta = load_reid_model(run)
     crop_size = meta.get("crop_size") or DEFAULT_CROP_SIZE
@@ -120,8 +131,6 @@ def export_detector_run(
 ) -> ExportReport:
     """Export the trained detector of a run folder (or model.pt) to `out` (default
     `<run>/detector.onnx`)."""
-    from personsearch.models.saving import load_detector
-
     run = Path(run)
     detector, _ = load_detector(run)
     folder = run if run.is_dir() else run.parent
@@ -187,14 +196,6 @@ def export_pipeline(
     import shutil
     import tempfile
 
-    from personsearch.search.detectors import hog_available
-    from personsearch.search.pipeline import (
-        PIPELINE_FILE,
-        read_pipeline_spec,
-        resolve_spec_path,
-        write_pipeline_spec,
-    )
-
     source = Path(pipeline)
     spec = read_pipeline_spec(source)
     det_thresh = float(spec.get("det_thresh", 0.5))
@@ -225,11 +226,6 @@ def export_pipeline(
             )
             detector = str(out / detector_report.config_path.name)
         if reid.endswith(onnx_config):  # already ONNX: copy the model and its config
-            from personsearch.search.onnx_embedder import (
-                read_embedder_config,
-                write_embedder_config,
-            )
-
             config = read_embedder_config(resolve_spec_path(source, reid))
             model = work / Path(config.model).name
             shutil.copyfile(config.model, model)
@@ -365,8 +361,6 @@ def onnx_parity(
     `scales` (default 1: absolute), and raise ParityError above `tolerance` or on a shape
     mismatch. `top`: the outputs are (boxes, scores) sorted best first, compared as sets over
     the best `top` (see `_detection_set_parity`)."""
-    from personsearch.search.onnx_files import import_onnxruntime
-
     ort = import_onnxruntime()
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -11,14 +11,21 @@ siblings; see cifar_resnet.py) have three stages, ``res2``..``res4`` at strides 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torchvision
 from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
-from personsearch.models.cifar_resnet import CIFAR_RESNETS, CIFAR_STAGES, cifar_resnet
+from personsearch.models.cifar_resnet import (
+    CIFAR_RESNETS,
+    CIFAR_STAGE_CHANNELS,
+    CIFAR_STAGE_STRIDES,
+    CIFAR_STAGES,
+    cifar_resnet,
+)
 from personsearch.models.pretrained import MissingWeights, load_pretrained
 
 STAGES = ("res2", "res3", "res4", "res5")
@@ -29,7 +36,6 @@ MOBILENET_TAPS = ("bottleneck", "expanded")
 MISSING_WEIGHTS = ("warn", "raise")
 STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 FREEZABLE = ("stem", *STAGES)
-BACKBONES = ("resnet50", "resnet18", "mobilenet_v2", *CIFAR_RESNETS)
 
 # torchvision mobilenet_v2().features indices of each piece, split where the stride doubles
 # (features[18], the 1x1 conv to 1280 channels, ends res5 so its ImageNet weights are used).
@@ -162,9 +168,49 @@ def _split_after_expansion(block: nn.Module, index: int) -> tuple[nn.Module, lis
     return block.conv[0], list(block.conv[1:])
 
 
+def _resnet_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
+                     taps: str) -> Backbone:
+    return _resnet(name, pretrained, missing)
+
+
+def _mobilenet_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
+                        taps: str) -> Backbone:
+    return _mobilenet_v2(pretrained, missing, taps)
+
+
+def _cifar_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
+                    taps: str) -> Backbone:
+    if pretrained is not False:
+        raise ConfigError(
+            f"{name} has no pretrained weights (CIFAR ResNets train from scratch): set "
+            "model.pretrained=false"
+        )
+    stem, stages = cifar_resnet(name)
+    return Backbone(stem, stages, CIFAR_STAGE_CHANNELS, weights_source="random",
+                    stage_strides=CIFAR_STAGE_STRIDES)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone name stands for: its builder (name, pretrained, missing_weights,
+    mobilenet_taps -> the backbone) and the stages it returns."""
+
+    build: Callable[[str, bool | str | Path, MissingWeights, str], Backbone]
+    stages: tuple[str, ...] = STAGES
+
+
+BACKBONE_SPECS = {
+    "resnet50": BackboneSpec(_resnet_backbone),  # the paper's
+    "resnet18": BackboneSpec(_resnet_backbone),
+    "mobilenet_v2": BackboneSpec(_mobilenet_backbone),  # the one that takes mobilenet_taps
+    **{name: BackboneSpec(_cifar_backbone, CIFAR_STAGES) for name in CIFAR_RESNETS},
+}
+BACKBONES = tuple(BACKBONE_SPECS)
+
+
 def backbone_stages(name: str) -> tuple[str, ...]:
     """The stage names backbone `name` returns, lowest first."""
-    return CIFAR_STAGES if name in CIFAR_RESNETS else STAGES
+    return BACKBONE_SPECS[name].stages if name in BACKBONE_SPECS else STAGES
 
 
 def backbone_option_problems(
@@ -207,18 +253,8 @@ def build_backbone(
     problems = backbone_option_problems(name, mobilenet_taps, missing_weights)
     if problems:
         raise ConfigError("; ".join(problems))
-    if name in ("resnet50", "resnet18"):
-        backbone = _resnet(name, pretrained, missing_weights)
-    elif name == "mobilenet_v2":
-        backbone = _mobilenet_v2(pretrained, missing_weights, mobilenet_taps)
-    elif name in CIFAR_RESNETS:
-        if pretrained is not False:
-            raise ConfigError(
-                f"{name} has no pretrained weights (CIFAR ResNets train from scratch): set "
-                "model.pretrained=false"
-            )
-        backbone = cifar_resnet(name)
-    else:
+    if name not in BACKBONE_SPECS:
         raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    backbone = BACKBONE_SPECS[name].build(name, pretrained, missing_weights, mobilenet_taps)
     backbone.freeze(frozen_stages)
     return backbone

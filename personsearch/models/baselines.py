@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from personsearch.models.clsa import PyramidHead, ReidHead
+from personsearch.models.heads import PyramidHead, ReidHead
 
 
 class PlainHead(ReidHead):

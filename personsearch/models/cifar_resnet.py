@@ -1,4 +1,5 @@
-"""The CIFAR ResNets of He et al. (CVPR 2016, Sec. 4.2) as a `Backbone` with named stages.
+"""The CIFAR ResNets of He et al. (CVPR 2016, Sec. 4.2): a stem and named stages, which
+backbones.py wraps as a `Backbone` (this module does not import it: backbones.py imports this).
 
 A 3 x 3 convolution to 16 channels (the stem), then three stages of n basic blocks each
 (16, 32, 64 channels at strides 1, 2, 4 on a 32 x 32 input: 32 x 32, 16 x 16, 8 x 8 maps), for
@@ -14,15 +15,11 @@ stem, so a head names them as it names ResNet-50's, and CLSA's pyramid over the 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from personsearch.errors import ConfigError
-
-if TYPE_CHECKING:
-    from personsearch.models.backbones import Backbone
 
 #: backbone name -> depth (6n + 2)
 CIFAR_RESNETS = {
@@ -35,6 +32,7 @@ CIFAR_RESNETS = {
 CIFAR_STAGES = ("res2", "res3", "res4")
 CIFAR_STAGE_STRIDES = {"res2": 1, "res3": 2, "res4": 4}
 WIDTHS = (16, 32, 64)
+CIFAR_STAGE_CHANNELS = dict(zip(CIFAR_STAGES, WIDTHS, strict=True))
 
 
 class BasicBlock(nn.Module):
@@ -64,10 +62,9 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
-def cifar_resnet(name: str) -> Backbone:
-    """A CIFAR ResNet backbone by name ("cifar_resnet110", ...), He-initialised."""
-    from personsearch.models.backbones import Backbone  # backbones imports this module
-
+def cifar_resnet(name: str) -> tuple[nn.Module, OrderedDict[str, nn.Module]]:
+    """The stem and stages (res2..res4) of a CIFAR ResNet by name ("cifar_resnet110", ...),
+    He-initialised; their widths and strides are `CIFAR_STAGE_CHANNELS`, `CIFAR_STAGE_STRIDES`."""
     if name not in CIFAR_RESNETS:
         raise ConfigError(
             f"unknown CIFAR ResNet '{name}'; choose one of {', '.join(CIFAR_RESNETS)}"
@@ -87,17 +84,11 @@ def cifar_resnet(name: str) -> Backbone:
             layers.append(BasicBlock(in_channels, width, stride))
             in_channels = width
         stages[stage] = nn.Sequential(*layers)
-    backbone = Backbone(
-        stem,
-        stages,
-        dict(zip(CIFAR_STAGES, WIDTHS, strict=True)),
-        weights_source="random",
-        stage_strides=CIFAR_STAGE_STRIDES,
-    )
-    for module in backbone.modules():
+    # The stem's modules, then each stage's: the order a Backbone of them lists (and initialises)
+    for module in nn.Sequential(stem, *stages.values()).modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    return backbone
+    return stem, stages

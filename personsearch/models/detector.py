@@ -43,7 +43,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from personsearch.config_base import ConfigBase
 from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from personsearch.errors import ConfigError
-from personsearch.models.backbones import backbone_option_problems
+from personsearch.models.backbones import backbone_option_problems, build_backbone
 from personsearch.models.box_pooling import POOLING_MODES, build_box_pooler
 
 NUM_CLASSES = 2  # background, person
@@ -259,8 +259,6 @@ def first_block_parameters(detector: PersonDetector) -> list[nn.Parameter]:
 
 def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     """Build the detector of `config` (the paper's settings when None)."""
-    from personsearch.models.backbones import build_backbone  # the shared backbone code path
-
     config = config or DetectorConfig()
     if config.coco_start is not None:
         return _detector_from_coco(config)

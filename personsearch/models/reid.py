@@ -31,7 +31,7 @@ from personsearch.models.backbones import (
     build_backbone,
 )
 from personsearch.models.baselines import FPNHead, MSTHead, PlainHead
-from personsearch.models.clsa import PyramidHead, ReidHead
+from personsearch.models.heads import PyramidHead, ReidHead
 from personsearch.models.losses import (
     clsa_alignment_kl,
     cross_entropy,

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from personsearch.boxes import box_iou, search_iou_threshold
 from personsearch.data.scenes import SceneDataset, SearchProtocol
+from personsearch.evaluation.results_file import load_results
 from personsearch.report.html import Report, figure, jpeg_data_uri, png_data_uri, table
 
 #: the demo trains for minutes, the paper for 100 epochs: say so, and where the real test is
@@ -114,9 +116,6 @@ def _scale_plot(scales: dict[str, dict[str, dict[str, Any]]]) -> Any:
 
 def _example_rankings(results_path: Path, protocol: SearchProtocol, count: int, top_k: int = 5):
     """For `count` evenly spaced queries: the top-k detections of its listed gallery, hit or miss."""
-    from personsearch.boxes import box_iou, search_iou_threshold
-    from personsearch.evaluation.results_file import load_results
-
     results = load_results(results_path)
     name_to_row = {name: i for i, name in enumerate(results.image_names)}
     picks = np.linspace(0, len(protocol.queries) - 1, num=min(count, len(protocol.queries))).astype(int)

@@ -1,4 +1,5 @@
-"""The mAP / top-1 against gallery size plot (the shape of the CLSA paper's Figure 5)."""
+"""The mAP / top-1 against gallery size plot (the shape of the CLSA paper's Figure 5):
+`plot_gallery_curve` from numbers, `plot_gallery_sizes` from `evaluate`'s rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from personsearch.evaluation.search_protocols import GalleryEvaluation
 from personsearch.io import atomic_path
 
 #: CLSA (ECCV 2018, ResNet-50) mAP on CUHK-SYSU per gallery size, as published (%).
@@ -57,3 +59,12 @@ def plot_gallery_curve(
         fig.savefig(tmp, format=fmt)
     plt.close(fig)
     return target
+
+
+def plot_gallery_sizes(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluation]) -> Path:
+    """The plot of mAP and top-1 against gallery size ("full" placed at the pool's size)."""
+    sizes = [len(r.protocol.images) if r.size == "full" else int(r.size) for r in rows]  # type: ignore[arg-type]
+    labels = [f"full\n({len(r.protocol.images)})" if r.size == "full" else str(r.size) for r in rows]
+    return plot_gallery_curve(
+        sizes, [r.result.mAP for r in rows], [r.result.top(1) for r in rows], Path(path), labels=labels
+    )

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from personsearch.data.images import open_rgb
+from personsearch.errors import ImageError, PersonSearchError
+from personsearch.io import atomic_open, atomic_path
+
 THUMB_HEIGHT = 240
 #: A tile never gets wider than this: the scene (a 20:1 panorama would be 4800 px at
 #: THUMB_HEIGHT) and the enlarged person (a box 1 px tall would be enlarged 240 times) are
@@ -52,9 +56,6 @@ def _tile(path: Path, box: Sequence[float] | None, colour: tuple[int, int, int])
     """The image scaled to THUMB_HEIGHT with the box drawn; a grey placeholder if unreadable."""
     from PIL import Image, ImageDraw
 
-    from personsearch.data.images import open_rgb
-    from personsearch.errors import ImageError
-
     try:
         image = open_rgb(path)
     except ImageError:
@@ -86,8 +87,6 @@ def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
-    from personsearch.io import atomic_open
-
     def img(tile: Any) -> str:
         buffer = io.BytesIO()
         tile.save(buffer, format="JPEG", quality=85)
@@ -118,9 +117,6 @@ def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], ti
 
 def _write_sheet(out: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
     from PIL import Image, ImageDraw
-
-    from personsearch.errors import PersonSearchError
-    from personsearch.io import atomic_path
 
     captions = ["probe"] + [f"#{r} {h.similarity:.3f}" for r, h in enumerate(hits, 1)]
     tiles = [probe_tile, *tiles]

@@ -3,7 +3,7 @@ training.
 
 `Detector` finds person boxes in a scene image; with `Embedder` (personsearch.search.embedders)
 it is all the gallery index and the searcher speak. The trained detector is wrapped in
-personsearch.search.torch_embedders.TorchDetector.
+personsearch.search.torch_detector.TorchDetector.
 
 The detectors here need nothing beyond numpy and Pillow (HOG: OpenCV 4, when installed):
 - `WholeImageDetector`: the whole image is one person (galleries of person crops).

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from personsearch.config_base import check_keys, fields_dict
 from personsearch.errors import CheckpointError, ConfigError, PersonSearchError
+from personsearch.io import atomic_open
 
 ONNX_INSTALL = "pip install onnxruntime (personsearch's core install has it)"
 
@@ -72,8 +73,6 @@ def read_config_file(
 def write_config_file(path: str | os.PathLike[str], config: Any) -> None:
     """Write `config` as YAML (atomically), its model path relative when it lies beside the file."""
     import yaml
-
-    from personsearch.io import atomic_open
 
     path = Path(path)
     values = config.to_dict()

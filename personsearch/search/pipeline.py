@@ -22,9 +22,10 @@ A search pipeline is a detector and a re-id net trained separately (the paper's 
 - a re-id training run folder: its weights (model.pt, else checkpoints/last.pt or the newest
   checkpoint) paired with the baseline detector (HOG, or the whole image).
 
-It says what a folder lacks when it is neither. The torch models are wrapped by
-`personsearch.search.torch_embedders`, imported only when a pipeline needs one, so importing this
-module does not import torch.
+It says what a folder lacks when it is neither. `DETECTOR_SOURCES` and `REID_SOURCES` are the
+one table of what pipeline.yaml may name. The torch models are wrapped by
+`personsearch.search.torch_detector` and `torch_embedders`, imported only when a pipeline needs
+one, so importing this module does not import torch.
 
 `baseline_pipeline()` needs no training and no weights: OpenCV's HOG people detector when `cv2`
 is installed (else every image is one person) and a colour-histogram embedder. It is a weak
@@ -37,9 +38,11 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from personsearch.errors import ConfigError, PersonSearchError
 from personsearch.io import atomic_open
@@ -50,13 +53,15 @@ from personsearch.search.detectors import (
     hog_available,
 )
 from personsearch.search.embedders import ColorHistogramEmbedder, Embedder
-
-if TYPE_CHECKING:
-    from personsearch.search.searcher import PersonSearcher
+from personsearch.search.index import GalleryIndex
+from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
+from personsearch.search.onnx_embedder import load_onnx_embedder
+from personsearch.search.searcher import PersonSearcher
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 PIPELINE_FILE = "pipeline.yaml"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  #: an ONNX model's config, not a run folder
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,6 @@ def open_searcher(
     The one way `personsearch search` and `personsearch serve` open an index, so both refuse an
     index built by another model with the same message.
     """
-    from personsearch.search.index import GalleryIndex
-    from personsearch.search.searcher import PersonSearcher
-
     embedder = (load_pipeline(run_dir) if run_dir else baseline_pipeline()).embedder
     index = GalleryIndex.open(index_dir, fingerprint=embedder.fingerprint)
     return PersonSearcher(None, embedder, index)
@@ -189,8 +191,7 @@ def write_pipeline_spec(
     folder.mkdir(parents=True, exist_ok=True)
 
     def rel(target: str | os.PathLike[str]) -> str:
-        if str(target) in ("hog", "whole-image", "imagenet") or str(target).startswith(
-                TORCHVISION_PREFIX):
+        if str(target) in BUILTIN_SOURCES or str(target).startswith(TORCHVISION_PREFIX):
             return str(target)
         return os.path.relpath(Path(target).resolve(), folder.resolve())
 
@@ -199,6 +200,108 @@ def write_pipeline_spec(
     with atomic_open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(spec, handle, sort_keys=False)
     return path
+
+
+TORCHVISION_PREFIX = "torchvision:"  #: pipeline.yaml: detector: torchvision:NAME
+SLICE_KEYS = ("tile", "overlap", "full_frame", "nms_iou")  #: pipeline.yaml: slices:
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """A detector or re-id source as pipeline.yaml names it, and what building it needs."""
+
+    value: str
+    resolve: Callable[[str], Path]  #: a path named in pipeline.yaml -> the existing file
+    det_thresh: float
+    thresh_given: bool  #: pipeline.yaml sets det_thresh (it then wins over a detector file's)
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One way pipeline.yaml names a detector or a re-id net: a built-in name, or a kind of
+    path; `build` makes the detector or embedder."""
+
+    what: str
+    matches: Callable[[str], bool]
+    build: Callable[[SourceRequest], Any]
+    builtin: bool = False  #: `what` is the name itself (kept as is, not a path)
+
+
+def _named(name: str) -> Callable[[str], bool]:
+    return lambda value: value == name
+
+
+def _config_file(value: str) -> bool:
+    return value.endswith(CONFIG_SUFFIXES)
+
+
+def _onnx_detector(request: SourceRequest) -> Detector:
+    config = read_detector_config(request.resolve(request.value))
+    if request.thresh_given:  # the pipeline's threshold wins over the detector file's
+        config = dataclasses.replace(config, score_thresh=request.det_thresh)
+    return OnnxDetector(config)
+
+
+def _torchvision_detector(request: SourceRequest) -> Detector:
+    """torchvision:NAME[?weights=FILE]: one of torchvision's COCO detectors, persons only."""
+    from personsearch.search.coco_detectors import CocoDetector  # imports torch
+
+    name, _, query = request.value[len(TORCHVISION_PREFIX):].partition("?")
+    weights = None
+    if query:
+        key, _, weights = query.partition("=")
+        if key != "weights" or not weights:
+            raise ConfigError(f"detector {request.value!r}: the only option is ?weights=FILE")
+        # "random": untrained weights (tests, export checks), else a file
+        weights = weights if weights == "random" else str(request.resolve(weights))
+    return CocoDetector(name, weights=weights, score_thresh=request.det_thresh,
+                        device=request.device)
+
+
+def _torch_detector(request: SourceRequest) -> Detector:
+    from personsearch.search.torch_detector import TorchDetector  # imports torch
+
+    return TorchDetector.from_run(request.resolve(request.value), request.det_thresh, request.device)
+
+
+def _imagenet_embedder(request: SourceRequest) -> Embedder:
+    from personsearch.search.torch_embedders import ImageNetEmbedder  # imports torch
+
+    return ImageNetEmbedder()
+
+
+def _torch_embedder(request: SourceRequest) -> Embedder:
+    from personsearch.search.torch_embedders import TorchReidEmbedder  # imports torch
+
+    return TorchReidEmbedder.from_run(request.resolve(request.value), request.device)
+
+
+#: pipeline.yaml's `detector:`, the first matching source wins.
+DETECTOR_SOURCES = (
+    SourceSpec("hog", _named("hog"), lambda _: HogPeopleDetector(), builtin=True),
+    SourceSpec("whole-image", _named("whole-image"), lambda _: WholeImageDetector(), builtin=True),
+    SourceSpec("torchvision:NAME[?weights=FILE]",
+               lambda value: value.startswith(TORCHVISION_PREFIX), _torchvision_detector),
+    SourceSpec("an ONNX detector's config", _config_file, _onnx_detector),  # any ONNX detector
+    SourceSpec("a detector run folder or its model.pt", lambda _: True, _torch_detector),
+)
+#: pipeline.yaml's `reid:`, the first matching source wins.
+REID_SOURCES = (
+    # pooled ImageNet features: before any re-id net is trained
+    SourceSpec("imagenet", _named("imagenet"), _imagenet_embedder, builtin=True),
+    SourceSpec("an ONNX embedder's config", _config_file,  # any exported re-id model
+               lambda request: load_onnx_embedder(request.resolve(request.value))),
+    SourceSpec("a re-id run folder or its model.pt", lambda _: True, _torch_embedder),
+)
+#: The sources named, not found at a path.
+BUILTIN_SOURCES = tuple(s.what for s in (*DETECTOR_SOURCES, *REID_SOURCES) if s.builtin)
+
+
+def build_source(sources: tuple[SourceSpec, ...], request: SourceRequest) -> Any:
+    """The detector or embedder of the first source that matches `request.value`."""
+    source = next(s for s in sources if s.matches(request.value))
+    return source.build(request)
 
 
 def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = None) -> Pipeline:
@@ -219,32 +322,13 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
             "(a detection score)"
         )
 
-    def resolve(value: str) -> Path:
-        return resolve_spec_path(folder, value)
-
-    detector = detector_from_spec(str(spec["detector"]), folder, det_thresh,
-                                  "det_thresh" in spec, device)
+    request = partial(SourceRequest, resolve=lambda value: resolve_spec_path(folder, value),
+                      det_thresh=det_thresh, thresh_given="det_thresh" in spec, device=device)
+    detector = build_source(DETECTOR_SOURCES, request(str(spec["detector"])))
+    embedder = build_source(REID_SOURCES, request(str(spec["reid"])))
     if spec.get("slices") is not None:
         detector = sliced_detector(detector, spec["slices"], folder / PIPELINE_FILE)
-    reid_spec = str(spec["reid"])
-    embedder: Embedder
-    if reid_spec == "imagenet":  # pooled ImageNet features: before any re-id net is trained
-        from personsearch.search.torch_embedders import ImageNetEmbedder
-
-        embedder = ImageNetEmbedder()
-    elif reid_spec.endswith((".yaml", ".yml", ".json")):  # any exported re-id model
-        from personsearch.search.onnx_embedder import load_onnx_embedder
-
-        embedder = load_onnx_embedder(resolve(reid_spec))
-    else:
-        from personsearch.search.torch_embedders import TorchReidEmbedder
-
-        embedder = TorchReidEmbedder.from_run(resolve(reid_spec), device)
     return Pipeline(detector=detector, embedder=embedder, source=str(folder))
-
-
-TORCHVISION_PREFIX = "torchvision:"
-SLICE_KEYS = ("tile", "overlap", "full_frame", "nms_iou")
 
 
 def sliced_detector(detector: Detector, settings: Any, where: Path) -> Detector:
@@ -272,42 +356,11 @@ def sliced_detector(detector: Detector, settings: Any, where: Path) -> Detector:
 
 def detector_from_spec(value: str, folder: Path, det_thresh: float, thresh_given: bool = True,
                        device: str | None = None) -> Detector:
-    """The detector a pipeline.yaml's `detector:` names (paths relative to `folder`).
-
-    hog, whole-image, an ONNX detector's FILE.yaml, torchvision:NAME[?weights=FILE] (one of
-    torchvision's COCO detectors, person class only), or a detector run folder / model.pt.
-    `det_thresh` is the score threshold; for an ONNX detector it replaces the file's own only
-    when `thresh_given`.
-    """
-    def resolve(path: str) -> Path:
-        return resolve_spec_path(folder, path)
-
-    if value == "hog":
-        return HogPeopleDetector()
-    if value == "whole-image":
-        return WholeImageDetector()
-    if value.startswith(TORCHVISION_PREFIX):  # one of torchvision's COCO detectors
-        from personsearch.search.coco_detectors import CocoDetector  # imports torch
-
-        name, _, query = value[len(TORCHVISION_PREFIX):].partition("?")
-        weights = None
-        if query:
-            key, _, weights = query.partition("=")
-            if key != "weights" or not weights:
-                raise ConfigError(f"detector {value!r}: the only option is ?weights=FILE")
-            # "random": untrained weights (tests, export checks), else a file
-            weights = weights if weights == "random" else str(resolve(weights))
-        return CocoDetector(name, weights=weights, score_thresh=det_thresh, device=device)
-    if value.endswith((".yaml", ".yml", ".json")):  # any ONNX person detector
-        from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
-
-        config = read_detector_config(resolve(value))
-        if thresh_given:  # the pipeline's threshold wins over the detector file's
-            config = dataclasses.replace(config, score_thresh=det_thresh)
-        return OnnxDetector(config)
-    from personsearch.search.torch_embedders import TorchDetector
-
-    return TorchDetector.from_run(resolve(value), det_thresh, device)
+    """The detector a pipeline.yaml's `detector:` names (paths relative to `folder`), through
+    `DETECTOR_SOURCES`; `evaluate-detector --detector` uses it for any detector."""
+    request = SourceRequest(value, resolve=lambda path: resolve_spec_path(folder, path),
+                            det_thresh=det_thresh, thresh_given=thresh_given, device=device)
+    return build_source(DETECTOR_SOURCES, request)
 
 
 def resolve_spec_path(folder: Path, value: str) -> Path:
@@ -324,7 +377,7 @@ def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pi
     as checkpoints/last.pt, as `load_pipeline` found them), with the baseline detector."""
     task = config.get("task")
     if task == "reid":
-        from personsearch.search.torch_embedders import TorchReidEmbedder
+        from personsearch.search.torch_embedders import TorchReidEmbedder  # imports torch
 
         return Pipeline(baseline_detector(), TorchReidEmbedder.from_run(checkpoint), source=str(run))
     raise PersonSearchError(

@@ -8,7 +8,8 @@ numbers come from the same evaluator that scores any other system's results.
 
 The gallery side comes either from running the pipeline here (`detect_and_embed`) or from a
 gallery index that already holds the test images (`detections_from_index`), which is how the
-demo evaluates exactly what it indexed, in one detection pass.
+demo evaluates exactly what it indexed, in one detection pass. `pipeline_results_file` does it
+all for `personsearch evaluate --pipeline`: load the pipeline, run it, write the file.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from personsearch.data.images import read_rgb
+from personsearch.data.registry import load_scene_dataset, load_search_protocol
 from personsearch.data.scenes import Scene, SearchProtocol
 from personsearch.errors import DatasetError
 from personsearch.evaluation.cbgm import QueryContext
 from personsearch.evaluation.results_file import save_results
+from personsearch.evaluation.search_protocols import MAIN_GALLERY_SIZE
 from personsearch.search.detectors import Detector
 from personsearch.search.embedders import Embedder
 from personsearch.search.index import GalleryIndex
+from personsearch.search.pipeline import load_pipeline
 from personsearch.search.searcher import crop_box
 
 #: Per image name: (boxes N x 4, scores N, features N x D).
@@ -154,3 +158,25 @@ def write_search_results(
             boxes=cat(ctx_boxes, empty[0]),
         ),
     )
+
+
+def pipeline_results_file(
+    pipeline_dir: str | os.PathLike[str],
+    dataset: str,
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    gt_boxes: bool = False,
+    cross_camera: bool = False,
+) -> Path:
+    """Run the pipeline of `pipeline_dir` over the test scenes of `dataset`'s protocol (the
+    ground-truth gallery boxes instead of detections with `gt_boxes`) and write the results
+    file `out`; returns its path."""
+    pipeline = load_pipeline(pipeline_dir)
+    scene_dataset = load_scene_dataset(dataset, root)
+    protocol = load_search_protocol(dataset, root, gallery_size=MAIN_GALLERY_SIZE,
+                                    cross_camera=cross_camera)
+    scenes = protocol_scenes(scene_dataset.test, protocol)
+    detector = None if gt_boxes else pipeline.detector
+    detections = detect_and_embed(detector, pipeline.embedder, scenes)
+    return write_search_results(detections, pipeline.embedder, scenes, protocol, out)

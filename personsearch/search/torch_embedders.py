@@ -1,9 +1,9 @@
-"""The torch networks behind the searcher's protocols: trained models and the ImageNet stand-in.
+"""The torch embedders behind the searcher's `Embedder` protocol: the trained re-id net and the
+ImageNet stand-in (the trained person detector is in torch_detector.py).
 
-`TorchReidEmbedder` (an `Embedder`) and `TorchDetector` (a `Detector`) wrap the project's trained
-re-id net and person detector, read from a training run folder, its model.pt or (re-id) one of
-its checkpoints; `personsearch.search.pipeline` pairs them. This module imports torch, so the
-pipeline imports it only when a torch model is asked for.
+`TorchReidEmbedder` wraps the project's trained re-id net, read from a training run folder, its
+model.pt or one of its checkpoints; `personsearch.search.pipeline` pairs it with a detector. This
+module imports torch, so the pipeline imports it only when a torch model is asked for.
 
 `ImageNetEmbedder` needs no training: the globally pooled last feature map of an ImageNet
 backbone (MobileNetV2 by default, whose weights ship offline with the project's dependencies).
@@ -27,11 +27,12 @@ from personsearch.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from personsearch.io import file_digest
 from personsearch.models.backbones import build_backbone
 from personsearch.models.inference import prepare_for_inference
-from personsearch.models.saving import MODEL_FILE, load_detector, load_reid_model
+from personsearch.models.saving import MODEL_FILE, load_reid_model
 from personsearch.search.embedders import l2_normalize
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def torch_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for; None or "auto": CUDA when there is one, else the CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -48,7 +49,7 @@ class TorchReidEmbedder:
         device: str | torch.device | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.device = _device(device)
+        self.device = torch_device(device)
         # folded BatchNorms + channels-last: about 2x faster on the CPU, same outputs (1e-6)
         self.model = prepare_for_inference(model.to(self.device))
         self.crop_height, self.crop_width = int(crop_size[0]), int(crop_size[1])
@@ -85,54 +86,6 @@ class TorchReidEmbedder:
                 feats = self.model(batch.contiguous(memory_format=torch.channels_last))
                 out.append(feats.float().cpu().numpy())
         return l2_normalize(np.concatenate(out))
-
-
-class TorchDetector:
-    """A trained person detector as a `Detector`: boxes in the input image's pixels."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        fingerprint: str,
-        score_thresh: float = 0.5,
-        device: str | torch.device | None = None,
-    ) -> None:
-        self.device = _device(device)
-        self.model = prepare_for_inference(model.to(self.device))
-        self.score_thresh = float(score_thresh)
-        # The model's own threshold filters before NMS caps the count; keep it no higher.
-        if hasattr(self.model, "score_thresh"):
-            self.model.score_thresh = min(self.model.score_thresh, self.score_thresh)
-        self.fingerprint = fingerprint
-
-    @classmethod
-    def from_run(
-        cls, path: str | os.PathLike[str], score_thresh: float = 0.5, device: str | None = None
-    ) -> TorchDetector:
-        """The detector of a training run folder (or its model.pt)."""
-        path = Path(path)
-        model_file = path / MODEL_FILE if path.is_dir() else path
-        model, _ = load_detector(model_file, device="cpu")
-        return cls(model, f"detector:{file_digest(model_file)}@{score_thresh:g}", score_thresh, device)
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.detect_batch([image])[0]
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Detect persons in several images in one forward pass."""
-        tensors = [
-            torch.from_numpy(np.array(img, dtype=np.uint8)).to(self.device).permute(2, 0, 1).float() / 255.0
-            for img in images
-        ]
-        with torch.inference_mode():
-            outputs = self.model(tensors)
-        results = []
-        for out in outputs:
-            boxes = out["boxes"].float().cpu().numpy().reshape(-1, 4)
-            scores = out["scores"].float().cpu().numpy().reshape(-1)
-            keep = scores >= self.score_thresh
-            results.append((boxes[keep].astype(np.float32), scores[keep].astype(np.float32)))
-        return results
 
 
 class ImageNetEmbedder:

@@ -7,14 +7,17 @@ and the JSON API under it (FastAPI; schema at /openapi.json, interactive docs at
 `create_app` composes the parts, each with its own module:
 - `schemas`: the request and response bodies, and the checks a request's fields get at the edge
   (integers within SQLite's 64-bit range: 422).
-- `guards`: what protects the server. Uploads are bounded in bytes (the whole request body is
-  counted, Content-Length or not); decoding is bounded across requests by a shared budget of
-  pixels (`DecodeBudget`; a request that cannot get its share in time is answered 503 with
-  Retry-After); with a token, every /api route but /api/health needs `Authorization: Bearer
-  <token>`; Host headers are checked against `allowed_hosts` (loopback names by default), so a
-  web page elsewhere cannot reach a loopback server by DNS rebinding; every error is JSON,
-  {"error": <kind>, "message": <what went wrong and what to do>}, naming files relative to the
-  index, never a server folder (`path_redactor`).
+- `limits`: what a request may ask. Uploads are bounded in bytes; decoding is bounded across
+  requests by a shared budget of pixels (`DecodeBudget`; a request that cannot get its share in
+  time is answered 503 with Retry-After).
+- `middleware`: what a request must pass. The whole request body is counted, Content-Length or
+  not; with a token, every /api route but /api/health needs `Authorization: Bearer <token>`;
+  Host headers are checked against `allowed_hosts` (loopback names by default), so a web page
+  elsewhere cannot reach a loopback server by DNS rebinding.
+- `errors`: every error is JSON, {"error": <kind>, "message": <what went wrong and what to
+  do>}, naming files relative to the index, never a server folder (`path_redactor`).
+- `allocator`: `personsearch serve` tunes the C allocator so freed image buffers leave the
+  process.
 - `decoding`: a probe's header is checked (pixels, shape, type: only JPEG/PNG/WebP/BMP uploads)
   before it is decoded, at the scale its box needs, and cut out at once (`decode_probe`);
   scenes larger than `ServeLimits.scene_max_side` are sent downscaled.
@@ -36,17 +39,10 @@ from starlette.concurrency import run_in_threadpool
 from personsearch import __version__
 from personsearch.errors import PersonSearchError
 from personsearch.serve.catalog import IndexCatalog
-from personsearch.serve.guards import (
-    FORM_OVERHEAD_BYTES,
-    LOOPBACK_HOSTS,
-    DecodeBudget,
-    RequestGuard,
-    ServeLimits,
-    add_error_handlers,
-    path_redactor,
-    token_check,
-)
+from personsearch.serve.errors import add_error_handlers, path_redactor
 from personsearch.serve.imaging import BytesLRU
+from personsearch.serve.limits import FORM_OVERHEAD_BYTES, DecodeBudget, ServeLimits
+from personsearch.serve.middleware import LOOPBACK_HOSTS, RequestGuard, token_check
 from personsearch.serve.routes import (
     SearchService,
     Served,

@@ -3,7 +3,7 @@ out at once, and the decode plan (side, pixels held) of a scene or thumbnail ren
 
 A probe's header is read and checked first (`open_upload_probe`, `open_indexed_probe`: type,
 pixel and shape policy, box), so a request knows what its decode will hold before it asks the
-budget (`personsearch.serve.guards.DecodeBudget`) for it; `decode_probe` then decodes it.
+budget (`personsearch.serve.limits.DecodeBudget`) for it; `decode_probe` then decodes it.
 """
 
 import io
@@ -29,8 +29,8 @@ from personsearch.data.images import (
 )
 from personsearch.errors import ImageError
 from personsearch.search.searcher import validate_box
-from personsearch.serve.guards import ServeLimits
 from personsearch.serve.imaging import REFUSED_STATUS, ImageRejected, check_pixels, upload_kind
+from personsearch.serve.limits import ServeLimits
 
 # ---- probes: decoded within the budget, at the scale the search needs ------------------------
 #

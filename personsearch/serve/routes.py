@@ -40,8 +40,8 @@ from personsearch.serve.decoding import (
     open_upload_probe,
     render_plan,
 )
-from personsearch.serve.guards import DecodeBudget, ServeLimits, check_top_k, read_upload
 from personsearch.serve.imaging import BytesLRU, FileStamp, render_jpeg
+from personsearch.serve.limits import DecodeBudget, ServeLimits, check_top_k, read_upload
 from personsearch.serve.schemas import (
     INT64_MAX,
     INT64_MIN,

@@ -1,4 +1,5 @@
-"""The in-network feature pyramid head of CLSA (paper Sec. 3.2, Fig. 3).
+"""The re-id head interface (`ReidHead`) and the in-network feature pyramid head (`PyramidHead`,
+CLSA's, paper Sec. 3.2, Fig. 3).
 
 Each pyramid level (the last feature map of a backbone stage) is average-pooled, projected by a
 FC layer, batch-normalised and passed through a ReLU to give the level's feature x^k; a classifier
