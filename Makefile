@@ -27,6 +27,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check personsearch tests benchmarks experiments
+	$(BIN)/ruff format --check personsearch tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -62,8 +62,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--heads", nargs="+", default=["plain", "clsa"],
-                        help="heads, each optionally with model settings: clsa:kl_weight=0")
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=["plain", "clsa"],
+        help="heads, each optionally with model settings: clsa:kl_weight=0",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -84,27 +88,46 @@ def main() -> None:
                 head, _, settings = spec.partition(":")
                 extra = [f"model.{item}" for item in settings.split(",") if item]
                 started = time.perf_counter()
-                config = load_config("cifar100-classify", [
-                    f"data.root={root}", f"run.out={Path(tmp) / f'{index}-{head}-{seed}'}",
-                    f"model.backbone={args.backbone}", f"model.head={head}", "model.levels=null",
-                    *extra,
-                    f"optim.batch_size={args.batch_size}", f"optim.iterations={iterations}",
-                    f"optim.milestones=[{int(iterations * 0.5)},{int(iterations * 0.75)}]",
-                    f"optim.warmup_iterations={max(1, iterations // 20)}", "optim.amp=false",
-                    f"run.seed={seed}", "run.workers=0", "run.progress=false",
-                    f"run.checkpoint_period={iterations}", "run.log_period=50",
-                    "run.device=cpu",
-                ])
+                config = load_config(
+                    "cifar100-classify",
+                    [
+                        f"data.root={root}",
+                        f"run.out={Path(tmp) / f'{index}-{head}-{seed}'}",
+                        f"model.backbone={args.backbone}",
+                        f"model.head={head}",
+                        "model.levels=null",
+                        *extra,
+                        f"optim.batch_size={args.batch_size}",
+                        f"optim.iterations={iterations}",
+                        f"optim.milestones=[{int(iterations * 0.5)},{int(iterations * 0.75)}]",
+                        f"optim.warmup_iterations={max(1, iterations // 20)}",
+                        "optim.amp=false",
+                        f"run.seed={seed}",
+                        "run.workers=0",
+                        "run.progress=false",
+                        f"run.checkpoint_period={iterations}",
+                        "run.log_period=50",
+                        "run.device=cpu",
+                    ],
+                )
                 summary = train_classify(config)
                 final = summary["final"]
-                row = {"head": spec, "seed": seed, "seconds": time.perf_counter() - started,
-                       **{k: v for k, v in final.items() if k.startswith("top1")}}
+                row = {
+                    "head": spec,
+                    "seed": seed,
+                    "seconds": time.perf_counter() - started,
+                    **{k: v for k, v in final.items() if k.startswith("top1")},
+                }
                 results.append(row)
                 print(json.dumps(row), flush=True)
     report = {
-        "backbone": args.backbone, "train": args.train, "test": args.test,
-        "iterations": iterations, "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "results": results,
+        "backbone": args.backbone,
+        "train": args.train,
+        "test": args.test,
+        "iterations": iterations,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "results": results,
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

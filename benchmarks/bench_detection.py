@@ -74,13 +74,19 @@ def gflops_per_image(detector: torch.nn.Module, image: torch.Tensor) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", default="1080x1920", help="input frame HEIGHTxWIDTH")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-hog", dest="hog", action="store_false")
-    parser.add_argument("--no-onnx", dest="onnx", action="store_false",
-                        help="skip the ONNX Runtime setting (exported with personsearch.export)")
+    parser.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="skip the ONNX Runtime setting (exported with personsearch.export)",
+    )
     parser.add_argument("--out", type=Path, default=benchutil.RESULTS / "detection.json")
     args = parser.parse_args()
 
@@ -108,21 +114,33 @@ def main() -> int:
                 print(f"{name} {setting}: skipped: {error}")
                 continue
             run()  # warm-up
-            entries.append({
-                "detector": name, "setting": setting, "run": run, "gflops_per_image": round(flops, 1),
-                "input": f"{width}x{height} -> shorter side {config.min_size}, longer <= {config.max_size}",
-                "peak_rss_mb": round(benchutil.peak_rss_mb(), 1), "seconds": [],
-            })
+            entries.append(
+                {
+                    "detector": name,
+                    "setting": setting,
+                    "run": run,
+                    "gflops_per_image": round(flops, 1),
+                    "input": f"{width}x{height} -> shorter side {config.min_size}, longer <= {config.max_size}",
+                    "peak_rss_mb": round(benchutil.peak_rss_mb(), 1),
+                    "seconds": [],
+                }
+            )
     if args.hog and hog_available():
         hog = HogPeopleDetector()
         frame = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         benchutil.reset_peak_rss()
         hog.detect(frame)
-        entries.append({
-            "detector": "hog (opencv)", "setting": "opencv", "run": lambda: hog.detect(frame),
-            "gflops_per_image": None, "input": f"{width}x{height} (full size, multi-scale)",
-            "peak_rss_mb": round(benchutil.peak_rss_mb(), 1), "seconds": [],
-        })
+        entries.append(
+            {
+                "detector": "hog (opencv)",
+                "setting": "opencv",
+                "run": lambda: hog.detect(frame),
+                "gflops_per_image": None,
+                "input": f"{width}x{height} (full size, multi-scale)",
+                "peak_rss_mb": round(benchutil.peak_rss_mb(), 1),
+                "seconds": [],
+            }
+        )
 
     matmul = []
     for _ in range(args.rounds):
@@ -133,24 +151,38 @@ def main() -> int:
     for entry in entries:
         entry.pop("run")
         seconds = benchutil.median(entry["seconds"])
-        entry.update(images_per_s=round(1 / seconds, 3), ms_per_image=round(1000 * seconds, 1),
-                     seconds=[round(s, 3) for s in entry["seconds"]])
+        entry.update(
+            images_per_s=round(1 / seconds, 3),
+            ms_per_image=round(1000 * seconds, 1),
+            seconds=[round(s, 3) for s in entry["seconds"]],
+        )
         if entry["gflops_per_image"]:
             entry["achieved_gflops_per_s"] = round(entry["gflops_per_image"] / seconds, 1)
 
     matmul_rate = benchutil.median(matmul)
-    print(f"{width} x {height} frames, {info['torch_threads']} threads, {args.rounds} rounds; "
-          f"float32 matmul {matmul_rate:.0f} GFLOP/s; load {info['load_avg_start']}")
-    benchutil.print_table(entries, [
-        ("detector", "detector"), ("setting", "setting"), ("images_per_s", "images/s"),
-        ("ms_per_image", "ms/image"), ("gflops_per_image", "GFLOP/image"),
-        ("achieved_gflops_per_s", "GFLOP/s"), ("peak_rss_mb", "peak MiB"),
-    ])
+    print(
+        f"{width} x {height} frames, {info['torch_threads']} threads, {args.rounds} rounds; "
+        f"float32 matmul {matmul_rate:.0f} GFLOP/s; load {info['load_avg_start']}"
+    )
+    benchutil.print_table(
+        entries,
+        [
+            ("detector", "detector"),
+            ("setting", "setting"),
+            ("images_per_s", "images/s"),
+            ("ms_per_image", "ms/image"),
+            ("gflops_per_image", "GFLOP/image"),
+            ("achieved_gflops_per_s", "GFLOP/s"),
+            ("peak_rss_mb", "peak MiB"),
+        ],
+    )
     result = {
         "benchmark": "detection",
         "command": " ".join(["benchmarks/bench_detection.py", *sys.argv[1:]]),
-        "frame": [height, width], "rounds": args.rounds,
-        "matmul_gflops_per_s": round(matmul_rate, 1), "entries": entries,
+        "frame": [height, width],
+        "rounds": args.rounds,
+        "matmul_gflops_per_s": round(matmul_rate, 1),
+        "entries": entries,
         "machine": benchutil.finish_info(info, started),
     }
     write_json(args.out, result)

@@ -92,14 +92,21 @@ def build_runner(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=64, help="crops per batch (default 64)")
     parser.add_argument("--rounds", type=int, default=3, help="timed batches per entry (default 3)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--settings", default="eager,prepared,onnxruntime",
-                        help=f"comma-separated from {', '.join(SETTINGS)}")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--settings",
+        default="eager,prepared,onnxruntime",
+        help=f"comma-separated from {', '.join(SETTINGS)}",
+    )
     parser.add_argument("--compile", action="store_true", help="add the torch.compile setting")
     parser.add_argument("--out", type=Path, default=benchutil.RESULTS / "embedding.json")
     args = parser.parse_args()
@@ -130,17 +137,23 @@ def main() -> int:
                 rss_before = benchutil.rss_mb()
                 run, setup_s = build_runner(model, setting, batch, Path(workdir))
                 run()  # warm-up: allocator, thread pool, oneDNN kernel selection
-                entries.append({
-                    "model": name, "head": head, "setting": setting, "run": run,
-                    "setup_s": round(setup_s, 2),
-                    "gmacs_per_crop": round(multiply_adds / 1e9, 4),
-                    "gflops_per_crop": round(2 * multiply_adds / 1e9, 4),
-                    "paper_gflops": PAPER_TABLE4_GFLOPS[head]
-                    if (args.height, args.width) == (256, 128) else None,
-                    "rss_before_mb": round(rss_before, 1),
-                    "peak_rss_mb": round(benchutil.peak_rss_mb(), 1),
-                    "seconds": [],
-                })
+                entries.append(
+                    {
+                        "model": name,
+                        "head": head,
+                        "setting": setting,
+                        "run": run,
+                        "setup_s": round(setup_s, 2),
+                        "gmacs_per_crop": round(multiply_adds / 1e9, 4),
+                        "gflops_per_crop": round(2 * multiply_adds / 1e9, 4),
+                        "paper_gflops": PAPER_TABLE4_GFLOPS[head]
+                        if (args.height, args.width) == (256, 128)
+                        else None,
+                        "rss_before_mb": round(rss_before, 1),
+                        "peak_rss_mb": round(benchutil.peak_rss_mb(), 1),
+                        "seconds": [],
+                    }
+                )
 
         matmul = []
         for _ in range(args.rounds):  # interleaved: every entry sees the same load drift
@@ -169,24 +182,39 @@ def main() -> int:
         ratio = by_model["clsa"]["crops_per_s"] / by_model["resnet50-plain"]["crops_per_s"]
         by_model["clsa"]["throughput_vs_plain"] = round(ratio, 3)
 
-    print(f"batch {args.batch}, {args.height} x {args.width} crops, {info['torch_threads']} threads, "
-          f"{args.rounds} rounds; float32 matmul {matmul_rate:.0f} GFLOP/s "
-          f"(rounds: {', '.join(f'{m:.0f}' for m in matmul)}); load {info['load_avg_start']}")
+    print(
+        f"batch {args.batch}, {args.height} x {args.width} crops, {info['torch_threads']} threads, "
+        f"{args.rounds} rounds; float32 matmul {matmul_rate:.0f} GFLOP/s "
+        f"(rounds: {', '.join(f'{m:.0f}' for m in matmul)}); load {info['load_avg_start']}"
+    )
     for entry in rows:  # the 0.002 GMAC of CLSA's head shows at 4 decimals
         entry["gmac_text"] = f"{entry['gmacs_per_crop']:.4f}"
-    benchutil.print_table(rows, [
-        ("model", "model"), ("setting", "setting"), ("crops_per_s", "crops/s"),
-        ("gflops_per_crop", "GFLOP/crop"), ("gmac_text", "GMAC/crop"),
-        ("achieved_gflops_per_s", "GFLOP/s"), ("fraction_of_matmul", "of matmul"),
-        ("throughput_vs_plain", "vs plain"), ("peak_rss_mb", "peak MiB"), ("setup_s", "setup s"),
-    ])
+    benchutil.print_table(
+        rows,
+        [
+            ("model", "model"),
+            ("setting", "setting"),
+            ("crops_per_s", "crops/s"),
+            ("gflops_per_crop", "GFLOP/crop"),
+            ("gmac_text", "GMAC/crop"),
+            ("achieved_gflops_per_s", "GFLOP/s"),
+            ("fraction_of_matmul", "of matmul"),
+            ("throughput_vs_plain", "vs plain"),
+            ("peak_rss_mb", "peak MiB"),
+            ("setup_s", "setup s"),
+        ],
+    )
     for entry in rows:
         entry.pop("gmac_text")
     result = {
         "benchmark": "embedding",
         "command": " ".join(["benchmarks/bench_embedding.py", *sys.argv[1:]]),
-        "batch": args.batch, "height": args.height, "width": args.width, "rounds": args.rounds,
-        "matmul_gflops_per_s": round(matmul_rate, 1), "matmul_rounds": [round(m, 1) for m in matmul],
+        "batch": args.batch,
+        "height": args.height,
+        "width": args.width,
+        "rounds": args.rounds,
+        "matmul_gflops_per_s": round(matmul_rate, 1),
+        "matmul_rounds": [round(m, 1) for m in matmul],
         "entries": rows,
         "machine": benchutil.finish_info(info, started),
     }

@@ -81,23 +81,50 @@ def simulate_results(root: Path, out: Path, dim: int, noise: float, seed: int) -
             scores.append(rng.uniform(0.1, 0.8))
             feats.append(code(-1))
             det_image.append(g)
-    query_feats = np.stack([code(q.pid) + noise * rng.standard_normal(dim, dtype=np.float32)
-                            for q in protocol.queries])
+    query_feats = np.stack(
+        [code(q.pid) + noise * rng.standard_normal(dim, dtype=np.float32) for q in protocol.queries]
+    )
     feats_array = np.stack(feats)
     feats_array /= np.linalg.norm(feats_array, axis=1, keepdims=True)
     query_feats /= np.linalg.norm(query_feats, axis=1, keepdims=True)
-    save_results(out, image_names=protocol.images, det_image=np.array(det_image),
-                 det_boxes=np.stack(boxes), det_scores=np.array(scores), det_feats=feats_array,
-                 query_feats=query_feats)
-    return {"images": len(protocol.images), "detections": len(det_image), "dim": dim,
-            "queries": len(protocol.queries), "noise": noise, "file_mb": round(out.stat().st_size / 2**20, 1)}
+    save_results(
+        out,
+        image_names=protocol.images,
+        det_image=np.array(det_image),
+        det_boxes=np.stack(boxes),
+        det_scores=np.array(scores),
+        det_feats=feats_array,
+        query_feats=query_feats,
+    )
+    return {
+        "images": len(protocol.images),
+        "detections": len(det_image),
+        "dim": dim,
+        "queries": len(protocol.queries),
+        "noise": noise,
+        "file_mb": round(out.stat().st_size / 2**20, 1),
+    }
 
 
 def run_command(root: Path, results: Path, plot: Path, cache: Path) -> tuple[float, dict]:
     """`personsearch evaluate --gallery-size all-sizes --json` in a fresh process."""
-    command = [sys.executable, "-m", "personsearch", "evaluate", "--dataset", "cuhk-sysu",
-               "--root", str(root), "--results", str(results), "--gallery-size", "all-sizes",
-               "--plot", str(plot), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "personsearch",
+        "evaluate",
+        "--dataset",
+        "cuhk-sysu",
+        "--root",
+        str(root),
+        "--results",
+        str(results),
+        "--gallery-size",
+        "all-sizes",
+        "--plot",
+        str(plot),
+        "--json",
+    ]
     env = {**os.environ, CACHE_ENV: str(cache)}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -109,12 +136,22 @@ def run_command(root: Path, results: Path, plot: Path, cache: Path) -> tuple[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True, help="a CUHK-SYSU-format dataset folder")
+    parser.add_argument(
+        "--root", type=Path, required=True, help="a CUHK-SYSU-format dataset folder"
+    )
     parser.add_argument("--dim", type=int, default=2048, help="feature size (default 2048)")
-    parser.add_argument("--noise", type=float, default=3.5,
-                        help="feature noise relative to the identity signal (default 3.5)")
-    parser.add_argument("--reference-queries", type=int, default=100,
-                        help="queries the reference loop is timed on per gallery size")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=3.5,
+        help="feature noise relative to the identity signal (default 3.5)",
+    )
+    parser.add_argument(
+        "--reference-queries",
+        type=int,
+        default=100,
+        help="queries the reference loop is timed on per gallery size",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "evaluate_dataset.json")
     args = parser.parse_args()
@@ -124,18 +161,23 @@ def main() -> None:
         results_path = Path(scratch) / "results.npz"
         t = time.perf_counter()
         shape = simulate_results(args.root, results_path, args.dim, args.noise, args.seed)
-        print(f"simulated {shape['detections']} detections in {shape['images']} images, "
-              f"{shape['queries']} queries ({shape['file_mb']} MB) in {time.perf_counter() - t:.0f} s")
+        print(
+            f"simulated {shape['detections']} detections in {shape['images']} images, "
+            f"{shape['queries']} queries ({shape['file_mb']} MB) in {time.perf_counter() - t:.0f} s"
+        )
         # the command twice in fresh processes: parsing every .mat protocol (an empty protocol
         # cache), then reading the protocols back from the cache
         cache = Path(scratch) / "cache"
         os.environ[CACHE_ENV] = str(cache)  # this process's own reads below use it too
         walls = {}
         for state in ("cold", "warm"):
-            walls[state], command_out = run_command(args.root, results_path,
-                                                    Path(scratch) / "plot.png", cache)
-            print(f"personsearch evaluate --gallery-size all-sizes, {state} protocol cache: "
-                  f"{walls[state]:.1f} s in a fresh process")
+            walls[state], command_out = run_command(
+                args.root, results_path, Path(scratch) / "plot.png", cache
+            )
+            print(
+                f"personsearch evaluate --gallery-size all-sizes, {state} protocol cache: "
+                f"{walls[state]:.1f} s in a fresh process"
+            )
 
         results = load_results(results_path)
         flat = (results.det_image, results.det_boxes, results.det_scores, results.det_feats)
@@ -149,11 +191,13 @@ def main() -> None:
             gallery = results.gallery_for(protocol.images, 0.5)
             result = evaluate_search(protocol, gallery, results.query_feats)
             fast = time.perf_counter() - t
-            queries = np.linspace(0, len(protocol.queries) - 1,
-                                  min(args.reference_queries, len(protocol.queries))).astype(int)
+            queries = np.linspace(
+                0, len(protocol.queries) - 1, min(args.reference_queries, len(protocol.queries))
+            ).astype(int)
             t = time.perf_counter()
-            reference = reference_search(protocol, *flat, results.query_feats,
-                                         queries=queries.tolist())
+            reference = reference_search(
+                protocol, *flat, results.query_feats, queries=queries.tolist()
+            )
             slow = (time.perf_counter() - t) * len(protocol.queries) / len(queries)
             ap = np.array([r[0] for r in reference])
             hits = np.array([r[1] for r in reference])
@@ -163,26 +207,46 @@ def main() -> None:
             command_row = by_size[size]
             if abs(command_row["mAP"] - result.mAP) > 1e-12 or command_row["top1"] != result.top(1):
                 raise SystemExit(f"the command's numbers differ from the evaluator's at {size}")
-            rows.append({
-                "gallery_size": size, "protocol_read_s": round(load_s, 2),
-                "evaluator_s": round(fast, 2), "reference_s": round(slow, 1),
-                "reference_queries_timed": len(queries), "speedup": round(slow / fast, 1),
-                "mAP": round(result.mAP, 4), "top1": round(result.top(1), 4),
-                "max_ap_difference": max_diff,
-            })
-    print_table(rows, [("gallery_size", "gallery"), ("protocol_read_s", "read s"),
-                       ("evaluator_s", "evaluator s"), ("reference_s", "reference s*"),
-                       ("speedup", "speed-up"), ("mAP", "mAP"), ("top1", "top-1")])
-    print("* the reference loop timed on evenly spaced queries and extrapolated; their numbers "
-          "are identical to the evaluator's")
-    write_json(args.out, {
-        "machine": finish_info(info, started),
-        "command": " ".join(sys.argv),
-        "dataset_root": str(args.root),
-        "results_file": shape,
-        "evaluate_all_sizes_command_wall_s": {k: round(v, 1) for k, v in walls.items()},
-        "rows": rows,
-    })
+            rows.append(
+                {
+                    "gallery_size": size,
+                    "protocol_read_s": round(load_s, 2),
+                    "evaluator_s": round(fast, 2),
+                    "reference_s": round(slow, 1),
+                    "reference_queries_timed": len(queries),
+                    "speedup": round(slow / fast, 1),
+                    "mAP": round(result.mAP, 4),
+                    "top1": round(result.top(1), 4),
+                    "max_ap_difference": max_diff,
+                }
+            )
+    print_table(
+        rows,
+        [
+            ("gallery_size", "gallery"),
+            ("protocol_read_s", "read s"),
+            ("evaluator_s", "evaluator s"),
+            ("reference_s", "reference s*"),
+            ("speedup", "speed-up"),
+            ("mAP", "mAP"),
+            ("top1", "top-1"),
+        ],
+    )
+    print(
+        "* the reference loop timed on evenly spaced queries and extrapolated; their numbers "
+        "are identical to the evaluator's"
+    )
+    write_json(
+        args.out,
+        {
+            "machine": finish_info(info, started),
+            "command": " ".join(sys.argv),
+            "dataset_root": str(args.root),
+            "results_file": shape,
+            "evaluate_all_sizes_command_wall_s": {k: round(v, 1) for k, v in walls.items()},
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

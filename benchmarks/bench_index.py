@@ -66,8 +66,16 @@ APPROXIMATE = ("ivf-flat", "hnsw", "ivfpq")
 class Gallery:
     """A reproducible synthetic gallery of `size` unit vectors, produced in chunks."""
 
-    def __init__(self, size: int, dim: int, kind: str, seed: int = 0, latent: int = 64,
-                 boxes_per_person: float = 4.0, noise: float = 0.35) -> None:
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        kind: str,
+        seed: int = 0,
+        latent: int = 64,
+        boxes_per_person: float = 4.0,
+        noise: float = 0.35,
+    ) -> None:
         self.size, self.dim, self.kind, self.seed = size, dim, kind, seed
         rng = np.random.default_rng(seed)
         self.noise = noise
@@ -111,10 +119,14 @@ def add_streaming(index: Any, gallery: Gallery) -> float:
     return time.perf_counter() - start
 
 
-SEARCH_THREADS = 0  # FAISS threads while timing single queries (0: as many as building); set in main
+SEARCH_THREADS = (
+    0  # FAISS threads while timing single queries (0: as many as building); set in main
+)
 
 
-def latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float) -> list[float]:
+def latencies_ms(
+    search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float
+) -> list[float]:
     """Single-query latencies in ms (one search call per query), stopping after `budget_s`."""
     build_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(SEARCH_THREADS or build_threads)
@@ -124,7 +136,9 @@ def latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budge
         faiss.omp_set_num_threads(build_threads)
 
 
-def _latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float) -> list[float]:
+def _latencies_ms(
+    search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float
+) -> list[float]:
     search(queries[:1])  # warm-up
     times: list[float] = []
     started = time.perf_counter()
@@ -136,16 +150,24 @@ def _latencies_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray, budg
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    hits = sum(
+        len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)
+    )
     return hits / truth.size
 
 
-def row(size: int, kind: str, param: str, lat: list[float], recall: float, **extra: Any) -> dict[str, Any]:
+def row(
+    size: int, kind: str, param: str, lat: list[float], recall: float, **extra: Any
+) -> dict[str, Any]:
     return {
-        "size": size, "index": kind, "param": param,
+        "size": size,
+        "index": kind,
+        "param": param,
         "p50_ms": round(benchutil.percentile(lat, 50), 3),
         "p99_ms": round(benchutil.percentile(lat, 99), 3),
-        "latency_queries": len(lat), "recall_at_10": round(recall, 4), **extra,
+        "latency_queries": len(lat),
+        "recall_at_10": round(recall, 4),
+        **extra,
     }
 
 
@@ -161,7 +183,9 @@ def bench_size(gallery: Gallery, args: argparse.Namespace) -> list[dict[str, Any
     memory = benchutil.rss_mb() - rss
     _, truth = flat.search(queries, K)
     lat = latencies_ms(lambda q, index=flat: index.search(q, K), queries, args.budget_s)
-    rows.append(row(n, "flat (exact)", "-", lat, 1.0, build_s=round(build, 2), memory_mb=round(memory)))
+    rows.append(
+        row(n, "flat (exact)", "-", lat, 1.0, build_s=round(build, 2), memory_mb=round(memory))
+    )
     print_progress(rows[-1])
     del flat
     gc.collect()
@@ -185,9 +209,20 @@ def bench_size(gallery: Gallery, args: argparse.Namespace) -> list[dict[str, Any
             _, found = ivf.search(queries, K)
             recall = recall_at_k(found, truth)
             lat = latencies_ms(lambda q, index=ivf: index.search(q, K), queries, args.budget_s)
-            rows.append(row(n, "ivf-flat", f"nlist={nlist} nprobe={nprobe}", lat, recall,
-                            build_s=round(train_s + add_s, 2), train_s=round(train_s, 2),
-                            memory_mb=round(memory), nprobe=nprobe, nlist=nlist))
+            rows.append(
+                row(
+                    n,
+                    "ivf-flat",
+                    f"nlist={nlist} nprobe={nprobe}",
+                    lat,
+                    recall,
+                    build_s=round(train_s + add_s, 2),
+                    train_s=round(train_s, 2),
+                    memory_mb=round(memory),
+                    nprobe=nprobe,
+                    nlist=nlist,
+                )
+            )
             print_progress(rows[-1])
             if recall >= args.stop_recall:
                 break
@@ -208,8 +243,18 @@ def bench_size(gallery: Gallery, args: argparse.Namespace) -> list[dict[str, Any
             _, found = hnsw.search(queries, K)
             recall = recall_at_k(found, truth)
             lat = latencies_ms(lambda q, index=hnsw: index.search(q, K), queries, args.budget_s)
-            rows.append(row(n, "hnsw-flat", f"M={HNSW_NEIGHBORS} efSearch={ef}", lat, recall,
-                            build_s=round(build, 2), memory_mb=round(memory), ef_search=ef))
+            rows.append(
+                row(
+                    n,
+                    "hnsw-flat",
+                    f"M={HNSW_NEIGHBORS} efSearch={ef}",
+                    lat,
+                    recall,
+                    build_s=round(build, 2),
+                    memory_mb=round(memory),
+                    ef_search=ef,
+                )
+            )
             print_progress(rows[-1])
             if recall >= args.stop_recall:
                 break
@@ -240,12 +285,26 @@ def bench_ivfpq(
             params, _ = ivfpq_search_params(index, nprobe, k_factor)
             _, found = index.search(queries, K, params=params)
             recall = recall_at_k(found, truth)
-            lat = latencies_ms(lambda q, p=params, i=index: i.search(q, K, params=p), queries, args.budget_s)
-            rows.append(row(n, "ivfpq", f"{spec} nprobe={nprobe} k_factor={k_factor}", lat,
-                            recall, build_s=round(train_s + add_s, 2), train_s=round(train_s, 2),
-                            memory_mb=round(memory), nprobe=nprobe, nlist=nlist, k_factor=k_factor))
+            lat = latencies_ms(
+                lambda q, p=params, i=index: i.search(q, K, params=p), queries, args.budget_s
+            )
+            rows.append(
+                row(
+                    n,
+                    "ivfpq",
+                    f"{spec} nprobe={nprobe} k_factor={k_factor}",
+                    lat,
+                    recall,
+                    build_s=round(train_s + add_s, 2),
+                    train_s=round(train_s, 2),
+                    memory_mb=round(memory),
+                    nprobe=nprobe,
+                    nlist=nlist,
+                    k_factor=k_factor,
+                )
+            )
             print_progress(rows[-1])
-        if max(r["recall_at_10"] for r in rows[-len(args.k_factors):]) >= args.stop_recall:
+        if max(r["recall_at_10"] for r in rows[-len(args.k_factors) :]) >= args.stop_recall:
             break
     del index
     gc.collect()
@@ -253,50 +312,84 @@ def bench_ivfpq(
 
 
 def print_progress(entry: dict[str, Any]) -> None:
-    print(f"  {entry['size']:>8} {entry['index']:<12} {entry['param']:<24} p50 {entry['p50_ms']:8.2f} ms"
-          f"  p99 {entry['p99_ms']:8.2f} ms  recall@10 {entry['recall_at_10']:.3f}"
-          f"  build {entry.get('build_s', 0):.1f} s", flush=True)
+    print(
+        f"  {entry['size']:>8} {entry['index']:<12} {entry['param']:<24} p50 {entry['p50_ms']:8.2f} ms"
+        f"  p99 {entry['p99_ms']:8.2f} ms  recall@10 {entry['recall_at_10']:.3f}"
+        f"  build {entry.get('build_s', 0):.1f} s",
+        flush=True,
+    )
 
 
 def operating_points(rows: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
     """Per size and index: the fastest (by p50) setting whose recall reaches `target`."""
     chosen = []
     for key in sorted({(r["size"], r["index"]) for r in rows}):
-        candidates = [r for r in rows if (r["size"], r["index"]) == key and r["recall_at_10"] >= target]
+        candidates = [
+            r for r in rows if (r["size"], r["index"]) == key and r["recall_at_10"] >= target
+        ]
         if candidates:
             chosen.append(min(candidates, key=lambda r: r["p50_ms"]))
         else:
-            best = max((r for r in rows if (r["size"], r["index"]) == key), key=lambda r: r["recall_at_10"])
+            best = max(
+                (r for r in rows if (r["size"], r["index"]) == key), key=lambda r: r["recall_at_10"]
+            )
             chosen.append({**best, "param": best["param"] + " (target not reached)"})
     return chosen
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma-separated")
     parser.add_argument("--dim", type=int, default=1536, help="feature size (CLSA: 1536)")
     parser.add_argument("--data", choices=("reid", "random"), default="reid")
     parser.add_argument("--queries", type=int, default=200, help="queries for recall (default 200)")
-    parser.add_argument("--budget-s", type=float, default=5.0,
-                        help="seconds of single-query timing per setting (at least 10 queries)")
-    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (default ~2 sqrt(N), a power of 2)")
-    parser.add_argument("--train-per-list", type=int, default=40, help="IVF training vectors per list")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=5.0,
+        help="seconds of single-query timing per setting (at least 10 queries)",
+    )
+    parser.add_argument(
+        "--nlist", type=int, default=0, help="IVF lists (default ~2 sqrt(N), a power of 2)"
+    )
+    parser.add_argument(
+        "--train-per-list", type=int, default=40, help="IVF training vectors per list"
+    )
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--target-recall", type=float, default=0.95)
-    parser.add_argument("--stop-recall", type=float, default=0.99,
-                        help="stop a sweep once recall@10 reaches this")
-    parser.add_argument("--indexes", default=",".join(APPROXIMATE),
-                        help=f"approximate indexes to run, comma-separated (of {', '.join(APPROXIMATE)});"
-                        " exact search always runs (it is the ground truth)")
-    parser.add_argument("--no-hnsw", action="store_true", help="same as leaving hnsw out of --indexes")
-    parser.add_argument("--k-factors", default=str(IVFPQ_K_FACTOR),
-                        help=f"IVF-PQ re-ranking factors to sweep (default {IVFPQ_K_FACTOR}, the index's)")
-    parser.add_argument("--hnsw-max-size", type=int, default=100_000,
-                        help="skip HNSW above this size (its build is slow on few cores)")
+    parser.add_argument(
+        "--stop-recall", type=float, default=0.99, help="stop a sweep once recall@10 reaches this"
+    )
+    parser.add_argument(
+        "--indexes",
+        default=",".join(APPROXIMATE),
+        help=f"approximate indexes to run, comma-separated (of {', '.join(APPROXIMATE)});"
+        " exact search always runs (it is the ground truth)",
+    )
+    parser.add_argument(
+        "--no-hnsw", action="store_true", help="same as leaving hnsw out of --indexes"
+    )
+    parser.add_argument(
+        "--k-factors",
+        default=str(IVFPQ_K_FACTOR),
+        help=f"IVF-PQ re-ranking factors to sweep (default {IVFPQ_K_FACTOR}, the index's)",
+    )
+    parser.add_argument(
+        "--hnsw-max-size",
+        type=int,
+        default=100_000,
+        help="skip HNSW above this size (its build is slow on few cores)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="FAISS threads (default: all)")
-    parser.add_argument("--search-threads", type=int, default=0,
-                        help="FAISS threads while timing single queries (default: as --threads); 1 "
-                        "avoids OpenMP stalls when other processes load the cores")
+    parser.add_argument(
+        "--search-threads",
+        type=int,
+        default=0,
+        help="FAISS threads while timing single queries (default: as --threads); 1 "
+        "avoids OpenMP stalls when other processes load the cores",
+    )
     parser.add_argument("--out", type=Path, default=benchutil.RESULTS / "index.json")
     args = parser.parse_args()
     args.indexes = {name.strip() for name in args.indexes.split(",") if name.strip()}
@@ -322,19 +415,33 @@ def main() -> int:
         print(f"gallery of {size} boxes, {args.dim}-d, '{args.data}' features", flush=True)
         rows += bench_size(Gallery(size, args.dim, args.data), args)
     points = operating_points(rows, args.target_recall)
-    print(f"\noperating points (fastest setting with recall@10 >= {args.target_recall}); "
-          f"load {info['load_avg_start']}")
-    benchutil.print_table(points, [
-        ("size", "boxes"), ("index", "index"), ("param", "setting"), ("p50_ms", "p50 ms"),
-        ("p99_ms", "p99 ms"), ("recall_at_10", "recall@10"), ("build_s", "build s"),
-        ("memory_mb", "MiB"),
-    ])
+    print(
+        f"\noperating points (fastest setting with recall@10 >= {args.target_recall}); "
+        f"load {info['load_avg_start']}"
+    )
+    benchutil.print_table(
+        points,
+        [
+            ("size", "boxes"),
+            ("index", "index"),
+            ("param", "setting"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("recall_at_10", "recall@10"),
+            ("build_s", "build s"),
+            ("memory_mb", "MiB"),
+        ],
+    )
     result = {
         "benchmark": "index",
         "command": " ".join(["benchmarks/bench_index.py", *sys.argv[1:]]),
-        "data": args.data, "dim": args.dim, "queries": args.queries, "k": K,
+        "data": args.data,
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": K,
         "target_recall": args.target_recall,
-        "operating_points": points, "rows": rows,
+        "operating_points": points,
+        "rows": rows,
         "peak_rss_mb": round(benchutil.peak_rss_mb()),
         "machine": benchutil.finish_info(info, started),
     }

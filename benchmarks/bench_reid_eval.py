@@ -37,7 +37,9 @@ def synthesize(num_query: int, num_gallery: int, ids: int, dim: int, seed: int =
     g_cams = rng.integers(1, 7, num_gallery)
     centres = rng.standard_normal((ids + 1, dim), dtype=np.float32)
     q = centres[q_pids] + 2 * rng.standard_normal((num_query, dim), dtype=np.float32)
-    g = centres[np.clip(g_pids, 0, None)] + 2 * rng.standard_normal((num_gallery, dim), dtype=np.float32)
+    g = centres[np.clip(g_pids, 0, None)] + 2 * rng.standard_normal(
+        (num_gallery, dim), dtype=np.float32
+    )
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     scores = np.round(q @ g.T, 4)  # 4 decimals: ties, as low-precision features produce
@@ -56,7 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     info, started = machine_info(), time.perf_counter()
 
-    scores, q_pids, g_pids, q_cams, g_cams = synthesize(args.queries, args.gallery, args.ids, args.dim)
+    scores, q_pids, g_pids, q_cams, g_cams = synthesize(
+        args.queries, args.gallery, args.ids, args.dim
+    )
     walls = []
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -71,24 +75,45 @@ def main() -> None:
     compared = ours[~np.isnan(ours)]
     max_diff = float(np.abs(compared - np.array(aps)).max()) if len(aps) else 0.0
     if len(compared) != len(aps) or max_diff > 1e-12:
-        raise SystemExit(f"MISMATCH: {len(compared)} vs {len(aps)} valid queries, max AP diff {max_diff}")
+        raise SystemExit(
+            f"MISMATCH: {len(compared)} vs {len(aps)} valid queries, max AP diff {max_diff}"
+        )
     check = evaluate_reid(scores[subset], q_pids[subset], g_pids, q_cams[subset], g_cams)
-    reference_cmc, _, _ = reference_reid(-scores[subset], q_pids[subset], q_cams[subset], g_pids, g_cams)
+    reference_cmc, _, _ = reference_reid(
+        -scores[subset], q_pids[subset], q_cams[subset], g_pids, g_cams
+    )
     if [check.rank1, check.rank5, check.rank10] != reference_cmc:
         raise SystemExit("MISMATCH in CMC on the compared queries")
     row = {
-        "shape": f"{args.queries} x {args.gallery}", "evaluator_s": round(median(walls), 2),
-        "evaluator_runs_s": [round(w, 2) for w in walls], "reference_s": round(reference_s, 1),
-        "reference_queries_timed": len(subset), "speedup": round(reference_s / median(walls), 1),
-        "mAP": round(result.mAP, 4), "rank1": round(result.rank1, 4),
+        "shape": f"{args.queries} x {args.gallery}",
+        "evaluator_s": round(median(walls), 2),
+        "evaluator_runs_s": [round(w, 2) for w in walls],
+        "reference_s": round(reference_s, 1),
+        "reference_queries_timed": len(subset),
+        "speedup": round(reference_s / median(walls), 1),
+        "mAP": round(result.mAP, 4),
+        "rank1": round(result.rank1, 4),
         "max_ap_difference": max_diff,
     }
-    print_table([row], [("shape", "queries x gallery"), ("evaluator_s", "evaluator s"),
-                        ("reference_s", "reference s*"), ("speedup", "speed-up"), ("mAP", "mAP"),
-                        ("rank1", "rank-1")])
-    print(f"evaluator: median of {args.repeats} runs; * reference timed on {len(subset)} queries "
-          "and extrapolated, their AP and CMC identical to the evaluator's")
-    write_json(args.out, {"machine": finish_info(info, started), "command": " ".join(sys.argv), "rows": [row]})
+    print_table(
+        [row],
+        [
+            ("shape", "queries x gallery"),
+            ("evaluator_s", "evaluator s"),
+            ("reference_s", "reference s*"),
+            ("speedup", "speed-up"),
+            ("mAP", "mAP"),
+            ("rank1", "rank-1"),
+        ],
+    )
+    print(
+        f"evaluator: median of {args.repeats} runs; * reference timed on {len(subset)} queries "
+        "and extrapolated, their AP and CMC identical to the evaluator's"
+    )
+    write_json(
+        args.out,
+        {"machine": finish_info(info, started), "command": " ".join(sys.argv), "rows": [row]},
+    )
     print(f"wrote {args.out}")
 
 

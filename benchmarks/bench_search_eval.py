@@ -63,9 +63,7 @@ def synthesize(num_queries: int, num_images: int, dim: int, seed: int = 0):
             gt = np.full((len(gallery), 4), np.nan, dtype=np.float32)
             gt[: len(holding)] = np.array(gts).reshape(-1, 4)
             perm = rng.permutation(len(gallery))
-            tasks[size].append(
-                QueryTask(names[own], boxes[0], q, -1, gallery[perm], gt[perm])
-            )
+            tasks[size].append(QueryTask(names[own], boxes[0], q, -1, gallery[perm], gt[perm]))
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     query_feats /= np.linalg.norm(query_feats, axis=1, keepdims=True)
     g100 = SearchProtocol("synthetic/TestG100", names, tuple(tasks[100]))
@@ -88,15 +86,21 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2900)
     parser.add_argument("--images", type=int, default=6978)
     parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--full-subset", type=int, default=100, help="reference queries timed on full")
+    parser.add_argument(
+        "--full-subset", type=int, default=100, help="reference queries timed on full"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="evaluator runs per protocol")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_eval.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_eval.json"
+    )
     args = parser.parse_args()
 
     t = time.perf_counter()
     flat, query_feats, g100, full = synthesize(args.queries, args.images, args.dim)
-    print(f"synthesised {len(flat[0])} detections, {args.queries} queries "
-          f"in {time.perf_counter() - t:.1f}s")
+    print(
+        f"synthesised {len(flat[0])} detections, {args.queries} queries "
+        f"in {time.perf_counter() - t:.1f}s"
+    )
     rows = []
     for protocol, subset in ((g100, None), (full, args.full_subset)):
         walls, cpus = [], []
@@ -115,41 +119,60 @@ def main() -> None:
         slow, slow_cpu = (time.perf_counter() - t) * scale, (time.process_time() - c) * scale
         fast, fast_cpu = float(np.median(walls)), float(np.median(cpus))
         check = compare(result, reference, queries)
-        rows.append({
-            "protocol": protocol.name,
-            "queries": len(protocol.queries),
-            "reference_queries_timed": len(queries),
-            "reference_extrapolated": len(queries) < len(protocol.queries),
-            "evaluator_wall_s_median": round(fast, 3),
-            "evaluator_wall_s_runs": [round(w, 3) for w in walls],
-            "evaluator_cpu_s_median": round(fast_cpu, 3),
-            "reference_wall_s": round(slow, 2),
-            "reference_cpu_s": round(slow_cpu, 2),
-            "speedup_wall": round(slow / fast, 1),
-            "speedup_cpu": round(slow_cpu / fast_cpu, 1),
-            "mAP": result.mAP,
-            "top1": result.top(1),
-            **check,
-        })
-    print(f"{'protocol':<20}{'evaluator s':>12}{'reference s':>13}{'speed-up':>10}"
-          f"{'cpu speed-up':>14}{'mAP':>9}{'top-1':>8}")
+        rows.append(
+            {
+                "protocol": protocol.name,
+                "queries": len(protocol.queries),
+                "reference_queries_timed": len(queries),
+                "reference_extrapolated": len(queries) < len(protocol.queries),
+                "evaluator_wall_s_median": round(fast, 3),
+                "evaluator_wall_s_runs": [round(w, 3) for w in walls],
+                "evaluator_cpu_s_median": round(fast_cpu, 3),
+                "reference_wall_s": round(slow, 2),
+                "reference_cpu_s": round(slow_cpu, 2),
+                "speedup_wall": round(slow / fast, 1),
+                "speedup_cpu": round(slow_cpu / fast_cpu, 1),
+                "mAP": result.mAP,
+                "top1": result.top(1),
+                **check,
+            }
+        )
+    print(
+        f"{'protocol':<20}{'evaluator s':>12}{'reference s':>13}{'speed-up':>10}"
+        f"{'cpu speed-up':>14}{'mAP':>9}{'top-1':>8}"
+    )
     for r in rows:
         star = "*" if r["reference_extrapolated"] else " "
-        print(f"{r['protocol']:<20}{r['evaluator_wall_s_median']:>12.2f}{r['reference_wall_s']:>12.1f}"
-              f"{star}{r['speedup_wall']:>10.1f}{r['speedup_cpu']:>14.1f}{r['mAP']:>9.4f}"
-              f"{r['top1']:>8.4f}")
+        print(
+            f"{r['protocol']:<20}{r['evaluator_wall_s_median']:>12.2f}{r['reference_wall_s']:>12.1f}"
+            f"{star}{r['speedup_wall']:>10.1f}{r['speedup_cpu']:>14.1f}{r['mAP']:>9.4f}"
+            f"{r['top1']:>8.4f}"
+        )
     print(f"evaluator: median of {args.repeats} runs (wall clock; cpu = process time, all threads)")
     print("* extrapolated from the timed subset; numbers identical on every compared query")
-    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs")
-    write_json(args.out, {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]},
-        "shape": {"queries": args.queries, "images": args.images, "dim": args.dim,
-                  "detections": len(flat[0])},
-        "results": rows,
-    })
+    print(
+        f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs"
+    )
+    write_json(
+        args.out,
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+            },
+            "shape": {
+                "queries": args.queries,
+                "images": args.images,
+                "dim": args.dim,
+                "detections": len(flat[0]),
+            },
+            "results": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -62,9 +62,13 @@ def _found(frames: list, truth: dict[str, np.ndarray] | None) -> set[int] | None
     found: set[int] = set()
     for frame in frames:
         here = truth["frame"] == frame.index
-        pid = match_detections(np.zeros(len(frame.boxes), np.int64), frame.boxes,
-                               np.zeros(int(here.sum()), np.int64), truth["boxes"][here],
-                               truth["pid"][here])
+        pid = match_detections(
+            np.zeros(len(frame.boxes), np.int64),
+            frame.boxes,
+            np.zeros(int(here.sum()), np.int64),
+            truth["boxes"][here],
+            truth["pid"][here],
+        )
         found.update(int(p) for p in pid[(pid >= 0) & (frame.tracks >= 0)])
     return found
 
@@ -90,15 +94,28 @@ def main() -> int:
 
         if not (args.world / "ground_truth.json").is_file():
             print(f"writing a 1080p world into {args.world}", flush=True)
-            generate_video_world(args.world, VideoWorldSettings(
-                cameras=2, identities=10, duration_s=20, fps=25, width=1920, height=1080,
-                visit_s=(5.0, 12.0)), progress=True)
+            generate_video_world(
+                args.world,
+                VideoWorldSettings(
+                    cameras=2,
+                    identities=10,
+                    duration_s=20,
+                    fps=25,
+                    width=1920,
+                    height=1080,
+                    visit_s=(5.0, 12.0),
+                ),
+                progress=True,
+            )
         args.video = args.world / "videos" / "cam0.mp4"
         truth = ground_truth_arrays(read_ground_truth(args.world), "videos/cam0.mp4")
     video = probe_video(args.video)
     duration = video.duration_s or 0.0
-    print(f"{args.video}: {video.width} x {video.height}, {video.fps:g} fps, {duration:.1f} s, "
-          f"{video.codec}", flush=True)
+    print(
+        f"{args.video}: {video.width} x {video.height}, {video.fps:g} fps, {duration:.1f} s, "
+        f"{video.codec}",
+        flush=True,
+    )
     from personsearch.search.tracking import Tracker
     from personsearch.search.video_scan import scan_video
 
@@ -113,33 +130,62 @@ def main() -> int:
         decode_s = time.perf_counter() - start
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        frames = list(scan_video(args.video, detector, embedder, fps=fps, keyframes=keyframes,
-                                 tracker=Tracker(), timings=timings))
+        frames = list(
+            scan_video(
+                args.video,
+                detector,
+                embedder,
+                fps=fps,
+                keyframes=keyframes,
+                tracker=Tracker(),
+                timings=timings,
+            )
+        )
         scan_s = time.perf_counter() - start
         found = _found(frames, truth)
         if reference is None:
             reference = found
-        kept = (len(found & reference) / len(reference) if found is not None and reference
-                else None)
-        row = {"pass": label, "fps": fps, "keyframes": keyframes, "frames": decoded,
-               "decode_only_s": decode_s, "scan_s": scan_s,
-               "decode_x_realtime": duration / decode_s if decode_s else None,
-               "scan_x_realtime": duration / scan_s if scan_s else None,
-               "detections": int(sum(len(f.boxes) for f in frames)),
-               "tracks": int(len({int(t) for f in frames for t in f.tracks if t >= 0})),
-               "tracks_kept": kept, "stages_s": timings}
+        kept = len(found & reference) / len(reference) if found is not None and reference else None
+        row = {
+            "pass": label,
+            "fps": fps,
+            "keyframes": keyframes,
+            "frames": decoded,
+            "decode_only_s": decode_s,
+            "scan_s": scan_s,
+            "decode_x_realtime": duration / decode_s if decode_s else None,
+            "scan_x_realtime": duration / scan_s if scan_s else None,
+            "detections": int(sum(len(f.boxes) for f in frames)),
+            "tracks": int(len({int(t) for f in frames for t in f.tracks if t >= 0})),
+            "tracks_kept": kept,
+            "stages_s": timings,
+        }
         rows.append(row)
-        print(f"{label:>12}: {decoded:4d} frames; decode only {decode_s:6.1f} s "
-              f"({row['decode_x_realtime']:.1f}x real time); scan {scan_s:6.1f} s "
-              f"({row['scan_x_realtime']:.2f}x real time)"
-              + (f"; tracks kept {kept:.2f}" if kept is not None else ""), flush=True)
-    write_json(args.out, {
-        "video": {"path": str(args.video), "width": video.width, "height": video.height,
-                  "fps": video.fps, "duration_s": duration, "codec": video.codec,
-                  "synthetic_world": truth is not None},
-        "detector": args.detector, "embedder": args.embedder, "rows": rows,
-        "machine": finish_info(info, started),
-    })
+        print(
+            f"{label:>12}: {decoded:4d} frames; decode only {decode_s:6.1f} s "
+            f"({row['decode_x_realtime']:.1f}x real time); scan {scan_s:6.1f} s "
+            f"({row['scan_x_realtime']:.2f}x real time)"
+            + (f"; tracks kept {kept:.2f}" if kept is not None else ""),
+            flush=True,
+        )
+    write_json(
+        args.out,
+        {
+            "video": {
+                "path": str(args.video),
+                "width": video.width,
+                "height": video.height,
+                "fps": video.fps,
+                "duration_s": duration,
+                "codec": video.codec,
+                "synthetic_world": truth is not None,
+            },
+            "detector": args.detector,
+            "embedder": args.embedder,
+            "rows": rows,
+            "machine": finish_info(info, started),
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

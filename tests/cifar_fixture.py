@@ -28,8 +28,9 @@ def encode_records(images: np.ndarray, fine: np.ndarray, coarse: np.ndarray | No
     return records.tobytes()
 
 
-def write_cifar100(root: Path, train: int = 40, test: int = 20, classes: int = 100,
-                   names: bool = True) -> Path:
+def write_cifar100(
+    root: Path, train: int = 40, test: int = 20, classes: int = 100, names: bool = True
+) -> Path:
     """cifar-100-binary/ with train.bin, test.bin (and the label-name files)."""
     root.mkdir(parents=True, exist_ok=True)
     for name, count, seed in (("train.bin", train, 0), ("test.bin", test, 1)):

@@ -9,15 +9,22 @@ import numpy as np
 from PIL import Image
 
 #: (pair, pid within the pair, global identity, split); each identity has 2 crops per view.
-IDENTITIES = [(1, 1, 1, "train"), (1, 2, 2, "train"), (2, 1, 3, "train"),
-              (2, 2, 4, "test"), (1, 3, 5, "test")]
+IDENTITIES = [
+    (1, 1, 1, "train"),
+    (1, 2, 2, "train"),
+    (2, 1, 3, "train"),
+    (2, 2, 4, "test"),
+    (1, 3, 5, "test"),
+]
 CROP_SIZE = (24, 48)  # width, height
 
 
 def crop_names(pair: int, pid: int) -> list[tuple[str, int]]:
     """(file name, view) of one identity's crops: images 1-2 in view 1, 6-7 in view 2."""
-    return [(f"{pair}_{pid:03d}_{1 if i <= 5 else 2}_{i:02d}.png", 1 if i <= 5 else 2)
-            for i in (1, 2, 6, 7)]
+    return [
+        (f"{pair}_{pid:03d}_{1 if i <= 5 else 2}_{i:02d}.png", 1 if i <= 5 else 2)
+        for i in (1, 2, 6, 7)
+    ]
 
 
 def write_cuhk03(root: Path, variants: tuple[str, ...] = ("labeled", "detected")) -> Path:
@@ -46,8 +53,15 @@ def write_cuhk03(root: Path, variants: tuple[str, ...] = ("labeled", "detected")
                     query.append(index)
                 else:
                     gallery.append(index)
-        write_protocol(root / f"cuhk03_new_protocol_config_{variant}.mat", files, labels, cams,
-                       train, query, gallery)
+        write_protocol(
+            root / f"cuhk03_new_protocol_config_{variant}.mat",
+            files,
+            labels,
+            cams,
+            train,
+            query,
+            gallery,
+        )
     return root
 
 
@@ -59,9 +73,14 @@ def write_protocol(path: Path, files, labels, cams, train, query, gallery, **ext
     for i, name in enumerate(files):
         cell[i, 0] = name
     column = lambda values: np.asarray(values, dtype=np.float64).reshape(-1, 1)  # noqa: E731
-    values = {"filelist": cell, "labels": column(labels), "camId": column(cams),
-              "train_idx": column(train), "query_idx": column(query),
-              "gallery_idx": column(gallery)}
+    values = {
+        "filelist": cell,
+        "labels": column(labels),
+        "camId": column(cams),
+        "train_idx": column(train),
+        "query_idx": column(query),
+        "gallery_idx": column(gallery),
+    }
     values.update(extra)
     savemat(path, values)
 
@@ -78,8 +97,9 @@ def release_images(variant: str, seed: int = 0) -> list[list[list[np.ndarray | N
     return [[row({0, 1, 5, 6, 7}), row({0, 9})], [row({2, 3, 4, 8})]]
 
 
-def write_release_mat(path: Path, variants: tuple[str, ...] = ("labeled", "detected"),
-                      images: dict | None = None) -> dict:
+def write_release_mat(
+    path: Path, variants: tuple[str, ...] = ("labeled", "detected"), images: dict | None = None
+) -> dict:
     """cuhk-03.mat as MATLAB v7.3 writes it: HDF5 with cells as arrays of object references
     into #refs#, each image stored transposed (3, W, H), an empty cell as MATLAB's [] (a
     2-element uint64 shape vector marked MATLAB_empty). Returns the images written."""

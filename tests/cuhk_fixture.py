@@ -34,8 +34,7 @@ DEFAULT_IMAGES: Persons = {
 }
 DEFAULT_POOL = ("s5.jpg", "s6.jpg", "s7.jpg", "s8.jpg")
 #: The released TestG100.mat among the shared samples (absent on machines without them).
-REAL_TESTG100 = (REAL_DATA / "cuhk-sysu-protocol"
-                 / "TestG100.mat")
+REAL_TESTG100 = REAL_DATA / "cuhk-sysu-protocol" / "TestG100.mat"
 IMAGE_SIZE = (160, 120)  # width, height
 
 
@@ -71,12 +70,22 @@ def write_cuhk_sysu(
     protocol_dir.mkdir(parents=True, exist_ok=True)
     shape = (lambda n: (n, 1)) if column_structs else (lambda n: (1, n))
 
-    img = _structs(shape(len(images)), ("imname", "nAppear", "box"), [
-        (name, float(len(persons)), _structs(shape(len(persons)), ("idlocate", "ishard"), [
-            (np.array([box], dtype=np.float64), np.array([[0.0]])) for _, box in persons
-        ]))
-        for name, persons in images.items()
-    ])
+    img = _structs(
+        shape(len(images)),
+        ("imname", "nAppear", "box"),
+        [
+            (
+                name,
+                float(len(persons)),
+                _structs(
+                    shape(len(persons)),
+                    ("idlocate", "ishard"),
+                    [(np.array([box], dtype=np.float64), np.array([[0.0]])) for _, box in persons],
+                ),
+            )
+            for name, persons in images.items()
+        ],
+    )
     scipy.io.savemat(annotation / "Images.mat", {"Img": img})
     scipy.io.savemat(annotation / "pool.mat", {"pool": _cell(list(pool))})
 
@@ -88,15 +97,21 @@ def write_cuhk_sysu(
     person_fields = ("idname", "nAppear", "scene")
 
     def person(pid: int) -> tuple:
-        scene = _structs(shape(len(appearances[pid])), ("imname", "idlocate", "ishard"), [
-            (name, np.array([box], dtype=np.float64), np.array([[0.0]]))
-            for name, box in appearances[pid]
-        ])
+        scene = _structs(
+            shape(len(appearances[pid])),
+            ("imname", "idlocate", "ishard"),
+            [
+                (name, np.array([box], dtype=np.float64), np.array([[0.0]]))
+                for name, box in appearances[pid]
+            ],
+        )
         return (f"p{pid:05d}", float(len(appearances[pid])), scene)
 
     pids = sorted(appearances)
-    scipy.io.savemat(annotation / "Person.mat",
-                     {"Person": _structs(shape(len(pids)), person_fields, [person(p) for p in pids])})
+    scipy.io.savemat(
+        annotation / "Person.mat",
+        {"Person": _structs(shape(len(pids)), person_fields, [person(p) for p in pids])},
+    )
 
     train_pids = [p for p in pids if any(n not in pool for n, _ in appearances[p])]
     train = np.empty((len(train_pids), 1), dtype=object)
@@ -109,8 +124,10 @@ def write_cuhk_sysu(
     for size in gallery_sizes:
         key = f"TestG{size}"
         records = [_test_record(pid, appearances[pid], pool, size, fake) for pid in test_pids]
-        scipy.io.savemat(protocol_dir / f"{key}.mat",
-                         {key: _structs((1, len(records)), ("Query", "Gallery"), records)})
+        scipy.io.savemat(
+            protocol_dir / f"{key}.mat",
+            {key: _structs((1, len(records)), ("Query", "Gallery"), records)},
+        )
 
     if write_images:
         folder = root / "Image" / "SSM"
@@ -120,8 +137,9 @@ def write_cuhk_sysu(
     return fake
 
 
-def _test_record(pid: int, appearances: list, pool: tuple[str, ...], size: int,
-                 fake: FakeCuhk) -> tuple:
+def _test_record(
+    pid: int, appearances: list, pool: tuple[str, ...], size: int, fake: FakeCuhk
+) -> tuple:
     """One TestG record: the first appearance is the query, the rest are listed first."""
     (query_image, query_box), *holders = appearances
     fake.queries[pid] = query_image
@@ -130,9 +148,11 @@ def _test_record(pid: int, appearances: list, pool: tuple[str, ...], size: int,
     entries = [(name, _uint(box), np.array([[0]], dtype=np.uint8)) for name, box in holders]
     entries += [(name, np.zeros((1, 0)), np.zeros((1, 0))) for name in others]
     entries = entries[:size]
-    query = _structs((1, 1), ("imname", "idlocate", "ishard", "idname"),
-                     [(query_image, _uint(query_box), np.array([[0]], dtype=np.uint8),
-                       f"p{pid:05d}")])
+    query = _structs(
+        (1, 1),
+        ("imname", "idlocate", "ishard", "idname"),
+        [(query_image, _uint(query_box), np.array([[0]], dtype=np.uint8), f"p{pid:05d}")],
+    )
     return (query, _structs((1, len(entries)), ("imname", "idlocate", "ishard"), entries))
 
 

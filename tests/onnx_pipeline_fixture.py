@@ -32,17 +32,30 @@ def make_onnx_pipeline(out: Path) -> Path:
     reid_run = out / "reid-run"
     reid_run.mkdir(parents=True, exist_ok=True)
     config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32"])
-    model = build_reid_model({"head": "clsa", "backbone": "resnet18", "pretrained": False,
-                              "feature_dim": 32, "num_classes": 5}).eval()
+    model = build_reid_model(
+        {
+            "head": "clsa",
+            "backbone": "resnet18",
+            "pretrained": False,
+            "feature_dim": 32,
+            "num_classes": 5,
+        }
+    ).eval()
     save_reid_model(reid_run / "model.pt", model, config, pids=[1, 2, 3, 4, 5])
     (reid_run / "config.yaml").write_text("task: reid\n")
 
     detector_run = out / "detector-run"
     detector_run.mkdir(parents=True, exist_ok=True)
-    detector = build_detector(DetectorConfig(
-        backbone="resnet18", pretrained=False, min_size=160, max_size=240, score_thresh=0.0,
-        detections_per_img=DETECTIONS_PER_IMAGE,
-    )).eval()
+    detector = build_detector(
+        DetectorConfig(
+            backbone="resnet18",
+            pretrained=False,
+            min_size=160,
+            max_size=240,
+            score_thresh=0.0,
+            detections_per_img=DETECTIONS_PER_IMAGE,
+        )
+    ).eval()
     save_detector(detector_run / "model.pt", detector, load_config("synthetic-detector"))
 
     torch_pipeline = out / "torch"

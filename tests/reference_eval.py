@@ -94,7 +94,10 @@ def reference_search(
             for g in range(len(protocol.images)):
                 if g in listed or g == own:
                     continue
-                if protocol.unlisted == "other-cameras" and protocol.image_cameras[g] == task.camera:
+                if (
+                    protocol.unlisted == "other-cameras"
+                    and protocol.image_cameras[g] == task.camera
+                ):
                     continue
                 if g in sims_of:
                     y_true += [0] * len(sims_of[g])
@@ -130,8 +133,10 @@ def brute_force_cbgm(sims_of, per_image, det_feats, k1, context):
     """SeqNet's CBGM: re-score the images of the k1 best detections by best context matching."""
     import itertools
 
-    flat = sorted(((s, g, j) for g, sims in sims_of.items() for j, s in enumerate(sims)),
-                  key=lambda t: (-t[0], t[1], t[2]))
+    flat = sorted(
+        ((s, g, j) for g, sims in sims_of.items() for j, s in enumerate(sims)),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
     for g in sorted({g for _, g, _ in flat[:k1]}):
         feats = det_feats[per_image[g]].astype(np.float64)
         weights = [sims_of[g].astype(np.float32)]
@@ -159,8 +164,18 @@ def brute_force_cbgm(sims_of, per_image, det_feats, k1, context):
         sims_of[g] = new
 
 
-def reference_detection(gt_image, gt_boxes, det_image, det_boxes, det_scores, num_images,
-                        det_thresh=0.5, iou_thresh=0.5, gt_labeled=None, labeled_only=False):
+def reference_detection(
+    gt_image,
+    gt_boxes,
+    det_image,
+    det_boxes,
+    det_scores,
+    num_images,
+    det_thresh=0.5,
+    iou_thresh=0.5,
+    gt_labeled=None,
+    labeled_only=False,
+):
     """(recall, ap) of the person-search papers' detection measure, image by image."""
     y_true, y_score = [], []
     count_gt = count_tp = 0
@@ -170,7 +185,9 @@ def reference_detection(gt_image, gt_boxes, det_image, det_boxes, det_scores, nu
             gts = [i for i in gts if gt_labeled[i]]
             if not gts:
                 continue
-        dets = [j for j in range(len(det_image)) if det_image[j] == g and det_scores[j] >= det_thresh]
+        dets = [
+            j for j in range(len(det_image)) if det_image[j] == g and det_scores[j] >= det_thresh
+        ]
         if not dets:
             count_gt += len(gts)
             continue
@@ -178,8 +195,12 @@ def reference_detection(gt_image, gt_boxes, det_image, det_boxes, det_scores, nu
             y_true += [False] * len(dets)
             y_score += [det_scores[j] for j in dets]
             continue
-        ious = np.array([[iou(gt_boxes[i].astype(np.float64), det_boxes[j].astype(np.float64))
-                          for j in dets] for i in gts])
+        ious = np.array(
+            [
+                [iou(gt_boxes[i].astype(np.float64), det_boxes[j].astype(np.float64)) for j in dets]
+                for i in gts
+            ]
+        )
         marks = ious >= iou_thresh
         for c in range(len(dets)):
             for r in range(len(gts)):

@@ -59,7 +59,9 @@ def make_world(
     for g in range(num_images):
         present: set[int] = set()
         for _ in range(rng.integers(persons_per_image[0], persons_per_image[1] + 1)):
-            scale = rng.uniform(3, 12) if tiny_boxes and rng.random() < 0.5 else rng.uniform(30, 200)
+            scale = (
+                rng.uniform(3, 12) if tiny_boxes and rng.random() < 0.5 else rng.uniform(30, 200)
+            )
             x, y = rng.uniform(0, 600, 2)
             gt_image.append(g)
             gt_boxes.append([x, y, x + scale * 0.4, y + scale])
@@ -113,7 +115,9 @@ def make_world(
             others = [g for g in range(num_images) if g != own and g not in holding]
             k = max(0, gallery_size - len(holding))
             # every holding image is listed, as in CUHK-SYSU: an unlisted one would be a negative
-            gallery = list(holding) + rng.choice(others, size=min(k, len(others)), replace=False).tolist()
+            gallery = (
+                list(holding) + rng.choice(others, size=min(k, len(others)), replace=False).tolist()
+            )
             rng.shuffle(gallery)
         if n < own_image_listed:
             gallery.append(own)
@@ -143,7 +147,10 @@ def make_world(
     if quantise:
         query_feats = (np.round(query_feats / quantise) * quantise).astype(np.float32)
     protocol = SearchProtocol(
-        name="synthetic", images=names, queries=tuple(queries), unlisted=unlisted,
+        name="synthetic",
+        images=names,
+        queries=tuple(queries),
+        unlisted=unlisted,
         image_cameras=cameras,
     )
     return SynthWorld(

@@ -79,10 +79,12 @@ def check_data_holds(boxes, box):  # check-data's query check, before data/valid
 
 def nms_iou(boxes, best, rest):  # search/onnx_detector.py's nms, one step
     areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    width = (np.minimum(boxes[best, 2], boxes[rest, 2])
-             - np.maximum(boxes[best, 0], boxes[rest, 0])).clip(0)
-    height = (np.minimum(boxes[best, 3], boxes[rest, 3])
-              - np.maximum(boxes[best, 1], boxes[rest, 1])).clip(0)
+    width = (
+        np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0])
+    ).clip(0)
+    height = (
+        np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1])
+    ).clip(0)
     inter = width * height
     union = areas[best] + areas[rest] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -127,8 +129,9 @@ def test_iou_matches_every_replaced_copy_bit_for_bit(seed):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no division warnings anywhere
             np.testing.assert_array_equal(box_iou(a, b), evaluation_box_iou(a, b))
-            np.testing.assert_array_equal(paired_iou(a, b[:1].repeat(40, 0)),
-                                          evaluation_box_iou(a, b[:1])[:, 0])
+            np.testing.assert_array_equal(
+                paired_iou(a, b[:1].repeat(40, 0)), evaluation_box_iou(a, b[:1])[:, 0]
+            )
             np.testing.assert_array_equal(box_iou(a, b, clip_areas=False), crops_box_iou(a, b))
             xywh = np.concatenate([a[:, :2], np.abs(a[:, 2:] - a[:, :2])], axis=1)
             for box in xywh[:10]:
@@ -171,8 +174,9 @@ def test_the_edge_cases_each_caller_keeps():
 
 
 def test_search_iou_threshold():
-    np.testing.assert_allclose(search_iou_threshold([[0, 0, 10, 10], [0, 0, 200, 400]]),
-                               [100 / 400, 0.5])
+    np.testing.assert_allclose(
+        search_iou_threshold([[0, 0, 10, 10], [0, 0, 200, 400]]), [100 / 400, 0.5]
+    )
 
 
 def test_crop_bounds_is_both_old_crop_rules():
@@ -195,8 +199,6 @@ def test_clip_boxes_keeps_the_float_dtype():
     boxes = np.array([[-3.5, 2, 700, 90.25]], dtype=np.float32)
     clipped = clip_boxes(boxes, 640, 80)
     assert clipped.dtype == np.float32 and clipped.tolist() == [[0, 2, 640, 80]]
-    np.testing.assert_array_equal(
-        clipped, np.clip(boxes, 0, [640, 80, 640, 80]).astype(np.float32)
-    )
+    np.testing.assert_array_equal(clipped, np.clip(boxes, 0, [640, 80, 640, 80]).astype(np.float32))
     assert clip_boxes([[1, 2, 3, 4]], 2, 2).dtype == np.float64
     assert np.isnan(clip_boxes(np.array([[np.nan, 0, 1, 1]]), 5, 5)[0, 0])

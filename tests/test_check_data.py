@@ -66,14 +66,17 @@ def test_protocol_inconsistency_is_a_warning(tmp_path, capsys):
     scipy.io.savemat(path, {"TestG100": protocol})
     code, out, err = _run(capsys, "--dataset", "cuhk-sysu", "--root", fake.root)
     assert code == 0
-    assert "warning: protocol cuhk-sysu/TestG100: query 1 (person 10 in s5.jpg): the image has " \
-           "no box of that person there" in err
+    assert (
+        "warning: protocol cuhk-sysu/TestG100: query 1 (person 10 in s5.jpg): the image has "
+        "no box of that person there" in err
+    )
 
 
 def test_wrong_root(tmp_path, capsys):
     code, _, err = _run(capsys, "--dataset", "cuhk-sysu", "--root", tmp_path)
-    _assert_one_line_error(code, err, "annotation/Images.mat not found under",
-                           "the unpacked CUHK-SYSU folder")
+    _assert_one_line_error(
+        code, err, "annotation/Images.mat not found under", "the unpacked CUHK-SYSU folder"
+    )
     code, _, err = _run(capsys, "--dataset", "prw", "--root", tmp_path / "missing")
     _assert_one_line_error(code, err, "is not a folder", "PRW folder")
 
@@ -91,8 +94,9 @@ def test_box_outside_the_image(tmp_path, capsys):
     images["s4.jpg"] = [(None, (40, 20, 30, 90)), (None, (140, 20, 60, 90))]  # x2 200 > 160
     fake = write_cuhk_sysu(tmp_path / "c", images=images)
     code, _, err = _run(capsys, "--dataset", "cuhk-sysu", "--root", fake.root)
-    _assert_one_line_error(code, err, "s4.jpg: box 2 [x1 y1 x2 y2 = 140 20 200 110] extends "
-                           "outside the 160x120 image")
+    _assert_one_line_error(
+        code, err, "s4.jpg: box 2 [x1 y1 x2 y2 = 140 20 200 110] extends outside the 160x120 image"
+    )
     # annotations alone are fine: the image size is only known from the image
     code, _, err = _run(capsys, "--dataset", "cuhk-sysu", "--root", fake.root, "--no-images")
     assert code == 0, err

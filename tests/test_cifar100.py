@@ -25,9 +25,17 @@ from personsearch.models.backbones import build_backbone
 from personsearch.models.reid import build_reid_model
 
 #: the shipped config, shrunk to seconds on a CPU (the network stays ResNet-110)
-SMOKE = ["optim.batch_size=4", "optim.iterations=2", "optim.milestones=[1]",
-         "optim.warmup_iterations=1", "run.workers=0", "run.progress=false", "run.log_period=1",
-         "run.checkpoint_period=2", "run.eval_batch_size=8"]
+SMOKE = [
+    "optim.batch_size=4",
+    "optim.iterations=2",
+    "optim.milestones=[1]",
+    "optim.warmup_iterations=1",
+    "run.workers=0",
+    "run.progress=false",
+    "run.log_period=1",
+    "run.checkpoint_period=2",
+    "run.eval_batch_size=8",
+]
 
 
 def test_records_decode_in_the_release_layout(tmp_path):
@@ -49,13 +57,19 @@ def test_bad_binary_files(tmp_path):
     images, fine = cifar_records(4)
     path = tmp_path / "test.bin"
     path.write_bytes(encode_records(images, fine)[:-100])
-    with pytest.raises(DatasetError, match=r"test.bin is truncated or not a CIFAR-100 binary file: "
-                       r"its 12,196 bytes are 3 records of 3,074 bytes and 2,974 bytes over"):
+    with pytest.raises(
+        DatasetError,
+        match=r"test.bin is truncated or not a CIFAR-100 binary file: "
+        r"its 12,196 bytes are 3 records of 3,074 bytes and 2,974 bytes over",
+    ):
         read_cifar_bin(path)
     fine[2] = 100
     path.write_bytes(encode_records(images, fine, coarse=np.zeros(4, dtype=np.int64)))
-    with pytest.raises(DatasetError, match=r"record 2 \(byte 6,148\) has fine label 100, outside "
-                       r"0-99 \(1 such records\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"record 2 \(byte 6,148\) has fine label 100, outside "
+        r"0-99 \(1 such records\)",
+    ):
         read_cifar_bin(path)
     fine[2] = 5
     path.write_bytes(encode_records(images, fine, coarse=np.full(4, 20)))
@@ -71,11 +85,16 @@ def test_release_folder(tmp_path):
     dataset = load_cifar100(root)
     assert (len(dataset.train), len(dataset.test)) == (30, 10)
     assert dataset.fine_names[:2] == ("class0", "class1") and len(dataset.coarse_names) == 20
-    with pytest.raises(DatasetError, match=r"train.bin not found under .*: is .* the unpacked "
-                       r"CIFAR-100 binary release.*use that as the root"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train.bin not found under .*: is .* the unpacked "
+        r"CIFAR-100 binary release.*use that as the root",
+    ):
         load_cifar100(tmp_path)
     (root / "fine_label_names.txt").write_text("apple\npear\n")
-    with pytest.raises(DatasetError, match="fine_label_names.txt lists 2 class names, expected 100"):
+    with pytest.raises(
+        DatasetError, match="fine_label_names.txt lists 2 class names, expected 100"
+    ):
         load_cifar100(root)
     (root / "test.bin").unlink()
     with pytest.raises(DatasetError, match="test.bin not found under"):
@@ -85,8 +104,11 @@ def test_release_folder(tmp_path):
     python.mkdir()
     for name in ("train", "test", "meta"):
         (python / name).write_bytes(b"\x80\x04 would run code")
-    with pytest.raises(DatasetError, match="Python .pickle. release of CIFAR-100, which is not "
-                       "read .loading a pickle runs code.: download the binary version"):
+    with pytest.raises(
+        DatasetError,
+        match="Python .pickle. release of CIFAR-100, which is not "
+        "read .loading a pickle runs code.: download the binary version",
+    ):
         load_cifar100(python)
 
 
@@ -121,7 +143,10 @@ def test_cifar_resnets():
     shallow = build_backbone("cifar_resnet20")
     stages = shallow(torch.randn(2, 3, 32, 32))
     assert {k: tuple(v.shape[1:]) for k, v in stages.items()} == {
-        "res2": (16, 32, 32), "res3": (32, 16, 16), "res4": (64, 8, 8)}
+        "res2": (16, 32, 32),
+        "res3": (32, 16, 16),
+        "res4": (64, 8, 8),
+    }
     assert shallow.stage_strides == {"res2": 1, "res3": 2, "res4": 4}
     # multiply-adds on one 32 x 32 image (He et al.: ResNet-110 is about 0.25 G)
     from personsearch.commands.flops import measure
@@ -136,8 +161,15 @@ def test_cifar_resnets():
 
 
 def test_clsa_over_the_three_stages():
-    model = build_reid_model({"num_classes": 100, "backbone": "cifar_resnet20",
-                              "pretrained": False, "levels": "4-3-2", "feature_dim": 32})
+    model = build_reid_model(
+        {
+            "num_classes": 100,
+            "backbone": "cifar_resnet20",
+            "pretrained": False,
+            "levels": "4-3-2",
+            "feature_dim": 32,
+        }
+    )
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 5, 99, 5])
     losses = model.train()(images, labels)
     assert set(losses) == {"ce", "kl"}  # CE on the top level, T^2 KL aligning res2 and res3
@@ -146,35 +178,50 @@ def test_clsa_over_the_three_stages():
     assert outputs.level_names == ("res2", "res3", "res4")
     assert [tuple(t.shape) for t in outputs.logits] == [(4, 100)] * 3
     # every head's default levels are the backbone's top stages (ResNet-50's: res3-res5)
-    plain = build_reid_model({"num_classes": 100, "backbone": "cifar_resnet20",
-                              "pretrained": False, "head": "plain"})
+    plain = build_reid_model(
+        {"num_classes": 100, "backbone": "cifar_resnet20", "pretrained": False, "head": "plain"}
+    )
     assert plain.level_names == ("res4",) and plain.feature_dims == (64,)
-    assert build_reid_model({"num_classes": 100, "backbone": "cifar_resnet20",
-                             "pretrained": False}).level_names == ("res2", "res3", "res4")
+    assert build_reid_model(
+        {"num_classes": 100, "backbone": "cifar_resnet20", "pretrained": False}
+    ).level_names == ("res2", "res3", "res4")
 
 
 def test_top1_scores():
     labels = np.array([0, 1, 2])
     # per image: [res2 logits | res4 logits], 3 classes each
-    logits = np.array([[5, 0, 0, 0, 1, 0],     # res2 right, top wrong, sum right
-                       [0, 0, 9, 0, 1, 0],     # res2 wrong, top right, sum wrong
-                       [0, 0, 1, 0, 0, 1]], dtype=np.float32)  # both right
+    logits = np.array(
+        [
+            [5, 0, 0, 0, 1, 0],  # res2 right, top wrong, sum right
+            [0, 0, 9, 0, 1, 0],  # res2 wrong, top right, sum wrong
+            [0, 0, 1, 0, 0, 1],
+        ],
+        dtype=np.float32,
+    )  # both right
     scores = top1_scores(logits, labels, ("res2", "res4"))
-    assert scores == pytest.approx({"top1": 2 / 3, "top1_concat": 2 / 3, "top1_res2": 2 / 3,
-                                    "top1_res4": 2 / 3, "images": 3})
+    assert scores == pytest.approx(
+        {"top1": 2 / 3, "top1_concat": 2 / 3, "top1_res2": 2 / 3, "top1_res4": 2 / 3, "images": 3}
+    )
     assert top1_scores(logits[:, 3:], labels, ("res4",)) == pytest.approx(
-        {"top1": 2 / 3, "top1_concat": 2 / 3, "images": 3})
+        {"top1": 2 / 3, "top1_concat": 2 / 3, "images": 3}
+    )
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.crop_height=64", "CIFAR images are 32 x 32 and are not resized"),
-    ("data.random_erasing=0.5", "data.random_erasing=0.5 applies to re-id crops"),
-    ("data.dataset=market1501", "classification needs one of cifar100"),
-    ("model.num_classes=10", "model.num_classes is set from the dataset's classes"),
-    ("model.levels=5-4-3", r"backbone cifar_resnet110 has no stage res5 \(its stages: res2, "
-                           r"res3, res4\): set levels to some of them"),
-    ("model.pretrained=true", "cifar_resnet110 has no pretrained weights"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.crop_height=64", "CIFAR images are 32 x 32 and are not resized"),
+        ("data.random_erasing=0.5", "data.random_erasing=0.5 applies to re-id crops"),
+        ("data.dataset=market1501", "classification needs one of cifar100"),
+        ("model.num_classes=10", "model.num_classes is set from the dataset's classes"),
+        (
+            "model.levels=5-4-3",
+            r"backbone cifar_resnet110 has no stage res5 \(its stages: res2, "
+            r"res3, res4\): set levels to some of them",
+        ),
+        ("model.pretrained=true", "cifar_resnet110 has no pretrained weights"),
+    ],
+)
 def test_settings_the_task_refuses(override, message):
     with pytest.raises(ConfigError, match=message):  # when the config is built, or by the task
         config = load_config("cifar100-classify", [override])
@@ -204,8 +251,16 @@ def test_smoke_run_of_the_shipped_config(tmp_path, capsys):
     then model.pt reloaded by evaluate-classify gives the same top-1."""
     root = write_cifar100(tmp_path / "cifar-100-binary", train=16, test=12)
     run = tmp_path / "run"
-    args = ["train", "classify", "--config", "cifar100-classify", "--out", str(run),
-            f"data.root={root}", *SMOKE]
+    args = [
+        "train",
+        "classify",
+        "--config",
+        "cifar100-classify",
+        "--out",
+        str(run),
+        f"data.root={root}",
+        *SMOKE,
+    ]
     assert main(args) == 0
     assert "final evaluation: images=12, top1=" in capsys.readouterr().out
     final = json.loads((run / "metrics.json").read_text())["final"]

@@ -27,13 +27,24 @@ def test_help_does_not_import_heavy_libraries() -> None:
         "heavy = [m for m in ('torch', 'torchvision', 'faiss', 'matplotlib', 'cv2') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "", f"--help imported {result.stdout.strip()}"
 
 
 def test_expected_error_is_one_line_without_traceback() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "personsearch", "check-data", "--dataset", "prw", "--root", "/nonexistent/prw"],
+        [
+            sys.executable,
+            "-m",
+            "personsearch",
+            "check-data",
+            "--dataset",
+            "prw",
+            "--root",
+            "/nonexistent/prw",
+        ],
         capture_output=True,
         text=True,
     )
@@ -50,8 +61,14 @@ def _parse(*argv: str):  # type: ignore[no-untyped-def]
 
 def test_train_overrides_before_and_after_options() -> None:
     args = _parse("train", "reid", "--config", "synthetic-reid", "a.b=1", "c=[2]")
-    assert (args.task, args.config, args.overrides) == ("reid", "synthetic-reid", ["a.b=1", "c=[2]"])
-    args = _parse("train", "detector", "a=1", "--config", "F", "b=2", "--resume", "c=3", "--out", "R")
+    assert (args.task, args.config, args.overrides) == (
+        "reid",
+        "synthetic-reid",
+        ["a.b=1", "c=[2]"],
+    )
+    args = _parse(
+        "train", "detector", "a=1", "--config", "F", "b=2", "--resume", "c=3", "--out", "R"
+    )
     assert args.overrides == ["a=1", "b=2", "c=3"] and args.resume and args.out == "R"
     assert _parse("train", "reid", "--resume", "--out", "R").overrides == []
 
@@ -59,8 +76,10 @@ def test_train_overrides_before_and_after_options() -> None:
 def test_unknown_arguments_are_still_refused(capsys) -> None:
     import pytest
 
-    for argv in (["train", "reid", "--config", "F", "a=1", "--bogus"],
-                 ["check-data", "--dataset", "prw", "--root", "r", "stray"]):
+    for argv in (
+        ["train", "reid", "--config", "F", "a=1", "--bogus"],
+        ["check-data", "--dataset", "prw", "--root", "r", "stray"],
+    ):
         with pytest.raises(SystemExit) as exit_:
             _parse(*argv)
         assert exit_.value.code == 2
@@ -90,8 +109,17 @@ def test_run_still_works_and_says_so_once(tmp_path, capsys) -> None:
     (tmp_path / "g").mkdir()
     outcomes = []
     for option in ("--pipeline", "--run"):
-        code = main(["index", "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "i"),
-                     option, str(tmp_path / "no-such-pipeline")])
+        code = main(
+            [
+                "index",
+                "--gallery",
+                str(tmp_path / "g"),
+                "--out",
+                str(tmp_path / "i"),
+                option,
+                str(tmp_path / "no-such-pipeline"),
+            ]
+        )
         out, err = capsys.readouterr()
         outcomes.append((code, out, err.replace("--run is deprecated here; use --pipeline\n", "")))
         assert err.count("deprecated") == (option == "--run")

@@ -44,7 +44,7 @@ def test_only_person_boxes_above_the_threshold_come_back() -> None:
     _, kept = detector.detect(image)
     assert len(kept) < len(scores) and (kept >= detector.score_thresh).all()
     # a batch gives what single images give
-    (batch_boxes, _), = detector.detect_batch([image])
+    ((batch_boxes, _),) = detector.detect_batch([image])
     np.testing.assert_allclose(batch_boxes, detector.detect(image)[0], rtol=1e-5)
 
 
@@ -61,8 +61,9 @@ def test_bad_names_weights_and_settings_are_named(tmp_path: Path, monkeypatch) -
         CocoDetector(FAST, weights="random", score_thresh=1.5)
     # weights of another architecture
     other = tmp_path / "ssd.pth"
-    torch.save(CocoDetector("ssdlite320_mobilenet_v3_large", weights="random").network.state_dict(),
-               other)
+    torch.save(
+        CocoDetector("ssdlite320_mobilenet_v3_large", weights="random").network.state_dict(), other
+    )
     with pytest.raises(ConfigError, match="does not hold the weights of " + FAST):
         CocoDetector(FAST, weights=other)
     with pytest.raises(WeightsUnavailableError, match="weights file not found"):
@@ -119,8 +120,23 @@ def test_exported_onnx_gives_the_torch_boxes(tmp_path: Path) -> None:
     from personsearch.cli import main
 
     out = tmp_path / "frcnn.onnx"
-    assert main(["export", "onnx", "--torchvision", FAST, "--weights", str(weights),
-                 "--out", str(out), "--score-thresh", "0.0"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--torchvision",
+                FAST,
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+                "--score-thresh",
+                "0.0",
+            ]
+        )
+        == 0
+    )
     yy, xx = np.mgrid[0:1:300j, 0:1:400j]
     image = (255 * np.stack([xx, yy, 0.5 + 0.5 * np.sin(7 * xx)], axis=2)).astype(np.uint8)
     image[40:200, 100:160] = 255

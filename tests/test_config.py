@@ -26,12 +26,19 @@ from personsearch.models.reid import ReidConfig
 def test_defaults_are_the_paper_reid_settings():
     optim, data = Config().optim, Config().data
     assert (optim.lr, optim.momentum, optim.weight_decay) == (0.01, 0.9, 1e-5)
-    assert (optim.batch_size, optim.epochs, optim.milestones, optim.gamma) == (64, 100, [40, 80], 0.1)
+    assert (optim.batch_size, optim.epochs, optim.milestones, optim.gamma) == (
+        64,
+        100,
+        [40, 80],
+        0.1,
+    )
     assert (data.crop_height, data.crop_width, data.flip, data.det_iou) == (256, 128, True, 0.5)
 
 
 def test_shipped_configs_resolve_by_name_and_keep_paper_settings():
-    assert {"cuhk-sysu-reid", "prw-reid", "market1501-reid", "synthetic-reid"} <= set(shipped_configs())
+    assert {"cuhk-sysu-reid", "prw-reid", "market1501-reid", "synthetic-reid"} <= set(
+        shipped_configs()
+    )
     for name in ("cuhk-sysu-reid", "prw-reid", "market1501-reid"):
         config = load_config(name)
         assert config.name == name and config.task == "reid"
@@ -44,8 +51,15 @@ def test_shipped_configs_resolve_by_name_and_keep_paper_settings():
 def test_overrides_are_parsed_and_typed():
     config = load_config(
         "synthetic-reid",
-        ["optim.lr=1e-3", "optim.epochs=3", "optim.milestones=[2]", "data.flip=false",
-         "model.backbone=resnet18", "model.kl_weight=0.5", "run.out=/tmp/x"],
+        [
+            "optim.lr=1e-3",
+            "optim.epochs=3",
+            "optim.milestones=[2]",
+            "data.flip=false",
+            "model.backbone=resnet18",
+            "model.kl_weight=0.5",
+            "run.out=/tmp/x",
+        ],
     )
     assert config.optim.lr == pytest.approx(1e-3) and isinstance(config.optim.lr, float)
     assert config.optim.epochs == 3 and config.optim.milestones == [2]
@@ -100,7 +114,9 @@ def test_resolved_config_round_trips(tmp_path):
 def test_fingerprint_follows_the_model_not_the_schedule():
     base = load_config("synthetic-reid")
     assert load_config("synthetic-reid", ["optim.epochs=50"]).fingerprint() == base.fingerprint()
-    assert load_config("synthetic-reid", ["model.feature_dim=64"]).fingerprint() != base.fingerprint()
+    assert (
+        load_config("synthetic-reid", ["model.feature_dim=64"]).fingerprint() != base.fingerprint()
+    )
 
 
 def test_parse_overrides_nests_dotted_keys():
@@ -127,10 +143,14 @@ def test_configs_are_frozen_and_checked_when_constructed():
     assert isinstance(ReidConfig(temperature=2).temperature, float)
 
 
-@pytest.mark.parametrize(("name", "kind"), [
-    ("synthetic-reid", "ReidConfig"), ("synthetic-detector", "DetectorConfig"),
-    ("cifar100-classify", "ReidConfig"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("synthetic-reid", "ReidConfig"),
+        ("synthetic-detector", "DetectorConfig"),
+        ("cifar100-classify", "ReidConfig"),
+    ],
+)
 def test_the_model_section_is_typed_by_task(name, kind):
     config = load_config(name)
     assert type(config.model).__name__ == kind
@@ -138,14 +158,25 @@ def test_the_model_section_is_typed_by_task(name, kind):
         assert config.model.num_classes is None  # the task sets it from the data
 
 
-@pytest.mark.parametrize(("config", "override", "message"), [
-    ("synthetic-reid", "model.dimm=3", "unknown config key model.dimm; valid keys in model: "),
-    ("synthetic-detector", "model.poolng=x", "unknown config key model.poolng; valid keys in "),
-    ("synthetic-reid", "model.feature_dim=wide", "config key model.feature_dim: expected an integer"),
-    ("synthetic-detector", "model.min_size=[1]", "config key model.min_size: expected an integer"),
-    ("synthetic-reid", "model.head=vit", "unknown re-id head 'vit'"),
-    ("synthetic-reid", "model.mobilenet_taps=wide", "mobilenet_taps must be one of"),
-])
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        ("synthetic-reid", "model.dimm=3", "unknown config key model.dimm; valid keys in model: "),
+        ("synthetic-detector", "model.poolng=x", "unknown config key model.poolng; valid keys in "),
+        (
+            "synthetic-reid",
+            "model.feature_dim=wide",
+            "config key model.feature_dim: expected an integer",
+        ),
+        (
+            "synthetic-detector",
+            "model.min_size=[1]",
+            "config key model.min_size: expected an integer",
+        ),
+        ("synthetic-reid", "model.head=vit", "unknown re-id head 'vit'"),
+        ("synthetic-reid", "model.mobilenet_taps=wide", "mobilenet_taps must be one of"),
+    ],
+)
 def test_a_bad_model_section_names_its_key_when_the_config_is_built(config, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(config, [override])
@@ -153,11 +184,16 @@ def test_a_bad_model_section_names_its_key_when_the_config_is_built(config, over
 
 def test_the_saved_model_section_is_the_one_written(tmp_path):
     # as written (an int stays an int): config.yaml and the fingerprint of earlier runs hold
-    config = load_config("synthetic-reid", ["model.head=plain", "model.levels=5",
-                                            "model.temperature=3"])
+    config = load_config(
+        "synthetic-reid", ["model.head=plain", "model.levels=5", "model.temperature=3"]
+    )
     assert config.to_dict()["model"] == {
-        "head": "plain", "backbone": "mobilenet_v2", "pretrained": True, "levels": 5,
-        "feature_dim": 256, "temperature": 3,
+        "head": "plain",
+        "backbone": "mobilenet_v2",
+        "pretrained": True,
+        "levels": 5,
+        "feature_dim": 256,
+        "temperature": 3,
     }
     assert config.model.levels == "5" and config.model.temperature == 3.0
     save_config(config, tmp_path / "config.yaml")

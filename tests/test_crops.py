@@ -37,8 +37,13 @@ def make_scene(tmp_path, name, boxes, pids, seed=0, size=(80, 60)):
 @pytest.fixture
 def scenes(tmp_path):
     return [
-        make_scene(tmp_path, "a.png", [[0, 0, 20, 40], [30, 5, 50, 45], [55, 10, 75, 50]],
-                   [7, UNLABELED, 3], seed=1),
+        make_scene(
+            tmp_path,
+            "a.png",
+            [[0, 0, 20, 40], [30, 5, 50, 45], [55, 10, 75, 50]],
+            [7, UNLABELED, 3],
+            seed=1,
+        ),
         make_scene(tmp_path, "b.png", [[10, 10, 30, 50], [40, 0, 60, 40]], [3, 9], seed=2),
     ]
 
@@ -85,15 +90,24 @@ def test_eval_split_uses_images_as_cameras(scenes):
 def test_load_detections_round_trip_and_errors(tmp_path):
     path = tmp_path / "det.npz"
     boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
-    np.savez(path, image_names=np.array(["x.jpg", "y.jpg", "z.jpg"]), det_boxes=boxes,
-             det_image=[1, 0, 1])
+    np.savez(
+        path,
+        image_names=np.array(["x.jpg", "y.jpg", "z.jpg"]),
+        det_boxes=boxes,
+        det_image=[1, 0, 1],
+    )
     found = load_detections(path)
     np.testing.assert_array_equal(found["x.jpg"], boxes[[1]])
     np.testing.assert_array_equal(found["y.jpg"], boxes[[0, 2]])
     assert found["z.jpg"].shape == (0, 4)
     # the layout `personsearch detect` writes: low-scored detections are left out
-    np.savez(path, image_names=np.array(["x.jpg", "y.jpg"]), det_boxes=boxes, det_image=[1, 0, 1],
-             det_scores=np.array([0.9, 0.2, 0.5], dtype=np.float32))
+    np.savez(
+        path,
+        image_names=np.array(["x.jpg", "y.jpg"]),
+        det_boxes=boxes,
+        det_image=[1, 0, 1],
+        det_scores=np.array([0.9, 0.2, 0.5], dtype=np.float32),
+    )
     found = load_detections(path)
     np.testing.assert_array_equal(found["y.jpg"], boxes[[0, 2]])
     assert found["x.jpg"].shape == (0, 4)
@@ -197,8 +211,12 @@ def test_detections_and_results_files_share_one_reader(tmp_path):
     from personsearch.evaluation.results_file import load_results, read_npz
 
     path = tmp_path / "det.npz"
-    np.savez_compressed(path, image_names=np.array(["x.jpg"]), det_image=np.zeros(300, int),
-                        det_boxes=np.ones((300, 4)))
+    np.savez_compressed(
+        path,
+        image_names=np.array(["x.jpg"]),
+        det_image=np.zeros(300, int),
+        det_boxes=np.ones((300, 4)),
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     for read, what in ((load_detections, "detections file"), (load_results, "results file")):
@@ -206,8 +224,12 @@ def test_detections_and_results_files_share_one_reader(tmp_path):
             read(path)
         with pytest.raises(ResultsError, match=f"{what} not found"):
             read(tmp_path / "absent.npz")
-    np.savez(path, image_names=np.array(["x.jpg"], dtype=object), det_image=[0],
-             det_boxes=np.ones((1, 4)))
+    np.savez(
+        path,
+        image_names=np.array(["x.jpg"], dtype=object),
+        det_image=[0],
+        det_boxes=np.ones((1, 4)),
+    )
     with pytest.raises(ResultsError, match="'image_names' holds Python objects"):
         load_detections(path)
     np.savez(path, a=np.arange(3), b=np.array(["s"]))

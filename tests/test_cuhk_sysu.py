@@ -34,7 +34,9 @@ def real_protocol(tmp_path_factory):
     """TestG100 read through the reader (see cuhk_fixture.write_real_testg100_root)."""
     if not REAL_TESTG100.is_file():
         pytest.skip(skip_reason("cuhk-sysu-protocol/TestG100.mat"))
-    return load_cuhk_sysu_protocol(write_real_testg100_root(tmp_path_factory.mktemp("cuhk-real")), 100)
+    return load_cuhk_sysu_protocol(
+        write_real_testg100_root(tmp_path_factory.mktemp("cuhk-real")), 100
+    )
 
 
 def test_real_testg100_structure(real_protocol):
@@ -49,23 +51,27 @@ def test_real_testg100_structure(real_protocol):
     np.testing.assert_array_equal(first.gt_boxes[0], [430, 121, 523, 387])
     holders = [q.holds_person for q in protocol.queries]
     # entries that hold the person come first, then only empty (NaN) rows
-    assert all(not h[h.sum():].any() and h[: h.sum()].all() for h in holders)
+    assert all(not h[h.sum() :].any() and h[: h.sum()].all() for h in holders)
     assert sum(int(h.sum()) for h in holders) == 5447
     assert min(h.sum() for h in holders) == 1 and max(h.sum() for h in holders) == 13
-    assert all(q.box.dtype == np.float32 and (q.box[2:] > q.box[:2]).all()
-               for q in protocol.queries)
+    assert all(
+        q.box.dtype == np.float32 and (q.box[2:] > q.box[:2]).all() for q in protocol.queries
+    )
 
 
 def test_real_testg100_quirks_are_kept_as_listed(real_protocol):
     protocol = real_protocol
     index = protocol.image_index()
-    duplicated = [k for k, q in enumerate(protocol.queries)
-                  if len(np.unique(q.gallery)) < len(q.gallery)]
+    duplicated = [
+        k for k, q in enumerate(protocol.queries) if len(np.unique(q.gallery)) < len(q.gallery)
+    ]
     assert duplicated == [1250, 1633, 1997, 2561]
     query = protocol.queries[1633]
     twice = np.flatnonzero(query.gallery == index["s11888.jpg"])
     np.testing.assert_array_equal(twice, [0, 2])  # once with each of two different boxes
-    np.testing.assert_array_equal(query.gt_boxes[twice], [[140, 429, 160, 484], [100, 435, 120, 489]])
+    np.testing.assert_array_equal(
+        query.gt_boxes[twice], [[140, 429, 160, 484], [100, 435, 120, 489]]
+    )
     same_box = protocol.queries[1250]
     np.testing.assert_array_equal(same_box.gt_boxes[0], same_box.gt_boxes[1])
 
@@ -177,8 +183,11 @@ def test_gallery_size_must_be_known(fake):
 
 
 def test_wrong_root_says_what_it_should_hold(fake):
-    with pytest.raises(DatasetError, match=r"annotation/Images.mat not found under .*: is .* the "
-                       r"unpacked CUHK-SYSU folder .*use that as the root"):
+    with pytest.raises(
+        DatasetError,
+        match=r"annotation/Images.mat not found under .*: is .* the "
+        r"unpacked CUHK-SYSU folder .*use that as the root",
+    ):
         load_cuhk_sysu(fake.root.parent)
 
 
@@ -203,14 +212,20 @@ def test_inconsistent_annotations_are_errors(tmp_path):
     person = scipy.io.loadmat(person_path)["Person"]
     person[0, 0]["scene"][0, 0]["idlocate"] = np.array([[120.0, 60, 30, 50]])
     scipy.io.savemat(person_path, {"Person": person})
-    with pytest.raises(DatasetError, match=r"Person.mat: box \[120, 60, 30, 50\] of person p00001 "
-                       r"in s1.jpg matches no box of Images.mat"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Person.mat: box \[120, 60, 30, 50\] of person p00001 "
+        r"in s1.jpg matches no box of Images.mat",
+    ):
         load_cuhk_sysu(root)
 
     person[0, 0]["scene"][0, 0]["idlocate"] = np.array([[10.0, 10, 30]])
     scipy.io.savemat(person_path, {"Person": person})
-    with pytest.raises(DatasetError, match=r"Person\(1\).scene\(1\).idlocate: expected a box "
-                       r"\[x y w h\], found 3 numbers"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Person\(1\).scene\(1\).idlocate: expected a box "
+        r"\[x y w h\], found 3 numbers",
+    ):
         load_cuhk_sysu(root)
 
     person[0, 0]["idname"] = np.array(["person1"])
@@ -221,9 +236,13 @@ def test_inconsistent_annotations_are_errors(tmp_path):
     pool = np.empty((1, 1), dtype=object)
     pool[0, 0] = "s99.jpg"
     scipy.io.savemat(root / "annotation" / "pool.mat", {"pool": pool})
-    with pytest.raises(DatasetError, match="pool.mat lists 1 images that .*Images.mat does not "
-                       "hold, e.g. s99.jpg"):
+    with pytest.raises(
+        DatasetError, match="pool.mat lists 1 images that .*Images.mat does not hold, e.g. s99.jpg"
+    ):
         load_cuhk_sysu(root)
-    with pytest.raises(DatasetError, match=r"TestG50\(1\).Gallery lists s6.jpg, which pool.mat "
-                       "does not hold"):
+    with pytest.raises(
+        DatasetError,
+        match=r"TestG50\(1\).Gallery lists s6.jpg, which pool.mat "
+        "does not hold",
+    ):
         load_cuhk_sysu_protocol(root, 50)

@@ -21,9 +21,15 @@ from cuhk_fixture import write_cuhk_sysu
 
 WORLD = 2
 ITERATIONS = 4  # 4 training images, global batch 2: two epochs of two steps
-SMALL_MODEL = ["model.pretrained=false", "model.min_size=128", "model.max_size=224",
-               "model.rpn_pre_nms_top_n_train=300", "model.rpn_pre_nms_top_n_test=300",
-               "model.rpn_post_nms_top_n_test=64", "model.box_batch_size_per_image=32"]
+SMALL_MODEL = [
+    "model.pretrained=false",
+    "model.min_size=128",
+    "model.max_size=224",
+    "model.rpn_pre_nms_top_n_train=300",
+    "model.rpn_pre_nms_top_n_test=300",
+    "model.rpn_post_nms_top_n_test=64",
+    "model.box_batch_size_per_image=32",
+]
 
 
 def _free_port() -> int:
@@ -33,8 +39,13 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from personsearch import cli
     from personsearch.engine import detector_task
@@ -61,13 +72,27 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
             super().save_checkpoint(path)
 
     detector_task.Trainer = RecordingTrainer  # the task looks the class up when it runs
-    status = cli.main([
-        "train", "detector", "--config", "synthetic-detector", "--out", run,
-        "data.dataset=cuhk-sysu", f"data.root={root}", "run.device=cpu", "run.workers=0",
-        "run.progress=false", "run.log_period=1", "run.checkpoint_period=2",
-        f"optim.iterations={ITERATIONS}", "optim.milestones=[3]", "optim.warmup_iterations=0",
-        *SMALL_MODEL,
-    ])
+    status = cli.main(
+        [
+            "train",
+            "detector",
+            "--config",
+            "synthetic-detector",
+            "--out",
+            run,
+            "data.dataset=cuhk-sysu",
+            f"data.root={root}",
+            "run.device=cpu",
+            "run.workers=0",
+            "run.progress=false",
+            "run.log_period=1",
+            "run.checkpoint_period=2",
+            f"optim.iterations={ITERATIONS}",
+            "optim.milestones=[3]",
+            "optim.warmup_iterations=0",
+            *SMALL_MODEL,
+        ]
+    )
     (trainer,) = trainers
     torch.save(
         {
@@ -86,8 +111,9 @@ def _worker(rank: int, port: int, root: str, run: str, out: str) -> None:
 def test_two_process_detector_training(tmp_path: Path) -> None:
     root, run = tmp_path / "cuhk", tmp_path / "run"
     write_cuhk_sysu(root)
-    mp.spawn(_worker, args=(_free_port(), str(root), str(run), str(tmp_path)), nprocs=WORLD,
-             join=True)
+    mp.spawn(
+        _worker, args=(_free_port(), str(root), str(run), str(tmp_path)), nprocs=WORLD, join=True
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert [r["status"] for r in ranks] == [0, 0]
     assert [r["iteration"] for r in ranks] == [ITERATIONS, ITERATIONS]

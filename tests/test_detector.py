@@ -32,10 +32,16 @@ LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_re
 
 def small_config(**overrides: object) -> DetectorConfig:
     values: dict[str, object] = {
-        "backbone": "mobilenet_v2", "pretrained": False, "min_size": 128, "max_size": 224,
-        "rpn_pre_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300,
-        "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 64,
-        "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32,
+        "backbone": "mobilenet_v2",
+        "pretrained": False,
+        "min_size": 128,
+        "max_size": 224,
+        "rpn_pre_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_train": 64,
+        "rpn_post_nms_top_n_test": 64,
+        "rpn_batch_size_per_image": 64,
+        "box_batch_size_per_image": 32,
     }
     values.update(overrides)
     return DetectorConfig(**values)  # type: ignore[arg-type]
@@ -53,8 +59,12 @@ def bilinear(feature: np.ndarray, y: float, x: float) -> np.ndarray:
     """Bilinear sample of a C x H x W map at continuous pixel-centre coordinates (y, x)."""
     y0, x0 = int(np.floor(y)), int(np.floor(x))
     dy, dx = y - y0, x - x0
-    return ((1 - dy) * (1 - dx) * feature[:, y0, x0] + (1 - dy) * dx * feature[:, y0, x0 + 1]
-            + dy * (1 - dx) * feature[:, y0 + 1, x0] + dy * dx * feature[:, y0 + 1, x0 + 1])
+    return (
+        (1 - dy) * (1 - dx) * feature[:, y0, x0]
+        + (1 - dy) * dx * feature[:, y0, x0 + 1]
+        + dy * (1 - dx) * feature[:, y0 + 1, x0]
+        + dy * dx * feature[:, y0 + 1, x0 + 1]
+    )
 
 
 def test_crop_resize_maxpool_matches_bilinear_crop_then_max_pool() -> None:
@@ -63,8 +73,11 @@ def test_crop_resize_maxpool_matches_bilinear_crop_then_max_pool() -> None:
     box = np.array([5.0, 6.0, 45.0, 38.0])  # image pixels; the map has stride 4 (image 48 x 64)
     stride = 4.0
     pooler = RegionPooler("crop_resize_maxpool", "res4")
-    pooled = pooler({"res4": torch.from_numpy(feature)[None]}, [torch.tensor(box[None], dtype=torch.float32)],
-                    [(48, 64)])
+    pooled = pooler(
+        {"res4": torch.from_numpy(feature)[None]},
+        [torch.tensor(box[None], dtype=torch.float32)],
+        [(48, 64)],
+    )
     assert pooled.shape == (1, 3, 7, 7)
 
     # the reference: 14 x 14 bilinear samples at cell centres of the box on the feature map
@@ -83,8 +96,10 @@ def test_crop_resize_maxpool_matches_bilinear_crop_then_max_pool() -> None:
 @pytest.mark.parametrize("mode", ["crop_resize_maxpool", "roi_align", "roi_pool"])
 def test_every_pooling_gives_7x7_regions_per_proposal(mode: str) -> None:
     feature = torch.randn(2, 5, 10, 12)  # two images, stride 16 (160 x 192 input)
-    boxes = [torch.tensor([[0.0, 0.0, 50.0, 120.0], [10.0, 10.0, 11.0, 11.0]]),
-             torch.tensor([[30.0, 20.0, 190.0, 150.0]])]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 50.0, 120.0], [10.0, 10.0, 11.0, 11.0]]),
+        torch.tensor([[30.0, 20.0, 190.0, 150.0]]),
+    ]
     pooled = RegionPooler(mode)({"res4": feature}, boxes, [(160, 192), (150, 180)])  # type: ignore[arg-type]
     assert pooled.shape == (3, 5, 7, 7)
     assert torch.isfinite(pooled).all()
@@ -93,7 +108,9 @@ def test_every_pooling_gives_7x7_regions_per_proposal(mode: str) -> None:
 def test_unknown_pooling_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="pooling"):
         small_config(pooling="bilinear")
-    with pytest.raises(ConfigError, match="unknown config key model.min_sise; valid keys in model: "):
+    with pytest.raises(
+        ConfigError, match="unknown config key model.min_sise; valid keys in model: "
+    ):
         DetectorConfig.from_dict({"min_sise": 10})
 
 
@@ -103,7 +120,10 @@ def test_unknown_pooling_is_a_config_error() -> None:
 def train_step_grads(detector: PersonDetector) -> None:
     detector.train()
     images = [torch.rand(3, 128, 160), torch.rand(3, 140, 128)]
-    targets = [person_target([[20, 30, 60, 120], [90, 10, 130, 100]]), person_target([[5, 5, 60, 130]])]
+    targets = [
+        person_target([[20, 30, 60, 120], [90, 10, 130, 100]]),
+        person_target([[5, 5, 60, 130]]),
+    ]
     losses = detector(images, targets)
     sum(losses.values()).backward()
 
@@ -113,8 +133,12 @@ def test_frozen_first_block_gets_no_gradient_and_keeps_its_statistics() -> None:
     detector = build_detector(small_config(freeze_first_block=True, frozen_batchnorm=False))
     frozen = first_block_parameters(detector)
     assert frozen and all(not p.requires_grad for p in frozen)
-    first_bns = [m for name in ("stem", "res2") for m in detector.backbone.stages[name].modules()
-                 if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    first_bns = [
+        m
+        for name in ("stem", "res2")
+        for m in detector.backbone.stages[name].modules()
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))
+    ]
     assert first_bns and all(isinstance(m, FrozenBatchNorm2d) for m in first_bns)
     before = [p.detach().clone() for p in frozen]
 
@@ -148,10 +172,12 @@ def filtered_proposals(detector: PersonDetector, boxes: list[list[float]]) -> Te
 
 
 def test_proposals_of_every_size_survive_filtering() -> None:
-    boxes = [[10.0, 10.0, 10.5, 10.25],  # half a pixel wide, a quarter high
-             [50.0, 50.0, 53.0, 54.0],  # 3 x 4
-             [100.0, 20.0, 110.0, 60.0],  # narrower than py-faster-rcnn's 16
-             [20.0, 100.0, 80.0, 190.0]]
+    boxes = [
+        [10.0, 10.0, 10.5, 10.25],  # half a pixel wide, a quarter high
+        [50.0, 50.0, 53.0, 54.0],  # 3 x 4
+        [100.0, 20.0, 110.0, 60.0],  # narrower than py-faster-rcnn's 16
+        [20.0, 100.0, 80.0, 190.0],
+    ]
     kept = filtered_proposals(build_detector(small_config(keep_small_proposals=True)), boxes)
     assert sorted(kept.tolist()) == sorted(boxes)
 
@@ -160,10 +186,16 @@ def test_proposals_of_every_size_survive_filtering() -> None:
 
 
 def test_top_256_proposals_are_kept_after_nms() -> None:
-    assert DetectorConfig().rpn_post_nms_top_n_train == DetectorConfig().rpn_post_nms_top_n_test == 256
-    detector = build_detector(small_config(rpn_post_nms_top_n_train=256, rpn_post_nms_top_n_test=256))
+    assert (
+        DetectorConfig().rpn_post_nms_top_n_train == DetectorConfig().rpn_post_nms_top_n_test == 256
+    )
+    detector = build_detector(
+        small_config(rpn_post_nms_top_n_train=256, rpn_post_nms_top_n_test=256)
+    )
     assert detector.rpn._post_nms_top_n == {"training": 256, "testing": 256}
-    grid = [[float(x), float(y), x + 8.0, y + 8.0] for x in range(0, 200, 10) for y in range(0, 200, 10)]
+    grid = [
+        [float(x), float(y), x + 8.0, y + 8.0] for x in range(0, 200, 10) for y in range(0, 200, 10)
+    ]
     assert len(filtered_proposals(detector, grid)) == 256  # 400 disjoint boxes: NMS keeps all
 
 
@@ -235,8 +267,9 @@ def test_dataset_sanitises_flips_and_collates(tmp_path) -> None:  # type: ignore
     boxes = np.array([[10, 5, 30, 50], [-5, 0, 20, 70], [50, 10, 50, 40]], dtype=np.float32)
     scenes = [Scene("s1.jpg", path, boxes, [1, -1, 2]), Scene("s1.jpg", path, np.zeros((0, 4)), [])]
     np.testing.assert_array_equal(sanitize_boxes(boxes, 100, 60), [[10, 5, 30, 50], [0, 0, 20, 60]])
-    torch.testing.assert_close(hflip_boxes(torch.tensor([[10.0, 5, 30, 50]]), 100),
-                               torch.tensor([[70.0, 5, 90, 50]]))
+    torch.testing.assert_close(
+        hflip_boxes(torch.tensor([[10.0, 5, 30, 50]]), 100), torch.tensor([[70.0, 5, 90, 50]])
+    )
 
     plain = SceneDetectionDataset(scenes)
     image, target = plain[0]
@@ -259,12 +292,18 @@ def synthetic_scenes(folder, count: int) -> list[Scene]:  # type: ignore[no-unty
     scenes = []
     for spec in specs[:count]:
         result = render_scene(spec)
-        scenes.append(Scene(result.name, spec.path, xywh_to_xyxy(np.array(result.boxes)), result.pids))
+        scenes.append(
+            Scene(result.name, spec.path, xywh_to_xyxy(np.array(result.boxes)), result.pids)
+        )
     return scenes
 
 
-def mean_losses(detector: PersonDetector, images: list[Tensor], targets: list[dict[str, Tensor]],
-                repeats: int = 3) -> dict[str, float]:
+def mean_losses(
+    detector: PersonDetector,
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]],
+    repeats: int = 3,
+) -> dict[str, float]:
     """Training-mode losses without updates, averaged over fixed seeds (the samplers are random)."""
     totals = dict.fromkeys(LOSSES, 0.0)
     with torch.no_grad():
@@ -286,8 +325,9 @@ def test_a_short_training_run_on_the_synthetic_world_lowers_every_loss(tmp_path)
     assert all(len(t["boxes"]) for t in targets)
     detector.train()
     before = mean_losses(detector, images, targets, repeats=2)
-    optimizer = torch.optim.SGD([p for p in detector.parameters() if p.requires_grad], lr=0.005,
-                                momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in detector.parameters() if p.requires_grad], lr=0.005, momentum=0.9
+    )
     for _ in range(12):
         losses = detector(images, targets)
         optimizer.zero_grad()

@@ -24,9 +24,15 @@ from personsearch.evaluation.scene_detection import SceneDetections, detection_m
 from personsearch.models.detector import build_detector
 from personsearch.models.saving import load_detector, save_detector
 
-SMALL_MODEL = ["model.pretrained=false", "model.min_size=128", "model.max_size=224",
-               "model.rpn_pre_nms_top_n_train=300", "model.rpn_pre_nms_top_n_test=300",
-               "model.rpn_post_nms_top_n_test=64", "model.box_batch_size_per_image=32"]
+SMALL_MODEL = [
+    "model.pretrained=false",
+    "model.min_size=128",
+    "model.max_size=224",
+    "model.rpn_pre_nms_top_n_train=300",
+    "model.rpn_pre_nms_top_n_test=300",
+    "model.rpn_post_nms_top_n_test=64",
+    "model.box_batch_size_per_image=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +43,18 @@ def cuhk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_config(root: Path, run: Path, *extra: str) -> Config:
-    return load_config("synthetic-detector", [
-        "data.dataset=cuhk-sysu", f"data.root={root}", f"run.out={run}", "run.workers=0",
-        "run.progress=false", *SMALL_MODEL, *extra,
-    ])
+    return load_config(
+        "synthetic-detector",
+        [
+            "data.dataset=cuhk-sysu",
+            f"data.root={root}",
+            f"run.out={run}",
+            "run.workers=0",
+            "run.progress=false",
+            *SMALL_MODEL,
+            *extra,
+        ],
+    )
 
 
 def fake_run(root: Path, run: Path) -> Config:
@@ -83,7 +97,9 @@ def test_bad_model_section_is_a_config_error(cuhk_root: Path, tmp_path: Path) ->
         load_scenes("market1501", cuhk_root)
 
 
-def test_detect_scenes_groups_by_scene_and_restores_the_model(cuhk_root: Path, tmp_path: Path) -> None:
+def test_detect_scenes_groups_by_scene_and_restores_the_model(
+    cuhk_root: Path, tmp_path: Path
+) -> None:
     config = small_config(cuhk_root, tmp_path)
     model = build_detector(detector_config(config))
     model.train()
@@ -124,8 +140,22 @@ def test_evaluate_detector_and_detect_commands(cuhk_root: Path, tmp_path: Path) 
     run = tmp_path / "run"
     fake_run(cuhk_root, run)
     out = tmp_path / "eval"
-    assert cli.main(["evaluate-detector", "--run", str(run), "--out", str(out),
-                     "--workers", "0", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate-detector",
+                "--run",
+                str(run),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"recall", "ap", "recall_all", "ap_all"} <= set(metrics)
     assert metrics["test_scenes"] == 4 and metrics["dataset"] == "cuhk-sysu"
@@ -133,8 +163,24 @@ def test_evaluate_detector_and_detect_commands(cuhk_root: Path, tmp_path: Path) 
     assert (out / "detections.npz").is_file()
 
     dets = tmp_path / "train-dets.npz"
-    assert cli.main(["detect", "--run", str(run), "--out", str(dets), "--split", "train",
-                     "--workers", "0", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "detect",
+                "--run",
+                str(run),
+                "--out",
+                str(dets),
+                "--split",
+                "train",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with np.load(dets, allow_pickle=False) as archive:
         assert len(archive["image_names"]) == 4
 
@@ -143,17 +189,31 @@ def test_evaluate_detector_and_detect_commands(cuhk_root: Path, tmp_path: Path) 
 
 def test_train_detector_command_trains_exports_and_resumes(cuhk_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["train", "detector", "--config", "synthetic-detector", "--out", str(run),
-            "data.dataset=cuhk-sysu", f"data.root={cuhk_root}", "run.workers=0",
-            "run.progress=false", "run.log_period=1", "optim.warmup_iterations=0",
-            "optim.milestones=[1]", *SMALL_MODEL]
+    args = [
+        "train",
+        "detector",
+        "--config",
+        "synthetic-detector",
+        "--out",
+        str(run),
+        "data.dataset=cuhk-sysu",
+        f"data.root={cuhk_root}",
+        "run.workers=0",
+        "run.progress=false",
+        "run.log_period=1",
+        "optim.warmup_iterations=0",
+        "optim.milestones=[1]",
+        *SMALL_MODEL,
+    ]
     assert cli.main([*args, "optim.iterations=2"]) == 0
     for name in ("config.yaml", "model.pt", "metrics.json", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     assert [r["iteration"] for r in train] == [1, 2]
-    assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(train[0])
+    assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(
+        train[0]
+    )
     assert any(r["split"] == "eval" and "ap" in r for r in records)
     load_detector(run)
 
@@ -166,12 +226,20 @@ def test_train_detector_command_trains_exports_and_resumes(cuhk_root: Path, tmp_
 COCO_FAST = "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
-def test_a_coco_start_keeps_the_person_rows_and_round_trips(cuhk_root: Path, tmp_path: Path) -> None:
+def test_a_coco_start_keeps_the_person_rows_and_round_trips(
+    cuhk_root: Path, tmp_path: Path
+) -> None:
     from personsearch.models.coco import build_coco_network
     from personsearch.models.detector import DetectorConfig
 
-    config = small_config(cuhk_root, tmp_path, f"model.coco_start={COCO_FAST}",
-                          "model.coco_weights=random", "model.min_size=160", "model.max_size=240")
+    config = small_config(
+        cuhk_root,
+        tmp_path,
+        f"model.coco_start={COCO_FAST}",
+        "model.coco_weights=random",
+        "model.min_size=160",
+        "model.max_size=240",
+    )
     torch.manual_seed(0)
     model = build_detector(detector_config(config))
     torch.manual_seed(0)
@@ -188,8 +256,12 @@ def test_a_coco_start_keeps_the_person_rows_and_round_trips(cuhk_root: Path, tmp
     model.train()
     target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 110.0]]), "labels": torch.tensor([1])}
     losses = model([torch.rand(3, 120, 160)], [target])
-    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
-                           "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+    } and all(torch.isfinite(v) for v in losses.values())
     model.eval()
     model.score_thresh = 0.0
     save_detector(tmp_path / "model.pt", model, config)

@@ -12,10 +12,12 @@ from personsearch.evaluation.detection import evaluate_detection
 
 
 def both(gt_image, gt_boxes, det_image, det_boxes, det_scores, num_images, **kwargs):
-    result = evaluate_detection(gt_image, gt_boxes, det_image, det_boxes, det_scores, num_images,
-                                **kwargs)
-    recall, ap = reference_detection(gt_image, gt_boxes, det_image, det_boxes, det_scores,
-                                     num_images, **kwargs)
+    result = evaluate_detection(
+        gt_image, gt_boxes, det_image, det_boxes, det_scores, num_images, **kwargs
+    )
+    recall, ap = reference_detection(
+        gt_image, gt_boxes, det_image, det_boxes, det_scores, num_images, **kwargs
+    )
     assert result.recall == pytest.approx(recall, abs=1e-12)
     assert result.ap == pytest.approx(ap, abs=1e-9)
     return result
@@ -29,19 +31,31 @@ def test_matches_reference_on_random_worlds(seed, det_thresh, labeled_only):
     scores = w.det_scores.copy()
     if seed == 3:
         scores = np.round(scores * 4) / 4  # many tied scores
-    both(w.gt_image, w.gt_boxes, w.det_image, w.det_boxes, scores, len(w.protocol.images),
-         det_thresh=det_thresh, gt_labeled=w.gt_pids >= 0, labeled_only=labeled_only)
+    both(
+        w.gt_image,
+        w.gt_boxes,
+        w.det_image,
+        w.det_boxes,
+        scores,
+        len(w.protocol.images),
+        det_thresh=det_thresh,
+        gt_labeled=w.gt_pids >= 0,
+        labeled_only=labeled_only,
+    )
 
 
 def test_hand_worked_matches_recall_and_ap():
     gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [0, 0, 10, 10]], dtype=np.float32)
     gt_image = np.array([0, 0, 1])  # image 1 gets no detection: its person still counts
-    dets = np.array([
-        [0, 0, 10, 10],  # exact on person 0 (score 0.9): match
-        [0, 0, 10, 9],  # a second detection of person 0 (0.8): not its best, no match
-        [20, 0, 30, 10],  # person 1 (0.6): match
-        [50, 50, 60, 60],  # nothing (0.7)
-    ], dtype=np.float32)
+    dets = np.array(
+        [
+            [0, 0, 10, 10],  # exact on person 0 (score 0.9): match
+            [0, 0, 10, 9],  # a second detection of person 0 (0.8): not its best, no match
+            [20, 0, 30, 10],  # person 1 (0.6): match
+            [50, 50, 60, 60],  # nothing (0.7)
+        ],
+        dtype=np.float32,
+    )
     r = both(gt_image, gt, np.zeros(4, dtype=int), dets, np.array([0.9, 0.8, 0.6, 0.7]), 2)
     assert (r.count_gt, r.count_tp) == (3, 2)
     assert r.recall == pytest.approx(2 / 3)
@@ -64,8 +78,16 @@ def test_labeled_only_skips_images_without_labelled_people():
     gt_image, labeled = np.array([0, 1]), np.array([True, False])
     det = np.array([[0, 0, 10, 10], [30, 30, 40, 40]], dtype=np.float32)
     # image 1's detection (a false alarm) is not counted at all under labeled_only
-    r = both(gt_image, gt, np.array([0, 1]), det, np.array([0.6, 0.9]), 2, gt_labeled=labeled,
-             labeled_only=True)
+    r = both(
+        gt_image,
+        gt,
+        np.array([0, 1]),
+        det,
+        np.array([0.6, 0.9]),
+        2,
+        gt_labeled=labeled,
+        labeled_only=True,
+    )
     assert (r.count_gt, r.count_tp, r.ap) == (1, 1, 1.0)
     r = both(gt_image, gt, np.array([0, 1]), det, np.array([0.6, 0.9]), 2)
     assert (r.count_gt, r.count_tp) == (2, 1) and r.ap == pytest.approx(0.5 * 0.5)
@@ -73,17 +95,27 @@ def test_labeled_only_skips_images_without_labelled_people():
 
 def test_ap_equals_sklearn_times_recall():
     w = make_world(seed=9, num_images=25)
-    r = evaluate_detection(w.gt_image, w.gt_boxes, w.det_image, w.det_boxes, w.det_scores,
-                           len(w.protocol.images), det_thresh=0.0)
+    r = evaluate_detection(
+        w.gt_image,
+        w.gt_boxes,
+        w.det_image,
+        w.det_boxes,
+        w.det_scores,
+        len(w.protocol.images),
+        det_thresh=0.0,
+    )
     # recompute the true-positive flags from the curve: AP is a step-wise sum
-    assert r.ap == pytest.approx(float(np.sum(np.diff(np.r_[0, r.recall_curve]) * r.precision_curve)))
+    assert r.ap == pytest.approx(
+        float(np.sum(np.diff(np.r_[0, r.recall_curve]) * r.precision_curve))
+    )
     assert np.all(np.diff(r.recall_curve) >= 0) and r.recall_curve[-1] == pytest.approx(r.recall)
     labels = np.r_[np.ones(3), np.zeros(2)]
     assert average_precision_score(labels, [0.9, 0.8, 0.5, 0.7, 0.1]) > 0  # sklearn available
 
 
 def test_no_detections_at_all():
-    r = evaluate_detection(np.array([0]), np.array([[0, 0, 5, 5]]), np.zeros(0, int),
-                           np.zeros((0, 4)), np.zeros(0), 1)
+    r = evaluate_detection(
+        np.array([0]), np.array([[0, 0, 5, 5]]), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0), 1
+    )
     assert (r.recall, r.ap, r.count_gt) == (0.0, 0.0, 1)
     assert len(r.thresholds) == 0

@@ -53,8 +53,11 @@ WORLDS = {
 }
 
 
-WORLD_PATHS = [(name, path) for name in sorted(WORLDS)
-               for path in paths_for(WORLDS[name].get("unlisted", "none"))]
+WORLD_PATHS = [
+    (name, path)
+    for name in sorted(WORLDS)
+    for path in paths_for(WORLDS[name].get("unlisted", "none"))
+]
 
 
 @pytest.mark.parametrize("duplicates", ["original", "first"])
@@ -63,8 +66,10 @@ WORLD_PATHS = [(name, path) for name in sorted(WORLDS)
 def test_matches_reference(name, path, seed, duplicates):
     world = make_world(seed=seed, **WORLDS[name])
     result = run(world, duplicates=duplicates, batch_size=4, path=path)
-    assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
-                                                      world.query_feats, duplicates=duplicates))
+    assert_matches_reference(
+        result,
+        reference_search(world.protocol, *world.flat(), world.query_feats, duplicates=duplicates),
+    )
 
 
 @pytest.mark.parametrize("cbgm", [False, True])
@@ -72,15 +77,23 @@ def test_matches_reference(name, path, seed, duplicates):
 @pytest.mark.parametrize("seed", [3, 4])
 def test_sparse_and_dense_paths_agree(seed, duplicates, cbgm):
     """The two kernels (and the automatic choice) give the very same numbers, bit for bit."""
-    world = make_world(seed=seed, quantise=0.25 if seed == 3 else None, duplicate_entries=2,
-                       own_image_listed=2, empty_images=3)
+    world = make_world(
+        seed=seed,
+        quantise=0.25 if seed == 3 else None,
+        duplicate_entries=2,
+        own_image_listed=2,
+        empty_images=3,
+    )
     kwargs = {"duplicates": duplicates, "batch_size": 3}
     if cbgm:
         rng = np.random.default_rng(seed)
         ctx_feats = rng.standard_normal((2 * len(world.query_feats), world.query_feats.shape[1]))
         ctx_feats /= np.linalg.norm(ctx_feats, axis=1, keepdims=True)
-        kwargs["query_context"] = QueryContext(np.repeat(np.arange(len(world.query_feats)), 2),
-                                               ctx_feats, rng.uniform(0.5, 1, len(ctx_feats)))
+        kwargs["query_context"] = QueryContext(
+            np.repeat(np.arange(len(world.query_feats)), 2),
+            ctx_feats,
+            rng.uniform(0.5, 1, len(ctx_feats)),
+        )
         kwargs["cbgm"] = CBGMOptions(k1=4, k2=3)
     sparse, dense, auto = (run(world, path=path, **kwargs) for path in ("sparse", "dense", "auto"))
     for other in (dense, auto):
@@ -99,8 +112,9 @@ def test_path_is_checked():
 def test_threaded_products_match_reference(monkeypatch):
     """Enough images and candidates for threads to share the sparse path's per-image products
     and the counting (the kernels' private thresholds lowered, their thread pools watched)."""
-    world = make_world(seed=5, num_images=240, num_queries=40, gallery_size=30, quantise=0.25,
-                       duplicate_entries=3)
+    world = make_world(
+        seed=5, num_images=240, num_queries=40, gallery_size=30, quantise=0.25, duplicate_entries=3
+    )
     monkeypatch.setattr(search_sparse, "_IMAGES_PER_THREAD", 20)
     monkeypatch.setattr(search_sparse, "_ELEMENTS_PER_THREAD", 100)
     threads = []
@@ -116,20 +130,23 @@ def test_threaded_products_match_reference(monkeypatch):
     result = run(world, path="sparse")
     # the norm bound in the background, the products, then the counting
     assert threads[:2] == [1, 4] and len(threads) == 3 and threads[2] >= 2
-    assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
-                                                      world.query_feats))
+    assert_matches_reference(
+        result, reference_search(world.protocol, *world.flat(), world.query_feats)
+    )
 
 
 @pytest.mark.parametrize("gallery_size", [20, 60])
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_high_dimension_float32_products_match_reference(gallery_size, path):
     # D = 512: the float32 error band of the sparse path is wider; tied features fall inside it
-    world = make_world(seed=5, num_images=150, num_ids=30, num_queries=40,
-                       gallery_size=gallery_size, dim=512)
+    world = make_world(
+        seed=5, num_images=150, num_ids=30, num_queries=40, gallery_size=gallery_size, dim=512
+    )
     world.det_feats[1::7] = world.det_feats[0::7][: len(world.det_feats[1::7])]  # exact ties
     result = run(world, path=path)
-    assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
-                                                      world.query_feats))
+    assert_matches_reference(
+        result, reference_search(world.protocol, *world.flat(), world.query_feats)
+    )
 
 
 @pytest.mark.parametrize("det_thresh", [0.0, 0.3, 0.9])
@@ -137,26 +154,35 @@ def test_high_dimension_float32_products_match_reference(gallery_size, path):
 def test_detection_threshold_matches_reference(det_thresh, path):
     world = make_world(seed=6, duplicate_entries=1)
     result = run(world, det_thresh=det_thresh, path=path)
-    assert_matches_reference(result, reference_search(world.protocol, *world.flat(),
-                                                      world.query_feats, det_thresh=det_thresh))
+    assert_matches_reference(
+        result,
+        reference_search(world.protocol, *world.flat(), world.query_feats, det_thresh=det_thresh),
+    )
 
 
-@pytest.mark.parametrize(("unlisted", "path"), [(u, p) for u in ("none", "all") for p in paths_for(u)])
+@pytest.mark.parametrize(
+    ("unlisted", "path"), [(u, p) for u in ("none", "all") for p in paths_for(u)]
+)
 def test_cbgm_matches_brute_force_reference(unlisted, path):
     world = make_world(seed=7, num_queries=12, noise=1.2)
     rng = np.random.default_rng(0)
     k = 2
     ctx_feats = rng.standard_normal((len(world.query_feats) * k, world.query_feats.shape[1]))
     ctx_feats /= np.linalg.norm(ctx_feats, axis=1, keepdims=True)
-    context = QueryContext(np.repeat(np.arange(len(world.query_feats)), k), ctx_feats,
-                           rng.uniform(0.5, 1, len(ctx_feats)))
+    context = QueryContext(
+        np.repeat(np.arange(len(world.query_feats)), k),
+        ctx_feats,
+        rng.uniform(0.5, 1, len(ctx_feats)),
+    )
     options = CBGMOptions(k1=5, k2=k + 1)
     per_query = context.persons_per_query(np.stack([t.box for t in world.protocol.queries]), k)
-    world.protocol = SearchProtocol(world.protocol.name, world.protocol.images,
-                                    world.protocol.queries, unlisted=unlisted)
+    world.protocol = SearchProtocol(
+        world.protocol.name, world.protocol.images, world.protocol.queries, unlisted=unlisted
+    )
     result = run(world, cbgm=options, query_context=context, path=path)
-    reference = reference_search(world.protocol, *world.flat(), world.query_feats,
-                                 cbgm=(5, 3), context=per_query)
+    reference = reference_search(
+        world.protocol, *world.flat(), world.query_feats, cbgm=(5, 3), context=per_query
+    )
     assert_matches_reference(result, reference)
     plain = run(world, path=path)
     assert not np.allclose(plain.ap, result.ap)  # it did re-score something
@@ -170,20 +196,34 @@ def vec(sim: float) -> list[float]:
     return [sim, float(np.sqrt(1 - sim * sim))]
 
 
-def evaluate(images, queries, dets, unlisted="none", duplicates="original", det_thresh=0.5,
-             cameras=None):
+def evaluate(
+    images, queries, dets, unlisted="none", duplicates="original", det_thresh=0.5, cameras=None
+):
     """dets: (image index, box, score, similarity to the query); one query feature (1, 0)."""
     names = tuple(f"i{g}.jpg" for g in range(images))
-    protocol = SearchProtocol("hand", names, tuple(queries), unlisted=unlisted,
-                              image_cameras=np.array(cameras if cameras else [-1] * images))
+    protocol = SearchProtocol(
+        "hand",
+        names,
+        tuple(queries),
+        unlisted=unlisted,
+        image_cameras=np.array(cameras if cameras else [-1] * images),
+    )
     det_image = np.array([d[0] for d in dets], dtype=np.int64)
     boxes = np.array([d[1] for d in dets], dtype=np.float32).reshape(-1, 4)
     scores = np.array([d[2] for d in dets], dtype=np.float32)
     feats = np.array([vec(d[3]) for d in dets], dtype=np.float32).reshape(-1, 2)
     query_feats = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(queries), 1))
     gallery = GalleryDetections.from_flat(det_image, boxes, scores, feats, images, det_thresh)
-    reference = reference_search(protocol, det_image, boxes, scores, feats, query_feats,
-                                 det_thresh=det_thresh, duplicates=duplicates)
+    reference = reference_search(
+        protocol,
+        det_image,
+        boxes,
+        scores,
+        feats,
+        query_feats,
+        det_thresh=det_thresh,
+        duplicates=duplicates,
+    )
     for path in paths_for(unlisted):
         result = evaluate_search(protocol, gallery, query_feats, duplicates=duplicates, path=path)
         assert_matches_reference(result, reference)
@@ -214,7 +254,11 @@ def test_iou_threshold_of_small_boxes():
 def test_one_positive_per_image_is_the_most_similar_overlapping_detection():
     # two detections on the person: the more similar (0.6) is the positive, the other (0.4) a
     # negative; a detection elsewhere (0.7) ranks first
-    dets = [(0, GT, 0.9, 0.6), (0, [102, 101, 141, 199], 0.9, 0.4), (0, [300, 0, 340, 100], 0.9, 0.7)]
+    dets = [
+        (0, GT, 0.9, 0.6),
+        (0, [102, 101, 141, 199], 0.9, 0.4),
+        (0, [300, 0, 340, 100], 0.9, 0.7),
+    ]
     r = evaluate(1, [task([0], [GT])], dets)
     assert r.count_tp[0] == 1
     assert r.ap[0] == pytest.approx(0.5)  # positive at rank 2
@@ -251,8 +295,12 @@ def test_tied_scores_form_one_threshold_and_count_against_top_k():
 
 def test_full_gallery_negatives_exclude_listed_and_own_images():
     # images: 0 listed (holds the person, sim 0.5), 1 the query's own image, 2 and 3 unlisted
-    dets = [(0, GT, 0.9, 0.5), (1, [0, 0, 40, 90], 0.9, 0.9), (2, [0, 0, 40, 90], 0.9, 0.7),
-            (3, [0, 0, 40, 90], 0.9, 0.1)]
+    dets = [
+        (0, GT, 0.9, 0.5),
+        (1, [0, 0, 40, 90], 0.9, 0.9),
+        (2, [0, 0, 40, 90], 0.9, 0.7),
+        (3, [0, 0, 40, 90], 0.9, 0.1),
+    ]
     queries = [task([0], [GT], image="i1.jpg")]
     assert evaluate(4, queries, dets).ap[0] == 1.0  # listed only
     r = evaluate(4, queries, dets, unlisted="all")
@@ -306,11 +354,20 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), unlisted=st.sampled_from(["none", "all", "other-cameras"]),
-       quantise=st.sampled_from([None, 0.5]))
+@given(
+    seed=st.integers(0, 10_000),
+    unlisted=st.sampled_from(["none", "all", "other-cameras"]),
+    quantise=st.sampled_from([None, 0.5]),
+)
 def test_invariant_to_gallery_and_detection_order(seed, unlisted, quantise):
-    world = make_world(seed=seed, num_images=20, num_queries=6, unlisted=unlisted,
-                       quantise=quantise, duplicate_entries=1)
+    world = make_world(
+        seed=seed,
+        num_images=20,
+        num_queries=6,
+        unlisted=unlisted,
+        quantise=quantise,
+        duplicate_entries=1,
+    )
     before = run(world)
     rng = np.random.default_rng(seed)
     # relabel the images, shuffle detection rows and every query's gallery list
@@ -323,8 +380,9 @@ def test_invariant_to_gallery_and_detection_order(seed, unlisted, quantise):
     queries = []
     for t in world.protocol.queries:
         order = rng.permutation(len(t.gallery))
-        queries.append(QueryTask(t.image, t.box, t.pid, t.camera, perm[t.gallery[order]],
-                                 t.gt_boxes[order]))
+        queries.append(
+            QueryTask(t.image, t.box, t.pid, t.camera, perm[t.gallery[order]], t.gt_boxes[order])
+        )
     world.protocol = SearchProtocol("shuffled", tuple(names), tuple(queries), unlisted, cameras)
     rows = rng.permutation(len(world.det_image))
     world.det_image = perm[world.det_image[rows]]
@@ -347,7 +405,8 @@ def test_perfect_features_and_detections_give_perfect_scores(seed, unlisted):
     world.det_feats = np.eye(codes.max() + 1, dtype=np.float32)[codes]
     pid_code = {int(p): int(c) for p, c in zip(ids, codes, strict=True)}
     world.query_feats = np.eye(codes.max() + 1, dtype=np.float32)[
-        [pid_code[t.pid] for t in world.protocol.queries]]
+        [pid_code[t.pid] for t in world.protocol.queries]
+    ]
     result = run(world)
     holders = result.count_gt > 0
     assert (result.ap[holders] == 1.0).all() and result.hits[holders].all()
@@ -361,7 +420,9 @@ def test_scores_are_bounded_and_monotone_in_k(seed):
     result = run(world)
     assert ((result.ap >= 0) & (result.ap <= 1)).all()
     assert (result.count_tp <= result.count_gt).all()
-    assert (result.hits[:, 0] <= result.hits[:, 1]).all() and (result.hits[:, 1] <= result.hits[:, 2]).all()
+    assert (result.hits[:, 0] <= result.hits[:, 1]).all() and (
+        result.hits[:, 1] <= result.hits[:, 2]
+    ).all()
 
 
 # ------------------------------------------------------- the released CUHK-SYSU protocol file
@@ -411,16 +472,21 @@ def test_released_testg100_quirks_match_reference():
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     query_feats = rng.standard_normal((len(tasks), 32)).astype(np.float32)
     query_feats /= np.linalg.norm(query_feats, axis=1, keepdims=True)
-    flat = (np.array(det_image), np.array(boxes, dtype=np.float32),
-            rng.uniform(0.3, 1, len(boxes)).astype(np.float32), feats)
+    flat = (
+        np.array(det_image),
+        np.array(boxes, dtype=np.float32),
+        rng.uniform(0.3, 1, len(boxes)).astype(np.float32),
+        feats,
+    )
     protocol = SearchProtocol("cuhk-sysu/TestG100", names, tuple(tasks))
     gallery = GalleryDetections.from_flat(*flat, len(names))
     checked = sorted(set(duplicated + own + list(range(0, 2900, 97))))
     results = {}
     for duplicates in ("original", "first"):
         result = evaluate_search(protocol, gallery, query_feats, duplicates=duplicates)
-        reference = reference_search(protocol, *flat, query_feats, duplicates=duplicates,
-                                     queries=checked)
+        reference = reference_search(
+            protocol, *flat, query_feats, duplicates=duplicates, queries=checked
+        )
         np.testing.assert_allclose(result.ap[checked], [r[0] for r in reference], rtol=0, atol=1e-9)
         assert (result.hits[checked] == np.array([r[1] for r in reference])).all()
         results[duplicates] = result
@@ -452,8 +518,12 @@ def test_prw_protocol_from_the_reader(cross_camera):
     query_feats = centres[[ids[t.pid] for t in protocol.queries]]
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     query_feats /= np.linalg.norm(query_feats, axis=1, keepdims=True)
-    flat = (np.array(det_image), np.array(boxes, dtype=np.float32),
-            np.full(len(boxes), 0.9, dtype=np.float32), feats.astype(np.float32))
+    flat = (
+        np.array(det_image),
+        np.array(boxes, dtype=np.float32),
+        np.full(len(boxes), 0.9, dtype=np.float32),
+        feats.astype(np.float32),
+    )
     gallery = GalleryDetections.from_flat(*flat, len(protocol.images))
     result = evaluate_search(protocol, gallery, query_feats.astype(np.float32))
     assert_matches_reference(result, reference_search(protocol, *flat, query_feats))

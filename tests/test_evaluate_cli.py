@@ -46,7 +46,8 @@ def perfect_arrays(root: Path, distractors: bool = False) -> dict[str, np.ndarra
             boxes.append([140, 0, 150, 30])
             feats.append(np.full(DIM, 1 / np.sqrt(DIM)))
     return {
-        "image_names": np.array(names), "det_image": np.array(det_image),
+        "image_names": np.array(names),
+        "det_image": np.array(det_image),
         "det_boxes": np.array(boxes, dtype=np.float32),
         "det_scores": np.full(len(det_image), 0.9, dtype=np.float32),
         "det_feats": np.array(feats, dtype=np.float32),
@@ -60,8 +61,18 @@ def write(path: Path, arrays: dict) -> Path:
 
 
 def evaluate(root: Path, results: Path, *extra: str, capsys) -> tuple[int, str, str]:
-    code = main(["evaluate", "--dataset", "cuhk-sysu", "--root", str(root), "--results",
-                 str(results), *extra])
+    code = main(
+        [
+            "evaluate",
+            "--dataset",
+            "cuhk-sysu",
+            "--root",
+            str(root),
+            "--results",
+            str(results),
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -94,8 +105,15 @@ def test_all_sizes_table_and_plot(cuhk, tmp_path, capsys):
     plot = Path(summary["plot"])
     assert plot == tmp_path / "r_gallery_sizes.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    code, out, _ = evaluate(cuhk, results, "--gallery-size", "all-sizes", "--plot",
-                            str(tmp_path / "curve.svg"), capsys=capsys)
+    code, out, _ = evaluate(
+        cuhk,
+        results,
+        "--gallery-size",
+        "all-sizes",
+        "--plot",
+        str(tmp_path / "curve.svg"),
+        capsys=capsys,
+    )
     assert code == 0 and "cuhk-sysu/full" in out and (tmp_path / "curve.svg").is_file()
 
 
@@ -104,8 +122,11 @@ def test_cbgm_needs_context_arrays(cuhk, tmp_path, capsys):
     results = write(tmp_path / "r.npz", arrays)
     code, _, err = evaluate(cuhk, results, "--cbgm", capsys=capsys)
     assert code == 1 and "ctx_query" in err
-    arrays.update(ctx_query=np.array([0, 1]), ctx_scores=np.array([0.9, 0.8]),
-                  ctx_feats=np.eye(DIM, dtype=np.float32)[[5, 6]])
+    arrays.update(
+        ctx_query=np.array([0, 1]),
+        ctx_scores=np.array([0.9, 0.8]),
+        ctx_feats=np.eye(DIM, dtype=np.float32)[[5, 6]],
+    )
     results = write(tmp_path / "r2.npz", arrays)
     code, out, _ = evaluate(cuhk, results, "--cbgm", "--json", capsys=capsys)
     assert code == 0 and json.loads(out)["cbgm"] == {"k1": 10, "k2": 3}
@@ -118,10 +139,16 @@ BAD_FILES = {
     "query count": (lambda a: a.update(query_feats=a["query_feats"][:1]), "2 queries"),
     "dims": (lambda a: a.update(query_feats=np.eye(4, dtype=np.float32)[:2]), "query_feats are 4"),
     "index": (lambda a: a["det_image"].__setitem__(0, 99), "det_image[0]"),
-    "names": (lambda a: a.update(image_names=a["image_names"][1:], det_image=np.clip(a["det_image"] - 1, 0, None)),
-              "image_names lacks 1"),
-    "objects": (lambda a: a.update(image_names=np.array(list(a["image_names"]), dtype=object)),
-                "Python objects"),
+    "names": (
+        lambda a: a.update(
+            image_names=a["image_names"][1:], det_image=np.clip(a["det_image"] - 1, 0, None)
+        ),
+        "image_names lacks 1",
+    ),
+    "objects": (
+        lambda a: a.update(image_names=np.array(list(a["image_names"]), dtype=object)),
+        "Python objects",
+    ),
     "norm": (lambda a: a.update(det_feats=a["det_feats"] * 2), "L2-normalised"),
     "boxes": (lambda a: a["det_boxes"].__setitem__(0, [10, 10, 5, 20]), "x2 < x1"),
 }
@@ -155,17 +182,28 @@ def test_prw_options_are_checked(cuhk, tmp_path, capsys):
 
 def test_save_results_round_trip_and_atomic(cuhk, tmp_path):
     arrays = perfect_arrays(cuhk)
-    path = save_results(tmp_path / "out.npz", image_names=list(arrays["image_names"]),
-                        det_image=arrays["det_image"], det_boxes=arrays["det_boxes"],
-                        det_scores=arrays["det_scores"], det_feats=arrays["det_feats"],
-                        query_feats=arrays["query_feats"])
+    path = save_results(
+        tmp_path / "out.npz",
+        image_names=list(arrays["image_names"]),
+        det_image=arrays["det_image"],
+        det_boxes=arrays["det_boxes"],
+        det_scores=arrays["det_scores"],
+        det_feats=arrays["det_feats"],
+        query_feats=arrays["query_feats"],
+    )
     loaded = load_results(path)
     assert loaded.image_names == tuple(arrays["image_names"])
     np.testing.assert_array_equal(loaded.det_feats, arrays["det_feats"])
     with pytest.raises(ResultsError, match="NaN"):
-        save_results(tmp_path / "bad.npz", image_names=["a.jpg"], det_image=[0],
-                     det_boxes=[[0, 0, 1, 1]], det_scores=[np.nan], det_feats=[[1.0]],
-                     query_feats=[[1.0]])
+        save_results(
+            tmp_path / "bad.npz",
+            image_names=["a.jpg"],
+            det_image=[0],
+            det_boxes=[[0, 0, 1, 1]],
+            det_scores=[np.nan],
+            det_feats=[[1.0]],
+            query_feats=[[1.0]],
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]  # nothing half-written
 
 
@@ -191,8 +229,12 @@ def test_results_images_outside_the_protocol_are_ignored(cuhk, tmp_path, capsys)
     plain = json.loads(out)
     query_feats = arrays["query_feats"]
     arrays["image_names"] = np.r_[arrays["image_names"], ["train_only.jpg"]]
-    arrays["det_image"] = np.r_[arrays["det_image"], [len(arrays["image_names"]) - 1] * len(query_feats)]
-    arrays["det_boxes"] = np.r_[arrays["det_boxes"], np.tile([[5, 5, 40, 100]], (len(query_feats), 1))]
+    arrays["det_image"] = np.r_[
+        arrays["det_image"], [len(arrays["image_names"]) - 1] * len(query_feats)
+    ]
+    arrays["det_boxes"] = np.r_[
+        arrays["det_boxes"], np.tile([[5, 5, 40, 100]], (len(query_feats), 1))
+    ]
     arrays["det_scores"] = np.r_[arrays["det_scores"], np.ones(len(query_feats))].astype(np.float32)
     arrays["det_feats"] = np.r_[arrays["det_feats"], query_feats]  # the queries themselves
     code, out, _ = evaluate(cuhk, write(tmp_path / "extra.npz", arrays), "--json", capsys=capsys)
@@ -200,7 +242,9 @@ def test_results_images_outside_the_protocol_are_ignored(cuhk, tmp_path, capsys)
     assert json.loads(out)["top1"] == plain["top1"]
 
 
-def test_gallery_for_shares_the_features_and_their_validated_norm_bound(cuhk, tmp_path, monkeypatch):
+def test_gallery_for_shares_the_features_and_their_validated_norm_bound(
+    cuhk, tmp_path, monkeypatch
+):
     """The gallery reads the results file's feature array in place, and the bound its validation
     proved spares the evaluator its own pass over every feature; numbers stay exact."""
     import personsearch.evaluation._search_sparse as search_sparse

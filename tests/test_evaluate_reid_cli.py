@@ -21,8 +21,11 @@ from personsearch.evaluation.scale_gap import reid_by_scale
 from personsearch.search.embedders import BandColourEmbedder, ColorHistogramEmbedder
 
 TINY_MODEL = [
-    "data.crop_height=32", "data.crop_width=16", "model.backbone=resnet18",
-    "model.pretrained=false", "model.feature_dim=16",
+    "data.crop_height=32",
+    "data.crop_width=16",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.feature_dim=16",
 ]
 
 
@@ -78,8 +81,13 @@ def direct(query_feats, gallery_feats, query, gallery, by_scale: bool = False) -
     (qp, qc, qh), (gp, gc, gh) = labels(query), labels(gallery)
     scores = query_feats @ gallery_feats.T
     result = evaluate_reid(scores, qp, gp, qc, gc)
-    out = {"mAP": result.mAP, "rank1": result.rank1, "rank5": result.rank5,
-           "rank10": result.rank10, "valid_queries": result.num_valid_queries}
+    out = {
+        "mAP": result.mAP,
+        "rank1": result.rank1,
+        "rank5": result.rank5,
+        "rank10": result.rank10,
+        "valid_queries": result.num_valid_queries,
+    }
     if by_scale:
         out["by_scale"] = reid_by_scale(scores, qp, gp, qc, gc, qh, gh)
     return out
@@ -107,11 +115,26 @@ def embed_directly(embedder, samples) -> np.ndarray:
 )
 def test_builtin_embedders_match_a_direct_computation(world, samples, capsys, name, embedder):
     query, gallery = samples
-    metrics = run_json(capsys, "--embedder", name, "--dataset", "synthetic", "--root", str(world),
-                       "--by-scale", "--batch-size", "7")
+    metrics = run_json(
+        capsys,
+        "--embedder",
+        name,
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(world),
+        "--by-scale",
+        "--batch-size",
+        "7",
+    )
     instance = embedder()
-    expected = direct(embed_directly(instance, query), embed_directly(instance, gallery),
-                      query, gallery, by_scale=True)
+    expected = direct(
+        embed_directly(instance, query),
+        embed_directly(instance, gallery),
+        query,
+        gallery,
+        by_scale=True,
+    )
     assert_metrics(metrics, expected)
     assert metrics["queries"] == len(query) and metrics["gallery"] == len(gallery)
     assert metrics["embedder"] == name and metrics["dim"] == instance.dim
@@ -141,20 +164,38 @@ def test_an_onnx_embedder_matches_a_direct_computation(world, samples, tmp_path,
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
     ).eval()
-    torch.onnx.export(net, (torch.zeros(2, 3, 32, 16),), str(tmp_path / "tiny.onnx"), dynamo=False,
-                      input_names=["input"], output_names=["feat"],
-                      dynamic_axes={"input": {0: "n"}, "feat": {0: "n"}})
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 3, 32, 16),),
+        str(tmp_path / "tiny.onnx"),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["feat"],
+        dynamic_axes={"input": {0: "n"}, "feat": {0: "n"}},
+    )
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": "tiny.onnx", "input_height": 32, "input_width": 16}))
     query, gallery = samples
-    metrics = run_json(capsys, "--embedder", str(config), "--dataset", "synthetic",
-                       "--root", str(world), "--output", str(tmp_path / "out.json"))
+    metrics = run_json(
+        capsys,
+        "--embedder",
+        str(config),
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(world),
+        "--output",
+        str(tmp_path / "out.json"),
+    )
     embedder = load_onnx_embedder(config)
-    expected = direct(embed_directly(embedder, query), embed_directly(embedder, gallery),
-                      query, gallery)
+    expected = direct(
+        embed_directly(embedder, query), embed_directly(embedder, gallery), query, gallery
+    )
     assert_metrics(metrics, expected)
     assert metrics["fingerprint"] == embedder.fingerprint and metrics["dim"] == 8
     assert json.loads((tmp_path / "out.json").read_text()) == metrics
@@ -167,8 +208,15 @@ def test_per_level_rows_match_the_plain_evaluation_and_each_level(
 
     plain = run_json(capsys, "--run", str(trained_run), "--by-scale")
     assert (trained_run / "eval-reid-synthetic.json").is_file()
-    levels = run_json(capsys, "--run", str(trained_run), "--per-level", "--by-scale",
-                      "--output", str(tmp_path / "levels.json"))
+    levels = run_json(
+        capsys,
+        "--run",
+        str(trained_run),
+        "--per-level",
+        "--by-scale",
+        "--output",
+        str(tmp_path / "levels.json"),
+    )
     rows = levels["levels"]
     assert set(rows) == {"res3", "res4", "res5", "concat"} and levels["top_level"] == "res5"
     assert levels["level_names"] == ["res3", "res4", "res5"]
@@ -198,8 +246,21 @@ def test_per_level_rows_match_the_plain_evaluation_and_each_level(
         assert rows[name]["norm_share"] == pytest.approx(shares[index], rel=1e-4)
     assert shares.sum() == pytest.approx(1.0)
     # the human-readable table names every level, the top one marked
-    assert main(["evaluate-reid", "--run", str(trained_run), "--per-level", "--workers", "0",
-                 "--output", str(tmp_path / "table.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate-reid",
+                "--run",
+                str(trained_run),
+                "--per-level",
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "table.json"),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "res5 (top)" in table and "concat" in table and "share of |x|^2" in table
 
@@ -238,7 +299,15 @@ def test_imagenet_embedder_without_weights_is_one_clear_line(world, monkeypatch,
         raise WeightsUnavailableError("no ImageNet weights for mobilenet_v2 here")
 
     monkeypatch.setattr(pretrained, "_load_imagenet", unavailable)
-    args = ["evaluate-reid", "--embedder", "imagenet", "--dataset", "synthetic", "--root", str(world)]
+    args = [
+        "evaluate-reid",
+        "--embedder",
+        "imagenet",
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(world),
+    ]
     assert main(args) == 1
     assert capsys.readouterr().err == "error: no ImageNet weights for mobilenet_v2 here\n"
 
@@ -269,5 +338,8 @@ def test_crop_heights_read_whole_image_crops_from_the_file(tmp_path):
 
     path = tmp_path / "0001_c1s1_000151_01.jpg"
     Image.new("RGB", (64, 128)).save(path)
-    samples = [CropSample(path, None, 1, 1, "crop"), CropSample(path, (3.0, 10.5, 20.0, 50.0), 1, 1)]
+    samples = [
+        CropSample(path, None, 1, 1, "crop"),
+        CropSample(path, (3.0, 10.5, 20.0, 50.0), 1, 1),
+    ]
     np.testing.assert_array_equal(crop_heights(samples), [128.0, 39.5])

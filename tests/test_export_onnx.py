@@ -145,7 +145,12 @@ def test_pipeline_export_writes_a_pipeline_that_loads(onnx_pipeline):
     spec = read_pipeline_spec(onnx_pipeline)
     assert spec["detector"] == "detector.onnx.yaml" and spec["reid"] == "reid.onnx.yaml"
     assert sorted(p.name for p in onnx_pipeline.iterdir()) == [
-        "detector.onnx", "detector.onnx.yaml", "pipeline.yaml", "reid.onnx", "reid.onnx.yaml"]
+        "detector.onnx",
+        "detector.onnx.yaml",
+        "pipeline.yaml",
+        "reid.onnx",
+        "reid.onnx.yaml",
+    ]
     pipeline = load_pipeline(onnx_pipeline)
     assert pipeline.embedder.fingerprint.startswith("onnx:")
     assert pipeline.detector.fingerprint.startswith("onnx-detector:")

@@ -54,8 +54,14 @@ def test_trimming_hog_windows_to_the_person_finds_more_annotated_persons():
     from personsearch.search.detectors import trim_hog_windows
 
     # the six most crowded sample frames: on all 16, 33 of 61 persons found trimmed, 10 untrimmed
-    frames = ("c3s1_001626.jpg", "c1s1_014901.jpg", "c1s1_014601.jpg", "c1s1_002376.jpg",
-              "c1s1_002326.jpg", "c1s1_014776.jpg")
+    frames = (
+        "c3s1_001626.jpg",
+        "c1s1_014901.jpg",
+        "c1s1_014601.jpg",
+        "c1s1_002376.jpg",
+        "c1s1_002326.jpg",
+        "c1s1_014776.jpg",
+    )
     scenes = prw_scenes()
     windows_detector, trimming_detector = HogPeopleDetector(trim=False), HogPeopleDetector()
     found = {"windows": 0, "trimmed": 0}
@@ -120,8 +126,10 @@ def test_index_command_runs_on_real_frames(tmp_path, capsys):
     gallery.mkdir()
     for name in ("c1s1_002326.jpg", "c1s1_002351.jpg"):
         shutil.copy(PRW / "frames" / name, gallery / name)
-    assert main(["index", "--gallery", str(gallery), "--out", str(tmp_path / "idx"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["index", "--gallery", str(gallery), "--out", str(tmp_path / "idx"), "--no-progress"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2 indexed" in out
     persons = int(out.split("2 indexed (")[1].split(" persons")[0])

@@ -62,7 +62,9 @@ def png_file(
     data = b"".join(compressor.compress(row) for row in rows) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data)
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", data)
         + _chunk(b"IEND", b"")
     )
 
@@ -333,7 +335,9 @@ def test_a_big_image_is_read_reduced_and_its_boxes_come_back_in_full_pixels(
 ):
     monkeypatch.setattr(images, "DETECT_MAX_SIDE", 100)
     rng = np.random.default_rng(0)
-    pixels = np.kron(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8), np.ones((20, 20, 1), np.uint8))
+    pixels = np.kron(
+        rng.integers(0, 256, (15, 20, 3), dtype=np.uint8), np.ones((20, 20, 1), np.uint8)
+    )
     path = save(tmp_path / f"big{suffix}", Image.fromarray(pixels), quality=95)  # 400 x 300
 
     scaled = read_scaled(path)
@@ -555,7 +559,8 @@ def test_the_running_server_answers_a_bomb_with_a_4xx_and_takes_a_16_bit_upload(
     victim = served.images[0].path
     with TestClient(create_app(served.index_dir), base_url="http://127.0.0.1") as client:
         image_id = next(
-            im["id"] for im in client.get("/api/images").json()["images"]
+            im["id"]
+            for im in client.get("/api/images").json()["images"]
             if im["name"] == victim.name
         )
         victim.write_bytes(header_only_png(20_000, 20_000))  # replaced by a bomb since indexed

@@ -27,9 +27,9 @@ def randomise_norms(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("head", ["clsa", "fpn", "mst"])
 def test_prepared_reid_model_gives_the_same_embeddings(head):
-    model = randomise_norms(ReidModel(
-        ReidConfig(num_classes=5, head=head, backbone="resnet18", pretrained=False)
-    )).eval()
+    model = randomise_norms(
+        ReidModel(ReidConfig(num_classes=5, head=head, backbone="resnet18", pretrained=False))
+    ).eval()
     images = torch.randn(3, 3, 128, 64)
     with torch.no_grad():
         expected = model(images)

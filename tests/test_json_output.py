@@ -20,8 +20,10 @@ def gallery(tiny_world, tmp_path_factory):
 
 def test_index_json_is_one_line_summary_and_search_json_matches_table(gallery, tmp_path, capsys):
     index = tmp_path / "index"
-    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--json",
-                 "--no-progress"]) == 0
+    assert (
+        main(["index", "--gallery", str(gallery), "--out", str(index), "--json", "--no-progress"])
+        == 0
+    )
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 1, "stdout must hold only the JSON summary"
@@ -32,8 +34,10 @@ def test_index_json_is_one_line_summary_and_search_json_matches_table(gallery, t
     assert "6 indexed" in err  # the readable report moved to stderr
 
     # a second run adds nothing and says so
-    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--json",
-                 "--no-progress"]) == 0
+    assert (
+        main(["index", "--gallery", str(gallery), "--out", str(index), "--json", "--no-progress"])
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert (again["added"], again["skipped"], again["persons"]) == (0, 6, summary["persons"])
 
@@ -63,8 +67,23 @@ def test_search_json_with_picture_keeps_stdout_pure(gallery, tmp_path, capsys):
     capsys.readouterr()
     probe = sorted(gallery.iterdir())[1]
     page = tmp_path / "hits.html"
-    assert main(["search", "--index", str(index), "--probe", str(probe), "--box", "10,10,60,120",
-                 "--json", "--out", str(page)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(index),
+                "--probe",
+                str(probe),
+                "--box",
+                "10,10,60,120",
+                "--json",
+                "--out",
+                str(page),
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     document = json.loads(out)
     assert document["box"] == [10, 10, 60, 120] and page.is_file()

@@ -15,7 +15,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "personsearch"
 #: Packages above evaluation/: evaluation may import none of them.
-ABOVE_EVALUATION = ("search", "report", "engine", "commands", "serve", "export", "models", "demo", "cli")
+ABOVE_EVALUATION = (
+    "search",
+    "report",
+    "engine",
+    "commands",
+    "serve",
+    "export",
+    "models",
+    "demo",
+    "cli",
+)
 
 
 def module_files() -> dict[str, Path]:
@@ -99,7 +109,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[module] = "open"
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                return [*path[path.index(target):], target]
+                return [*path[path.index(target) :], target]
             if target not in state and (cycle := visit(target, [*path, target])):
                 return cycle
         state[module] = "done"

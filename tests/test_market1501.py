@@ -39,10 +39,19 @@ def test_bad_folders(tmp_path):
     (root / "query" / "query_0001.jpg").write_bytes(b"")
     with pytest.raises(DatasetError, match="query_0001.jpg: file name is not of the form"):
         load_market1501(root)
-    with pytest.raises(DatasetError, match=r"bounding_box_train not found under .*: is .* the "
-                       r"unpacked Market-1501 folder.*use that as the root"):
+    with pytest.raises(
+        DatasetError,
+        match=r"bounding_box_train not found under .*: is .* the "
+        r"unpacked Market-1501 folder.*use that as the root",
+    ):
         load_market1501(tmp_path)
-    empty = write_market1501(tmp_path / "e", {"bounding_box_train": [], "query": ["0002_c3s1_000551_01.jpg"],
-                                              "bounding_box_test": ["0002_c2s1_000801_02.jpg"]})
+    empty = write_market1501(
+        tmp_path / "e",
+        {
+            "bounding_box_train": [],
+            "query": ["0002_c3s1_000551_01.jpg"],
+            "bounding_box_test": ["0002_c2s1_000801_02.jpg"],
+        },
+    )
     with pytest.raises(DatasetError, match="bounding_box_train holds no .jpg crops"):
         load_market1501(empty)

@@ -63,8 +63,15 @@ def test_row_column_and_cell_wrapped_struct_arrays_read_alike(tmp_path):
         cell[i, 0] = _structs((1, 1), [name])
         cell[i, 0]["idlocate"][0, 0] = np.array([[i, 2, 3, 4]], dtype=np.uint8)
     path = tmp_path / "s.mat"
-    scipy.io.savemat(path, {"row": _structs((1, 3), names), "col": _structs((3, 1), names),
-                            "cell": cell, "empty": np.zeros((0, 0))})
+    scipy.io.savemat(
+        path,
+        {
+            "row": _structs((1, 3), names),
+            "col": _structs((3, 1), names),
+            "cell": cell,
+            "empty": np.zeros((0, 0)),
+        },
+    )
     mat = load_mat(path)
     for key in ("row", "col", "cell"):
         records = as_records(mat[key], key)
@@ -81,8 +88,16 @@ def test_strings_numbers_and_matrices(tmp_path):
     path = tmp_path / "v.mat"
     cell = np.empty((2, 1), dtype=object)
     cell[0, 0], cell[1, 0] = "c1s1_000151", "c3s1_000551"
-    scipy.io.savemat(path, {"cell": cell, "one": "s9.jpg", "box": np.array([[250, 200, 10, 90]],
-                            dtype=np.uint8), "rows": np.ones((2, 5)), "empty": np.zeros((1, 0))})
+    scipy.io.savemat(
+        path,
+        {
+            "cell": cell,
+            "one": "s9.jpg",
+            "box": np.array([[250, 200, 10, 90]], dtype=np.uint8),
+            "rows": np.ones((2, 5)),
+            "empty": np.zeros((1, 0)),
+        },
+    )
     mat = load_mat(path)
     assert as_strings(mat["cell"], "cell") == ["c1s1_000151", "c3s1_000551"]
     assert as_strings(mat["one"], "one") == ["s9.jpg"]
@@ -103,8 +118,11 @@ def test_strings_numbers_and_matrices(tmp_path):
 def test_require_file_suggests_the_nested_dataset_folder(tmp_path):
     (tmp_path / "CUHK-SYSU" / "annotation").mkdir(parents=True)
     (tmp_path / "CUHK-SYSU" / "annotation" / "pool.mat").write_bytes(b"")
-    with pytest.raises(DatasetError, match=r"annotation/pool.mat not found under .* is .* the "
-                       r"dataset\? \(found it under .*CUHK-SYSU: use that as the root\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"annotation/pool.mat not found under .* is .* the "
+        r"dataset\? \(found it under .*CUHK-SYSU: use that as the root\)",
+    ):
         require_file(tmp_path, "annotation/pool.mat", "the dataset")
     with pytest.raises(DatasetError, match="is not a folder"):
         require_file(tmp_path / "nowhere", "annotation/pool.mat", "the dataset")

@@ -21,7 +21,10 @@ DIM = 16
 def model(taps: str, **overrides) -> ReidModel:
     torch.manual_seed(0)
     settings = {
-        "num_classes": 5, "backbone": "mobilenet_v2", "pretrained": False, "feature_dim": DIM,
+        "num_classes": 5,
+        "backbone": "mobilenet_v2",
+        "pretrained": False,
+        "feature_dim": DIM,
         "mobilenet_taps": taps,
     }
     return ReidModel(ReidConfig(**(settings | overrides)))
@@ -42,7 +45,9 @@ def test_expanded_taps_are_wide_post_activation_maps_at_the_same_strides() -> No
 def test_expanded_taps_only_move_the_cut_the_network_is_the_same() -> None:
     """The ImageNet weights load into both; res2 and res5 outputs are identical, and the
     expanded res3 is the first layer of the bottleneck network's res4 applied to its res3."""
-    narrow = build_backbone("mobilenet_v2", True, mobilenet_taps="bottleneck", missing_weights="raise")
+    narrow = build_backbone(
+        "mobilenet_v2", True, mobilenet_taps="bottleneck", missing_weights="raise"
+    )
     wide = build_backbone("mobilenet_v2", True, mobilenet_taps="expanded", missing_weights="raise")
     assert wide.weights_source == narrow.weights_source != "random"
     assert sum(p.numel() for p in wide.parameters()) == sum(p.numel() for p in narrow.parameters())
@@ -61,7 +66,10 @@ def test_reid_heads_train_and_embed_on_expanded_taps(head: str) -> None:
     levels = net.level_names
     first = net.head.embeddings if head == "clsa" else net.head.lateral
     channels = {name: getattr(first[name], "fc", first[name]).weight.shape[1] for name in levels}
-    assert {n: c for n, c in channels.items() if n in ("res3", "res4")} == {"res3": 192, "res4": 576}
+    assert {n: c for n, c in channels.items() if n in ("res3", "res4")} == {
+        "res3": 192,
+        "res4": 576,
+    }
     images, labels = torch.randn(4, 3, *SIZE), torch.tensor([0, 1, 2, 3])
     losses = net.train()(images, labels)
     sum(losses.values()).backward()
@@ -90,9 +98,7 @@ def test_model_file_carries_the_setting_and_rebuilds_identically(tmp_path) -> No
     # a model file written before the setting existed rebuilds with the bottleneck taps
     state = torch.load(tmp_path / "model.pt", weights_only=False)
     old = model("bottleneck").eval()
-    state["model_config"] = {
-        k: v for k, v in old.config.to_dict().items() if k != "mobilenet_taps"
-    }
+    state["model_config"] = {k: v for k, v in old.config.to_dict().items() if k != "mobilenet_taps"}
     state["state_dict"] = old.state_dict()
     torch.save(state, tmp_path / "old.pt")
     assert load_reid_model(tmp_path / "old.pt")[0].backbone.stage_channels["res3"] == 32

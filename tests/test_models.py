@@ -16,7 +16,11 @@ SIZE = (64, 32)
 def small_model(head: str = "clsa", **overrides) -> ReidModel:
     torch.manual_seed(0)
     settings = {
-        "num_classes": CLASSES, "head": head, "backbone": "resnet18", "pretrained": False, "feature_dim": DIM
+        "num_classes": CLASSES,
+        "head": head,
+        "backbone": "resnet18",
+        "pretrained": False,
+        "feature_dim": DIM,
     }
     return ReidModel(ReidConfig(**(settings | overrides)))
 

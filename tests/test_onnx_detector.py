@@ -22,7 +22,9 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
-def yolo_graph(path: Path, rows: np.ndarray, size: tuple[int, int], transposed: bool = False) -> None:
+def yolo_graph(
+    path: Path, rows: np.ndarray, size: tuple[int, int], transposed: bool = False
+) -> None:
     """A graph that returns `rows` ((4 + C) x N) as a 1 x (4 + C) x N YOLO output, whatever the
     image (plus 0 x the image's mean, so that the input is used)."""
     height, width = size
@@ -33,7 +35,8 @@ def yolo_graph(path: Path, rows: np.ndarray, size: tuple[int, int], transposed: 
         helper.make_node("Add", ["table", "nothing"], ["output0"]),
     ]
     graph = helper.make_graph(
-        nodes, "yolo",
+        nodes,
+        "yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(constant.shape))],
         initializer=[
@@ -63,7 +66,9 @@ YOLO_ROWS = np.array(
 ).T
 
 
-def reference_yolo(image_size: tuple[int, int], input_size: int = 640) -> tuple[np.ndarray, np.ndarray]:
+def reference_yolo(
+    image_size: tuple[int, int], input_size: int = 640
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows 0 and 2, letterbox undone by hand."""
     height, width = image_size
     scale = min(input_size / height, input_size / width)
@@ -82,8 +87,14 @@ def reference_yolo(image_size: tuple[int, int], input_size: int = 640) -> tuple[
 def test_yolo_layout_letterbox_decoded_like_reference(tmp_path: Path, transposed: bool) -> None:
     yolo_graph(tmp_path / "yolo.onnx", YOLO_ROWS, (640, 640), transposed=transposed)
     config = write_config(
-        tmp_path / "yolo.yaml", model="yolo.onnx", layout="yolo", resize="letterbox",
-        input_height=640, input_width=640, score_thresh=0.5, yolo_rows_first=transposed,
+        tmp_path / "yolo.yaml",
+        model="yolo.onnx",
+        layout="yolo",
+        resize="letterbox",
+        input_height=640,
+        input_width=640,
+        score_thresh=0.5,
+        yolo_rows_first=transposed,
     )
     detector = load_onnx_detector(config)
     image = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
@@ -95,8 +106,14 @@ def test_yolo_layout_letterbox_decoded_like_reference(tmp_path: Path, transposed
 
 
 def test_letterbox_pads_evenly_and_keeps_aspect() -> None:
-    config = OnnxDetectorConfig(model="m.onnx", layout="yolo", resize="letterbox",
-                                input_height=64, input_width=64, pad_value=114)
+    config = OnnxDetectorConfig(
+        model="m.onnx",
+        layout="yolo",
+        resize="letterbox",
+        input_height=64,
+        input_width=64,
+        pad_value=114,
+    )
     image = np.full((20, 40, 3), 7, np.uint8)
     pixels, geometry = fit_image(image, config)
     assert pixels.shape == (64, 64, 3)
@@ -108,7 +125,9 @@ def test_letterbox_pads_evenly_and_keeps_aspect() -> None:
 
 
 def test_keep_ratio_follows_torchvision_rule() -> None:
-    config = OnnxDetectorConfig(model="m.onnx", resize="keep_ratio", shorter_side=100, longer_side=150)
+    config = OnnxDetectorConfig(
+        model="m.onnx", resize="keep_ratio", shorter_side=100, longer_side=150
+    )
     pixels, geometry = fit_image(np.zeros((50, 200, 3), np.uint8), config)
     assert pixels.shape == (38, 150, 3)  # the longer side caps the scale at 0.75
     assert geometry.scale_x == 0.75
@@ -173,12 +192,18 @@ def test_torchvision_detector_export_matches_torch(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 5, stride=4, padding=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 16, 5, stride=4, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
     )
     backbone.out_channels = 16
     model = FasterRCNN(
-        backbone, num_classes=3, min_size=240, max_size=320, box_score_thresh=0.0,
+        backbone,
+        num_classes=3,
+        min_size=240,
+        max_size=320,
+        box_score_thresh=0.0,
         rpn_anchor_generator=AnchorGenerator(((32, 64, 128),), ((0.5, 1.0, 2.0),)),
         box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
     ).eval()
@@ -199,14 +224,28 @@ def test_torchvision_detector_export_matches_torch(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Single().eval(), (torch.rand(3, 240, 320),), str(tmp_path / "tv.onnx"), dynamo=False,
-            opset_version=17, input_names=["image"], output_names=["boxes", "scores", "labels"],
-            dynamic_axes={"image": {1: "h", 2: "w"}, "boxes": {0: "k"}, "scores": {0: "k"},
-                          "labels": {0: "k"}},
+            Single().eval(),
+            (torch.rand(3, 240, 320),),
+            str(tmp_path / "tv.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={
+                "image": {1: "h", 2: "w"},
+                "boxes": {0: "k"},
+                "scores": {0: "k"},
+                "labels": {0: "k"},
+            },
         )
     config = write_config(
-        tmp_path / "tv.yaml", model="tv.onnx", layout="boxes_scores_labels", resize="none",
-        batch_axis=False, person_class=1, score_thresh=0.3,
+        tmp_path / "tv.yaml",
+        model="tv.onnx",
+        layout="boxes_scores_labels",
+        resize="none",
+        batch_axis=False,
+        person_class=1,
+        score_thresh=0.3,
     )
     detector = load_onnx_detector(config)
     image = np.random.default_rng(1).integers(0, 255, (260, 300, 3), dtype=np.uint8)
@@ -247,14 +286,23 @@ def test_yolox_raw_grid_decoded_by_hand() -> None:
     rows = np.zeros((len(cells), 4 + 1 + 1), np.float32)
     target = cells.index((16, 1, 0))  # stride 16, grid row 1, column 0
     rows[target] = [0.5, 0.25, np.log(2.0), np.log(3.0), 1.0, 0.8]
-    boxes, scores = decode_yolo(rows[None], 0, 0.5, None, 300, rows_first=True, objectness=True,
-                                grid=(strides, size, size))
+    boxes, scores = decode_yolo(
+        rows[None], 0, 0.5, None, 300, rows_first=True, objectness=True, grid=(strides, size, size)
+    )
     cx, cy, w, h = (0 + 0.5) * 16, (1 + 0.25) * 16, 2 * 16, 3 * 16
     np.testing.assert_allclose(boxes, [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]], rtol=1e-6)
     np.testing.assert_allclose(scores, [0.8], rtol=1e-6)
     with pytest.raises(Exception, match="give 20 grid cells, but the YOLO output has 19 rows"):
-        decode_yolo(rows[None, :-1], 0, 0.5, None, 300, rows_first=True, objectness=True,
-                    grid=(strides, size, size))
+        decode_yolo(
+            rows[None, :-1],
+            0,
+            0.5,
+            None,
+            300,
+            rows_first=True,
+            objectness=True,
+            grid=(strides, size, size),
+        )
 
 
 def test_yolox_bad_outputs_named() -> None:
@@ -271,8 +319,14 @@ def test_yolox_bad_outputs_named() -> None:
 
 
 def test_letterbox_top_left_pads_right_and_bottom_only() -> None:
-    config = OnnxDetectorConfig(model="m.onnx", layout="yolo", resize="letterbox",
-                                letterbox_align="top_left", input_height=416, input_width=416)
+    config = OnnxDetectorConfig(
+        model="m.onnx",
+        layout="yolo",
+        resize="letterbox",
+        letterbox_align="top_left",
+        input_height=416,
+        input_width=416,
+    )
     image = np.zeros((108, 192, 3), np.uint8)
     pixels, geometry = fit_image(image, config)
     assert pixels.shape == (416, 416, 3) and (geometry.pad_x, geometry.pad_y) == (0.0, 0.0)
@@ -280,9 +334,16 @@ def test_letterbox_top_left_pads_right_and_bottom_only() -> None:
 
 
 YOLOX_CONFIG = {
-    "layout": "yolo", "yolo_rows_first": True, "yolo_objectness": True, "resize": "letterbox",
-    "letterbox_align": "top_left", "input_height": 416, "input_width": 416,
-    "channel_order": "bgr", "pixel_scale": 1.0, "score_thresh": 0.3,
+    "layout": "yolo",
+    "yolo_rows_first": True,
+    "yolo_objectness": True,
+    "resize": "letterbox",
+    "letterbox_align": "top_left",
+    "input_height": 416,
+    "input_width": 416,
+    "channel_order": "bgr",
+    "pixel_scale": 1.0,
+    "score_thresh": 0.3,
 }
 
 

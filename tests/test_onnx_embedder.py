@@ -40,14 +40,27 @@ class TinyReid(torch.nn.Module):
 def export(path, batch: int = 2, dynamic: bool = True, size=(64, 32)) -> None:
     axes = {"input": {0: "n"}, "feat": {0: "n"}} if dynamic else None
     torch.onnx.export(
-        TinyReid().eval(), (torch.zeros(batch, 3, *size),), str(path), dynamo=False,
-        input_names=["input"], output_names=["feat"], dynamic_axes=axes,
+        TinyReid().eval(),
+        (torch.zeros(batch, 3, *size),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["feat"],
+        dynamic_axes=axes,
     )
 
 
 def write_config(folder, **values) -> str:
-    settings = {"model": "tiny.onnx", "input_height": 64, "input_width": 32, "mean": CAFFE_MEAN,
-                "std": [1.0, 1.0, 1.0], "pixel_scale": 1.0, "channel_order": "bgr", **values}
+    settings = {
+        "model": "tiny.onnx",
+        "input_height": 64,
+        "input_width": 32,
+        "mean": CAFFE_MEAN,
+        "std": [1.0, 1.0, 1.0],
+        "pixel_scale": 1.0,
+        "channel_order": "bgr",
+        **values,
+    }
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -61,14 +74,23 @@ def reference(crops, size=(64, 32)) -> np.ndarray:
         bgr = image[..., ::-1].astype(np.float32) - np.float32(CAFFE_MEAN)
         batch.append(bgr.transpose(2, 0, 1))
     with torch.no_grad():
-        out = TinyReid().eval()(torch.from_numpy(np.ascontiguousarray(np.stack(batch)))).flatten(1).numpy()
+        out = (
+            TinyReid()
+            .eval()(torch.from_numpy(np.ascontiguousarray(np.stack(batch))))
+            .flatten(1)
+            .numpy()
+        )
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def random_crops(count: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (int(rng.integers(20, 200)), int(rng.integers(10, 90)), 3),
-                         dtype=np.uint8) for _ in range(count)]
+    return [
+        rng.integers(
+            0, 256, (int(rng.integers(20, 200)), int(rng.integers(10, 90)), 3), dtype=np.uint8
+        )
+        for _ in range(count)
+    ]
 
 
 def test_config_drives_preprocessing_and_output_is_flattened_unit_rows(tmp_path):
@@ -118,8 +140,12 @@ def test_bad_configs_are_config_errors(tmp_path, values, message):
 
 def test_dynamic_size_graph_needs_a_size(tmp_path):
     torch.onnx.export(
-        TinyReid().eval(), (torch.zeros(1, 3, 64, 32),), str(tmp_path / "tiny.onnx"),
-        dynamo=False, input_names=["input"], output_names=["feat"],
+        TinyReid().eval(),
+        (torch.zeros(1, 3, 64, 32),),
+        str(tmp_path / "tiny.onnx"),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["feat"],
         dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}},
     )
     with pytest.raises(ConfigError, match="give input_height and input_width"):

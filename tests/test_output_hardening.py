@@ -105,16 +105,27 @@ def test_every_gallery_size_the_test_set_allows_is_expected(tmp_path):
     assert missing_protocol_files(tmp_path, 120) == []  # the synthetic "tiny" world
     assert missing_protocol_files(tmp_path, 768) == ["TestG500.mat"]  # "small" has 500 too
     assert missing_protocol_files(tmp_path, 6978) == [  # CUHK-SYSU's test set: every size
-        "TestG500.mat", "TestG1000.mat", "TestG2000.mat", "TestG4000.mat"]
+        "TestG500.mat",
+        "TestG1000.mat",
+        "TestG2000.mat",
+        "TestG4000.mat",
+    ]
 
 
 # ------------------------------------------------------------------ NaN features
 
 
 def _record(name: str, boxes: int) -> ImageRecord:
-    return ImageRecord(f"/gallery/{name}", "0" * 40, 100, 1.0, 64, 64,
-                       boxes=np.array([[i, i, i + 10, i + 20] for i in range(boxes)], np.float32),
-                       scores=np.full(boxes, 0.9, np.float32))
+    return ImageRecord(
+        f"/gallery/{name}",
+        "0" * 40,
+        100,
+        1.0,
+        64,
+        64,
+        boxes=np.array([[i, i, i + 10, i + 20] for i in range(boxes)], np.float32),
+        scores=np.full(boxes, 0.9, np.float32),
+    )
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -150,9 +161,13 @@ def test_non_finite_rows_in_a_shard_are_named_not_dropped(small_index, value):
     folder, feats = small_index
     name = _damage_shard(folder, 1, value)
     shutil.rmtree(folder / CACHE_DIR)  # the FAISS index is rebuilt from the shards
-    with GalleryIndex.open(folder, fingerprint="m") as index, pytest.raises(
-        GalleryIndexError, match=rf"shard .*{name} holds NaN or infinite features in 1 of its 4 "
-                                 r"rows \(first: row 1\)"
+    with (
+        GalleryIndex.open(folder, fingerprint="m") as index,
+        pytest.raises(
+            GalleryIndexError,
+            match=rf"shard .*{name} holds NaN or infinite features in 1 of its 4 "
+            r"rows \(first: row 1\)",
+        ),
     ):
         index.search_one(feats[0], top_k=12)
 
@@ -165,14 +180,18 @@ def test_a_cached_faiss_index_with_nan_rows_is_not_trusted(small_index):
     damaged[5] = np.nan  # as an index cached by an older version from a damaged shard
     (cached,) = (folder / CACHE_DIR).iterdir()
     faiss.write_index(build_faiss_index(damaged, "flat"), str(cached))
-    with GalleryIndex.open(folder, fingerprint="m") as index, pytest.raises(
-        GalleryIndexError, match=r"cached FAISS index \(faiss/flat-12.faiss\) holds NaN"
+    with (
+        GalleryIndex.open(folder, fingerprint="m") as index,
+        pytest.raises(
+            GalleryIndexError, match=r"cached FAISS index \(faiss/flat-12.faiss\) holds NaN"
+        ),
     ):
         index.search_one(feats[0], top_k=12)
     # the shard damaged as well: the shard is named
     name = _damage_shard(folder, 1, np.nan)
-    with GalleryIndex.open(folder, fingerprint="m") as index, pytest.raises(
-        GalleryIndexError, match=name
+    with (
+        GalleryIndex.open(folder, fingerprint="m") as index,
+        pytest.raises(GalleryIndexError, match=name),
     ):
         index.search_one(feats[0], top_k=12)
 
@@ -199,9 +218,15 @@ def nan_onnx(tmp_path) -> Path:
             return self.conv(x).mean(dim=(2, 3)) * float("nan")
 
     model = tmp_path / "nan.onnx"
-    torch.onnx.export(NaNReid().eval(), (torch.zeros(1, 3, 32, 16),), str(model), dynamo=False,
-                      input_names=["input"], output_names=["feat"],
-                      dynamic_axes={"input": {0: "n"}, "feat": {0: "n"}})
+    torch.onnx.export(
+        NaNReid().eval(),
+        (torch.zeros(1, 3, 32, 16),),
+        str(model),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["feat"],
+        dynamic_axes={"input": {0: "n"}, "feat": {0: "n"}},
+    )
     config = tmp_path / "nan.yaml"
     config.write_text("model: nan.onnx\ninput_height: 32\ninput_width: 16\n")
     return config
@@ -213,8 +238,11 @@ def test_onnx_embedder_returning_nan_is_named_at_embed_time(nan_onnx):
 
     embedder = load_onnx_embedder(nan_onnx)
     crops = [np.zeros((40, 20, 3), np.uint8), np.ones((50, 30, 3), np.uint8)]
-    with pytest.raises(PersonSearchError, match=r"ONNX model .*nan\.onnx returned NaN or "
-                                                r"infinite features for 2 of 2 crops"):
+    with pytest.raises(
+        PersonSearchError,
+        match=r"ONNX model .*nan\.onnx returned NaN or "
+        r"infinite features for 2 of 2 crops",
+    ):
         embedder.embed_crops(crops)
 
 
@@ -233,20 +261,41 @@ def crops_gallery(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript")
-def test_index_failing_at_its_first_batch_leaves_no_index_folder(tmp_path, capsys, nan_onnx,
-                                                                  crops_gallery):
+def test_index_failing_at_its_first_batch_leaves_no_index_folder(
+    tmp_path, capsys, nan_onnx, crops_gallery
+):
     run = tmp_path / "pipeline"
     run.mkdir()
     (run / "pipeline.yaml").write_text(f"detector: whole-image\nreid: {nan_onnx}\n")
     out = tmp_path / "new.index"
-    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--pipeline", str(run),
-                 "--no-progress"])
+    code = main(
+        [
+            "index",
+            "--gallery",
+            str(crops_gallery),
+            "--out",
+            str(out),
+            "--pipeline",
+            str(run),
+            "--no-progress",
+        ]
+    )
     _one_line_error(capsys, code, "nan.onnx returned NaN or infinite features")
     assert not out.exists()
     # an existing folder is never removed, even an empty one
     out.mkdir()
-    code = main(["index", "--gallery", str(crops_gallery), "--out", str(out), "--pipeline", str(run),
-                 "--no-progress"])
+    code = main(
+        [
+            "index",
+            "--gallery",
+            str(crops_gallery),
+            "--out",
+            str(out),
+            "--pipeline",
+            str(run),
+            "--no-progress",
+        ]
+    )
     _one_line_error(capsys, code, "nan.onnx")
     assert out.is_dir()
 
@@ -273,8 +322,9 @@ def test_a_broken_torch_embedder_is_named_by_the_searcher(tmp_path):
 def built_index(tmp_path, crops_gallery, capsys) -> tuple[Path, Path, str]:
     """An index of the crops gallery (baseline pipeline), a probe and its box."""
     index = tmp_path / "gallery.index"
-    assert main(["index", "--gallery", str(crops_gallery), "--out", str(index),
-                 "--no-progress"]) == 0
+    assert (
+        main(["index", "--gallery", str(crops_gallery), "--out", str(index), "--no-progress"]) == 0
+    )
     capsys.readouterr()
     box = make_probe(tmp_path / "probe.png")
     return index, tmp_path / "probe.png", ",".join(f"{v:g}" for v in box)
@@ -284,16 +334,18 @@ def _search(index: Path, probe: Path, box: str, *extra: str) -> list[str]:
     return ["search", "--index", str(index), "--probe", str(probe), "--box", box, *extra]
 
 
-def test_search_out_at_a_folder_below_a_file_or_unwritable_is_one_line(tmp_path, built_index,
-                                                                        capsys, monkeypatch):
+def test_search_out_at_a_folder_below_a_file_or_unwritable_is_one_line(
+    tmp_path, built_index, capsys, monkeypatch
+):
     index, probe, box = built_index
     (tmp_path / "picture.png").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(_outputs.os, "access",
-                        lambda path, mode: Path(path) != locked and real_access(path, mode))
+    monkeypatch.setattr(
+        _outputs.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
     for out, fragment in [
         (tmp_path / "picture.png", "is a folder"),
         (tmp_path / "notes.txt" / "hits.html", "notes.txt is not a folder"),
@@ -343,8 +395,9 @@ def test_result_sheets_stay_within_jpeg_and_never_divide_by_zero(tmp_path):
 
 def test_a_jpeg_sheet_too_tall_is_refused_before_searching(built_index, capsys):
     index, probe, box = built_index
-    code = main(_search(index, probe, box, "--top-k", "3000", "--out",
-                        str(index.parent / "all.jpg")))
+    code = main(
+        _search(index, probe, box, "--top-k", "3000", "--out", str(index.parent / "all.jpg"))
+    )
     stdout, _ = _one_line_error(capsys, code, "--top-k 3000", "over JPEG's 65,500")
     assert "rank" not in stdout
 
@@ -369,9 +422,13 @@ def test_truncated_detections_file_is_a_results_error(tmp_path):
 
     path = tmp_path / "det.npz"
     rng = np.random.default_rng(0)
-    np.savez_compressed(path, image_names=np.array([f"s{i}.jpg" for i in range(50)]),
-                        det_image=np.arange(500) % 50, det_boxes=rng.random((500, 4)) * 100,
-                        det_scores=rng.random(500))
+    np.savez_compressed(
+        path,
+        image_names=np.array([f"s{i}.jpg" for i in range(50)]),
+        det_image=np.arange(500) % 50,
+        det_boxes=rng.random((500, 4)) * 100,
+        det_scores=rng.random(500),
+    )
     data = path.read_bytes()
     for cut in (0, 10, len(data) // 2, len(data) - 30):
         path.write_bytes(data[:cut])
@@ -383,9 +440,19 @@ def test_training_with_a_truncated_detections_file_is_one_line(tmp_path, capsys)
     fake = write_cuhk_sysu(tmp_path / "c", write_images=False)
     detections = tmp_path / "det.npz"
     detections.write_bytes(b"PK\x03\x04 cut short")
-    code = main(["train", "reid", "--config", "cuhk-sysu-reid", "--out", str(tmp_path / "run"),
-                 f"data.root={fake.root}", f"data.detections={detections}",
-                 "model.pretrained=false"])
+    code = main(
+        [
+            "train",
+            "reid",
+            "--config",
+            "cuhk-sysu-reid",
+            "--out",
+            str(tmp_path / "run"),
+            f"data.root={fake.root}",
+            f"data.detections={detections}",
+            "model.pretrained=false",
+        ]
+    )
     _one_line_error(capsys, code, "cannot read detections", "det.npz")
 
 
@@ -395,28 +462,50 @@ def test_training_with_a_truncated_detections_file_is_one_line(tmp_path, capsys)
 def _locked(monkeypatch, folder: Path) -> None:
     """Make `folder` unwritable as far as the commands' check can tell (root writes anyway)."""
     real_access = os.access
-    monkeypatch.setattr(_outputs.os, "access",
-                        lambda path, mode: Path(path) != folder and real_access(path, mode))
+    monkeypatch.setattr(
+        _outputs.os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode)
+    )
 
 
 def _output_cases(tmp_path: Path, target: Path) -> dict[str, list[str]]:
     """Each command with an output under `target` (argv for main)."""
     return {
-        "index": ["index", "--gallery", str(tmp_path), "--out", str(target / "g.index"),
-                  "--pipeline", str(tmp_path / "no-such-run")],
+        "index": [
+            "index",
+            "--gallery",
+            str(tmp_path),
+            "--out",
+            str(target / "g.index"),
+            "--pipeline",
+            str(tmp_path / "no-such-run"),
+        ],
         "synth": ["synth", "--out", str(target / "world")],
-        "train": ["train", "reid", "--config", "synthetic-reid", "--out", str(target / "run"),
-                  f"data.root={tmp_path / 'world'}"],
-        "evaluate": ["evaluate", "--dataset", "cuhk-sysu", "--root", str(tmp_path),
-                     "--results", str(tmp_path / "no-such.npz"), "--per-query",
-                     str(target / "q.csv")],
+        "train": [
+            "train",
+            "reid",
+            "--config",
+            "synthetic-reid",
+            "--out",
+            str(target / "run"),
+            f"data.root={tmp_path / 'world'}",
+        ],
+        "evaluate": [
+            "evaluate",
+            "--dataset",
+            "cuhk-sysu",
+            "--root",
+            str(tmp_path),
+            "--results",
+            str(tmp_path / "no-such.npz"),
+            "--per-query",
+            str(target / "q.csv"),
+        ],
     }
 
 
 @pytest.mark.parametrize("command", ["index", "synth", "train", "evaluate"])
 @pytest.mark.parametrize("how", ["below a file", "no permission"])
-def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, command,
-                                                       how):
+def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, command, how):
     if how == "below a file":
         target = tmp_path / "a-file"
         target.write_text("x")
@@ -434,13 +523,30 @@ def test_unwritable_output_is_one_line_before_any_work(tmp_path, capsys, monkeyp
 
 def test_a_file_where_a_folder_goes_is_one_line(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    for argv in (["index", "--gallery", str(tmp_path), "--out", str(tmp_path / "taken")],
-                 ["synth", "--out", str(tmp_path / "taken")],
-                 ["train", "reid", "--config", "synthetic-reid", "--out", str(tmp_path / "taken")]):
+    for argv in (
+        ["index", "--gallery", str(tmp_path), "--out", str(tmp_path / "taken")],
+        ["synth", "--out", str(tmp_path / "taken")],
+        ["train", "reid", "--config", "synthetic-reid", "--out", str(tmp_path / "taken")],
+    ):
         _one_line_error(capsys, main(argv), "taken is a file, not a folder")
-    _one_line_error(capsys, main(["evaluate", "--dataset", "cuhk-sysu", "--root", str(tmp_path),
-                                  "--results", "r.npz", "--per-query", str(tmp_path)]),
-                    "--per-query", "is a folder")
+    _one_line_error(
+        capsys,
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "cuhk-sysu",
+                "--root",
+                str(tmp_path),
+                "--results",
+                "r.npz",
+                "--per-query",
+                str(tmp_path),
+            ]
+        ),
+        "--per-query",
+        "is a folder",
+    )
 
 
 # ------------------------------------------------------------------ read-only: no write access
@@ -497,9 +603,20 @@ def test_read_only_folder_for_real(tmp_path, built_index):
     }
     shell = 'mount --bind -o ro "$0" "$0" && exec "$@"'
     result = subprocess.run(
-        [*prefix, "sh", "-c", shell, str(index_dir), sys.executable, "-c", READ_ONLY_SCRIPT,
-         json.dumps(cases)],
-        capture_output=True, text=True, timeout=300,
+        [
+            *prefix,
+            "sh",
+            "-c",
+            shell,
+            str(index_dir),
+            sys.executable,
+            "-c",
+            READ_ONLY_SCRIPT,
+            json.dumps(cases),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0 and "mount" in result.stderr:
         pytest.skip(f"cannot bind-mount read-only here: {result.stderr.strip()}")

@@ -35,8 +35,15 @@ def reid_run(tmp_path_factory):
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("reid-run")
     config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32"])
-    model = build_reid_model({"head": "clsa", "backbone": "resnet18", "pretrained": False,
-                              "feature_dim": 32, "num_classes": 5}).eval()
+    model = build_reid_model(
+        {
+            "head": "clsa",
+            "backbone": "resnet18",
+            "pretrained": False,
+            "feature_dim": 32,
+            "num_classes": 5,
+        }
+    ).eval()
     save_reid_model(run / "model.pt", model, config, pids=[1, 2, 3, 4, 5])
     (run / "config.yaml").write_text("task: reid\n")
     return run
@@ -50,8 +57,11 @@ def detector_run(tmp_path_factory):
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("detector-run")
     config = load_config("synthetic-detector")
-    model = build_detector(DetectorConfig(backbone="mobilenet_v2", pretrained=False, min_size=160,
-                                          max_size=256, score_thresh=0.0)).eval()
+    model = build_detector(
+        DetectorConfig(
+            backbone="mobilenet_v2", pretrained=False, min_size=160, max_size=256, score_thresh=0.0
+        )
+    ).eval()
     save_detector(run / "model.pt", model, config)
     return run
 
@@ -62,14 +72,38 @@ def test_gt_boxes_evaluation_matches_between_paths(world, reid_run, tmp_path, ca
     folder = tmp_path / "pipeline"
     write_pipeline_spec(folder, "whole-image", reid_run)
     results = tmp_path / "results.npz"
-    args = ["evaluate", "--dataset", "cuhk-sysu", "--root", str(world), "--pipeline", str(folder),
-            "--gt-boxes", "--results", str(results), "--json"]
+    args = [
+        "evaluate",
+        "--dataset",
+        "cuhk-sysu",
+        "--root",
+        str(world),
+        "--pipeline",
+        str(folder),
+        "--gt-boxes",
+        "--results",
+        str(results),
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert 0 < summary["mAP"] <= 1 and summary["num_queries"] > 0
     # the written file scores the same on its own, and gt boxes give one detection per person
-    assert main(["evaluate", "--dataset", "cuhk-sysu", "--root", str(world), "--results",
-                 str(results), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "cuhk-sysu",
+                "--root",
+                str(world),
+                "--results",
+                str(results),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["mAP"] == pytest.approx(summary["mAP"], abs=1e-12)
     from personsearch.data.cuhk_sysu import load_cuhk_sysu
 
@@ -94,12 +128,31 @@ def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, t
     for scene in scenes:
         (gallery / scene.name).symlink_to(scene.path)
     index = tmp_path / "index"
-    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--pipeline", str(folder)]) == 0
+    assert (
+        main(["index", "--gallery", str(gallery), "--out", str(index), "--pipeline", str(folder)])
+        == 0
+    )
     probe = scenes[0]
     box = ",".join(str(int(v)) for v in probe.boxes[0])
     capsys.readouterr()
-    assert main(["search", "--index", str(index), "--pipeline", str(folder), "--probe",
-                 str(probe.path), "--box", box, "--top-k", "3"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(index),
+                "--pipeline",
+                str(folder),
+                "--probe",
+                str(probe.path),
+                "--box",
+                box,
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()
     # boxes are in the input image's pixels whatever the model resizes to
     from personsearch.data.images import read_rgb
@@ -108,7 +161,10 @@ def test_detector_pipeline_indexes_and_searches(world, reid_run, detector_run, t
     boxes, scores = pipeline.detector.detect(image)
     assert len(boxes) == len(scores)
     if len(boxes):
-        assert boxes[:, 2].max() <= image.shape[1] + 1e-3 and boxes[:, 3].max() <= image.shape[0] + 1e-3
+        assert (
+            boxes[:, 2].max() <= image.shape[1] + 1e-3
+            and boxes[:, 3].max() <= image.shape[0] + 1e-3
+        )
 
 
 def test_pipeline_spec_errors(tmp_path, reid_run):

@@ -63,8 +63,12 @@ def onnx_detector_input(pixels, mean, std, pixel_scale, channel_order):
 
 def random_crops(seed: int, count: int = 6) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (int(rng.integers(1, 120)), int(rng.integers(1, 70)), 3),
-                         dtype=np.uint8) for _ in range(count)]
+    return [
+        rng.integers(
+            0, 256, (int(rng.integers(1, 120)), int(rng.integers(1, 70)), 3), dtype=np.uint8
+        )
+        for _ in range(count)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -75,23 +79,28 @@ def test_crops_are_the_numbers_every_old_copy_gave(seed):
     assert ours.dtype == np.float32 and ours.shape == (len(crops), 3, 64, 32)
     assert ours.flags.c_contiguous
     np.testing.assert_array_equal(ours, onnx_preprocess(crops, 64, 32, IMAGENET_MEAN, IMAGENET_STD))
-    np.testing.assert_array_equal(ours, np.stack([torch_embedder_to_tensor(c, 64, 32) for c in crops]))
+    np.testing.assert_array_equal(
+        ours, np.stack([torch_embedder_to_tensor(c, 64, 32) for c in crops])
+    )
     for crop, row in zip(crops, ours, strict=True):
         image = Image.fromarray(crop).resize((32, 64), Image.BILINEAR)
         np.testing.assert_array_equal(normalise(np.asarray(image)), transforms_normalised(image))
         np.testing.assert_array_equal(row, transforms_normalised(image))  # training = search
     # an exported model's own settings (the ONNX embedder)
     settings = ((0.5, 0.5, 0.5), (0.25, 0.5, 1.0), 1.0, "bgr")
-    np.testing.assert_array_equal(preprocess_crops(crops, 40, 20, *settings),
-                                  onnx_preprocess(crops, 40, 20, *settings))
+    np.testing.assert_array_equal(
+        preprocess_crops(crops, 40, 20, *settings), onnx_preprocess(crops, 40, 20, *settings)
+    )
 
 
 @pytest.mark.parametrize("channel_order", ["rgb", "bgr"])
 def test_whole_images_as_the_onnx_detector_fed_them(channel_order):
     rng = np.random.default_rng(3)
     settings = ((0.1, 0.2, 0.3), (0.9, 0.8, 0.7), 255.0, channel_order)
-    for pixels in (rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
-                   rng.uniform(0, 255, (48, 40, 3)).astype(np.float32)):
+    for pixels in (
+        rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
+        rng.uniform(0, 255, (48, 40, 3)).astype(np.float32),
+    ):
         ours = normalise(pixels, *settings)
         np.testing.assert_array_equal(ours, onnx_detector_input(pixels, *settings))
     before = pixels.copy()
@@ -117,5 +126,7 @@ def test_a_bad_crop_is_named():
 
 def test_no_torch_import():
     code = "import sys, personsearch.data.preprocess; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -100,8 +100,10 @@ def test_camera_from_name():
 
 def test_lf_line_endings_and_negative_corners(copy):
     (copy / "query_info.txt").write_text("7 -4 433 152 315 c1s1_001051\n\n", encoding="utf-8")
-    scipy.io.savemat(copy / "annotations" / "c1s1_001051.jpg.mat",
-                     {"box_new": np.array([[7.0, -4, 433, 152, 315], [-2, 10, -6, 40, 100]])})
+    scipy.io.savemat(
+        copy / "annotations" / "c1s1_001051.jpg.mat",
+        {"box_new": np.array([[7.0, -4, 433, 152, 315], [-2, 10, -6, 40, 100]])},
+    )
     protocol = load_prw_protocol(copy)
     np.testing.assert_array_equal(protocol.queries[0].box, [0, 433, 152, 748])
     scene = load_prw(copy).test[0]
@@ -110,22 +112,34 @@ def test_lf_line_endings_and_negative_corners(copy):
 
 
 def test_wrong_root_and_missing_files(copy):
-    with pytest.raises(DatasetError, match=r"frame_train.mat not found under .*: is .* the "
-                       "unpacked PRW folder"):
+    with pytest.raises(
+        DatasetError,
+        match=r"frame_train.mat not found under .*: is .* the "
+        "unpacked PRW folder",
+    ):
         load_prw(copy / "annotations")
     (copy / "annotations" / "c1s1_002401.jpg.mat").unlink()
     with pytest.raises(DatasetError, match="not found: .*c1s1_002401.jpg.mat"):
         load_prw(copy)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ({"boxes": np.ones((2, 5))}, r"holds no variable 'box_new' or 'anno_file' or 'anno_previous'"),
-    ({"box_new": np.ones((2, 4))}, r"expected an N x 5 matrix, found shape \(2, 4\)"),
-    ({"box_new": np.array([[-3.0, 1, 1, 5, 5]])}, r"row 1 has identity -3"),
-    ({"box_new": np.array([[1.0, 1, 1, 5, 5], [2, 1, 1, 0, 5]])}, r"row 2 .* non-positive size"),
-    ({"box_new": np.array([[1.0, -50, 1, 20, 5]])}, r"row 1 lies entirely left of or above"),
-    ({"box_new": "abc"}, r"expected a numeric matrix"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            {"boxes": np.ones((2, 5))},
+            r"holds no variable 'box_new' or 'anno_file' or 'anno_previous'",
+        ),
+        ({"box_new": np.ones((2, 4))}, r"expected an N x 5 matrix, found shape \(2, 4\)"),
+        ({"box_new": np.array([[-3.0, 1, 1, 5, 5]])}, r"row 1 has identity -3"),
+        (
+            {"box_new": np.array([[1.0, 1, 1, 5, 5], [2, 1, 1, 0, 5]])},
+            r"row 2 .* non-positive size",
+        ),
+        ({"box_new": np.array([[1.0, -50, 1, 20, 5]])}, r"row 1 lies entirely left of or above"),
+        ({"box_new": "abc"}, r"expected a numeric matrix"),
+    ],
+)
 def test_malformed_annotation_files(copy, content, message):
     path = copy / "annotations" / "c1s1_002401.jpg.mat"
     scipy.io.savemat(path, content)
@@ -140,12 +154,15 @@ def test_truncated_annotation_file(copy):
         load_prw(copy)
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("7 1222 433 152 c1s1_001051", r"line 2: expected 'pid x y w h frame', found 5 fields"),
-    ("7 1222 433 1x2 315 c1s1_001051", r"line 2: could not convert"),
-    ("7 1222 433 0 315 c1s1_001051", r"line 2: query box has non-positive size"),
-    ("7 1222 433 152 315 c1s1_009376", r"line 2: query frame c1s1_009376 is not a test frame"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("7 1222 433 152 c1s1_001051", r"line 2: expected 'pid x y w h frame', found 5 fields"),
+        ("7 1222 433 1x2 315 c1s1_001051", r"line 2: could not convert"),
+        ("7 1222 433 0 315 c1s1_001051", r"line 2: query box has non-positive size"),
+        ("7 1222 433 152 315 c1s1_009376", r"line 2: query frame c1s1_009376 is not a test frame"),
+    ],
+)
 def test_malformed_queries(copy, line, message):
     (copy / "query_info.txt").write_bytes(f"1 1002 419 51 175 c1s1_001051\r\n{line}\r\n".encode())
     with pytest.raises(DatasetError, match=f"query_info.txt, {message}"):

@@ -47,13 +47,17 @@ def test_importing_a_package_loads_nothing_heavy(package: str) -> None:
         f"import sys, {package}\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]", f"import {package} loaded {result.stdout.strip()}"
 
 
 def test_import_personsearch_does_not_import_torch() -> None:
     code = "import sys, personsearch\nprint('torch' in sys.modules, 'faiss' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False False"
 
 

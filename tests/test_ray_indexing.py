@@ -51,8 +51,15 @@ def single_machine(folder: Path, out: Path, detector, kind: str = "flat") -> Gal
 
 def two_workers(folder: Path, out: Path, detector, kind: str):
     """Index the gallery with 2 Ray workers, 8 images a shard."""
-    return index_with_ray(folder, out, pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
-                          num_workers=2, index_kind=kind, shard_images=8, progress=False)
+    return index_with_ray(
+        folder,
+        out,
+        pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
+        num_workers=2,
+        index_kind=kind,
+        shard_images=8,
+        progress=False,
+    )
 
 
 def assert_same_index(merged_index: GalleryIndex, single_index: GalleryIndex) -> None:
@@ -185,8 +192,9 @@ def test_a_failing_worker_stops_the_job_with_its_error(tmp_path, ray_local, gall
         assert index.store.num_boxes == 0 and not (tmp_path / "out" / SHARDS_DIR).exists()
 
 
-def test_a_failed_first_ray_run_leaves_no_index_folder(tmp_path, ray_local, gallery, monkeypatch,
-                                                      capsys):
+def test_a_failed_first_ray_run_leaves_no_index_folder(
+    tmp_path, ray_local, gallery, monkeypatch, capsys
+):
     import personsearch.search.ray_indexing as ray_indexing
 
     def fail(*args, **kwargs):
@@ -194,14 +202,24 @@ def test_a_failed_first_ray_run_leaves_no_index_folder(tmp_path, ray_local, gall
 
     monkeypatch.setattr(ray_indexing, "_index_shards", fail)
     out = tmp_path / "out"
-    argv = ["index", "--gallery", str(gallery[0]), "--out", str(out), "--ray-workers", "1",
-            "--no-progress"]
+    argv = [
+        "index",
+        "--gallery",
+        str(gallery[0]),
+        "--out",
+        str(out),
+        "--ray-workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 1
     assert "injected" in capsys.readouterr().err
     assert not out.exists()  # created by this run, empty: removed, as without Ray
 
 
-def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(tmp_path, ray_local, gallery):
+def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(
+    tmp_path, ray_local, gallery
+):
     folder, detector = gallery
     out = tmp_path / "ray.index"
     report = two_workers(folder, out, detector, "ivfpq")

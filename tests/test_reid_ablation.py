@@ -14,8 +14,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "reid_ablation.py"
 # as tests/test_train_reid.py keeps a re-id training to a few seconds
 TINY = [
-    "data.crop_height=32", "data.crop_width=16", "model.backbone=resnet18",
-    "model.pretrained=false", "model.feature_dim=16", "optim.batch_size=16", "run.log_period=2",
+    "data.crop_height=32",
+    "data.crop_width=16",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.feature_dim=16",
+    "optim.batch_size=16",
+    "run.log_period=2",
 ]
 BINS = ["larger_1.5x", "larger_3x", "same", "smaller_1.5x", "smaller_3x"]
 
@@ -42,14 +47,26 @@ def ablation() -> ModuleType:
 def test_rows_groups_and_free_form_specs(ablation):
     rows = ablation.resolve_rows(["core", "clsa", "table6", "clsa/level_ce_weight=1"])
     assert [r.name for r in rows] == [
-        "plain", "pyramid", "clsa", "clsa-levelce", "clsa-54", "clsa-5432",
+        "plain",
+        "pyramid",
+        "clsa",
+        "clsa-levelce",
+        "clsa-54",
+        "clsa-5432",
         "clsa/level_ce_weight=1",
     ]
     free = rows[-1]
-    assert free.overrides == ("model.head=clsa", "model.levels=5-4-3", "model.temperature=3",
-                              "model.level_ce_weight=1")
+    assert free.overrides == (
+        "model.head=clsa",
+        "model.levels=5-4-3",
+        "model.temperature=3",
+        "model.level_ce_weight=1",
+    )
     assert ablation.parse_row("plain/data.flip=false").overrides == (
-        "model.head=plain", "model.levels=5", "data.flip=false")
+        "model.head=plain",
+        "model.levels=5",
+        "data.flip=false",
+    )
     assert ablation.ROWS["clsa-T5"].overrides[-1] == "model.temperature=5"
     assert ablation.folder_name(free, 12, 1) == "clsa-level_ce_weight1-e12-seed1"
     assert [ablation.milestone(e) for e in (1, 2, 4, 12)] == [1, 2, 3, 9]
@@ -66,14 +83,35 @@ def test_statistics(ablation):
     assert result["t"] == pytest.approx(0.1 / (0.1 * (2 / 3) ** 0.5))
     assert 0.2 < result["p"] < 0.3 and ablation.reading(result) == "within seed noise"
     assert ablation.reading(ablation.compare(a, ablation.stat([0.3]))) == (
-        "one seed: no spread, no test")
+        "one seed: no spread, no test"
+    )
 
 
 def test_ablation_end_to_end(ablation, tmp_path, capsys):
     root, out, results = tmp_path / "world", tmp_path / "runs", tmp_path / "ablation.json"
-    argv = ["--root", str(root), "--preset", "tiny", "--out", str(out), "--results",
-            str(results), "--rows", "plain", "clsa", "--seeds", "0", "--epochs", "1",
-            "--workers", "0", "--threads", "1", "--set", *TINY]
+    argv = [
+        "--root",
+        str(root),
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+        "--rows",
+        "plain",
+        "clsa",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--set",
+        *TINY,
+    ]
     assert ablation.main(argv) == 0
     data = json.loads(results.read_text())
     assert data["format"] == ablation.FORMAT and data["epochs"] == 1 and data["milestones"] == [1]
@@ -94,7 +132,9 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     assert clsa["train_seconds"] > 0 and clsa["resumed"] is False
     summary = data["summary"]
     assert data["row_order"] == ["plain", "clsa"] and sorted(summary) == ["clsa", "plain"]
-    assert summary["clsa"]["n"] == 1 and summary["clsa"]["mAP"]["mean"] == pytest.approx(clsa["mAP"])
+    assert summary["clsa"]["n"] == 1 and summary["clsa"]["mAP"]["mean"] == pytest.approx(
+        clsa["mAP"]
+    )
     assert summary["clsa"]["mAP"]["sd"] is None  # one seed: no spread
     assert sorted(summary["clsa"]["by_scale"]) == BINS
     assert {"mAP", "rank1", "queries"} <= set(summary["clsa"]["by_scale"]["larger_3x"])

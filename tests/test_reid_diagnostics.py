@@ -42,14 +42,22 @@ def test_uniform_and_peaked_distributions() -> None:
 def test_every_head_reports_the_teacher_at_its_temperature(head: str) -> None:
     torch.manual_seed(0)
     model = ReidModel(
-        ReidConfig(num_classes=CLASSES, head=head, backbone="resnet18", pretrained=False,
-                   feature_dim=8, temperature=2.0)
+        ReidConfig(
+            num_classes=CLASSES,
+            head=head,
+            backbone="resnet18",
+            pretrained=False,
+            feature_dim=8,
+            temperature=2.0,
+        )
     ).train()
     images, labels = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 2, 3])
     losses = model(images, labels)
     metrics = model.training_metrics()
     assert set(metrics) == {
-        "teacher/entropy", "teacher/max_entropy", "teacher/max_prob",
+        "teacher/entropy",
+        "teacher/max_entropy",
+        "teacher/max_prob",
         *(f"accuracy/{name}" for name in model.level_names),
     }
     assert all(not v.requires_grad and v.dim() == 0 for v in metrics.values())
@@ -116,8 +124,12 @@ def test_a_tiny_run_logs_them_everywhere(tmp_path) -> None:
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {
-        "train/total", "train/teacher/entropy", "train/teacher/max_entropy",
-        "train/teacher/max_prob", "train/accuracy/res3", "train/accuracy/res5",
+        "train/total",
+        "train/teacher/entropy",
+        "train/teacher/max_entropy",
+        "train/teacher/max_prob",
+        "train/accuracy/res3",
+        "train/accuracy/res5",
         "train/speed/images_per_s",
     } <= tags
     entropy = [e.value for e in events.Scalars("train/teacher/entropy")]

@@ -32,7 +32,12 @@ from personsearch.evaluation.scale_gap import (
 from personsearch.evaluation.search import GalleryDetections
 
 # the bins written out again, on exact fractions: the reference's own reading of the definition
-THIRD, TWO_THIRDS, ONE_HALF_MORE, THREE = Fraction(1, 3), Fraction(2, 3), Fraction(3, 2), Fraction(3)
+THIRD, TWO_THIRDS, ONE_HALF_MORE, THREE = (
+    Fraction(1, 3),
+    Fraction(2, 3),
+    Fraction(3, 2),
+    Fraction(3),
+)
 REFERENCE_BINS = {
     "smaller_3x": lambda r: 0 < r <= THIRD,
     "smaller_1.5x": lambda r: THIRD < r <= TWO_THIRDS,
@@ -50,18 +55,44 @@ def exact_ratio(gallery_height: float, query_height: float) -> Fraction:
 
 def test_bin_edges():
     assert BIN_KEYS == ("smaller_3x", "smaller_1.5x", "same", "larger_1.5x", "larger_3x")
-    ratios = np.array([30 / 90, 1 / 3, 0.34, 60 / 90, 1 / 1.5, 0.67, 1.0, 1.49, 1.5, 135 / 90, 2.99,
-                       3.0, 270 / 90, 50.0])
+    ratios = np.array(
+        [
+            30 / 90,
+            1 / 3,
+            0.34,
+            60 / 90,
+            1 / 1.5,
+            0.67,
+            1.0,
+            1.49,
+            1.5,
+            135 / 90,
+            2.99,
+            3.0,
+            270 / 90,
+            50.0,
+        ]
+    )
     assert scale_bin(ratios).tolist() == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
     assert scale_bin(np.array([np.nan, 0.0, -1.0, np.inf])).tolist() == [-1] * 4
     assert scale_bin(np.full((2, 3), 0.1)).shape == (2, 3)
     # every pair of HEIGHTS falls where the exact fractions say
     g, q = np.meshgrid(HEIGHTS, HEIGHTS)
-    expected = [[BIN_KEYS.index(next(k for k, f in REFERENCE_BINS.items() if f(Fraction(a, b))))
-                 for a, b in zip(row_g, row_q, strict=True)] for row_g, row_q in zip(g, q, strict=True)]
+    expected = [
+        [
+            BIN_KEYS.index(next(k for k, f in REFERENCE_BINS.items() if f(Fraction(a, b))))
+            for a, b in zip(row_g, row_q, strict=True)
+        ]
+        for row_g, row_q in zip(g, q, strict=True)
+    ]
     assert scale_bin(scale_gap.scale_ratio(g, q)).tolist() == expected
-    assert [b.range for b in SCALE_BINS] == ["r <= 1/3", "1/3 < r <= 2/3", "2/3 < r < 1.5",
-                                             "1.5 <= r < 3", "r >= 3"]
+    assert [b.range for b in SCALE_BINS] == [
+        "r <= 1/3",
+        "1/3 < r <= 2/3",
+        "2/3 < r < 1.5",
+        "1.5 <= r < 3",
+        "r >= 3",
+    ]
 
 
 # ------------------------------------------------------------------------------ re-id on crops
@@ -106,12 +137,17 @@ def reference_reid_by_scale(sims, q_pids, g_pids, q_cams, g_cams, q_h, g_h):
             if not kept_matches:
                 continue
             pairs += kept_matches
-            cmc, mean_ap, _ = reference_reid(-sims[i : i + 1], q_pids[i : i + 1], q_cams[i : i + 1], pids,
-                                             g_cams, ks=(1,))
+            cmc, mean_ap, _ = reference_reid(
+                -sims[i : i + 1], q_pids[i : i + 1], q_cams[i : i + 1], pids, g_cams, ks=(1,)
+            )
             aps.append(mean_ap)
             firsts.append(cmc[0])
-        out[key] = (float(np.mean(aps)) if aps else 0.0, float(np.mean(firsts)) if firsts else 0.0,
-                    len(aps), pairs)
+        out[key] = (
+            float(np.mean(aps)) if aps else 0.0,
+            float(np.mean(firsts)) if firsts else 0.0,
+            len(aps),
+            pairs,
+        )
     return out
 
 
@@ -124,7 +160,11 @@ def test_reid_by_scale_matches_reference(seed, quantise):
     assert list(got) == list(BIN_KEYS)
     for key, (mean_ap, rank1, queries, pairs) in reference.items():
         assert got[key]["mAP"] == pytest.approx(mean_ap, abs=1e-12), key
-        assert (got[key]["rank1"], got[key]["queries"], got[key]["pairs"]) == (rank1, queries, pairs), key
+        assert (got[key]["rank1"], got[key]["queries"], got[key]["pairs"]) == (
+            rank1,
+            queries,
+            pairs,
+        ), key
         assert got[key]["label"] == SCALE_BINS[BIN_KEYS.index(key)].label
     # the query with only >= 3x larger matches counts there and nowhere else
     assert got["larger_3x"]["queries"] >= 1
@@ -137,8 +177,14 @@ def test_reid_empty_bins_and_no_matches():
     sims = np.array([[0.9, 0.5, 0.1]])
     got = reid_by_scale(sims, [1], [1, 2, 1], [1], [2, 2, 1], [90.0], [90.0, 30.0, 30.0])
     # g2 is the query's camera (dropped), g1 another identity: one pair, in "same"
-    assert got["same"] == {"mAP": 1.0, "rank1": 1.0, "queries": 1, "pairs": 1,
-                           "label": "within 1.5x", "range": "2/3 < r < 1.5"}
+    assert got["same"] == {
+        "mAP": 1.0,
+        "rank1": 1.0,
+        "queries": 1,
+        "pairs": 1,
+        "label": "within 1.5x",
+        "range": "2/3 < r < 1.5",
+    }
     for key in ("smaller_3x", "smaller_1.5x", "larger_1.5x", "larger_3x"):
         assert got[key]["queries"] == got[key]["pairs"] == 0 and got[key]["mAP"] == 0.0
     with pytest.raises(ValueError, match="height"):
@@ -155,8 +201,13 @@ def test_evaluate_reid_exclude_mask():
     exclude = rng.random(sims.shape) < 0.3
     got = evaluate_reid(sims, q_pids, g_pids, q_cams, g_cams, exclude=exclude, batch_size=7)
     for i in range(len(q_pids)):
-        row = evaluate_reid(sims[i : i + 1], q_pids[i : i + 1], np.where(exclude[i], -1, g_pids),
-                            q_cams[i : i + 1], g_cams)
+        row = evaluate_reid(
+            sims[i : i + 1],
+            q_pids[i : i + 1],
+            np.where(exclude[i], -1, g_pids),
+            q_cams[i : i + 1],
+            g_cams,
+        )
         np.testing.assert_allclose(got.ap[i], row.ap[0], atol=1e-12)
     with pytest.raises(ValueError, match="exclude"):
         evaluate_reid(sims, q_pids, g_pids, q_cams, g_cams, exclude=exclude[:, 1:])
@@ -165,8 +216,18 @@ def test_evaluate_reid_exclude_mask():
 # --------------------------------------------------------------------------------- search
 
 
-def scale_world(seed, num_images=36, num_ids=8, num_queries=12, gallery_size=8, unlisted="none",
-                quantise=None, duplicate_entries=0, own_image_listed=0, dim=12):
+def scale_world(
+    seed,
+    num_images=36,
+    num_ids=8,
+    num_queries=12,
+    gallery_size=8,
+    unlisted="none",
+    quantise=None,
+    duplicate_entries=0,
+    own_image_listed=0,
+    dim=12,
+):
     """A random search world (like search_synth.make_world) whose person heights come from
     HEIGHTS, at integer coordinates, so that many query/gallery ratios sit on the bin edges."""
     rng = np.random.default_rng(seed)
@@ -222,7 +283,9 @@ def scale_world(seed, num_images=36, num_ids=8, num_queries=12, gallery_size=8, 
         else:
             others = [g for g in range(num_images) if g != own and g not in holding]
             extra = max(0, gallery_size - len(holding))
-            gallery = holding + rng.choice(others, size=min(extra, len(others)), replace=False).tolist()
+            gallery = (
+                holding + rng.choice(others, size=min(extra, len(others)), replace=False).tolist()
+            )
             rng.shuffle(gallery)
         if n < own_image_listed:
             gallery.append(own)
@@ -234,22 +297,47 @@ def scale_world(seed, num_images=36, num_ids=8, num_queries=12, gallery_size=8, 
             gts.append(gt_boxes[rows[0]] if len(rows) else [np.nan] * 4)
         if n < duplicate_entries and len(gallery) > 1:
             gts[-1] = gt_boxes[np.flatnonzero(gt_image == gallery[-1])[-1]]  # a second, other box
-        queries.append(QueryTask(image=names[own], box=gt_boxes[i], pid=int(pid), camera=int(cameras[own]),
-                                 gallery=np.array(gallery, dtype=np.int64),
-                                 gt_boxes=np.array(gts, dtype=np.float32).reshape(-1, 4)))
+        queries.append(
+            QueryTask(
+                image=names[own],
+                box=gt_boxes[i],
+                pid=int(pid),
+                camera=int(cameras[own]),
+                gallery=np.array(gallery, dtype=np.int64),
+                gt_boxes=np.array(gts, dtype=np.float32).reshape(-1, 4),
+            )
+        )
         query_feats.append(centres[pid] + 1.2 * rng.standard_normal(dim))
     query_feats = np.array(query_feats)
-    query_feats = (query_feats / np.linalg.norm(query_feats, axis=1, keepdims=True)).astype(np.float32)
+    query_feats = (query_feats / np.linalg.norm(query_feats, axis=1, keepdims=True)).astype(
+        np.float32
+    )
     if quantise:
         query_feats = (np.round(query_feats / quantise) * quantise).astype(np.float32)
-    protocol = SearchProtocol("scale-world", names, tuple(queries), unlisted=unlisted, image_cameras=cameras)
-    flat = (np.array(det_image), np.array(det_boxes, dtype=np.float32), np.array(det_scores, np.float32),
-            det_feats)
+    protocol = SearchProtocol(
+        "scale-world", names, tuple(queries), unlisted=unlisted, image_cameras=cameras
+    )
+    flat = (
+        np.array(det_image),
+        np.array(det_boxes, dtype=np.float32),
+        np.array(det_scores, np.float32),
+        det_feats,
+    )
     return protocol, flat, query_feats
 
 
-def reference_search_by_scale(protocol, det_image, det_boxes, det_scores, det_feats, query_feats,
-                              det_thresh=0.5, duplicates="original", cbgm=None, context=None):
+def reference_search_by_scale(
+    protocol,
+    det_image,
+    det_boxes,
+    det_scores,
+    det_feats,
+    query_feats,
+    det_thresh=0.5,
+    duplicates="original",
+    cbgm=None,
+    context=None,
+):
     """Per bin, query by query, from the definition: the listed entries holding the person at an
     out-of-bin scale are dropped, and their images are not searched at all; everything else as
     reference_eval.reference_search does it."""
@@ -264,10 +352,14 @@ def reference_search_by_scale(protocol, det_image, det_boxes, det_scores, det_fe
         for qi, task in enumerate(protocol.queries):
             query_h = float(task.box[3]) - float(task.box[1])
             entries = []  # (image, box or None) of the query's gallery in this bin
-            for img, gt in zip(task.gallery.tolist(), task.gt_boxes.astype(np.float64), strict=True):
+            for img, gt in zip(
+                task.gallery.tolist(), task.gt_boxes.astype(np.float64), strict=True
+            ):
                 if math.isnan(gt[0]):
                     entries.append((img, None))
-                elif in_bin(exact_ratio(float(np.float32(gt[3])) - float(np.float32(gt[1])), query_h)):
+                elif in_bin(
+                    exact_ratio(float(np.float32(gt[3])) - float(np.float32(gt[1])), query_h)
+                ):
                     entries.append((img, gt))
             positives = sum(gt is not None for _, gt in entries)
             if not positives:
@@ -279,10 +371,17 @@ def reference_search_by_scale(protocol, det_image, det_boxes, det_scores, det_fe
                 for g in range(len(protocol.images)):
                     if g in named or g == own_of.get(task.image, -1):
                         continue
-                    if protocol.unlisted == "other-cameras" and protocol.image_cameras[g] == task.camera:
+                    if (
+                        protocol.unlisted == "other-cameras"
+                        and protocol.image_cameras[g] == task.camera
+                    ):
                         continue
                     searched.add(g)
-            sims_of = {g: cosine(det_feats[per_image[g]], query_feats[qi]) for g in searched if per_image.get(g)}
+            sims_of = {
+                g: cosine(det_feats[per_image[g]], query_feats[qi])
+                for g in searched
+                if per_image.get(g)
+            }
             if cbgm is not None:
                 brute_force_cbgm(sims_of, per_image, det_feats, cbgm[0], context[qi])
             y_true, y_score = [], []
@@ -321,8 +420,12 @@ def reference_search_by_scale(protocol, det_image, det_boxes, det_scores, det_fe
             order = np.lexsort((y_true, -y_score))  # among equal scores, negatives first
             aps.append(ap)
             top1.append(bool(count_tp) and bool(y_true[order][0]))
-        out[key] = (float(np.mean(aps)) if aps else 0.0, float(np.mean(top1)) if top1 else 0.0,
-                    len(aps), pairs)
+        out[key] = (
+            float(np.mean(aps)) if aps else 0.0,
+            float(np.mean(top1)) if top1 else 0.0,
+            len(aps),
+            pairs,
+        )
     return out
 
 
@@ -330,7 +433,11 @@ def assert_by_scale_matches(got, reference):
     assert list(got) == list(BIN_KEYS)
     for key, (mean_ap, top1, queries, pairs) in reference.items():
         assert abs(got[key]["mAP"] - mean_ap) < 1e-9, key
-        assert (got[key]["top1"], got[key]["queries"], got[key]["pairs"]) == (top1, queries, pairs), key
+        assert (got[key]["top1"], got[key]["queries"], got[key]["pairs"]) == (
+            top1,
+            queries,
+            pairs,
+        ), key
 
 
 WORLDS = {
@@ -353,8 +460,9 @@ def test_search_by_scale_matches_reference(name, seed, duplicates, monkeypatch):
     protocol, flat, query_feats = scale_world(seed, **WORLDS[name])
     gallery = GalleryDetections.from_flat(*flat, len(protocol.images))
     got = search_by_scale(protocol, gallery, query_feats, duplicates=duplicates)
-    assert_by_scale_matches(got, reference_search_by_scale(protocol, *flat, query_feats,
-                                                           duplicates=duplicates))
+    assert_by_scale_matches(
+        got, reference_search_by_scale(protocol, *flat, query_feats, duplicates=duplicates)
+    )
 
 
 def test_worlds_exercise_edges_and_exclusions():
@@ -375,7 +483,9 @@ def test_worlds_exercise_edges_and_exclusions():
             absent += len(bins) < len(BIN_KEYS)
     assert all(edges.values()) and several and absent
     protocol, flat, query_feats = scale_world(0)
-    got = search_by_scale(protocol, GalleryDetections.from_flat(*flat, len(protocol.images)), query_feats)
+    got = search_by_scale(
+        protocol, GalleryDetections.from_flat(*flat, len(protocol.images)), query_feats
+    )
     assert sum(v["queries"] for v in got.values()) > len(protocol.queries)  # some in several bins
 
 
@@ -385,12 +495,17 @@ def test_search_by_scale_cbgm_matches_brute_force():
     k = 2
     ctx = rng.standard_normal((len(query_feats) * k, query_feats.shape[1]))
     ctx /= np.linalg.norm(ctx, axis=1, keepdims=True)
-    context = QueryContext(np.repeat(np.arange(len(query_feats)), k), ctx, rng.uniform(0.5, 1, len(ctx)))
+    context = QueryContext(
+        np.repeat(np.arange(len(query_feats)), k), ctx, rng.uniform(0.5, 1, len(ctx))
+    )
     per_query = context.persons_per_query(np.stack([t.box for t in protocol.queries]), k)
     gallery = GalleryDetections.from_flat(*flat, len(protocol.images))
-    got = search_by_scale(protocol, gallery, query_feats, cbgm=CBGMOptions(5, k + 1), query_context=context)
-    assert_by_scale_matches(got, reference_search_by_scale(protocol, *flat, query_feats, cbgm=(5, 3),
-                                                           context=per_query))
+    got = search_by_scale(
+        protocol, gallery, query_feats, cbgm=CBGMOptions(5, k + 1), query_context=context
+    )
+    assert_by_scale_matches(
+        got, reference_search_by_scale(protocol, *flat, query_feats, cbgm=(5, 3), context=per_query)
+    )
 
 
 def test_search_hand_worked():
@@ -406,8 +521,14 @@ def test_search_hand_worked():
     det_boxes = np.array([boxes[g] for g in range(4)], dtype=np.float32)
     det_feats = np.array([feat(sims[g]) for g in range(4)], dtype=np.float32)
     nan = [np.nan] * 4
-    task = QueryTask("q.jpg", [0, 0, 36, 90], 7, -1, [0, 1, 2, 3],
-                     np.array([boxes[0], boxes[1], boxes[2], nan], dtype=np.float32))
+    task = QueryTask(
+        "q.jpg",
+        [0, 0, 36, 90],
+        7,
+        -1,
+        [0, 1, 2, 3],
+        np.array([boxes[0], boxes[1], boxes[2], nan], dtype=np.float32),
+    )
     images = ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "q.jpg")
     expected = {  # bin: (AP, top-1)
         "smaller_3x": (1.0, 1.0),  # 0.9 P, 0.6 N
@@ -418,18 +539,25 @@ def test_search_hand_worked():
         # with unlisted images searched, the negative image is searched without being listed
         t = QueryTask(task.image, task.box, 7, -1, listed, task.gt_boxes[: len(listed)])
         protocol = SearchProtocol("hand", images, (t,), unlisted=unlisted)
-        gallery = GalleryDetections.from_flat(det_image, det_boxes, np.ones(4), det_feats, len(images))
+        gallery = GalleryDetections.from_flat(
+            det_image, det_boxes, np.ones(4), det_feats, len(images)
+        )
         got = search_by_scale(protocol, gallery, np.array([[1.0, 0.0]], dtype=np.float32))
         for key in BIN_KEYS:
             if key in expected:
-                assert (got[key]["mAP"], got[key]["top1"]) == pytest.approx(expected[key]), (unlisted, key)
+                assert (got[key]["mAP"], got[key]["top1"]) == pytest.approx(expected[key]), (
+                    unlisted,
+                    key,
+                )
                 assert got[key]["queries"] == got[key]["pairs"] == 1
             else:
                 assert got[key]["queries"] == got[key]["pairs"] == 0 and got[key]["mAP"] == 0.0
     assert "gallery >=3x smaller" in scale_table(got) and "-" in scale_table(got)
     with pytest.raises(ValueError, match="unknown scale bins"):
         search_by_scale(protocol, gallery, np.array([[1.0, 0.0]], dtype=np.float32), bins=["tiny"])
-    assert list(search_by_scale(protocol, gallery, np.array([[1.0, 0.0]], np.float32), bins=["same"])) == ["same"]
+    assert list(
+        search_by_scale(protocol, gallery, np.array([[1.0, 0.0]], np.float32), bins=["same"])
+    ) == ["same"]
 
 
 # ------------------------------------------------------------------------- evaluate --by-scale
@@ -467,10 +595,15 @@ def perfect_results(root, path):
         det_image.append(g)
         boxes.append([140, 0, 150, 30])
         feats.append(np.full(dim, 1 / 4))
-    np.savez(path, image_names=np.array(protocol.images), det_image=np.array(det_image),
-             det_boxes=np.array(boxes, dtype=np.float32), det_scores=np.full(len(det_image), 0.9, np.float32),
-             det_feats=np.array(feats, dtype=np.float32),
-             query_feats=np.array([np.eye(dim)[q.pid] for q in protocol.queries], dtype=np.float32))
+    np.savez(
+        path,
+        image_names=np.array(protocol.images),
+        det_image=np.array(det_image),
+        det_boxes=np.array(boxes, dtype=np.float32),
+        det_scores=np.full(len(det_image), 0.9, np.float32),
+        det_feats=np.array(feats, dtype=np.float32),
+        query_feats=np.array([np.eye(dim)[q.pid] for q in protocol.queries], dtype=np.float32),
+    )
     return path
 
 
@@ -482,7 +615,10 @@ def test_evaluate_by_scale_json_and_table(cuhk, tmp_path, capsys):
     assert summary["mAP"] == 1.0 and list(summary["by_scale"]) == sorted(BIN_KEYS)  # sort_keys
     by_scale = summary["by_scale"]
     assert {k: (v["queries"], v["pairs"]) for k, v in by_scale.items() if v["queries"]} == {
-        "smaller_3x": (1, 1), "same": (1, 1), "larger_1.5x": (1, 1)}
+        "smaller_3x": (1, 1),
+        "same": (1, 1),
+        "larger_1.5x": (1, 1),
+    }
     assert all(v["mAP"] == v["top1"] == 1.0 for v in by_scale.values() if v["queries"])
     # what the command prints is search_by_scale on the same inputs
     loaded = load_results(results)
@@ -490,8 +626,20 @@ def test_evaluate_by_scale_json_and_table(cuhk, tmp_path, capsys):
     direct = search_by_scale(protocol, loaded.gallery_for(protocol.images), loaded.query_feats)
     assert by_scale == json.loads(json.dumps(direct))
 
-    assert main([*args, "--by-scale", "--gallery-size", "all-sizes", "--json",
-                 "--plot", str(tmp_path / "p.png")]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--by-scale",
+                "--gallery-size",
+                "all-sizes",
+                "--json",
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     sizes = summary["gallery_sizes"]
     assert [row["gallery_size"] for row in sizes] == [50, 100, "full"]
@@ -520,9 +668,19 @@ def test_demo_metrics_and_report_chart(cuhk, tmp_path):
     for size in ("100", "full"):
         by_scale = metrics["search"][size]["by_scale"]
         assert list(by_scale) == list(BIN_KEYS) and by_scale["smaller_3x"]["queries"] == 1
-    report = write_demo_report(tmp_path / "report.html", metrics=metrics, timings={"evaluate": 1.0},
-                               plan_name="test", world=cuhk, dataset=dataset, protocol=protocols[100],
-                               results_path=results, examples=0)
+    report = write_demo_report(
+        tmp_path / "report.html",
+        metrics=metrics,
+        timings={"evaluate": 1.0},
+        plan_name="test",
+        world=cuhk,
+        dataset=dataset,
+        protocol=protocols[100],
+        results_path=results,
+        examples=0,
+    )
     html = report.read_text()
-    assert "Search across scales" in html and "r = gallery person height / query person height" in html
+    assert (
+        "Search across scales" in html and "r = gallery person height / query person height" in html
+    )
     assert html.count("data:image/png") == 3  # gallery curve, scale gap, precision-recall

@@ -219,8 +219,12 @@ def test_a_busy_server_is_asked_again_after_retry_after(browser, server_url):
     def busy_once(route):
         calls.append(1)
         if len(calls) == 1:
-            route.fulfill(status=503, headers={"Retry-After": "0"},
-                          content_type="application/json", body='{"message": "busy"}')
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "0"},
+                content_type="application/json",
+                body='{"message": "busy"}',
+            )
         else:
             route.continue_()
 
@@ -233,8 +237,12 @@ def test_a_busy_server_is_asked_again_after_retry_after(browser, server_url):
 
     def always_busy(route):
         calls.append(1)
-        route.fulfill(status=503, headers={"Retry-After": "0"},
-                      content_type="application/json", body='{"message": "busy"}')
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "0"},
+            content_type="application/json",
+            body='{"message": "busy"}',
+        )
 
     page.route("**/api/stats", always_busy)
     outcome = page.evaluate(

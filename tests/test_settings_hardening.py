@@ -84,26 +84,55 @@ BAD_SETTINGS = [
 def test_bad_setting_is_one_config_error_before_anything_runs(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     world = tmp_path / "world"
-    code = main(["train", "reid", "--config", "synthetic-reid", "--out", str(out),
-                 f"data.root={world}", *override.split()])
+    code = main(
+        [
+            "train",
+            "reid",
+            "--config",
+            "synthetic-reid",
+            "--out",
+            str(out),
+            f"data.root={world}",
+            *override.split(),
+        ]
+    )
     _one_line_error(capsys, code, named)
     assert not out.exists() and not world.exists()  # no run folder, no world generated
 
 
-@pytest.mark.parametrize("override", ["optim.lr=.nan", "run.eval_batch_size=0",
-                                      "model.score_thresh=.nan", "optim.warmup_iterations=601"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.lr=.nan",
+        "run.eval_batch_size=0",
+        "model.score_thresh=.nan",
+        "optim.warmup_iterations=601",
+    ],
+)
 def test_detector_settings_too(tmp_path, capsys, override):
     out = tmp_path / "run"
-    code = main(["train", "detector", "--config", "synthetic-detector", "--out", str(out),
-                 f"data.root={tmp_path / 'world'}", override])
+    code = main(
+        [
+            "train",
+            "detector",
+            "--config",
+            "synthetic-detector",
+            "--out",
+            str(out),
+            f"data.root={tmp_path / 'world'}",
+            override,
+        ]
+    )
     _one_line_error(capsys, code, override.split("=")[0])
     assert not out.exists()
 
 
 def test_nan_in_a_config_file_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("task: reid\ndata:\n  root: x\noptim:\n  epochs: 2\n  milestones: [1]\n"
-                    "  weight_decay: .nan\n")
+    path.write_text(
+        "task: reid\ndata:\n  root: x\noptim:\n  epochs: 2\n  milestones: [1]\n"
+        "  weight_decay: .nan\n"
+    )
     with pytest.raises(ConfigError, match=r"optim\.weight_decay=nan is not a finite number"):
         load_config(path)
 
@@ -111,13 +140,19 @@ def test_nan_in_a_config_file_is_named(tmp_path):
 def test_a_config_built_in_python_is_validated_when_built(tmp_path):
     # a config is checked when it is built (configs are frozen), before any task sees it
     with pytest.raises(ConfigError, match="optim.gamma=nan"):
-        Config(task="reid", data=DataConfig(root=str(tmp_path / "w")),
-               optim=OptimConfig(epochs=2, milestones=[1], gamma=float("nan")),
-               run=RunConfig(out=str(tmp_path / "run")))
+        Config(
+            task="reid",
+            data=DataConfig(root=str(tmp_path / "w")),
+            optim=OptimConfig(epochs=2, milestones=[1], gamma=float("nan")),
+            run=RunConfig(out=str(tmp_path / "run")),
+        )
     with pytest.raises(ConfigError, match="run.eval_batch_size=0"):
-        Config(task="detector", data=DataConfig(root=str(tmp_path / "w")),
-               optim=OptimConfig(epochs=2, milestones=[1]),
-               run=RunConfig(out=str(tmp_path / "run"), eval_batch_size=0))
+        Config(
+            task="detector",
+            data=DataConfig(root=str(tmp_path / "w")),
+            optim=OptimConfig(epochs=2, milestones=[1]),
+            run=RunConfig(out=str(tmp_path / "run"), eval_batch_size=0),
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -127,9 +162,13 @@ def test_a_config_built_in_python_is_validated_when_built(tmp_path):
 def _tiny_config(tmp_path, **run) -> Config:
     settings = {"out": str(tmp_path / "run"), "workers": 0, "progress": False, "log_period": 1}
     settings.update(run)
-    return Config(task="reid", data=DataConfig(crop_height=16, crop_width=8), model={"feature_dim": 8},
-                  optim=OptimConfig(lr=0.05, batch_size=8, epochs=2, milestones=[1], amp=False),
-                  run=RunConfig(**settings))
+    return Config(
+        task="reid",
+        data=DataConfig(crop_height=16, crop_width=8),
+        model={"feature_dim": 8},
+        optim=OptimConfig(lr=0.05, batch_size=8, epochs=2, milestones=[1], amp=False),
+        run=RunConfig(**settings),
+    )
 
 
 def _trainer(config, evaluate=None, export=None) -> Trainer:
@@ -190,9 +229,14 @@ def test_periodic_evaluations_still_come_before_their_checkpoint(tmp_path):
 def test_warm_up_longer_than_an_epoch_schedule_is_refused_before_the_first_step(tmp_path):
     config = _tiny_config(tmp_path)
     # 2 epochs of 4 iterations
-    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, warmup_iterations=9))
-    with pytest.raises(ConfigError, match=r"optim.warmup_iterations=9 is longer than the whole "
-                                          r"schedule \(8 iterations"):
+    config = dataclasses.replace(
+        config, optim=dataclasses.replace(config.optim, warmup_iterations=9)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"optim.warmup_iterations=9 is longer than the whole "
+        r"schedule \(8 iterations",
+    ):
         _trainer(config)
 
 
@@ -201,8 +245,10 @@ def test_unwritable_checkpoint_is_a_checkpoint_error(tmp_path):
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="cannot write checkpoint"):
-        save_checkpoint(tmp_path / "file" / "last.pt", {"model": {}, "optimizer": {},
-                        "scheduler": {}, "iteration": 0, "fingerprint": "x"})
+        save_checkpoint(
+            tmp_path / "file" / "last.pt",
+            {"model": {}, "optimizer": {}, "scheduler": {}, "iteration": 0, "fingerprint": "x"},
+        )
 
 
 # ------------------------------------------------------------------ ONNX and pipeline settings
@@ -251,8 +297,10 @@ class _Proposals(torch.nn.Module):
     """An RPN stand-in proposing one fixed box (fractions of the resized image)."""
 
     def forward(self, images, features, targets=None):  # type: ignore[no-untyped-def]
-        return [torch.tensor([[0.25, 0.1, 0.5, 0.9]]) * torch.tensor([w, h, w, h])
-                for h, w in images.image_sizes], {}
+        return [
+            torch.tensor([[0.25, 0.1, 0.5, 0.9]]) * torch.tensor([w, h, w, h])
+            for h, w in images.image_sizes
+        ], {}
 
 
 class _EvenOdds(torch.nn.Module):
@@ -265,8 +313,9 @@ class _EvenOdds(torch.nn.Module):
 def test_detector_keeps_a_score_equal_to_its_threshold():
     from personsearch.models.detector import DetectorConfig, build_detector
 
-    detector = build_detector(DetectorConfig(backbone="mobilenet_v2", pretrained=False,
-                                             min_size=128, max_size=224)).eval()
+    detector = build_detector(
+        DetectorConfig(backbone="mobilenet_v2", pretrained=False, min_size=128, max_size=224)
+    ).eval()
     detector.rpn = _Proposals()  # type: ignore[assignment]
     detector.roi_heads.box_predictor = _EvenOdds()
     image = torch.rand(3, 128, 160)
@@ -287,15 +336,23 @@ def test_every_detection_filter_keeps_scores_at_the_threshold(tmp_path):
 
     class Scores(torch.nn.Module):
         def forward(self, images):  # type: ignore[no-untyped-def]
-            return [{"boxes": torch.tensor([[0.0, 0, 10, 20], [1, 1, 9, 19]]),
-                     "scores": torch.tensor([0.5, 0.4999])}]
+            return [
+                {
+                    "boxes": torch.tensor([[0.0, 0, 10, 20], [1, 1, 9, 19]]),
+                    "scores": torch.tensor([0.5, 0.4999]),
+                }
+            ]
 
     detector = TorchDetector(Scores(), "x", score_thresh=0.5, device="cpu")
     boxes, scores = detector.detect(np.zeros((30, 20, 3), np.uint8))
     assert scores.tolist() == [0.5]
-    np.savez(tmp_path / "d.npz", image_names=np.array(["a.jpg"]), det_image=np.array([0, 0]),
-             det_boxes=np.array([[0.0, 0, 10, 20], [1, 1, 9, 19]]),
-             det_scores=np.array([0.5, 0.4999], np.float32))
+    np.savez(
+        tmp_path / "d.npz",
+        image_names=np.array(["a.jpg"]),
+        det_image=np.array([0, 0]),
+        det_boxes=np.array([[0.0, 0, 10, 20], [1, 1, 9, 19]]),
+        det_scores=np.array([0.5, 0.4999], np.float32),
+    )
     assert len(load_detections(tmp_path / "d.npz", 0.5)["a.jpg"]) == 1
 
 
@@ -304,8 +361,12 @@ def test_iou_of_zero_size_boxes_is_zero_without_a_warning():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the annotation matcher's call (data/cuhk_sysu.py)
-        overlaps = box_iou(np.array([[5.0, 5, 0, 0], [0, 0, 10, 10]]), np.array([5.0, 5, 0, 0]),
-                           fmt="xywh", clip_areas=False)[:, 0]
+        overlaps = box_iou(
+            np.array([[5.0, 5, 0, 0], [0, 0, 10, 10]]),
+            np.array([5.0, 5, 0, 0]),
+            fmt="xywh",
+            clip_areas=False,
+        )[:, 0]
     assert overlaps.tolist() == [0.0, 0.0]
 
 
@@ -319,19 +380,34 @@ def reid_run(tmp_path) -> tuple[Path, torch.nn.Module, torch.nn.Module, dict]:
     from personsearch.models.saving import save_reid_model
 
     run = tmp_path / "reid-run"
-    config = load_config("synthetic-reid", ["data.crop_height=64", "data.crop_width=32",
-                                            "model.backbone=resnet18", "model.pretrained=false",
-                                            "model.feature_dim=16", f"run.out={run}"])
+    config = load_config(
+        "synthetic-reid",
+        [
+            "data.crop_height=64",
+            "data.crop_width=32",
+            "model.backbone=resnet18",
+            "model.pretrained=false",
+            "model.feature_dim=16",
+            f"run.out={run}",
+        ],
+    )
     settings = dataclasses.replace(config.model, num_classes=3)
     torch.manual_seed(0)
     final = build_reid_model(settings).eval()
     torch.manual_seed(1)
     last = build_reid_model(settings).eval()
     save_reid_model(run / "model.pt", final, config, pids=[1, 2, 3])
-    save_checkpoint(run / "checkpoints" / "last.pt", {
-        "model": last.state_dict(), "optimizer": {}, "scheduler": {}, "iteration": 7,
-        "fingerprint": config.fingerprint(), "config": config.to_dict(),
-    })
+    save_checkpoint(
+        run / "checkpoints" / "last.pt",
+        {
+            "model": last.state_dict(),
+            "optimizer": {},
+            "scheduler": {},
+            "iteration": 7,
+            "fingerprint": config.fingerprint(),
+            "config": config.to_dict(),
+        },
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     return run, final, last, config.to_dict()
 
@@ -348,8 +424,9 @@ def test_pipeline_from_run_uses_the_checkpoint_it_is_given(reid_run, monkeypatch
 
     monkeypatch.setattr(pipeline, "hog_available", lambda: False)
     run, final, last, config = reid_run
-    crops = [np.random.default_rng(i).integers(0, 255, (90, 40, 3), dtype=np.uint8)
-             for i in range(3)]
+    crops = [
+        np.random.default_rng(i).integers(0, 255, (90, 40, 3), dtype=np.uint8) for i in range(3)
+    ]
     from_last = pipeline_from_run(run, config, run / "checkpoints" / "last.pt").embedder
     from_final = pipeline_from_run(run, config, run / "model.pt").embedder
     np.testing.assert_allclose(from_last.embed_crops(crops), _embed(last, crops), atol=1e-5)
@@ -366,9 +443,16 @@ def test_a_detector_checkpoint_is_not_taken_for_a_reid_model(reid_run):
     from personsearch.models.saving import load_reid_model
 
     run, _, last, config = reid_run
-    save_checkpoint(run / "other.pt", {
-        "model": last.state_dict(), "optimizer": {}, "scheduler": {}, "iteration": 1,
-        "fingerprint": "x", "config": {**config, "task": "detector"},
-    })
+    save_checkpoint(
+        run / "other.pt",
+        {
+            "model": last.state_dict(),
+            "optimizer": {},
+            "scheduler": {},
+            "iteration": 1,
+            "fingerprint": "x",
+            "config": {**config, "task": "detector"},
+        },
+    )
     with pytest.raises(PersonSearchError, match="not a re-id run"):
         load_reid_model(run / "other.pt")

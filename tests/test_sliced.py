@@ -74,11 +74,14 @@ def test_windows_cover_the_image_and_small_images_pass_straight_through() -> Non
     assert "tile=416x416" in sliced.fingerprint and "fixed-input-test" in sliced.fingerprint
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"tile": (8, 8)}, "tile must be two integers >= 32"),
-    ({"overlap": 0.95}, r"overlap must be in \[0, 0.9\)"),
-    ({"nms_iou": 0}, r"nms_iou must be in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tile": (8, 8)}, "tile must be two integers >= 32"),
+        ({"overlap": 0.95}, r"overlap must be in \[0, 0.9\)"),
+        ({"nms_iou": 0}, r"nms_iou must be in \(0, 1\]"),
+    ],
+)
 def test_bad_settings_named(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         SlicedDetector(FixedInputDetector(), **kwargs)
@@ -99,8 +102,9 @@ def test_pipeline_yaml_names_slices_and_torchvision_detectors(tmp_path) -> None:
     pytest.importorskip("torch")
     from personsearch.search.coco_detectors import CocoDetector
 
-    coco = detector_from_spec("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn?weights=random",
-                              tmp_path, 0.4)
+    coco = detector_from_spec(
+        "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn?weights=random", tmp_path, 0.4
+    )
     assert isinstance(coco, CocoDetector) and coco.score_thresh == 0.4
     with pytest.raises(ConfigError, match="unknown torchvision COCO detector 'nope'"):
         detector_from_spec("torchvision:nope", tmp_path, 0.5)
@@ -121,8 +125,22 @@ def test_evaluate_detector_scores_any_detector(tmp_path, capsys) -> None:
     root = tmp_path / "cuhk"
     write_cuhk_sysu(root)
     out = tmp_path / "eval"
-    assert main(["evaluate-detector", "--detector", "whole-image", "--dataset", "cuhk-sysu",
-                 "--root", str(root), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate-detector",
+                "--detector",
+                "whole-image",
+                "--dataset",
+                "cuhk-sysu",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["detector"] == "whole-image" and 0 <= metrics["recall"] <= 100
     assert (out / "pr_curve.png").is_file() and (out / "detections.npz").is_file()

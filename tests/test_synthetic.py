@@ -38,7 +38,8 @@ PROTOCOL = Path("annotation") / "test" / "train_test"
 def file_hashes(root: Path) -> dict[str, str]:
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*")) if path.is_file()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -55,9 +56,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_layout_and_stats(world: tuple[Path, dict]) -> None:
     root, stats = world
-    for relative in ("annotation/Images.mat", "annotation/pool.mat", "annotation/Person.mat",
-                     PROTOCOL / "Train.mat", PROTOCOL / "TestG50.mat", PROTOCOL / "TestG100.mat",
-                     "contact_sheet.png", "scale_histogram.png", "stats.json"):
+    for relative in (
+        "annotation/Images.mat",
+        "annotation/pool.mat",
+        "annotation/Person.mat",
+        PROTOCOL / "Train.mat",
+        PROTOCOL / "TestG50.mat",
+        PROTOCOL / "TestG100.mat",
+        "contact_sheet.png",
+        "scale_histogram.png",
+        "stats.json",
+    ):
         assert (root / relative).is_file(), relative
     assert not (root / PROTOCOL / "TestG500.mat").exists()  # 120 test images cannot fill it
     images = sorted((root / "Image" / "SSM").glob("s*.jpg"))
@@ -79,8 +88,15 @@ def test_structures_match_the_real_protocol_file(world: tuple[Path, dict]) -> No
     assert mine.dtype.names == real.dtype.names == ("Query", "Gallery")
 
     def signature(entry: np.void, column: int) -> list:
-        return [(f, entry[f].dtype.kind, entry[f].dtype.itemsize if entry[f].dtype.kind != "U" else 0,
-                 entry[f].shape) for f in entry.dtype.names] + [column]
+        return [
+            (
+                f,
+                entry[f].dtype.kind,
+                entry[f].dtype.itemsize if entry[f].dtype.kind != "U" else 0,
+                entry[f].shape,
+            )
+            for f in entry.dtype.names
+        ] + [column]
 
     for field, column in (("Query", 0), ("Gallery", 0), ("Gallery", -1)):
         a, b = mine[0, 0][field], real[0, 0][field]
@@ -137,8 +153,10 @@ def test_identities_repeat_within_their_split_and_background_people_exist(world)
 def test_galleries_list_positives_first_and_never_the_query_image(world) -> None:
     root, _ = world
     pool = [str(a[0]) for a in load(root, "annotation/pool.mat", "pool").ravel()]
-    where = {str(p["idname"][0]): {str(s["imname"][0]): s["idlocate"] for s in p["scene"][0]}
-             for p in load(root, "annotation/Person.mat", "Person")[0]}
+    where = {
+        str(p["idname"][0]): {str(s["imname"][0]): s["idlocate"] for s in p["scene"][0]}
+        for p in load(root, "annotation/Person.mat", "Person")[0]
+    }
     g50 = load(root, PROTOCOL / "TestG50.mat", "TestG50")[0]
     for size, protocol in ((50, g50), (100, load(root, PROTOCOL / "TestG100.mat", "TestG100")[0])):
         for k, entry in enumerate(protocol):
@@ -160,15 +178,25 @@ def test_galleries_list_positives_first_and_never_the_query_image(world) -> None
 def test_small_people_lose_fine_detail() -> None:
     rng = np.random.default_rng(3)
     app = sample_appearance(rng)
-    app = type(app)(**{**app.__dict__, "shirt_pattern": "hstripes", "pattern_period": 0.05,
-                       "jacket": None, "bag": "none", "logo": "none"})
+    app = type(app)(
+        **{
+            **app.__dict__,
+            "shirt_pattern": "hstripes",
+            "pattern_period": 0.05,
+            "jacket": None,
+            "bag": "none",
+            "logo": "none",
+        }
+    )
     pose = sample_pose(rng)
     big, small = render_person(app, pose, 300), render_person(app, pose, 30)
     assert big.height == 300 and small.height == 30 and big.mode == small.mode == "RGBA"
 
     def torso_stripe_energy(patch: Image.Image) -> float:
         # vertical colour changes along the torso's centre column, at a common resolution
-        column = np.asarray(patch.resize((20, 100), Image.Resampling.BILINEAR), float)[25:45, 10, :3]
+        column = np.asarray(patch.resize((20, 100), Image.Resampling.BILINEAR), float)[
+            25:45, 10, :3
+        ]
         return float(np.abs(np.diff(column, axis=0)).mean())
 
     assert torso_stripe_energy(big) > 2 * torso_stripe_energy(small)
@@ -177,7 +205,9 @@ def test_small_people_lose_fine_detail() -> None:
 def test_cli_same_seed_in_parallel_is_byte_identical(world, tmp_path: Path, capsys) -> None:
     root, _ = world
     out = tmp_path / "again"
-    assert main(["synth", "--out", str(out), "--preset", "tiny", "--seed", "0", "--workers", "2"]) == 0
+    assert (
+        main(["synth", "--out", str(out), "--preset", "tiny", "--seed", "0", "--workers", "2"]) == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and "200" in printed and "box height" in printed
     assert file_hashes(out) == file_hashes(root)
@@ -216,8 +246,10 @@ def test_failed_run_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
 
 def test_mat_writer_round_trip(tmp_path: Path) -> None:
     fields = ("imname", "idlocate", "ishard")
-    rows = [("s1.jpg", np.array([[1, 2, 300, 4]], np.uint16), np.array([[1]], np.uint8)),
-            encode_fields(fields, ("s22.jpg", np.zeros((1, 0)), np.zeros((1, 0))))]
+    rows = [
+        ("s1.jpg", np.array([[1, 2, 300, 4]], np.uint16), np.array([[1]], np.uint8)),
+        encode_fields(fields, ("s22.jpg", np.zeros((1, 0)), np.zeros((1, 0)))),
+    ]
     value = Cell([Struct(fields, rows), "abcde", np.array([[2.5, 3.0]])])
     write_mat(tmp_path / "mine.mat", "x", value, "MATLAB 5.0 MAT-file, test")
     loaded = sio.loadmat(tmp_path / "mine.mat")
@@ -226,9 +258,13 @@ def test_mat_writer_round_trip(tmp_path: Path) -> None:
     assert x.shape == (3, 1) and x.dtype == object
     gallery = x[0, 0]
     assert gallery.shape == (1, 2) and gallery.dtype.names == fields
-    assert gallery[0, 0]["idlocate"].dtype == np.uint16 and gallery[0, 0]["idlocate"].tolist() == [[1, 2, 300, 4]]
+    assert gallery[0, 0]["idlocate"].dtype == np.uint16 and gallery[0, 0]["idlocate"].tolist() == [
+        [1, 2, 300, 4]
+    ]
     assert gallery[0, 0]["ishard"].dtype == np.uint8
-    assert gallery[0, 1]["idlocate"].shape == (1, 0) and str(gallery[0, 1]["imname"][0]) == "s22.jpg"
+    assert (
+        gallery[0, 1]["idlocate"].shape == (1, 0) and str(gallery[0, 1]["imname"][0]) == "s22.jpg"
+    )
     assert str(x[1, 0][0]) == "abcde" and x[2, 0].tolist() == [[2.5, 3.0]]
 
 
@@ -250,8 +286,10 @@ def test_reader_round_trip(world: tuple[Path, dict]) -> None:
 
 def test_coarse_colour_is_shared_and_patterns_keep_the_mean_colour() -> None:
     """Many identities share each coarse look; a pattern's two shades average to the shirt."""
-    looks = [sample_appearance(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(1, pid)))).look
-             for pid in range(1, 241)]
+    looks = [
+        sample_appearance(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(1, pid)))).look
+        for pid in range(1, 241)
+    ]
     counts = np.bincount(looks, minlength=len(COARSE_LOOKS))
     assert (counts >= 8).all()  # 240 identities: every look worn by many of them
     for seed in range(40):
@@ -279,10 +317,11 @@ def test_small_people_are_degraded_only_through_their_own_mask() -> None:
     background = Image.new("RGB", (120, 80), (90, 140, 60))
     background.paste(patch, (40, 20), patch)
     before = np.asarray(background).copy()
-    _degrade_person(np.random.default_rng(1), background, (40, 20, 40 + patch.width, 64),
-                    patch.getchannel("A"))
+    _degrade_person(
+        np.random.default_rng(1), background, (40, 20, 40 + patch.width, 64), patch.getchannel("A")
+    )
     after = np.asarray(background)
     alpha = np.zeros(before.shape[:2], bool)
-    alpha[20:64, 40:40 + patch.width] = np.asarray(patch.getchannel("A")) > 0
+    alpha[20:64, 40 : 40 + patch.width] = np.asarray(patch.getchannel("A")) > 0
     assert np.array_equal(after[~alpha], before[~alpha])
     assert np.abs(after[alpha].astype(int) - before[alpha]).mean() > 3

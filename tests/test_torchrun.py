@@ -21,9 +21,16 @@ import torch
 from personsearch.cli import main
 
 TINY = [
-    "data.crop_height=32", "data.crop_width=16", "model.backbone=resnet18",
-    "model.pretrained=false", "model.feature_dim=16", "optim.batch_size=16",
-    "optim.milestones=[1]", "run.workers=0", "run.progress=false", "run.log_period=2",
+    "data.crop_height=32",
+    "data.crop_width=16",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.feature_dim=16",
+    "optim.batch_size=16",
+    "optim.milestones=[1]",
+    "run.workers=0",
+    "run.progress=false",
+    "run.log_period=2",
     "run.device=cpu",
 ]
 
@@ -55,9 +62,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_torchrun_trains_reid_on_two_processes_and_resumes(world: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     run = runs / "ddp-reid"
-    first = launch(tmp_path, "train", "reid", "--config", "synthetic-reid", "--out", str(run),
-                   f"data.root={world}", f"data.cache_dir={tmp_path / 'cache'}",
-                   "optim.epochs=1", *TINY)
+    first = launch(
+        tmp_path,
+        "train",
+        "reid",
+        "--config",
+        "synthetic-reid",
+        "--out",
+        str(run),
+        f"data.root={world}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "optim.epochs=1",
+        *TINY,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert [p.name for p in runs.iterdir()] == ["ddp-reid"]  # both ranks share one run folder
     assert {"config.yaml", "metrics.json", "metrics.jsonl", "model.pt", "checkpoints"} <= {

@@ -18,8 +18,12 @@ def _walk(start_x: float, speed: float, times: np.ndarray, y: float = 100.0) -> 
     return np.stack([x, np.full_like(x, y), x + 40, np.full_like(x, y + 100)], axis=1)
 
 
-def _feed(tracker: Tracker, times: np.ndarray, people: list[np.ndarray],
-          looks: list[np.ndarray] | None = None) -> np.ndarray:
+def _feed(
+    tracker: Tracker,
+    times: np.ndarray,
+    people: list[np.ndarray],
+    looks: list[np.ndarray] | None = None,
+) -> np.ndarray:
     ids = []
     for step, time_s in enumerate(times):
         boxes = np.stack([p[step] for p in people])
@@ -43,8 +47,9 @@ def test_looks_bridge_what_iou_cannot_at_a_low_sampling_rate():
     blind = _feed(Tracker(), times, people)
     assert len(np.unique(blind[:, 0])) > 1  # IoU alone fragments the walk
     looks = [np.eye(8)[0], np.eye(8)[1]]
-    seeing = _feed(Tracker(TrackerSettings(min_similarity=0.3, rejoin_similarity=0.6)), times,
-                   people, looks)
+    seeing = _feed(
+        Tracker(TrackerSettings(min_similarity=0.3, rejoin_similarity=0.6)), times, people, looks
+    )
     assert len(np.unique(seeing[:, 0])) == 1 and len(np.unique(seeing[:, 1])) == 1
     assert seeing[0, 0] != seeing[0, 1]
 
@@ -94,18 +99,24 @@ def test_track_all_matches_frame_by_frame_updates_in_any_row_order():
     frame = np.repeat(np.arange(len(times)), 2)
     boxes = np.stack(people, axis=1).reshape(-1, 4)
     shuffle = np.random.default_rng(0).permutation(len(frame))
-    ids = track_all(np.repeat(times, 2)[shuffle], frame[shuffle], boxes[shuffle],
-                    np.full(len(frame), 0.9))
+    ids = track_all(
+        np.repeat(times, 2)[shuffle], frame[shuffle], boxes[shuffle], np.full(len(frame), 0.9)
+    )
     expected = _feed(Tracker(), times, people).reshape(-1)[shuffle]
     # The same tracks; which person gets id 0 may follow the row order within a frame.
     pairs = set(zip(ids.tolist(), expected.tolist(), strict=True))
     assert len(pairs) == len(set(ids.tolist())) == len(set(expected.tolist())) == 2
 
 
-@pytest.mark.parametrize("bad", [
-    {"high_score": 1.5}, {"low_score": 0.7, "high_score": 0.5}, {"max_lost_s": 0},
-    {"min_iou": float("nan")},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"high_score": 1.5},
+        {"low_score": 0.7, "high_score": 0.5},
+        {"max_lost_s": 0},
+        {"min_iou": float("nan")},
+    ],
+)
 def test_bad_settings_are_named(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         TrackerSettings(**bad)
@@ -141,8 +152,9 @@ def test_track_quality_on_a_hand_made_case():
 def test_match_detections_is_one_to_one_per_frame():
     gt_boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], dtype=float)
     det_boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10]], dtype=float)
-    pid = match_detections(np.array([0, 0, 0]), det_boxes, np.array([0, 0]), gt_boxes,
-                           np.array([5, 6]))
+    pid = match_detections(
+        np.array([0, 0, 0]), det_boxes, np.array([0, 0]), gt_boxes, np.array([5, 6])
+    )
     assert sorted(pid.tolist()) == [-1, 5, 6]
 
 
@@ -155,8 +167,9 @@ def test_the_world_in_motion_is_deterministic_and_its_truth_matches_its_videos(t
     )
     from personsearch.data.video import read_video_frames
 
-    settings = VideoWorldSettings(cameras=2, identities=3, duration_s=4, fps=5, width=320,
-                                  height=180, visit_s=(2.0, 3.5))
+    settings = VideoWorldSettings(
+        cameras=2, identities=3, duration_s=4, fps=5, width=320, height=180, visit_s=(2.0, 3.5)
+    )
     first = read_ground_truth(generate_video_world(tmp_path / "a", settings))
     second = read_ground_truth(generate_video_world(tmp_path / "b", settings))
     assert first == second
@@ -180,9 +193,13 @@ def test_the_world_in_motion_is_deterministic_and_its_truth_matches_its_videos(t
         truth = ground_truth_arrays(first, name)
         rows = len(truth["frame"])
         features = looks[truth["pid"]] + rng.normal(scale=0.8, size=(rows, 32))
-        tracks = track_all(truth["time_s"], truth["frame"],
-                           truth["boxes"] + rng.normal(0, 1.5, (rows, 4)),
-                           np.full(rows, 0.9), features)
+        tracks = track_all(
+            truth["time_s"],
+            truth["frame"],
+            truth["boxes"] + rng.normal(0, 1.5, (rows, 4)),
+            np.full(rows, 0.9),
+            features,
+        )
         quality = track_quality(truth["frame"], tracks, truth["pid"], rows)
         assert quality["id_switches"] <= 2 and quality["idf1"] > 0.9, (name, quality)
 
@@ -241,30 +258,41 @@ def test_scan_video_resumes_after_a_kill_with_the_same_tracks(tmp_path):
     from personsearch.search.embedders import BandColourEmbedder
     from personsearch.search.video_scan import scan_video
 
-    settings = VideoWorldSettings(cameras=2, identities=3, duration_s=4, fps=5, width=320,
-                                  height=180, visit_s=(2.0, 3.5))
+    settings = VideoWorldSettings(
+        cameras=2, identities=3, duration_s=4, fps=5, width=320, height=180, visit_s=(2.0, 3.5)
+    )
     root = generate_video_world(tmp_path / "w", settings)
     truth = ground_truth_arrays(read_ground_truth(root), "videos/cam0.mp4")
     video = root / "videos" / "cam0.mp4"
     timings: dict[str, float] = {}
-    whole = list(scan_video(video, _TruthDetector(truth), BandColourEmbedder(), fps=None,
-                            timings=timings))
+    whole = list(
+        scan_video(video, _TruthDetector(truth), BandColourEmbedder(), fps=None, timings=timings)
+    )
     assert [f.index for f in whole] == list(range(20))
     assert sum(len(f.boxes) for f in whole) == len(truth["frame"])
     assert set(timings) == {"decode", "detect", "embed", "track"}
     # A run killed after frame 9: its tracker state was saved with frame 9's detections.
     tracker = Tracker()
     head = []
-    for frame in scan_video(video, _TruthDetector(truth), BandColourEmbedder(), fps=None,
-                            tracker=tracker):
+    for frame in scan_video(
+        video, _TruthDetector(truth), BandColourEmbedder(), fps=None, tracker=tracker
+    ):
         head.append(frame)
         if frame.index == 9:
             break
     state = json.loads(json.dumps(tracker.state_dict()))
     detector = _TruthDetector(truth)
     detector.frame = 10
-    tail = list(scan_video(video, detector, BandColourEmbedder(), fps=None,
-                           tracker=Tracker.from_state(state), start_after=9))
+    tail = list(
+        scan_video(
+            video,
+            detector,
+            BandColourEmbedder(),
+            fps=None,
+            tracker=Tracker.from_state(state),
+            start_after=9,
+        )
+    )
     assert [f.index for f in head + tail] == list(range(20))
     for a, b in zip(head + tail, whole, strict=True):
         np.testing.assert_array_equal(a.tracks, b.tracks)
@@ -286,7 +314,8 @@ def test_real_crowd_video_scanned_with_the_real_yolox(real_data, tmp_path):
         f"model: {model / 'yolox_nano.onnx'}\nlayout: yolo\nyolo_rows_first: true\n"
         "yolo_objectness: true\nresize: letterbox\nletterbox_align: top_left\n"
         "input_height: 416\ninput_width: 416\nchannel_order: bgr\npixel_scale: 1.0\n"
-        "score_thresh: 0.3\n")
+        "score_thresh: 0.3\n"
+    )
     frames = list(scan_video(video, load_onnx_detector(config), BandColourEmbedder(), fps=2.0))
     assert len(frames) == 28
     assert all(len(f.boxes) >= 10 for f in frames)

@@ -11,9 +11,17 @@ from personsearch.cli import main
 from personsearch.models.saving import load_reid_model
 
 TINY = [
-    "data.crop_height=32", "data.crop_width=16", "model.backbone=resnet18",
-    "model.pretrained=false", "model.feature_dim=16", "optim.batch_size=16", "optim.epochs=1",
-    "optim.milestones=[1]", "run.workers=0", "run.progress=false", "run.log_period=2",
+    "data.crop_height=32",
+    "data.crop_width=16",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.feature_dim=16",
+    "optim.batch_size=16",
+    "optim.epochs=1",
+    "optim.milestones=[1]",
+    "run.workers=0",
+    "run.progress=false",
+    "run.log_period=2",
 ]
 
 
@@ -28,8 +36,17 @@ def world(tmp_path_factory):
 
 def test_train_reid_on_the_synthetic_world(world, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "reid", "--config", "synthetic-reid", "--out", str(run),
-            f"data.root={world}", f"data.cache_dir={tmp_path / 'cache'}", *TINY]
+    args = [
+        "train",
+        "reid",
+        "--config",
+        "synthetic-reid",
+        "--out",
+        str(run),
+        f"data.root={world}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *TINY,
+    ]
     assert main(args) == 0
     assert {"config.yaml", "metrics.json", "metrics.jsonl", "model.pt", "events"} <= {
         p.name for p in run.iterdir()

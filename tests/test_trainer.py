@@ -87,7 +87,9 @@ def test_tiny_training_lowers_the_loss(tmp_path):
     after = mean_loss(trainer.module, ColourCrops())
     assert trainer.iteration == 6 * 4
     assert after < 0.7 * before, (before, after)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 24 and train[0]["lr"] == 0.05 and train[-1]["lr"] == pytest.approx(0.005)
     assert np.mean([r["total"] for r in train[-4:]]) < np.mean([r["total"] for r in train[:4]])
@@ -116,12 +118,19 @@ def test_resume_continues_exactly(tmp_path, schedule, stop_at):
     resumed.train()
 
     assert resumed.iteration == straight.iteration
-    for (name, a), b in zip(straight.module.state_dict().items(), resumed.module.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        straight.module.state_dict().items(), resumed.module.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
     # the log of the interrupted run is cut back to the checkpoint: one record per iteration
-    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records if r["split"] == "train"] == list(range(1, straight.iteration + 1))
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["iteration"] for r in records if r["split"] == "train"] == list(
+        range(1, straight.iteration + 1)
+    )
 
 
 def test_run_folder_outputs_and_evaluation_periods(tmp_path):
@@ -132,8 +141,9 @@ def test_run_folder_outputs_and_evaluation_periods(tmp_path):
         calls.append(1)
         return {"mAP": 50.0 + len(calls)}
 
-    config = with_run(make_config(tmp_path, epochs=4, milestones=[2]),
-                      eval_period=2, keep_checkpoints=True)
+    config = with_run(
+        make_config(tmp_path, epochs=4, milestones=[2]), eval_period=2, keep_checkpoints=True
+    )
     trainer = make_trainer(config, evaluate=evaluate)
     summary = trainer.train()
     run = tmp_path / "run"
@@ -142,7 +152,11 @@ def test_run_folder_outputs_and_evaluation_periods(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["final"]["mAP"] == 52.0 and metrics["iteration"] == 16
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "epoch_4.pt", "last.pt"
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "epoch_3.pt",
+        "epoch_4.pt",
+        "last.pt",
     ]
     assert any((run / "events").iterdir())
     state = load_checkpoint(run / "checkpoints" / "epoch_2.pt", config.fingerprint())
@@ -178,8 +192,17 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
     seed_everything(5)
     state = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    save_checkpoint(tmp_path / "r.pt", {"model": {}, "optimizer": {}, "scheduler": {},
-                                        "iteration": 0, "fingerprint": "x", "rng": state})
+    save_checkpoint(
+        tmp_path / "r.pt",
+        {
+            "model": {},
+            "optimizer": {},
+            "scheduler": {},
+            "iteration": 0,
+            "fingerprint": "x",
+            "rng": state,
+        },
+    )
     restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 

@@ -18,8 +18,14 @@ from personsearch.data.video import (  # noqa: E402
 )
 
 
-def write_video(path: Path, frames: int = 50, fps: int = 25, size: tuple[int, int] = (64, 48),
-                times: list[float] | None = None, rotate: int | None = None) -> Path:
+def write_video(
+    path: Path,
+    frames: int = 50,
+    fps: int = 25,
+    size: tuple[int, int] = (64, 48),
+    times: list[float] | None = None,
+    rotate: int | None = None,
+) -> Path:
     """A small H.264 mp4 whose frame k shows the value k in its top-left pixel block."""
     width, height = size
     with av.open(str(path), "w") as container:
@@ -144,5 +150,6 @@ def test_sampling_skips_b_frames_and_keeps_exact_times(tmp_path: Path) -> None:
         # at most a few frames after the sampling time, with the frame's own timestamp
         assert 0 <= frame.time_s - reference.time_s <= 4 / 25 + 1e-6
         assert frame.time_s == pytest.approx(by_index[frame.index].time_s, abs=1e-3)
-        np.testing.assert_allclose(frame.image.astype(int), by_index[frame.index].image.astype(int),
-                                   atol=3)
+        np.testing.assert_allclose(
+            frame.image.astype(int), by_index[frame.index].image.astype(int), atol=3
+        )

@@ -29,17 +29,25 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
     parser.add_argument("--root", required=True, type=Path, help="the unpacked dataset folder")
-    parser.add_argument("--no-images", action="store_true",
-                        help="check that image files exist without reading them (faster)")
-    parser.add_argument("--variant", choices=("labeled", "detected"),
-                        help="CUHK03 only: which crops and protocol file (default labeled)")
+    parser.add_argument(
+        "--no-images",
+        action="store_true",
+        help="check that image files exist without reading them (faster)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("labeled", "detected"),
+        help="CUHK03 only: which crops and protocol file (default labeled)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     # each line and warning is printed as soon as it is found, before the images are read
-    report = DatasetReport(on_line=print,
-                           on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr))
-    check_dataset(args.dataset, args.root, read_images=not args.no_images, report=report,
-                  variant=args.variant)
+    report = DatasetReport(
+        on_line=print, on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr)
+    )
+    check_dataset(
+        args.dataset, args.root, read_images=not args.no_images, report=report, variant=args.variant
+    )
     print("OK")
     return 0

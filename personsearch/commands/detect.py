@@ -26,13 +26,19 @@ SPLITS = ("test", "train", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="detector training run folder (holds model.pt)")
+    parser.add_argument(
+        "--run", required=True, help="detector training run folder (holds model.pt)"
+    )
     parser.add_argument("--out", required=True, metavar="FILE.npz", help="detections file to write")
     parser.add_argument("--dataset", help="cuhk-sysu, prw or synthetic (default: the run's)")
     parser.add_argument("--root", help="dataset folder (default: the run's)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="scenes to detect (test)")
-    parser.add_argument("--score-thresh", type=float, default=0.05,
-                        help="keep detections scored at least this (default 0.05)")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.05,
+        help="keep detections scored at least this (default 0.05)",
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -46,8 +52,10 @@ def resolve_run_data(run: Path, dataset: str | None, root: str | None) -> tuple[
         return dataset, root
     config_path = run / "config.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"{config_path} not found: is {run} a training run folder? "
-                          "(or give both --dataset and --root)")
+        raise ConfigError(
+            f"{config_path} not found: is {run} a training run folder? "
+            "(or give both --dataset and --root)"
+        )
     data = load_config(config_path).data
     return dataset or data.dataset, root or data.root
 
@@ -64,16 +72,27 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: the detections file must end in .npz")
     dataset, root = resolve_run_data(Path(args.run), args.dataset, args.root)
     scenes_of = load_scenes(dataset, root)
-    scenes = {"test": scenes_of.test, "train": scenes_of.train,
-              "all": scenes_of.train + scenes_of.test}[args.split]
+    scenes = {
+        "test": scenes_of.test,
+        "train": scenes_of.train,
+        "all": scenes_of.train + scenes_of.test,
+    }[args.split]
     if not scenes:
         raise ConfigError(f"{dataset} at {root} has no {args.split} scenes")
     device = resolve_device(args.device)
     model, _ = load_detector(args.run, device)
-    detections = detect_scenes(model, scenes, score_thresh=args.score_thresh,
-                               batch_size=args.batch_size, workers=args.workers,
-                               dist_info=DistInfo(device=device), progress=True)
+    detections = detect_scenes(
+        model,
+        scenes,
+        score_thresh=args.score_thresh,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        dist_info=DistInfo(device=device),
+        progress=True,
+    )
     path = detections.save(args.out)
-    print(f"{len(detections.det_scores)} detections in {len(scenes)} {args.split} scenes "
-          f"({dataset}) written to {path}")
+    print(
+        f"{len(detections.det_scores)} detections in {len(scenes)} {args.split} scenes "
+        f"({dataset}) written to {path}"
+    )
     return 0

@@ -48,37 +48,78 @@ GALLERY_CHOICES = ("50", "100", "500", "1000", "2000", "4000", "full", "all-size
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=("cuhk-sysu", "prw"))
     parser.add_argument("--root", required=True, type=Path, help="the unpacked dataset folder")
-    parser.add_argument("--results", type=Path,
-                        help="results .npz file (written when --pipeline is given)")
-    add_pipeline_argument(parser, "trained pipeline folder: detect and embed the test set first",
-                          type=Path)
-    parser.add_argument("--gt-boxes", action="store_true",
-                        help="with --pipeline: embed the ground-truth gallery boxes instead of "
-                             "detections")
-    parser.add_argument("--gallery-size", default="100", choices=GALLERY_CHOICES, metavar="N",
-                        help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000, "
-                             "full, or all-sizes")
-    parser.add_argument("--det-thresh", type=float, default=0.5,
-                        help="drop detections scored below this (default 0.5)")
-    parser.add_argument("--cross-camera", action="store_true",
-                        help="PRW: search other cameras' frames only")
-    parser.add_argument("--duplicates", choices=("original", "first"), default="original",
-                        help="images listed twice in a CUHK-SYSU query's gallery: 'original' (OIM, "
-                             "default) evaluates every entry, 'first' (SeqNet) only the first")
-    parser.add_argument("--cbgm", action="store_true",
-                        help="SeqNet's context bipartite graph matching (needs the ctx_* arrays)")
-    parser.add_argument("--cbgm-k1", type=int, default=None,
-                        help="CBGM: re-scored top detections (default 10 CUHK-SYSU, 30 PRW)")
-    parser.add_argument("--cbgm-k2", type=int, default=None,
-                        help="CBGM: query-image persons incl. the query (default 3 CUHK-SYSU, 4 PRW)")
-    parser.add_argument("--per-query", type=Path, default=None,
-                        help="write per-query AP, top-k hits and counts to this CSV")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="all-sizes: where to write the plot (default: beside the results file)")
-    parser.add_argument("--by-scale", action="store_true",
-                        help="also mAP and top-1 per bin of the gallery/query person height ratio "
-                             "(scale-gap metrics, docs/evaluation.md), for every gallery size")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--results", type=Path, help="results .npz file (written when --pipeline is given)"
+    )
+    add_pipeline_argument(
+        parser, "trained pipeline folder: detect and embed the test set first", type=Path
+    )
+    parser.add_argument(
+        "--gt-boxes",
+        action="store_true",
+        help="with --pipeline: embed the ground-truth gallery boxes instead of detections",
+    )
+    parser.add_argument(
+        "--gallery-size",
+        default="100",
+        choices=GALLERY_CHOICES,
+        metavar="N",
+        help="CUHK-SYSU gallery size: 50, 100 (default), 500, 1000, 2000, 4000, full, or all-sizes",
+    )
+    parser.add_argument(
+        "--det-thresh",
+        type=float,
+        default=0.5,
+        help="drop detections scored below this (default 0.5)",
+    )
+    parser.add_argument(
+        "--cross-camera", action="store_true", help="PRW: search other cameras' frames only"
+    )
+    parser.add_argument(
+        "--duplicates",
+        choices=("original", "first"),
+        default="original",
+        help="images listed twice in a CUHK-SYSU query's gallery: 'original' (OIM, "
+        "default) evaluates every entry, 'first' (SeqNet) only the first",
+    )
+    parser.add_argument(
+        "--cbgm",
+        action="store_true",
+        help="SeqNet's context bipartite graph matching (needs the ctx_* arrays)",
+    )
+    parser.add_argument(
+        "--cbgm-k1",
+        type=int,
+        default=None,
+        help="CBGM: re-scored top detections (default 10 CUHK-SYSU, 30 PRW)",
+    )
+    parser.add_argument(
+        "--cbgm-k2",
+        type=int,
+        default=None,
+        help="CBGM: query-image persons incl. the query (default 3 CUHK-SYSU, 4 PRW)",
+    )
+    parser.add_argument(
+        "--per-query",
+        type=Path,
+        default=None,
+        help="write per-query AP, top-k hits and counts to this CSV",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="all-sizes: where to write the plot (default: beside the results file)",
+    )
+    parser.add_argument(
+        "--by-scale",
+        action="store_true",
+        help="also mAP and top-1 per bin of the gallery/query person height ratio "
+        "(scale-gap metrics, docs/evaluation.md), for every gallery size",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,9 +132,17 @@ def run(args: argparse.Namespace) -> int:
     if args.pipeline is not None:
         args.results = _compute_results(args)
     evaluation = evaluate_results_file(
-        args.dataset, args.root, args.results, gallery_size=args.gallery_size,
-        det_thresh=args.det_thresh, cross_camera=args.cross_camera, duplicates=args.duplicates,
-        cbgm=args.cbgm, cbgm_k1=args.cbgm_k1, cbgm_k2=args.cbgm_k2, by_scale=args.by_scale,
+        args.dataset,
+        args.root,
+        args.results,
+        gallery_size=args.gallery_size,
+        det_thresh=args.det_thresh,
+        cross_camera=args.cross_camera,
+        duplicates=args.duplicates,
+        cbgm=args.cbgm,
+        cbgm_k1=args.cbgm_k1,
+        cbgm_k2=args.cbgm_k2,
+        by_scale=args.by_scale,
     )
     summary = evaluation.summary()
     _write_files(args, evaluation, summary)
@@ -107,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
 def _check_arguments(args: argparse.Namespace) -> None:
     """ConfigError for options that do not go together, before any work."""
     if args.dataset == "prw" and args.gallery_size != "100":
-        raise ConfigError("--gallery-size applies to CUHK-SYSU; PRW's gallery is every other test frame")
+        raise ConfigError(
+            "--gallery-size applies to CUHK-SYSU; PRW's gallery is every other test frame"
+        )
     if args.dataset == "cuhk-sysu" and args.cross_camera:
         raise ConfigError("--cross-camera applies to PRW only; CUHK-SYSU has no cameras")
     if not 0.0 <= args.det_thresh <= 1.0:
@@ -125,7 +176,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.plot is not None:
         check_output_file(args.plot, "--plot")
     if args.pipeline is not None:
-        label = "--results" if args.results else "the results file (--results, default in --pipeline)"
+        label = (
+            "--results" if args.results else "the results file (--results, default in --pipeline)"
+        )
         check_output_file(_results_path(args), label)
 
 
@@ -141,8 +194,14 @@ def _compute_results(args: argparse.Namespace) -> Path:
 
     out = _results_path(args)
     try:
-        path = pipeline_results_file(args.pipeline, args.dataset, args.root, out,
-                                     gt_boxes=args.gt_boxes, cross_camera=args.cross_camera)
+        path = pipeline_results_file(
+            args.pipeline,
+            args.dataset,
+            args.root,
+            out,
+            gt_boxes=args.gt_boxes,
+            cross_camera=args.cross_camera,
+        )
     except OSError as error:
         raise write_error("--results", out, error) from error
     print(f"results file: {path}", file=sys.stderr)  # stdout stays one JSON object with --json
@@ -171,13 +230,17 @@ def _write_files(args: argparse.Namespace, evaluation: Any, summary: dict[str, A
 def _print_tables(evaluation: Any, summary: dict[str, Any]) -> None:
     from personsearch.evaluation.scale_gap import scale_table
 
-    print(f"{summary['dataset']} search, det_thresh {summary['det_thresh']}, duplicates "
-          f"{summary['duplicates']}" + (", CBGM" if summary["cbgm"] else ""))
+    print(
+        f"{summary['dataset']} search, det_thresh {summary['det_thresh']}, duplicates "
+        f"{summary['duplicates']}" + (", CBGM" if summary["cbgm"] else "")
+    )
     print(f"{'protocol':<24}{'queries':>8}{'mAP':>8}{'top-1':>8}{'top-5':>8}{'top-10':>8}")
     for row in evaluation.rows:
         protocol, result = row.protocol, row.result
-        print(f"{protocol.name:<24}{len(protocol.queries):>8}{100 * result.mAP:>8.2f}"
-              f"{100 * result.top(1):>8.2f}{100 * result.top(5):>8.2f}{100 * result.top(10):>8.2f}")
+        print(
+            f"{protocol.name:<24}{len(protocol.queries):>8}{100 * result.mAP:>8.2f}"
+            f"{100 * result.top(1):>8.2f}{100 * result.top(5):>8.2f}{100 * result.top(10):>8.2f}"
+        )
     if "plot" in summary:
         print(f"plot: {summary['plot']}")
     if "per_query" in summary:
@@ -185,5 +248,9 @@ def _print_tables(evaluation: Any, summary: dict[str, Any]) -> None:
     for row in evaluation.rows:
         if row.by_scale is not None:
             print()
-            print(scale_table(row.by_scale,
-                              f"{row.protocol.name} by scale (r = gallery / query person height)"))
+            print(
+                scale_table(
+                    row.by_scale,
+                    f"{row.protocol.name} by scale (r = gallery / query person height)",
+                )
+            )

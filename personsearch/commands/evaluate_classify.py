@@ -57,9 +57,16 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = evaluate_classifier(
         model, test, args.batch_size, DistInfo(device=device), args.workers
     )
-    metrics.update(dataset=config.data.dataset, root=config.data.root, run=str(run_dir),
-                   head=model.config.head, backbone=model.config.backbone)
-    output = Path(args.output) if args.output else run_dir / f"eval-classify-{config.data.dataset}.json"
+    metrics.update(
+        dataset=config.data.dataset,
+        root=config.data.root,
+        run=str(run_dir),
+        head=model.config.head,
+        backbone=model.config.backbone,
+    )
+    output = (
+        Path(args.output) if args.output else run_dir / f"eval-classify-{config.data.dataset}.json"
+    )
     write_json(output, metrics)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))

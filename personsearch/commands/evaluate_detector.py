@@ -39,18 +39,34 @@ features).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="detector training run folder (holds model.pt)")
-    source.add_argument("--detector", metavar="SPEC",
-                        help="hog, whole-image, FILE.yaml (ONNX), torchvision:NAME[?weights=FILE], "
-                             "a detector run or a pipeline folder")
-    parser.add_argument("--min-score", type=float, default=0.05,
-                        help="--detector: keep boxes down to this score for the PR curve (0.05)")
+    source.add_argument(
+        "--detector",
+        metavar="SPEC",
+        help="hog, whole-image, FILE.yaml (ONNX), torchvision:NAME[?weights=FILE], "
+        "a detector run or a pipeline folder",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=0.05,
+        help="--detector: keep boxes down to this score for the PR curve (0.05)",
+    )
     parser.add_argument("--dataset", help="cuhk-sysu, prw or synthetic (default: the run's)")
     parser.add_argument("--root", help="dataset folder (default: the run's)")
     parser.add_argument("--out", help="output folder (default RUN/eval-detector-<dataset>)")
-    parser.add_argument("--det-thresh", type=float, default=0.5,
-                        help="score threshold of the headline recall and AP (default 0.5)")
-    parser.add_argument("--limit", type=int, default=0, metavar="N",
-                        help="evaluate the first N test scenes only (quick checks)")
+    parser.add_argument(
+        "--det-thresh",
+        type=float,
+        default=0.5,
+        help="score threshold of the headline recall and AP (default 0.5)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate the first N test scenes only (quick checks)",
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -59,12 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-
     if not 0.0 <= args.det_thresh <= 1.0:
         raise ConfigError(f"--det-thresh {args.det_thresh} must be in [0, 1]")
     if not 0.0 <= args.min_score <= args.det_thresh:
-        raise ConfigError(f"--min-score {args.min_score} must be in [0, --det-thresh "
-                          f"{args.det_thresh}]")
+        raise ConfigError(
+            f"--min-score {args.min_score} must be in [0, --det-thresh {args.det_thresh}]"
+        )
     if args.detector:
         if not (args.dataset and args.root):
             raise ConfigError("--detector needs --dataset and --root (the scenes to detect in)")
@@ -89,8 +105,9 @@ def _test_scenes(dataset: str, root, limit: int):  # type: ignore[no-untyped-def
     from personsearch.errors import ConfigError
 
     # the synthetic world is written in CUHK-SYSU's layout
-    scenes = registry.load_scene_dataset("cuhk-sysu" if dataset == "synthetic" else dataset,
-                                         root).test
+    scenes = registry.load_scene_dataset(
+        "cuhk-sysu" if dataset == "synthetic" else dataset, root
+    ).test
     if limit > 0:
         scenes = scenes[:limit]
     if not scenes:
@@ -105,9 +122,15 @@ def _trained_detector(args: argparse.Namespace, scenes):  # type: ignore[no-unty
 
     device = resolve_device(args.device)
     model, _ = load_detector(args.run, device)
-    detections = detect_scenes(model, scenes, score_thresh=EVAL_SCORE_THRESH,
-                               batch_size=args.batch_size, workers=args.workers,
-                               dist_info=DistInfo(device=device), progress=True)
+    detections = detect_scenes(
+        model,
+        scenes,
+        score_thresh=EVAL_SCORE_THRESH,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        dist_info=DistInfo(device=device),
+        progress=True,
+    )
     return detections, EVAL_SCORE_THRESH
 
 
@@ -135,23 +158,43 @@ def _any_detector(args: argparse.Namespace, scenes):  # type: ignore[no-untyped-
     return detect_scene_images(detector, scenes, progress=True, min_score=args.min_score)
 
 
-def _report(args: argparse.Namespace, scenes, detections, out, dataset: str, root,  # type: ignore[no-untyped-def]
-            min_score: float) -> None:
+def _report(
+    args: argparse.Namespace,
+    scenes,
+    detections,
+    out,
+    dataset: str,
+    root,  # type: ignore[no-untyped-def]
+    min_score: float,
+) -> None:
     from personsearch.evaluation.scene_detection import detection_metrics, score_detections
 
     metrics = detection_metrics(scenes, detections, det_thresh=args.det_thresh)
     curve = score_detections(scenes, detections, det_thresh=0.0)
     detections.save(out / "detections.npz")
-    _plot_pr_curve(curve, out / "pr_curve.png", args.det_thresh,
-                   f"{dataset} test, {len(scenes)} scenes: detection at IoU 0.5")
-    write_json(out / "metrics.json", {
-        **metrics, "dataset": dataset, "root": str(root), "test_scenes": len(scenes),
-        "det_thresh": args.det_thresh, "min_score": min_score,
-        **({"detector": args.detector} if args.detector else {"run": str(args.run)}),
-    })
-    print(f"recall {metrics['recall']:.2f}%  AP {metrics['ap']:.2f}%  (IoU 0.5, score >= "
-          f"{args.det_thresh:g}); over all detections: recall {metrics['recall_all']:.2f}%  "
-          f"AP {metrics['ap_all']:.2f}%")
+    _plot_pr_curve(
+        curve,
+        out / "pr_curve.png",
+        args.det_thresh,
+        f"{dataset} test, {len(scenes)} scenes: detection at IoU 0.5",
+    )
+    write_json(
+        out / "metrics.json",
+        {
+            **metrics,
+            "dataset": dataset,
+            "root": str(root),
+            "test_scenes": len(scenes),
+            "det_thresh": args.det_thresh,
+            "min_score": min_score,
+            **({"detector": args.detector} if args.detector else {"run": str(args.run)}),
+        },
+    )
+    print(
+        f"recall {metrics['recall']:.2f}%  AP {metrics['ap']:.2f}%  (IoU 0.5, score >= "
+        f"{args.det_thresh:g}); over all detections: recall {metrics['recall_all']:.2f}%  "
+        f"AP {metrics['ap_all']:.2f}%"
+    )
     print(f"wrote {out / 'metrics.json'}, {out / 'pr_curve.png'}, {out / 'detections.npz'}")
 
 
@@ -164,12 +207,18 @@ def _plot_pr_curve(curve, path, det_thresh: float, title: str) -> None:  # type:
     import numpy as np
 
     figure, axes = plt.subplots(figsize=(5, 4.2), dpi=120)
-    axes.plot(curve.recall_curve, curve.precision_curve, lw=1.5, label=f"AP (all) {100 * curve.ap:.1f}%")
+    axes.plot(
+        curve.recall_curve, curve.precision_curve, lw=1.5, label=f"AP (all) {100 * curve.ap:.1f}%"
+    )
     above = np.flatnonzero(curve.thresholds >= det_thresh)
     if len(above):
         point = above[-1]
-        axes.plot(curve.recall_curve[point], curve.precision_curve[point], "o",
-                  label=f"score >= {det_thresh:g}: recall {100 * curve.recall_curve[point]:.1f}%")
+        axes.plot(
+            curve.recall_curve[point],
+            curve.precision_curve[point],
+            "o",
+            label=f"score >= {det_thresh:g}: recall {100 * curve.recall_curve[point]:.1f}%",
+        )
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")

@@ -42,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--embedder", metavar="colour|bands|imagenet|FILE.yaml", help="an embedder to evaluate"
     )
     parser.add_argument("--dataset", help="cuhk-sysu, prw, market1501, cuhk03 or synthetic")
-    parser.add_argument("--variant", choices=("labeled", "detected"),
-                        help="CUHK03 only: which crops (default: the run's, else labeled)")
+    parser.add_argument(
+        "--variant",
+        choices=("labeled", "detected"),
+        help="CUHK03 only: which crops (default: the run's, else labeled)",
+    )
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--per-level", action="store_true", help="score each pyramid level alone")
     parser.add_argument("--by-scale", action="store_true", help="score per scale-gap bin")
@@ -231,10 +234,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def _scale_table(bins: dict[str, dict[str, Any]]) -> list[str]:
-    lines = [
-        f"  {'bin':<26}{'range':<17}{'queries':>8}{'pairs':>8}"
-        f"{'mAP %':>9}{'rank-1 %':>10}"
-    ]
+    lines = [f"  {'bin':<26}{'range':<17}{'queries':>8}{'pairs':>8}{'mAP %':>9}{'rank-1 %':>10}"]
     for key, row in bins.items():
         # an empty bin reports 0.0: show a dash rather than a score no query earned
         empty = not row.get("queries")

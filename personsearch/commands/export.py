@@ -43,21 +43,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=FORMATS, help="export format (onnx)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUNDIR", help="training run folder (or its model.pt)")
-    source.add_argument("--pipeline", metavar="DIR",
-                        help="a pipeline folder: export its detector and re-id net (needs --out)")
-    source.add_argument("--torchvision", metavar="NAME",
-                        help="one of torchvision's COCO detectors (e.g. fasterrcnn_resnet50_fpn_v2) "
-                        "as an ONNX person detector (needs --out)")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="--torchvision: a local COCO weights file (default: torch hub's cache)")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="--torchvision: the score threshold written into its YAML (0.5)")
-    parser.add_argument("--out", metavar="PATH",
-                        help="output file (default RUNDIR/reid.onnx or RUNDIR/detector.onnx); "
-                        "with --pipeline, the output folder")
-    parser.add_argument("--detector", action="store_true",
-                        help="the run is a detector run: export the detector")
-
+    source.add_argument(
+        "--pipeline",
+        metavar="DIR",
+        help="a pipeline folder: export its detector and re-id net (needs --out)",
+    )
+    source.add_argument(
+        "--torchvision",
+        metavar="NAME",
+        help="one of torchvision's COCO detectors (e.g. fasterrcnn_resnet50_fpn_v2) "
+        "as an ONNX person detector (needs --out)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="--torchvision: a local COCO weights file (default: torch hub's cache)",
+    )
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.5,
+        help="--torchvision: the score threshold written into its YAML (0.5)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        help="output file (default RUNDIR/reid.onnx or RUNDIR/detector.onnx); "
+        "with --pipeline, the output folder",
+    )
+    parser.add_argument(
+        "--detector", action="store_true", help="the run is a detector run: export the detector"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if report.config_path is not None:
         kind = "detector" if task == "detector" else "embedder"
         print(f"{kind} config {report.config_path} (name it in a pipeline.yaml to use this model)")
-    print(f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
-          f"max difference {report.max_diff:.2g} (tolerance 1e-4)")
+    print(
+        f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
+        f"max difference {report.max_diff:.2g} (tolerance 1e-4)"
+    )
     _note_empty_check(report)
     return 0
 
@@ -104,8 +122,10 @@ def _export_torchvision(args: argparse.Namespace) -> int:
     report = export_coco_detector(args.torchvision, args.out, args.weights, args.score_thresh)
     print(f"exported torchvision's {args.torchvision} (persons only) to {report.path}")
     print(f"detector config {report.config_path} (name it in a pipeline.yaml to use this model)")
-    print(f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
-          f"max difference {report.max_diff:.2g} (tolerance 1e-4)")
+    print(
+        f"ONNX Runtime vs PyTorch on a {tuple(report.check_shape)} check input: "
+        f"max difference {report.max_diff:.2g} (tolerance 1e-4)"
+    )
     _note_empty_check(report)
     return 0
 
@@ -113,9 +133,11 @@ def _export_torchvision(args: argparse.Namespace) -> int:
 def _note_empty_check(report: object) -> None:
     """A trained detector finds nobody in the random check image: say what was not compared."""
     if getattr(report, "compared_boxes", None) == 0:
-        print("note: the detector found no person in the random check image, so only the graph's "
-              "outputs' shapes were compared; benchmarks/onnx_pipeline.py compares it on real "
-              "scenes")
+        print(
+            "note: the detector found no person in the random check image, so only the graph's "
+            "outputs' shapes were compared; benchmarks/onnx_pipeline.py compares it on real "
+            "scenes"
+        )
 
 
 def _export_pipeline(args: argparse.Namespace) -> int:
@@ -129,9 +151,13 @@ def _export_pipeline(args: argparse.Namespace) -> int:
     result = export_pipeline(args.pipeline, args.out)
     for what, report in (("detector", result.detector), ("re-id net", result.reid)):
         if report is not None:
-            print(f"exported the {what} to {report.path} (ONNX Runtime vs PyTorch: max "
-                  f"difference {report.max_diff:.2g} on a {tuple(report.check_shape)} input)")
+            print(
+                f"exported the {what} to {report.path} (ONNX Runtime vs PyTorch: max "
+                f"difference {report.max_diff:.2g} on a {tuple(report.check_shape)} input)"
+            )
             _note_empty_check(report)
-    print(f"wrote {result.pipeline_file}: use --pipeline {args.out} with index, search, serve "
-          "and evaluate (no PyTorch needed)")
+    print(
+        f"wrote {result.pipeline_file}: use --pipeline {args.out} with index, search, serve "
+        "and evaluate (no PyTorch needed)"
+    )
     return 0

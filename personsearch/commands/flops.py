@@ -29,9 +29,12 @@ PAPER_NAMES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet50",
-                        help="resnet50 | resnet18 | mobilenet_v2 | cifar_resnet110 (and 20, 32, "
-                        "44, 56; with --height 32 --width 32)")
+    parser.add_argument(
+        "--backbone",
+        default="resnet50",
+        help="resnet50 | resnet18 | mobilenet_v2 | cifar_resnet110 (and 20, 32, "
+        "44, 56; with --height 32 --width 32)",
+    )
     parser.add_argument(
         "--models", default="all", help=f"comma-separated, from {', '.join(MODELS)} (default: all)"
     )

@@ -40,13 +40,15 @@ examples:
       --ray-address HEAD_IP:6379
 """
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from personsearch.search.index_kinds import INDEX_KINDS  # cheap: no numpy, no faiss
 
     parser.add_argument("--gallery", required=True, metavar="DIR", help="folder of scene images")
     parser.add_argument("--out", required=True, metavar="INDEX", help="gallery index folder")
-    add_pipeline_argument(parser, "trained pipeline folder providing detector and re-id model "
-                          "(default: the baseline)")
+    add_pipeline_argument(
+        parser, "trained pipeline folder providing detector and re-id model (default: the baseline)"
+    )
     parser.add_argument(
         "--index-kind",
         choices=INDEX_KINDS,
@@ -63,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="end with a one-line JSON summary on stdout (other messages go to stderr)",
     )
     ray = parser.add_argument_group("indexing with Ray (optional extra: personsearch[ray])")

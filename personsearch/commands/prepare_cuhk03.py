@@ -22,12 +22,23 @@ The two protocol files (cuhk03_new_protocol_config_labeled.mat / _detected.mat, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", required=True, type=Path,
-                        help="the CUHK03 folder: the PNG folders are written here")
-    parser.add_argument("--mat", type=Path,
-                        help="the release's cuhk-03.mat (default ROOT/cuhk03_release/cuhk-03.mat)")
-    parser.add_argument("--variant", choices=("labeled", "detected", "both"), default="both",
-                        help="which crops to write (default both)")
+    parser.add_argument(
+        "--root",
+        required=True,
+        type=Path,
+        help="the CUHK03 folder: the PNG folders are written here",
+    )
+    parser.add_argument(
+        "--mat",
+        type=Path,
+        help="the release's cuhk-03.mat (default ROOT/cuhk03_release/cuhk-03.mat)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("labeled", "detected", "both"),
+        default="both",
+        help="which crops to write (default both)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_argument(parser, "the trained pipeline folder that built the index")
     parser.add_argument("--out", metavar="FILE", help="write a picture: .html, .png or .jpg")
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print the ranking as one JSON document instead of a table (messages go to stderr)",
     )
 

@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     # On loopback, Host headers other than loopback names are refused (DNS rebinding); on
     # another address the token is what guards the API.
     allowed_hosts = (*LOOPBACK_HOSTS, args.host) if is_loopback(args.host) else None
-    app = create_app(args.index, args.pipeline, token=token, limits=limits, allowed_hosts=allowed_hosts)
+    app = create_app(
+        args.index, args.pipeline, token=token, limits=limits, allowed_hosts=allowed_hosts
+    )
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     if args.host in ("0.0.0.0", "::"):
         shown_host = "<this-machine's-address>"

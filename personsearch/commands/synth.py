@@ -28,11 +28,20 @@ writes DIR/contact_sheet.png, DIR/scale_histogram.png and DIR/stats.json.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to create")
-    parser.add_argument("--preset", choices=("tiny", "small", "full"), default="tiny",
-                        help="world size (default: tiny)")
+    parser.add_argument(
+        "--preset",
+        choices=("tiny", "small", "full"),
+        default="tiny",
+        help="world size (default: tiny)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="render processes (default: one per CPU; 0 renders in this process)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="render processes (default: one per CPU; 0 renders in this process)",
+    )
     parser.add_argument("--force", action="store_true", help="replace DIR if it is not empty")
 
 
@@ -47,8 +56,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(out.absolute().parent, "--out's parent")
     start = time.perf_counter()
     try:
-        stats = generate_world(out, args.preset, args.seed, workers=args.workers,
-                               force=args.force, progress=args.preset != "tiny")
+        stats = generate_world(
+            out,
+            args.preset,
+            args.seed,
+            workers=args.workers,
+            force=args.force,
+            progress=args.preset != "tiny",
+        )
     except OSError as error:
         raise write_error("--out", out, error) from error
     seconds = time.perf_counter() - start
@@ -56,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
     heights = stats["box_height"]
     print(f"synthetic world '{stats['preset']}' (seed {stats['seed']}) written to {args.out}")
     print(f"  scenes      {scenes['total']} ({scenes['train']} train, {scenes['test']} test)")
-    print(f"  people      {boxes['total']} boxes ({boxes['labelled']} labelled, "
-          f"{boxes['background']} background)")
-    print(f"  identities  {ids['train']} train, {ids['test']} test; {stats['queries']} queries; "
-          f"protocols {', '.join(stats['protocols'])}")
-    print(f"  box height  {heights['min']}-{heights['max']} px "
-          f"(median {heights['percentiles']['50']:g})")
+    print(
+        f"  people      {boxes['total']} boxes ({boxes['labelled']} labelled, "
+        f"{boxes['background']} background)"
+    )
+    print(
+        f"  identities  {ids['train']} train, {ids['test']} test; {stats['queries']} queries; "
+        f"protocols {', '.join(stats['protocols'])}"
+    )
+    print(
+        f"  box height  {heights['min']}-{heights['max']} px "
+        f"(median {heights['percentiles']['50']:g})"
+    )
     print(f"  time        {seconds:.1f} s")
     return 0

@@ -50,8 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the run folder's last checkpoint; without --config the run's own "
         "config.yaml is used",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, before or after the options")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, before or after the options",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,14 +8,27 @@ Each name is imported on first use.
 
 from personsearch._exports import export_table, lazy_exports
 
-_EXPORTS = export_table({
-    "personsearch.data.registry": ("DATASET_SPECS", "DatasetSpec", "load_scene_dataset",
-                                   "load_search_protocol", "load_crop_dataset",
-                                   "load_classify_dataset"),
-    "personsearch.data.scenes": ("Scene", "SceneDataset", "SearchProtocol", "QueryTask", "Crop",
-                                 "CropDataset"),
-    "personsearch.data.synthetic": ("generate_world",),
-    "personsearch.data.validation": ("DatasetReport", "check_dataset"),
-})
+_EXPORTS = export_table(
+    {
+        "personsearch.data.registry": (
+            "DATASET_SPECS",
+            "DatasetSpec",
+            "load_scene_dataset",
+            "load_search_protocol",
+            "load_crop_dataset",
+            "load_classify_dataset",
+        ),
+        "personsearch.data.scenes": (
+            "Scene",
+            "SceneDataset",
+            "SearchProtocol",
+            "QueryTask",
+            "Crop",
+            "CropDataset",
+        ),
+        "personsearch.data.synthetic": ("generate_world",),
+        "personsearch.data.validation": ("DatasetReport", "check_dataset"),
+    }
+)
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -111,9 +111,10 @@ def load_cifar100(root: str | os.PathLike[str]) -> Cifar100:
         split: read_cifar_bin(require_file(root, name, ROOT_HINT))
         for split, name in SPLIT_FILES.items()
     }
-    names = {kind: _read_names(root / name, count)
-             for (kind, name), count in zip(NAME_FILES.items(), (NUM_CLASSES, NUM_COARSE),
-                                            strict=True)}
+    names = {
+        kind: _read_names(root / name, count)
+        for (kind, name), count in zip(NAME_FILES.items(), (NUM_CLASSES, NUM_COARSE), strict=True)
+    }
     return Cifar100(root, splits["train"], splits["test"], names["fine"], names["coarse"])
 
 

@@ -65,7 +65,9 @@ def scene_crop_samples(
         for row, match in enumerate(best):
             pid = int(scene.pids[match])
             if pid != UNLABELED and iou[row, match] > iou_threshold:
-                samples.append(CropSample(scene.path, _as_box(found[row]), pid, scene.camera, "det"))
+                samples.append(
+                    CropSample(scene.path, _as_box(found[row]), pid, scene.camera, "det")
+                )
     return samples
 
 
@@ -106,7 +108,9 @@ def scene_eval_samples(scenes: Sequence[Scene]) -> tuple[list[CropSample], list[
     return queries, gallery
 
 
-def load_detections(path: str | os.PathLike[str], score_thresh: float = 0.5) -> dict[str, np.ndarray]:
+def load_detections(
+    path: str | os.PathLike[str], score_thresh: float = 0.5
+) -> dict[str, np.ndarray]:
     """Read detections as {image name: K x 4 boxes}, from a file in the results-file layout.
 
     The file is what `personsearch detect` (or any system) writes: `image_names` (M), `det_image`

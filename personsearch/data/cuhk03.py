@@ -181,7 +181,9 @@ def camera_pair(crop: Crop) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def protocol_report(dataset: CropDataset, variant: str | None = None) -> tuple[list[str], list[str]]:
+def protocol_report(
+    dataset: CropDataset, variant: str | None = None
+) -> tuple[list[str], list[str]]:
     """(lines to print, problems to warn about) for a loaded CUHK03 split.
 
     Compares the split with the release's new protocol (767 / 700 identities and its image
@@ -205,8 +207,9 @@ def protocol_report(dataset: CropDataset, variant: str | None = None) -> tuple[l
     if counts != expected or len(train_ids) != NEW_PROTOCOL_IDENTITIES["train"]:
         problems.append(
             "not the release's new protocol: "
-            + ", ".join(f"{split} {counts[split]} images (release {expected[split]})"
-                        for split in expected)
+            + ", ".join(
+                f"{split} {counts[split]} images (release {expected[split]})" for split in expected
+            )
         )
     shared = train_ids & test_ids
     if shared:
@@ -215,13 +218,17 @@ def protocol_report(dataset: CropDataset, variant: str | None = None) -> tuple[l
         )
     both = {c.path for c in dataset.query} & {c.path for c in dataset.gallery}
     if both:
-        problems.append(f"{len(both)} images are both queries and gallery crops, "
-                        f"e.g. {min(both).name}")
-    mismatched = [c for c in crops if (m := _NAME.fullmatch(c.path.name))
-                  and int(m.group(3)) != c.camera]
+        problems.append(
+            f"{len(both)} images are both queries and gallery crops, e.g. {min(both).name}"
+        )
+    mismatched = [
+        c for c in crops if (m := _NAME.fullmatch(c.path.name)) and int(m.group(3)) != c.camera
+    ]
     if mismatched:
-        problems.append(f"{len(mismatched)} files' names give another view than camId, e.g. "
-                        f"{mismatched[0].path.name} with camId {mismatched[0].camera}")
+        problems.append(
+            f"{len(mismatched)} files' names give another view than camId, e.g. "
+            f"{mismatched[0].path.name} with camId {mismatched[0].camera}"
+        )
     return lines, problems
 
 
@@ -278,10 +285,13 @@ def _write_variant(handle: Any, mat_path: Path, variant: str, folder: Path, prog
         # (10, identities) on disk: MATLAB's (identities x 10) cell, transposed by HDF5
         cells = _dereference(handle, pair_ref, where).T
         if cells.ndim != 2 or cells.shape[1] != IMAGES_PER_IDENTITY:
-            raise DatasetError(f"{where}: expected an identities x {IMAGES_PER_IDENTITY} cell, "
-                               f"found shape {cells.shape}")
-        rows = tqdm(range(cells.shape[0]), desc=f"{variant} pair {p}", unit="id",
-                    disable=not progress)
+            raise DatasetError(
+                f"{where}: expected an identities x {IMAGES_PER_IDENTITY} cell, "
+                f"found shape {cells.shape}"
+            )
+        rows = tqdm(
+            range(cells.shape[0]), desc=f"{variant} pair {p}", unit="id", disable=not progress
+        )
         for person in rows:
             found = 0
             for column in range(IMAGES_PER_IDENTITY):
@@ -330,8 +340,10 @@ def _image(handle: Any, ref: Any, where: str) -> np.ndarray | None:
         return None
     pixels = _read(node, where)
     if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.dtype != np.uint8:
-        raise DatasetError(f"{where}: expected a 3 x W x H uint8 image, found "
-                           f"{pixels.dtype} of shape {pixels.shape}")
+        raise DatasetError(
+            f"{where}: expected a 3 x W x H uint8 image, found "
+            f"{pixels.dtype} of shape {pixels.shape}"
+        )
     return np.ascontiguousarray(pixels.T)
 
 

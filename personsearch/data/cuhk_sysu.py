@@ -99,13 +99,17 @@ def load_cuhk_sysu_protocol(
     def parse() -> SearchProtocol:
         pool = read_pool(root)
         queries = read_test_protocol(path, key, {image: i for i, image in enumerate(pool)})
-        return SearchProtocol(name, tuple(pool), tuple(queries), unlisted="all" if size == "full" else "none")
+        return SearchProtocol(
+            name, tuple(pool), tuple(queries), unlisted="all" if size == "full" else "none"
+        )
 
     # parsing TestG4000.mat takes scipy about 90 s: the parsed protocol is cached on disk
     return cached_protocol(name, [root / POOL_MAT, path], parse)
 
 
-def cache_protocols(root: str | os.PathLike[str], gallery_sizes: Sequence[GallerySize | str]) -> None:
+def cache_protocols(
+    root: str | os.PathLike[str], gallery_sizes: Sequence[GallerySize | str]
+) -> None:
     """Parse the gallery sizes' protocols not cached yet, in parallel processes, largest file
     first (scipy's parse is single-threaded and TestG4000.mat alone takes it about 90 s), so
     that loading them one by one afterwards is fast. Does nothing with the cache off, or with
@@ -217,8 +221,10 @@ def assign_identities(
     for pid, appearances in persons:
         for image, box in appearances:
             if image not in images:
-                raise DatasetError(f"{source}: person p{pid:05d} appears in {image}, "
-                                   "which Images.mat does not hold")
+                raise DatasetError(
+                    f"{source}: person p{pid:05d} appears in {image}, "
+                    "which Images.mat does not hold"
+                )
             if box[2] <= 0 or box[3] <= 0:
                 continue  # a zero-size box, dropped from Images.mat by the same rule
             index = _match_box(images[image], pids[image], box, pid)
@@ -245,20 +251,24 @@ def read_test_protocol(path: Path, key: str, image_index: dict[str, int]) -> lis
         query = as_record(get_field(record, "Query", where), f"{where}.Query")
         image = as_string(get_field(query, "imname", where), f"{where}.Query.imname")
         box = _xywh(get_field(query, "idlocate", where), f"{where}.Query.idlocate")
-        pid = parse_pid(as_string(get_field(query, "idname", where), f"{where}.Query.idname"),
-                        f"{where}.Query.idname")
+        pid = parse_pid(
+            as_string(get_field(query, "idname", where), f"{where}.Query.idname"),
+            f"{where}.Query.idname",
+        )
         names, gt = _gallery_entries(get_field(record, "Gallery", where), f"{where}.Gallery")
         unknown = [name for name in names if name not in image_index]
         if unknown:
             raise DatasetError(f"{where}.Gallery lists {unknown[0]}, which pool.mat does not hold")
-        tasks.append(QueryTask(
-            image=image,
-            box=xywh_to_xyxy(box)[0],
-            pid=pid,
-            camera=-1,
-            gallery=np.array([image_index[name] for name in names], dtype=np.int64),
-            gt_boxes=gt,
-        ))
+        tasks.append(
+            QueryTask(
+                image=image,
+                box=xywh_to_xyxy(box)[0],
+                pid=pid,
+                camera=-1,
+                gallery=np.array([image_index[name] for name in names], dtype=np.int64),
+                gt_boxes=gt,
+            )
+        )
     return tasks
 
 
@@ -277,7 +287,9 @@ def _identity_list(records: list[np.void], where: str) -> list[tuple[int, list[A
         for j, scene in enumerate(scenes):
             sat = f"{at}.scene({j + 1})"
             name = as_string(get_field(scene, "imname", sat, position=0), f"{sat}.imname")
-            appearances.append((name, _xywh(get_field(scene, "idlocate", sat, 1), f"{sat}.idlocate")))
+            appearances.append(
+                (name, _xywh(get_field(scene, "idlocate", sat, 1), f"{sat}.idlocate"))
+            )
         identities.append((pid, appearances))
     return identities
 
@@ -333,7 +345,8 @@ def _gallery_entries(value: Any, where: str) -> tuple[list[str], np.ndarray]:
     """Listed gallery images and the query person's x1 y1 x2 y2 box in each (NaN: absent)."""
     columns = _columns(value, ("imname", "idlocate"), where)
     names = [
-        str(v[0]).strip() if isinstance(v, np.ndarray) and v.dtype.kind == "U" and v.shape == (1,)
+        str(v[0]).strip()
+        if isinstance(v, np.ndarray) and v.dtype.kind == "U" and v.shape == (1,)
         else as_string(v, f"{where}({j + 1}).imname")
         for j, v in enumerate(columns["imname"])
     ]
@@ -342,8 +355,9 @@ def _gallery_entries(value: Any, where: str) -> tuple[list[str], np.ndarray]:
     bad = np.flatnonzero((sizes != 0) & (sizes != 4))
     if bad.size:
         j = int(bad[0])
-        raise DatasetError(f"{where}({j + 1}).idlocate: expected [x y w h] or empty, "
-                           f"found {sizes[j]} numbers")
+        raise DatasetError(
+            f"{where}({j + 1}).idlocate: expected [x y w h] or empty, found {sizes[j]} numbers"
+        )
     gt = np.full((len(names), 4), np.nan, dtype=np.float32)
     holders = np.flatnonzero(sizes == 4)
     if holders.size:

@@ -71,7 +71,9 @@ class SceneDetectionDataset(Dataset[DetectionSample]):
             index, seed, epoch = key
             if self.flip_prob == 0:
                 return index, False
-            return index, bool(np.random.default_rng((seed, epoch, index)).random() < self.flip_prob)
+            return index, bool(
+                np.random.default_rng((seed, epoch, index)).random() < self.flip_prob
+            )
         return key, bool(self.flip_prob > 0 and float(torch.rand(())) < self.flip_prob)
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> DetectionSample:
@@ -91,7 +93,9 @@ class SceneDetectionDataset(Dataset[DetectionSample]):
         return image, target
 
 
-def collate_detection(batch: Sequence[DetectionSample]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+def collate_detection(
+    batch: Sequence[DetectionSample],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """Keep images of different sizes as a list: the detector resizes and batches them itself."""
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]

@@ -59,8 +59,17 @@ DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 #: What Pillow raises on damaged or hostile files, beyond OSError; MemoryError is a file whose
 #: decoding needs more memory than there is.
 DECODE_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
-    ZeroDivisionError, MemoryError, Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    MemoryError,
+    Image.DecompressionBombError,
 )
 
 #: ImageOps.exif_transpose's table: orientation tag -> the transposition that shows the image
@@ -198,7 +207,8 @@ def open_stream(
         pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
         raise ImageRefused(
             f"{what} has {pixels}, over the limit of {max_pixels:,} pixels (a decompression bomb,"
-            " or too big to decode): refused", "pixels",
+            " or too big to decode): refused",
+            "pixels",
         ) from None
     except UnidentifiedImageError:  # its message is the stream's repr: say what it means
         kinds = ", ".join(formats)

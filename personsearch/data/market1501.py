@@ -15,7 +15,9 @@ from personsearch.data.mat import require_file
 from personsearch.data.scenes import Crop, CropDataset
 from personsearch.errors import DatasetError
 
-ROOT_HINT = "the unpacked Market-1501 folder (holding bounding_box_train/, bounding_box_test/, query/)"
+ROOT_HINT = (
+    "the unpacked Market-1501 folder (holding bounding_box_train/, bounding_box_test/, query/)"
+)
 FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JUNK = -1
 DISTRACTOR = 0
@@ -25,8 +27,10 @@ _NAME = re.compile(r"(-1|\d+)_c(\d+)s(\d+)_(\d+)_(\d+)\.jpg")
 def load_market1501(root: str | os.PathLike[str]) -> CropDataset:
     """Read the training crops, queries and gallery (sorted by file name); no image is opened."""
     root = Path(root)
-    splits = {split: read_folder(require_file(root, folder, ROOT_HINT))
-              for split, folder in FOLDERS.items()}
+    splits = {
+        split: read_folder(require_file(root, folder, ROOT_HINT))
+        for split, folder in FOLDERS.items()
+    }
     return CropDataset(
         "market1501",
         root,
@@ -48,8 +52,9 @@ def read_folder(folder: Path) -> list[Crop]:
     """Every .jpg crop of a folder, junk included, sorted by name."""
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder")
-    crops = [parse_crop_name(path) for path in sorted(folder.iterdir())
-             if path.suffix.lower() == ".jpg"]
+    crops = [
+        parse_crop_name(path) for path in sorted(folder.iterdir()) if path.suffix.lower() == ".jpg"
+    ]
     if not crops:
         raise DatasetError(f"{folder} holds no .jpg crops")
     return crops

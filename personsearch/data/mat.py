@@ -144,9 +144,7 @@ def as_matrix(value: Any, columns: int, where: str) -> np.ndarray:
         return np.zeros((0, columns), dtype=np.float64)
     matrix = np.atleast_2d(value).astype(np.float64)
     if matrix.ndim != 2 or matrix.shape[1] != columns:
-        raise DatasetError(
-            f"{where}: expected an N x {columns} matrix, found shape {value.shape}"
-        )
+        raise DatasetError(f"{where}: expected an N x {columns} matrix, found shape {value.shape}")
     return matrix
 
 

@@ -34,7 +34,11 @@ def cache_dir() -> Path | None:
     """The protocol cache folder, or None when the cache is turned off."""
     configured = os.environ.get(CACHE_ENV)
     if configured is not None:
-        return None if configured.strip().lower() in ("", "off", "0", "none") else Path(configured) / "protocols"
+        return (
+            None
+            if configured.strip().lower() in ("", "off", "0", "none")
+            else Path(configured) / "protocols"
+        )
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "personsearch" / "protocols"
 
@@ -78,8 +82,11 @@ def _announce_slow_parse(name: str, sources: Sequence[Path], folder: Path) -> No
     size = sum(Path(source).stat().st_size for source in sources)
     seconds = size / _PARSE_BYTES_PER_S
     if seconds >= 5:
-        print(f"reading {name} from {size / 2**20:.0f} MB of .mat files: about {seconds:.0f} s "
-              f"this once, then cached in {folder}", file=sys.stderr)
+        print(
+            f"reading {name} from {size / 2**20:.0f} MB of .mat files: about {seconds:.0f} s "
+            f"this once, then cached in {folder}",
+            file=sys.stderr,
+        )
 
 
 def protocol_arrays(protocol: SearchProtocol) -> dict[str, np.ndarray]:
@@ -95,7 +102,9 @@ def protocol_arrays(protocol: SearchProtocol) -> dict[str, np.ndarray]:
         "images": np.array(protocol.images, dtype=str),
         "image_cameras": protocol.image_cameras,
         "query_image": np.array([q.image for q in queries], dtype=str),
-        "query_box": np.stack([q.box for q in queries]) if queries else np.zeros((0, 4), np.float32),
+        "query_box": np.stack([q.box for q in queries])
+        if queries
+        else np.zeros((0, 4), np.float32),
         "query_pid": np.array([q.pid for q in queries], dtype=np.int64),
         "query_camera": np.array([q.camera for q in queries], dtype=np.int64),
         "gallery_length": np.array([len(g) for g in gallery], dtype=np.int64),
@@ -109,7 +118,9 @@ def protocol_from_arrays(path: Path) -> SearchProtocol:
     """The protocol `protocol_arrays` stored at `path`; ValueError when it is not one."""
     with np.load(path, allow_pickle=False) as data:
         if int(data["format_version"]) != FORMAT_VERSION:
-            raise ValueError(f"{path}: cache format {int(data['format_version'])}, not {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: cache format {int(data['format_version'])}, not {FORMAT_VERSION}"
+            )
         arrays = {key: data[key] for key in data.files}
     lengths = arrays["gallery_length"]
     gallery = arrays["gallery"].astype(np.int64)
@@ -120,13 +131,21 @@ def protocol_from_arrays(path: Path) -> SearchProtocol:
     queries = tuple(
         QueryTask(str(image), box, int(pid), int(camera), gallery[a:b], gt[a:b])
         for image, box, pid, camera, a, b in zip(
-            arrays["query_image"], arrays["query_box"], arrays["query_pid"],
-            arrays["query_camera"], starts, ends, strict=True,
+            arrays["query_image"],
+            arrays["query_box"],
+            arrays["query_pid"],
+            arrays["query_camera"],
+            starts,
+            ends,
+            strict=True,
         )
     )
     return SearchProtocol(
-        str(arrays["name"]), tuple(str(n) for n in arrays["images"]), queries,
-        unlisted=str(arrays["unlisted"]), image_cameras=arrays["image_cameras"],
+        str(arrays["name"]),
+        tuple(str(n) for n in arrays["images"]),
+        queries,
+        unlisted=str(arrays["unlisted"]),
+        image_cameras=arrays["image_cameras"],
     )
 
 

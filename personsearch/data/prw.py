@@ -30,8 +30,10 @@ ROOT_HINT = "the unpacked PRW folder (holding frames/, annotations/, frame_train
 FRAME_DIR = "frames"
 ANNOTATION_DIR = "annotations"
 ANNOTATION_KEYS = ("box_new", "anno_file", "anno_previous")
-FRAME_LISTS = {"train": ("frame_train.mat", "img_index_train"),
-               "test": ("frame_test.mat", "img_index_test")}
+FRAME_LISTS = {
+    "train": ("frame_train.mat", "img_index_train"),
+    "test": ("frame_test.mat", "img_index_test"),
+}
 ID_LISTS = {"train": ("ID_train.mat", "ID_train"), "test": ("ID_test.mat", "ID_test")}
 QUERY_FILE = "query_info.txt"
 PRW_UNLABELED = -2
@@ -44,8 +46,10 @@ def load_prw(root: str | os.PathLike[str]) -> SceneDataset:
     test_names = read_frame_list(root, "test")
     both = set(train_names) & set(test_names)
     if both:
-        raise DatasetError(f"{root}: frame {sorted(both)[0]} is in both frame_train.mat and "
-                           f"frame_test.mat ({len(both)} such frames)")
+        raise DatasetError(
+            f"{root}: frame {sorted(both)[0]} is in both frame_train.mat and "
+            f"frame_test.mat ({len(both)} such frames)"
+        )
     return SceneDataset("prw", root, read_scenes(root, train_names), read_scenes(root, test_names))
 
 
@@ -56,7 +60,9 @@ def load_prw_protocol(root: str | os.PathLike[str], cross_camera: bool = False) 
     of other cameras only, when `cross_camera`); all other frames (of other cameras) are negatives.
     """
     root = Path(root)
-    return protocol_from_scenes(root, read_scenes(root, read_frame_list(root, "test")), cross_camera)
+    return protocol_from_scenes(
+        root, read_scenes(root, read_frame_list(root, "test")), cross_camera
+    )
 
 
 def protocol_from_scenes(
@@ -71,19 +77,26 @@ def protocol_from_scenes(
     for line_no, (pid, xywh, frame) in read_queries(root):
         image = _image_name(frame)
         if image not in image_index:
-            raise DatasetError(f"{root / QUERY_FILE}, line {line_no}: query frame {frame} is not "
-                               "a test frame (frame_test.mat)")
+            raise DatasetError(
+                f"{root / QUERY_FILE}, line {line_no}: query frame {frame} is not "
+                "a test frame (frame_test.mat)"
+            )
         own = image_index[image]
-        listed = [(i, box) for i, box in where_pid.get(pid, []) if i != own
-                  and not (cross_camera and cameras[i] == cameras[own])]
-        tasks.append(QueryTask(
-            image=image,
-            box=xywh_to_xyxy(_clip_negative(xywh))[0],
-            pid=pid,
-            camera=int(cameras[own]),
-            gallery=np.array([i for i, _ in listed], dtype=np.int64),
-            gt_boxes=np.array([box for _, box in listed], dtype=np.float32).reshape(-1, 4),
-        ))
+        listed = [
+            (i, box)
+            for i, box in where_pid.get(pid, [])
+            if i != own and not (cross_camera and cameras[i] == cameras[own])
+        ]
+        tasks.append(
+            QueryTask(
+                image=image,
+                box=xywh_to_xyxy(_clip_negative(xywh))[0],
+                pid=pid,
+                camera=int(cameras[own]),
+                gallery=np.array([i for i, _ in listed], dtype=np.int64),
+                gt_boxes=np.array([box for _, box in listed], dtype=np.float32).reshape(-1, 4),
+            )
+        )
     return SearchProtocol(
         "prw/cross-camera" if cross_camera else "prw",
         tuple(scene.name for scene in scenes),
@@ -141,13 +154,17 @@ def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ids = rows[:, 0]
     if not np.all(ids == np.round(ids)) or np.any((ids < 0) & (ids != PRW_UNLABELED)):
         bad = int(np.flatnonzero((ids != np.round(ids)) | ((ids < 0) & (ids != PRW_UNLABELED)))[0])
-        raise DatasetError(f"{path}: row {bad + 1} has identity {ids[bad]:g} "
-                           f"(expected a non-negative integer or {PRW_UNLABELED})")
+        raise DatasetError(
+            f"{path}: row {bad + 1} has identity {ids[bad]:g} "
+            f"(expected a non-negative integer or {PRW_UNLABELED})"
+        )
     sizes_bad = np.flatnonzero((rows[:, 3] <= 0) | (rows[:, 4] <= 0))
     if sizes_bad.size:
         row = rows[sizes_bad[0]]
-        raise DatasetError(f"{path}: row {sizes_bad[0] + 1} has a box of non-positive size "
-                           f"(w={row[3]:g}, h={row[4]:g})")
+        raise DatasetError(
+            f"{path}: row {sizes_bad[0] + 1} has a box of non-positive size "
+            f"(w={row[3]:g}, h={row[4]:g})"
+        )
     outside = np.flatnonzero((rows[:, 1] + rows[:, 3] <= 0) | (rows[:, 2] + rows[:, 4] <= 0))
     if outside.size:
         raise DatasetError(f"{path}: row {outside[0] + 1} lies entirely left of or above the image")
@@ -169,15 +186,18 @@ def read_queries(root: Path) -> list[tuple[int, tuple[int, np.ndarray, str]]]:
         if not fields:
             continue
         if len(fields) != 6:
-            raise DatasetError(f"{path}, line {line_no}: expected 'pid x y w h frame', "
-                               f"found {len(fields)} fields: {line.strip()!r}")
+            raise DatasetError(
+                f"{path}, line {line_no}: expected 'pid x y w h frame', "
+                f"found {len(fields)} fields: {line.strip()!r}"
+            )
         try:
             numbers = [float(field) for field in fields[:5]]
         except ValueError as error:
             raise DatasetError(f"{path}, line {line_no}: {error}") from error
         if numbers[0] != int(numbers[0]) or numbers[0] < 0:
-            raise DatasetError(f"{path}, line {line_no}: identity {fields[0]} is not a "
-                               "non-negative integer")
+            raise DatasetError(
+                f"{path}, line {line_no}: identity {fields[0]} is not a non-negative integer"
+            )
         if numbers[3] <= 0 or numbers[4] <= 0:
             raise DatasetError(f"{path}, line {line_no}: query box has non-positive size")
         queries.append((line_no, (int(numbers[0]), np.array(numbers[1:]), _strip_jpg(fields[5]))))

@@ -51,13 +51,16 @@ DATASET_SPECS = {
 }
 
 
-def dataset_names(kind: DatasetKind | None = None, task: str | None = None,
-                  aliases: bool = True) -> tuple[str, ...]:
+def dataset_names(
+    kind: DatasetKind | None = None, task: str | None = None, aliases: bool = True
+) -> tuple[str, ...]:
     """The names of the table (in its order) of one kind and/or taken by one task; `aliases`
     False leaves out the names that read as another dataset."""
     return tuple(
-        name for name, spec in DATASET_SPECS.items()
-        if (kind is None or spec.kind == kind) and (task is None or task in spec.tasks)
+        name
+        for name, spec in DATASET_SPECS.items()
+        if (kind is None or spec.kind == kind)
+        and (task is None or task in spec.tasks)
         and (aliases or spec.reads_as is None)
     )
 

@@ -78,7 +78,9 @@ class QueryTask:
         gallery = np.asarray(self.gallery, dtype=np.int64).reshape(-1)
         gt = np.asarray(self.gt_boxes, dtype=np.float32).reshape(-1, 4)
         if len(gallery) != len(gt):
-            raise ValueError(f"query {self.image}: {len(gallery)} gallery entries, {len(gt)} gt rows")
+            raise ValueError(
+                f"query {self.image}: {len(gallery)} gallery entries, {len(gt)} gt rows"
+            )
         object.__setattr__(self, "gallery", gallery)
         object.__setattr__(self, "gt_boxes", gt)
 
@@ -93,7 +95,9 @@ class SearchProtocol:
     """A benchmark's search protocol: the image index space and one task per query."""
 
     name: str  #: e.g. "cuhk-sysu/TestG100", "cuhk-sysu/full", "prw", "prw/cross-camera"
-    images: tuple[str, ...]  #: every test (gallery) image name, the index space of QueryTask.gallery
+    images: tuple[
+        str, ...
+    ]  #: every test (gallery) image name, the index space of QueryTask.gallery
     queries: tuple[QueryTask, ...]
     unlisted: Unlisted = "none"
     image_cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -66,8 +66,9 @@ class SynthPreset:
 
 PRESETS: dict[str, SynthPreset] = {
     # seconds: enough test images for TestG50 and TestG100
-    "tiny": SynthPreset("tiny", 80, 120, 40, 30, (224, 256), background_people=(1, 3),
-                        clutter=(1, 3)),
+    "tiny": SynthPreset(
+        "tiny", 80, 120, 40, 30, (224, 256), background_people=(1, 3), clutter=(1, 3)
+    ),
     # the demo: trains and evaluates on a CPU
     "small": SynthPreset("small", 1232, 768, 600, 320, (384, 448)),
     # CUHK-SYSU's size: 18,184 scenes, 8,432 identities, 2,900 queries
@@ -110,7 +111,9 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def plan_world(preset: SynthPreset, seed: int, image_dir: Path) -> tuple[list[SceneSpec], list[bool]]:
+def plan_world(
+    preset: SynthPreset, seed: int, image_dir: Path
+) -> tuple[list[SceneSpec], list[bool]]:
     """Decide every scene's size and labelled identities; return specs and an is-test flag each."""
     rng = _rng(seed, 0)
     n_scenes = preset.train_scenes + preset.test_scenes
@@ -134,18 +137,32 @@ def plan_world(preset: SynthPreset, seed: int, image_dir: Path) -> tuple[list[Sc
         height = int(rng.integers(preset.image_height[0], preset.image_height[1] + 1)) // 2 * 2
         width = int(height * rng.uniform(*preset.aspect)) // 2 * 2
         name = f"s{k + 1}.jpg"
-        specs.append(SceneSpec(
-            index=k, name=name, path=str(image_dir / name), seed=seed, height=height, width=width,
-            labelled=tuple((pid, appearances[pid]) for pid in holders[k]),
-            background=int(rng.integers(preset.background_people[0], preset.background_people[1] + 1)),
-            clutter=int(rng.integers(preset.clutter[0], preset.clutter[1] + 1)),
-            preset=preset,
-        ))
+        specs.append(
+            SceneSpec(
+                index=k,
+                name=name,
+                path=str(image_dir / name),
+                seed=seed,
+                height=height,
+                width=width,
+                labelled=tuple((pid, appearances[pid]) for pid in holders[k]),
+                background=int(
+                    rng.integers(preset.background_people[0], preset.background_people[1] + 1)
+                ),
+                clutter=int(rng.integers(preset.clutter[0], preset.clutter[1] + 1)),
+                preset=preset,
+            )
+        )
     return specs, is_test.tolist()
 
 
-def _assign_identities(rng: np.random.Generator, preset: SynthPreset, ids: range,
-                       scenes: np.ndarray, holders: list[list[int]]) -> None:
+def _assign_identities(
+    rng: np.random.Generator,
+    preset: SynthPreset,
+    ids: range,
+    scenes: np.ndarray,
+    holders: list[list[int]],
+) -> None:
     """Put each identity into 2 or more distinct scenes of its split, balancing the load."""
     counts = 2 + np.minimum(rng.poisson(preset.extra_appearances, len(ids)), 4)
     capacity = preset.max_labelled_per_scene
@@ -202,7 +219,9 @@ class _Layout:
         self.person_limit.append(limit)
 
 
-def _foot_y(rng: np.random.Generator, height: float, tallest: float, horizon: int, image_h: int) -> float:
+def _foot_y(
+    rng: np.random.Generator, height: float, tallest: float, horizon: int, image_h: int
+) -> float:
     # perspective: the ground point drops from the horizon as people get taller (nearer)
     return horizon + (image_h - horizon) * (height / tallest) * rng.uniform(0.8, 1.0)
 
@@ -279,8 +298,9 @@ def capture_degradation(height: float) -> float:
     return float(np.clip((SHARP_HEIGHT - height) / (SHARP_HEIGHT - BLURRY_HEIGHT), 0.0, 1.0))
 
 
-def _degrade_person(rng: np.random.Generator, image: Image.Image, box: tuple[int, int, int, int],
-                    alpha: Image.Image) -> None:
+def _degrade_person(
+    rng: np.random.Generator, image: Image.Image, box: tuple[int, int, int, int], alpha: Image.Image
+) -> None:
     """Blur, sensor noise and JPEG loss on one painted person, growing as the person gets smaller.
 
     A far (small) person is seen through more optical blur, more noise relative to the signal and
@@ -299,7 +319,9 @@ def _degrade_person(rng: np.random.Generator, image: Image.Image, box: tuple[int
         image.paste(Image.composite(degraded, region, alpha), box[:2])
         return
     pixels = np.asarray(degraded, dtype=np.float32)
-    pixels = pixels + np.random.default_rng(noise_seed).normal(0.0, noise, pixels.shape).astype(np.float32)
+    pixels = pixels + np.random.default_rng(noise_seed).normal(0.0, noise, pixels.shape).astype(
+        np.float32
+    )
     degraded = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     buffer = io.BytesIO()
     degraded.save(buffer, format="JPEG", quality=quality)
@@ -322,8 +344,15 @@ def _compose(rng: np.random.Generator, image: Image.Image, people: list, clutter
         x1, y1, x2, y2 = (int(v) for v in box)
         ground = np.asarray(image.getpixel(((x1 + x2) // 2, min(y2, image.height - 1))), float)
         shadow = tuple(int(v) for v in ground * 0.6)
-        draw.ellipse([x1 - (x2 - x1) * 0.1, y2 - (y2 - y1) * 0.025, x2 + (x2 - x1) * 0.1,
-                      y2 + (y2 - y1) * 0.02], fill=shadow)
+        draw.ellipse(
+            [
+                x1 - (x2 - x1) * 0.1,
+                y2 - (y2 - y1) * 0.025,
+                x2 + (x2 - x1) * 0.1,
+                y2 + (y2 - y1) * 0.02,
+            ],
+            fill=shadow,
+        )
         rgba = np.asarray(patch, dtype=np.float32)
         light = rng.uniform(0.72, 1.2) * rng.uniform(0.92, 1.08, 3)
         rgba[..., :3] = np.clip(rgba[..., :3] * light, 0, 255)
@@ -357,19 +386,28 @@ _ABSENT = np.zeros((1, 0), dtype=np.float64)  # MATLAB [] where a gallery image 
 _SCENE_FIELDS = ("imname", "idlocate", "ishard")
 
 
-def write_annotations(root: Path, results: list[SceneResult], is_test: list[bool],
-                      preset: SynthPreset, seed: int) -> dict[str, int]:
+def write_annotations(
+    root: Path, results: list[SceneResult], is_test: list[bool], preset: SynthPreset, seed: int
+) -> dict[str, int]:
     """Write Images, pool, Person, Train and TestG<N> .mat files; return the gallery sizes' query counts."""
     header = f"MATLAB 5.0 MAT-file, Platform: personsearch synth, preset {preset.name}, seed {seed}"
     annotation = root / "annotation"
     protocol_dir = annotation / "test" / "train_test"
     protocol_dir.mkdir(parents=True, exist_ok=True)
     images = [
-        (r.name, _count(len(r.boxes)),
-         Struct(("idlocate", "ishard"), [(_xywh(b), _flag(h)) for b, h in zip(r.boxes, r.hard, strict=True)]))
+        (
+            r.name,
+            _count(len(r.boxes)),
+            Struct(
+                ("idlocate", "ishard"),
+                [(_xywh(b), _flag(h)) for b, h in zip(r.boxes, r.hard, strict=True)],
+            ),
+        )
         for r in results
     ]
-    write_mat(annotation / "Images.mat", "Img", Struct(("imname", "nAppear", "box"), images), header)
+    write_mat(
+        annotation / "Images.mat", "Img", Struct(("imname", "nAppear", "box"), images), header
+    )
     test_names = [r.name for r, test in zip(results, is_test, strict=True) if test]
     write_mat(annotation / "pool.mat", "pool", Cell(test_names), header)
 
@@ -386,8 +424,12 @@ def write_annotations(root: Path, results: list[SceneResult], is_test: list[bool
         return (f"p{pid}", _count(len(scenes)), Struct(_SCENE_FIELDS, scenes))
 
     person_fields = ("idname", "nAppear", "scene")
-    write_mat(annotation / "Person.mat", "Person",
-              Struct(person_fields, [person(pid) for pid in sorted(sightings)]), header)
+    write_mat(
+        annotation / "Person.mat",
+        "Person",
+        Struct(person_fields, [person(pid) for pid in sorted(sightings)]),
+        header,
+    )
     train = Cell([Struct(person_fields, [person(pid)]) for pid in train_ids])
     write_mat(protocol_dir / "Train.mat", "Train", train, header)
 
@@ -399,19 +441,30 @@ def write_annotations(root: Path, results: list[SceneResult], is_test: list[bool
         seen = sightings[pid]
         own = int(rng.integers(len(seen)))
         name, box, hard = seen[own]
-        queries.append(Struct(_SCENE_FIELDS + ("idname",), [(name, _xywh(box), _flag(hard), f"p{pid}")]))
+        queries.append(
+            Struct(_SCENE_FIELDS + ("idname",), [(name, _xywh(box), _flag(hard), f"p{pid}")])
+        )
         holding = {s[0] for s in seen}
-        positives = [encode_fields(_SCENE_FIELDS, (n, _xywh(b), _flag(h)))
-                     for i, (n, b, h) in enumerate(seen) if i != own]
+        positives = [
+            encode_fields(_SCENE_FIELDS, (n, _xywh(b), _flag(h)))
+            for i, (n, b, h) in enumerate(seen)
+            if i != own
+        ]
         others = [n for n in test_names if n not in holding]
         galleries.append(positives + [absent[others[i]] for i in rng.permutation(len(others))])
     written = {}
     for size in GALLERY_SIZES:  # nested: each query's TestG50 gallery is a prefix of its TestG100
         if size > len(test_names) - 1:
             break
-        rows = [(q, Struct(_SCENE_FIELDS, g[:size])) for q, g in zip(queries, galleries, strict=True)]
-        write_mat(protocol_dir / f"TestG{size}.mat", f"TestG{size}", Struct(("Query", "Gallery"), rows),
-                  header)
+        rows = [
+            (q, Struct(_SCENE_FIELDS, g[:size])) for q, g in zip(queries, galleries, strict=True)
+        ]
+        write_mat(
+            protocol_dir / f"TestG{size}.mat",
+            f"TestG{size}",
+            Struct(("Query", "Gallery"), rows),
+            header,
+        )
         written[f"TestG{size}"] = len(rows)
     return written
 
@@ -419,39 +472,70 @@ def write_annotations(root: Path, results: list[SceneResult], is_test: list[bool
 # --------------------------------------------------------------------------- the whole world
 
 
-def world_stats(results: list[SceneResult], is_test: list[bool], preset: SynthPreset, seed: int,
-                protocols: dict[str, int]) -> dict:
+def world_stats(
+    results: list[SceneResult],
+    is_test: list[bool],
+    preset: SynthPreset,
+    seed: int,
+    protocols: dict[str, int],
+) -> dict:
     """Counts and scale statistics of a generated world (what stats.json holds)."""
     heights = np.array([b[3] for r in results for b in r.boxes], dtype=np.float64)
     pids = np.array([p for r in results for p in r.pids])
-    labelled_ids = {split: sorted({p for r, t in zip(results, is_test, strict=True) if t == split for p in r.pids
-                                   if p >= 0}) for split in (False, True)}
+    labelled_ids = {
+        split: sorted(
+            {
+                p
+                for r, t in zip(results, is_test, strict=True)
+                if t == split
+                for p in r.pids
+                if p >= 0
+            }
+        )
+        for split in (False, True)
+    }
     edges = np.geomspace(max(1.0, heights.min()), heights.max() + 1, 25)
     counts, _ = np.histogram(heights, bins=edges)
     return {
         "preset": preset.name,
         "seed": seed,
-        "scenes": {"train": int(len(is_test) - sum(is_test)), "test": int(sum(is_test)),
-                   "total": len(results)},
-        "boxes": {"labelled": int((pids >= 0).sum()), "background": int((pids < 0).sum()),
-                  "total": int(len(pids)), "hard": int(sum(sum(r.hard) for r in results))},
+        "scenes": {
+            "train": int(len(is_test) - sum(is_test)),
+            "test": int(sum(is_test)),
+            "total": len(results),
+        },
+        "boxes": {
+            "labelled": int((pids >= 0).sum()),
+            "background": int((pids < 0).sum()),
+            "total": int(len(pids)),
+            "hard": int(sum(sum(r.hard) for r in results)),
+        },
         "identities": {"train": len(labelled_ids[False]), "test": len(labelled_ids[True])},
         "protocols": protocols,
         "queries": preset.test_ids,
         "image_width": [min(r.width for r in results), max(r.width for r in results)],
         "image_height": [min(r.height for r in results), max(r.height for r in results)],
         "box_height": {
-            "min": int(heights.min()), "max": int(heights.max()),
+            "min": int(heights.min()),
+            "max": int(heights.max()),
             "mean": round(float(heights.mean()), 2),
-            "percentiles": {str(q): round(float(np.percentile(heights, q)), 1)
-                            for q in (5, 25, 50, 75, 95)},
+            "percentiles": {
+                str(q): round(float(np.percentile(heights, q)), 1) for q in (5, 25, 50, 75, 95)
+            },
             "histogram": {"edges": [round(float(e), 1) for e in edges], "counts": counts.tolist()},
         },
     }
 
 
-def generate_world(out: str | os.PathLike[str], preset: str | SynthPreset = "tiny", seed: int = 0,
-                   *, workers: int | None = None, force: bool = False, progress: bool = False) -> dict:
+def generate_world(
+    out: str | os.PathLike[str],
+    preset: str | SynthPreset = "tiny",
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
     """Generate a synthetic world into `out` atomically and return its statistics.
 
     The world is built in a sibling `<out>.partial-...` folder and renamed onto `out` only when
@@ -460,7 +544,9 @@ def generate_world(out: str | os.PathLike[str], preset: str | SynthPreset = "tin
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ConfigError(f"unknown synthetic preset {preset!r}: choose one of {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"unknown synthetic preset {preset!r}: choose one of {', '.join(PRESETS)}"
+            )
         preset = PRESETS[preset]
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
@@ -468,7 +554,9 @@ def generate_world(out: str | os.PathLike[str], preset: str | SynthPreset = "tin
     if out.exists() and not out.is_dir():
         raise DatasetError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise DatasetError(f"output folder {out} exists and is not empty: pass --force to replace it")
+        raise DatasetError(
+            f"output folder {out} exists and is not empty: pass --force to replace it"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
     partial.mkdir()

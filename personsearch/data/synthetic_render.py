@@ -52,18 +52,30 @@ COARSE_LOOKS: tuple[CoarseLook, ...] = (
     CoarseLook((50, 120, 70), (115, 115, 120), "trousers", (200, 150, 110), (30, 22, 15)),
     CoarseLook((130, 175, 225), (110, 110, 115), "shorts", (235, 190, 150), (60, 40, 25)),
     CoarseLook((235, 235, 230), (30, 30, 35), "skirt", (235, 190, 150), (60, 40, 25)),
-    CoarseLook((130, 130, 135), (60, 90, 140), "trousers", (110, 75, 50), (20, 15, 10),
-               jacket=(28, 28, 30)),
-    CoarseLook((235, 235, 230), (30, 40, 80), "trousers", (200, 150, 110), (30, 22, 15),
-               jacket=(30, 45, 100)),
+    CoarseLook(
+        (130, 130, 135), (60, 90, 140), "trousers", (110, 75, 50), (20, 15, 10), jacket=(28, 28, 30)
+    ),
+    CoarseLook(
+        (235, 235, 230),
+        (30, 40, 80),
+        "trousers",
+        (200, 150, 110),
+        (30, 22, 15),
+        jacket=(30, 45, 100),
+    ),
     CoarseLook((240, 200, 60), (30, 40, 80), "trousers", (160, 110, 75), (20, 15, 10)),
 )
 
 # Mid-scale cues: small parts of the body, so they barely move a region's mean colour.
 SHIRT_PATTERNS = ("plain", "hstripes", "vstripes", "checks", "diagonal")
 LOGOS = ("none", "circle", "square", "triangle", "diamond", "cross")
-LOGO_COLOURS: tuple[RGB, ...] = ((245, 245, 245), (20, 20, 20), (240, 200, 0), (200, 30, 35),
-                                 (40, 140, 200))
+LOGO_COLOURS: tuple[RGB, ...] = (
+    (245, 245, 245),
+    (20, 20, 20),
+    (240, 200, 0),
+    (200, 30, 35),
+    (40, 140, 200),
+)
 HAIR_STYLES = ("short", "short", "long", "bald", "ponytail")
 HATS = ("none", "none", "none", "cap", "beanie")
 # muted: a hat or a bag is a shape to recognise up close, not a colour blob seen from afar
@@ -208,7 +220,9 @@ class _BodyCanvas:
     def px(self, length: float) -> int:
         return max(1, int(round(length * self.unit)))
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: RGB, shirt: bool = False) -> None:
+    def ellipse(
+        self, cx: float, cy: float, rx: float, ry: float, fill: RGB, shirt: bool = False
+    ) -> None:
         self.draw.ellipse(self.box(cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
         if shirt:
             self.mask_draw.ellipse(self.box(cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
@@ -219,7 +233,9 @@ class _BodyCanvas:
         if shirt:
             self.mask_draw.polygon(pts, fill=255)
 
-    def line(self, points: list[tuple[float, float]], fill: RGB, width: float, shirt: bool = False) -> None:
+    def line(
+        self, points: list[tuple[float, float]], fill: RGB, width: float, shirt: bool = False
+    ) -> None:
         pts = [self.p(x, y) for x, y in points]
         self.draw.line(pts, fill=fill, width=self.px(width), joint="curve")
         for x, y in points:  # round the ends
@@ -267,8 +283,14 @@ class _Body:
     @classmethod
     def of(cls, app: Appearance, pose: Pose) -> _Body:
         bw = app.build * pose.squeeze
-        return cls(bw=bw, hip_y=0.49 * app.leg_ratio, shoulder_x=0.105 * bw, hip_x=0.09 * bw,
-                   leg_w=0.07 * math.sqrt(bw), arm_w=0.042 * math.sqrt(bw))
+        return cls(
+            bw=bw,
+            hip_y=0.49 * app.leg_ratio,
+            shoulder_x=0.105 * bw,
+            hip_x=0.09 * bw,
+            leg_w=0.07 * math.sqrt(bw),
+            arm_w=0.042 * math.sqrt(bw),
+        )
 
 
 def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
@@ -289,8 +311,15 @@ def render_person(app: Appearance, pose: Pose, height: int) -> Image.Image:
     if app.jacket is not None:
         _draw_jacket(c, app.jacket, pose, body, arms)
     if app.lower == "skirt":
-        c.polygon([(-0.085 * body.bw, body.hip_y - 0.08), (0.085 * body.bw, body.hip_y - 0.08),
-                   (body.hip_x + 0.05, 0.68), (-body.hip_x - 0.05, 0.68)], app.lower_colour)
+        c.polygon(
+            [
+                (-0.085 * body.bw, body.hip_y - 0.08),
+                (0.085 * body.bw, body.hip_y - 0.08),
+                (body.hip_x + 0.05, 0.68),
+                (-body.hip_x - 0.05, 0.68),
+            ],
+            app.lower_colour,
+        )
     _draw_forearms(c, app, body, arms)
     _draw_bag(c, app, pose, arms, body.bw)
     _draw_head(c, app, front)
@@ -313,8 +342,15 @@ def _draw_legs(c: _BodyCanvas, app: Appearance, pose: Pose, body: _Body) -> None
         c.ellipse(ankle[0] + side * 0.01, ankle[1] + 0.03, 0.04, 0.022, app.shoes)
     if app.lower != "skirt":
         hip_x, hip_y = body.hip_x, body.hip_y
-        c.polygon([(-hip_x, hip_y - 0.06), (hip_x, hip_y - 0.06), (hip_x * 0.6, hip_y + 0.06),
-                   (-hip_x * 0.6, hip_y + 0.06)], lower)
+        c.polygon(
+            [
+                (-hip_x, hip_y - 0.06),
+                (hip_x, hip_y - 0.06),
+                (hip_x * 0.6, hip_y + 0.06),
+                (-hip_x * 0.6, hip_y + 0.06),
+            ],
+            lower,
+        )
 
 
 def _arm_joints(pose: Pose, body: _Body) -> list[Arm]:
@@ -333,8 +369,14 @@ def _arm_joints(pose: Pose, body: _Body) -> list[Arm]:
 def _draw_shirt(c: _BodyCanvas, app: Appearance, pose: Pose, body: _Body, arms: list[Arm]) -> None:
     """Torso and sleeves, which share the shirt mask so the pattern covers both; the logo."""
     shoulder_x, hip_x, hip_y, bw = body.shoulder_x, body.hip_x, body.hip_y, body.bw
-    torso = [(-shoulder_x, 0.155), (shoulder_x, 0.155), (0.085 * bw, 0.33), (hip_x, hip_y),
-             (-hip_x, hip_y), (-0.085 * bw, 0.33)]
+    torso = [
+        (-shoulder_x, 0.155),
+        (shoulder_x, 0.155),
+        (0.085 * bw, 0.33),
+        (hip_x, hip_y),
+        (-hip_x, hip_y),
+        (-0.085 * bw, 0.33),
+    ]
     c.polygon(torso, app.shirt, shirt=True)
     for shoulder, elbow, _ in arms:
         c.line([shoulder, elbow], app.shirt, body.arm_w, shirt=True)
@@ -348,9 +390,16 @@ def _draw_jacket(c: _BodyCanvas, colour: RGB, pose: Pose, body: _Body, arms: lis
     """A jacket over the shirt: its two halves and upper sleeves."""
     inner = 0.0 if pose.back else 0.035 * body.bw  # open at the front, closed at the back
     for side in (-1, 1):
-        c.polygon([(side * inner, 0.16), (side * body.shoulder_x, 0.155),
-                   (side * 0.085 * body.bw, 0.33), (side * body.hip_x, body.hip_y + 0.01),
-                   (side * inner, body.hip_y + 0.01)], colour)
+        c.polygon(
+            [
+                (side * inner, 0.16),
+                (side * body.shoulder_x, 0.155),
+                (side * 0.085 * body.bw, 0.33),
+                (side * body.hip_x, body.hip_y + 0.01),
+                (side * inner, body.hip_y + 0.01),
+            ],
+            colour,
+        )
     for shoulder, elbow, _ in arms:
         c.line([shoulder, elbow], colour, body.arm_w * 1.08)
 
@@ -427,20 +476,36 @@ def _draw_bag(c: _BodyCanvas, app: Appearance, pose: Pose, arms: list[Arm], bw: 
     colour, side = app.bag_colour, app.bag_side
     if app.bag == "backpack":
         if pose.back:
-            c.polygon([(-0.08 * bw, 0.18), (0.08 * bw, 0.18), (0.085 * bw, 0.42),
-                       (-0.085 * bw, 0.42)], colour)
+            c.polygon(
+                [(-0.08 * bw, 0.18), (0.08 * bw, 0.18), (0.085 * bw, 0.42), (-0.085 * bw, 0.42)],
+                colour,
+            )
             c.line([(-0.06 * bw, 0.33), (0.06 * bw, 0.33)], tuple(v // 2 for v in colour), 0.008)
         else:
             for s in (-1, 1):
                 c.line([(s * 0.07 * bw, 0.16), (s * 0.065 * bw, 0.34)], colour, 0.014)
     elif app.bag == "shoulder":
         c.line([(-side * 0.08 * bw, 0.16), (side * 0.1 * bw, 0.44)], colour, 0.012)
-        c.polygon([(side * 0.08 * bw, 0.41), (side * 0.16 * bw, 0.41), (side * 0.16 * bw, 0.51),
-                   (side * 0.08 * bw, 0.51)], colour)
+        c.polygon(
+            [
+                (side * 0.08 * bw, 0.41),
+                (side * 0.16 * bw, 0.41),
+                (side * 0.16 * bw, 0.51),
+                (side * 0.08 * bw, 0.51),
+            ],
+            colour,
+        )
     elif app.bag == "hand":
         hand = arms[0 if side < 0 else 1][2]
-        c.polygon([(hand[0] - 0.035, hand[1] + 0.025), (hand[0] + 0.035, hand[1] + 0.025),
-                   (hand[0] + 0.04, hand[1] + 0.1), (hand[0] - 0.04, hand[1] + 0.1)], colour)
+        c.polygon(
+            [
+                (hand[0] - 0.035, hand[1] + 0.025),
+                (hand[0] + 0.035, hand[1] + 0.025),
+                (hand[0] + 0.04, hand[1] + 0.1),
+                (hand[0] - 0.04, hand[1] + 0.1),
+            ],
+            colour,
+        )
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -450,7 +515,11 @@ def draw_background(rng: np.random.Generator, width: int, height: int, horizon: 
     """Sky or wall above the horizon, buildings, a textured ground plane below it."""
     indoor = rng.random() < 0.3
     ys = np.arange(height, dtype=np.float32)[:, None, None]
-    top = rng.uniform(60, 230, 3) if indoor else np.array([rng.uniform(80, 160), rng.uniform(140, 200), 235.0])
+    top = (
+        rng.uniform(60, 230, 3)
+        if indoor
+        else np.array([rng.uniform(80, 160), rng.uniform(140, 200), 235.0])
+    )
     mid = top * rng.uniform(0.75, 1.05)
     ground_a = rng.uniform(60, 170, 3)
     ground_b = ground_a * rng.uniform(0.6, 1.2)
@@ -461,7 +530,9 @@ def draw_background(rng: np.random.Generator, width: int, height: int, horizon: 
     rows = np.where(ys < horizon, sky, ground).astype(np.float32)  # H x 1 x 3
     # low-frequency texture: a coarse random grid upsampled smoothly
     coarse = rng.normal(0, 10, (max(2, height // 24), max(2, width // 24))).astype(np.float32)
-    texture = np.asarray(Image.fromarray(coarse, "F").resize((width, height), Image.Resampling.BILINEAR))
+    texture = np.asarray(
+        Image.fromarray(coarse, "F").resize((width, height), Image.Resampling.BILINEAR)
+    )
     pixels = texture[..., None] + rows
     np.clip(pixels, 0, 255, out=pixels)
     pixels = pixels.astype(np.uint8)
@@ -472,8 +543,9 @@ def draw_background(rng: np.random.Generator, width: int, height: int, horizon: 
     return image
 
 
-def _draw_buildings(rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: int,
-                    horizon: int, indoor: bool) -> None:
+def _draw_buildings(
+    rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: int, horizon: int, indoor: bool
+) -> None:
     x = int(rng.integers(-width // 6, 0))
     while x < width:
         w = int(rng.uniform(0.12, 0.35) * width)
@@ -492,8 +564,14 @@ def _draw_buildings(rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: 
         x += w + int(rng.integers(0, max(1, width // 10)))
 
 
-def _draw_ground_lines(rng: np.random.Generator, draw: ImageDraw.ImageDraw, width: int,
-                       height: int, horizon: int, ground: np.ndarray) -> None:
+def _draw_ground_lines(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    width: int,
+    height: int,
+    horizon: int,
+    ground: np.ndarray,
+) -> None:
     vanish = rng.uniform(0.2, 0.8) * width
     line = tuple(int(v) for v in np.clip(ground * rng.uniform(0.6, 1.4), 0, 255))
     for _ in range(int(rng.integers(2, 7))):
@@ -512,13 +590,21 @@ CLUTTER_KINDS = ("pole", "crate", "car", "bin", "bench", "tree", "cone")
 
 def clutter_extent(kind: str, person_height: float) -> tuple[float, float]:
     """(width, height) of a clutter object standing where a person would be that tall."""
-    w, h = {"pole": (0.08, 2.2), "crate": (0.5, 0.4), "car": (2.1, 0.75), "bin": (0.3, 0.5),
-            "bench": (0.9, 0.45), "tree": (0.8, 2.5), "cone": (0.2, 0.35)}[kind]
+    w, h = {
+        "pole": (0.08, 2.2),
+        "crate": (0.5, 0.4),
+        "car": (2.1, 0.75),
+        "bin": (0.3, 0.5),
+        "bench": (0.9, 0.45),
+        "tree": (0.8, 2.5),
+        "cone": (0.2, 0.35),
+    }[kind]
     return w * person_height, h * person_height
 
 
-def draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, kind: str,
-                 box: tuple[int, int, int, int]) -> None:
+def draw_clutter(
+    rng: np.random.Generator, draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int]
+) -> None:
     """Draw one non-person object filling `box` (x1, y1, x2, y2); it is never annotated."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
@@ -533,10 +619,24 @@ def draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, kind: str,
     elif kind == "car":
         body_top = y1 + int(h * 0.4)
         draw.rounded_rectangle([x1, body_top, x2, y2 - h // 8], radius=max(1, h // 6), fill=colour)
-        draw.polygon([(x1 + w * 0.2, body_top), (x1 + w * 0.32, y1), (x1 + w * 0.7, y1),
-                      (x1 + w * 0.82, body_top)], fill=colour)
-        draw.polygon([(x1 + w * 0.26, body_top), (x1 + w * 0.35, y1 + h * 0.08),
-                      (x1 + w * 0.67, y1 + h * 0.08), (x1 + w * 0.76, body_top)], fill=(60, 80, 100))
+        draw.polygon(
+            [
+                (x1 + w * 0.2, body_top),
+                (x1 + w * 0.32, y1),
+                (x1 + w * 0.7, y1),
+                (x1 + w * 0.82, body_top),
+            ],
+            fill=colour,
+        )
+        draw.polygon(
+            [
+                (x1 + w * 0.26, body_top),
+                (x1 + w * 0.35, y1 + h * 0.08),
+                (x1 + w * 0.67, y1 + h * 0.08),
+                (x1 + w * 0.76, body_top),
+            ],
+            fill=(60, 80, 100),
+        )
         r = h // 5
         for cx in (x1 + w * 0.22, x1 + w * 0.78):
             draw.ellipse([cx - r, y2 - 2 * r, cx + r, y2], fill=(20, 20, 20))
@@ -557,5 +657,8 @@ def draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, kind: str,
         draw.ellipse([x1, y1, x2, y1 + int(h * 0.62)], fill=green)
     else:  # cone
         draw.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=(240, 110, 20))
-        draw.line([(x1 + w * 0.3, y1 + h * 0.55), (x2 - w * 0.3, y1 + h * 0.55)],
-                  fill=(250, 250, 250), width=max(1, h // 10))
+        draw.line(
+            [(x1 + w * 0.3, y1 + h * 0.55), (x2 - w * 0.3, y1 + h * 0.55)],
+            fill=(250, 250, 250),
+            width=max(1, h // 10),
+        )

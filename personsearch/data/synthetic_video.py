@@ -63,15 +63,19 @@ class VideoWorldSettings:
         if self.identities < 1:
             raise ConfigError(f"identities={self.identities} must be >= 1")
         if not (0 < self.fps <= 60 and 1 <= self.duration_s <= 600):
-            raise ConfigError(f"fps={self.fps} must be in (0, 60] and duration_s="
-                              f"{self.duration_s} in [1, 600]")
+            raise ConfigError(
+                f"fps={self.fps} must be in (0, 60] and duration_s={self.duration_s} in [1, 600]"
+            )
         if not (64 <= self.width <= 3840 and 64 <= self.height <= 2160):
-            raise ConfigError(f"frame size {self.width} x {self.height} must be within "
-                              "64 x 64 and 3840 x 2160")
+            raise ConfigError(
+                f"frame size {self.width} x {self.height} must be within 64 x 64 and 3840 x 2160"
+            )
         low, high = self.visit_s
         if not 0.5 <= low <= high <= self.duration_s:
-            raise ConfigError(f"visit_s={self.visit_s} must satisfy 0.5 <= low <= high <= "
-                              f"duration_s ({self.duration_s})")
+            raise ConfigError(
+                f"visit_s={self.visit_s} must satisfy 0.5 <= low <= high <= "
+                f"duration_s ({self.duration_s})"
+            )
 
     @property
     def frames(self) -> int:
@@ -95,8 +99,10 @@ class Visit:
     def position(self, time_s: float) -> tuple[float, float]:
         """(x centre in pixels, nearness) at `time_s`, walking at constant speed."""
         t = (time_s - self.start_s) / max(self.end_s - self.start_s, 1e-9)
-        return (self.start_x + self.speed_px_s * (time_s - self.start_s),
-                self.near_start + (self.near_end - self.near_start) * t)
+        return (
+            self.start_x + self.speed_px_s * (time_s - self.start_s),
+            self.near_start + (self.near_end - self.near_start) * t,
+        )
 
 
 _SMALLEST = 40.0  #: pixels: a person at the horizon
@@ -127,16 +133,30 @@ def plan_visits(settings: VideoWorldSettings) -> list[Visit]:
             direction = 1.0 if rng.random() < 0.5 else -1.0
             speed = direction * float(rng.uniform(0.5, 1.0)) * mean_height
             if rng.random() < 0.6:  # walks in from the edge behind it
-                start_x = -0.2 * mean_height if direction > 0 else settings.width + 0.2 * mean_height
+                start_x = (
+                    -0.2 * mean_height if direction > 0 else settings.width + 0.2 * mean_height
+                )
             else:  # steps out of a doorway or from behind something
                 start_x = float(rng.uniform(0.1, 0.9) * settings.width)
-            visits.append(Visit(pid, int(camera), start, start + length, start_x, speed,
-                                near_start, near_end, int(rng.integers(2**31))))
+            visits.append(
+                Visit(
+                    pid,
+                    int(camera),
+                    start,
+                    start + length,
+                    start_x,
+                    speed,
+                    near_start,
+                    near_end,
+                    int(rng.integers(2**31)),
+                )
+            )
     return visits
 
 
-def _person_box(visit: Visit, time_s: float, settings: VideoWorldSettings,
-                horizon: int) -> tuple[float, float, float, float]:
+def _person_box(
+    visit: Visit, time_s: float, settings: VideoWorldSettings, horizon: int
+) -> tuple[float, float, float, float]:
     """The unclipped box of a walking person: perspective puts the near (tall) low in the frame."""
     centre, near = visit.position(time_s)
     tallest = 0.85 * settings.height
@@ -146,8 +166,9 @@ def _person_box(visit: Visit, time_s: float, settings: VideoWorldSettings,
     return centre - width / 2, foot - height, centre + width / 2, foot
 
 
-def _visible_box(box: tuple[float, float, float, float], width: int,
-                 height: int) -> tuple[int, int, int, int] | None:
+def _visible_box(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[int, int, int, int] | None:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
     # A person counts as in view when at least half of the body is inside the frame.
@@ -156,8 +177,9 @@ def _visible_box(box: tuple[float, float, float, float], width: int,
     return cx1, cy1, cx2, cy2
 
 
-def _render_camera(camera: int, visits: list[Visit], appearances: list, settings: VideoWorldSettings,
-                   path: Path) -> list[dict[str, Any]]:
+def _render_camera(
+    camera: int, visits: list[Visit], appearances: list, settings: VideoWorldSettings, path: Path
+) -> list[dict[str, Any]]:
     """Encode one camera's video; return its per-frame ground truth."""
     import av
 
@@ -173,11 +195,14 @@ def _render_camera(camera: int, visits: list[Visit], appearances: list, settings
         poses = [sample_pose(pose_rng) for _ in range(2)]
         mirror = visit.speed_px_s < 0  # face the way the person walks
         drawings[id(visit)] = [
-            render_person(appearances[visit.pid], replace(p, mirror=mirror), tallest) for p in poses]
+            render_person(appearances[visit.pid], replace(p, mirror=mirror), tallest) for p in poses
+        ]
     frames_gt = []
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(settings.fps))
-                                      if float(settings.fps).is_integer() else settings.fps)
+        stream = container.add_stream(
+            "libx264",
+            rate=int(round(settings.fps)) if float(settings.fps).is_integer() else settings.fps,
+        )
         stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast"}
         for index in range(settings.frames):
@@ -196,8 +221,9 @@ def _render_camera(camera: int, visits: list[Visit], appearances: list, settings
                 sprite = patch.resize((w, h), Image.Resampling.BILINEAR)
                 left = int(round((x1 + x2) / 2 - w / 2))
                 frame.paste(sprite, (left, int(round(y1))), sprite)
-                visible = _visible_box((left, y1, left + w, y1 + h), settings.width,
-                                       settings.height)
+                visible = _visible_box(
+                    (left, y1, left + w, y1 + h), settings.width, settings.height
+                )
                 if visible is not None:
                     boxes.append([*visible, visit.pid])
             frames_gt.append({"frame": index, "time_s": round(time_s, 6), "boxes": boxes})
@@ -220,13 +246,13 @@ def _write_queries(folder: Path, appearances: list, settings: VideoWorldSettings
         scene.paste(person, (30, 40), person)
         name = f"{pid:04d}.jpg"
         scene.save(folder / name, format="JPEG", quality=92)
-        queries[str(pid)] = {"image": f"queries/{name}",
-                             "box": [30, 40, 30 + person.width, 240]}
+        queries[str(pid)] = {"image": f"queries/{name}", "box": [30, 40, 30 + person.width, 240]}
     return queries
 
 
-def generate_video_world(out: str | os.PathLike[str], settings: VideoWorldSettings | None = None,
-                         progress: bool = False) -> Path:
+def generate_video_world(
+    out: str | os.PathLike[str], settings: VideoWorldSettings | None = None, progress: bool = False
+) -> Path:
     """Write the world into `out` (replaced only when complete: a killed run leaves no half)."""
     settings = settings or VideoWorldSettings()
     out = Path(out)
@@ -245,13 +271,20 @@ def generate_video_world(out: str | os.PathLike[str], settings: VideoWorldSettin
             cameras = tqdm(cameras, desc="cameras", unit="video")
         for camera in cameras:
             name = f"videos/cam{camera}.mp4"
-            videos[name] = {"camera": camera, "fps": settings.fps, "width": settings.width,
-                            "height": settings.height,
-                            "frames": _render_camera(camera, visits, appearances, settings,
-                                                     partial / name)}
-        truth = {"format": FORMAT, "settings": asdict(settings), "videos": videos,
-                 "queries": _write_queries(partial / "queries", appearances, settings),
-                 "visits": [asdict(v) for v in visits]}
+            videos[name] = {
+                "camera": camera,
+                "fps": settings.fps,
+                "width": settings.width,
+                "height": settings.height,
+                "frames": _render_camera(camera, visits, appearances, settings, partial / name),
+            }
+        truth = {
+            "format": FORMAT,
+            "settings": asdict(settings),
+            "videos": videos,
+            "queries": _write_queries(partial / "queries", appearances, settings),
+            "visits": [asdict(v) for v in visits],
+        }
         (partial / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -268,8 +301,9 @@ def read_ground_truth(root: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         truth = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise ConfigError(f"{path} does not exist: not a video world "
-                          "(write one with generate_video_world)") from error
+        raise ConfigError(
+            f"{path} does not exist: not a video world (write one with generate_video_world)"
+        ) from error
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path} is not valid JSON ({error})") from error
     if truth.get("format") != FORMAT:
@@ -279,9 +313,13 @@ def read_ground_truth(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def ground_truth_arrays(truth: dict[str, Any], video: str) -> dict[str, np.ndarray]:
     """One video's boxes as flat arrays: frame, time_s, boxes (x1 y1 x2 y2), pid."""
-    rows = [(f["frame"], f["time_s"], *b) for f in truth["videos"][video]["frames"]
-            for b in f["boxes"]]
+    rows = [
+        (f["frame"], f["time_s"], *b) for f in truth["videos"][video]["frames"] for b in f["boxes"]
+    ]
     table = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    return {"frame": table[:, 0].astype(np.int64), "time_s": table[:, 1],
-            "boxes": table[:, 2:6], "pid": table[:, 6].astype(np.int64)}
-
+    return {
+        "frame": table[:, 0].astype(np.int64),
+        "time_s": table[:, 1],
+        "boxes": table[:, 2:6],
+        "pid": table[:, 6].astype(np.int64),
+    }

@@ -109,16 +109,20 @@ def _check_scenes(name: str, root: Path, read_images: bool, report: DatasetRepor
     for split, scenes in (("train", dataset.train), ("test", dataset.test)):
         boxes = sum(len(s.boxes) for s in scenes)
         labelled = sum(int(s.labeled.sum()) for s in scenes)
-        report.note(f"  {split}: {len(scenes)} images, {boxes} boxes ({labelled} labelled), "
-                    f"{len(dataset.identities(split))} identities")
+        report.note(
+            f"  {split}: {len(scenes)} images, {boxes} boxes ({labelled} labelled), "
+            f"{len(dataset.identities(split))} identities"
+        )
     all_boxes = np.concatenate([s.boxes for s in dataset.train + dataset.test] + [np.zeros((0, 4))])
     if len(all_boxes) == 0:
         raise DatasetError(f"{root}: the dataset holds no person boxes")
     check_finite_boxes(dataset.train + dataset.test)
     heights = all_boxes[:, 3] - all_boxes[:, 1]
     widths = all_boxes[:, 2] - all_boxes[:, 0]
-    report.note(f"  box height {heights.min():g}-{heights.max():g} px, "
-                f"width {widths.min():g}-{widths.max():g} px")
+    report.note(
+        f"  box height {heights.min():g}-{heights.max():g} px, "
+        f"width {widths.min():g}-{widths.max():g} px"
+    )
 
     identity_lists = _cuhk_identity_lists if name == "cuhk-sysu" else _prw_identity_lists
     for line in identity_lists(dataset, report):
@@ -132,8 +136,9 @@ def _check_scenes(name: str, root: Path, read_images: bool, report: DatasetRepor
     items = [(s.path, s.boxes) for s in scenes]
     sizes = check_images(items, read_images)
     if read_images:
-        report.note(f"  images: {len(items)} read, every box inside its image "
-                    f"(sizes {_size_range(sizes)})")
+        report.note(
+            f"  images: {len(items)} read, every box inside its image (sizes {_size_range(sizes)})"
+        )
     else:
         report.note(f"  images: {len(items)} found (not read: --no-images)")
 
@@ -148,8 +153,9 @@ def _protocols(name: str, root: Path, dataset: Any) -> list[Any]:
 
     sizes = available_gallery_sizes(root)
     if not sizes:
-        raise DatasetError(f"no protocol file (TestG50.mat ... TestG4000.mat) found in "
-                           f"{root / PROTOCOL_DIR}")
+        raise DatasetError(
+            f"no protocol file (TestG50.mat ... TestG4000.mat) found in {root / PROTOCOL_DIR}"
+        )
     missing = missing_protocol_files(root, len(dataset.test))
     if missing:
         raise DatasetError(
@@ -177,14 +183,19 @@ def check_finite_boxes(scenes: Any) -> None:
     """DatasetError naming the first box with a NaN or infinite coordinate (and how many)."""
     import numpy as np
 
-    bad = [(scene, i) for scene in scenes
-           for i in np.flatnonzero(~np.isfinite(scene.boxes).all(axis=1))]
+    bad = [
+        (scene, i)
+        for scene in scenes
+        for i in np.flatnonzero(~np.isfinite(scene.boxes).all(axis=1))
+    ]
     if bad:
         scene, i = bad[0]
         box = " ".join(f"{v:g}" for v in scene.boxes[i])
         more = f" ({len(bad) - 1} more such boxes)" if len(bad) > 1 else ""
-        raise DatasetError(f"{scene.path}: box {i + 1} [x1 y1 x2 y2 = {box}] is not finite "
-                           f"(NaN or infinite coordinates){more}")
+        raise DatasetError(
+            f"{scene.path}: box {i + 1} [x1 y1 x2 y2 = {box}] is not finite "
+            f"(NaN or infinite coordinates){more}"
+        )
 
 
 def describe_protocol(protocol: Any) -> str:
@@ -196,8 +207,7 @@ def describe_protocol(protocol: Any) -> str:
     holders = [int(q.holds_person.sum()) for q in protocol.queries]
     text = f"{protocol.name}: {len(protocol.queries)} queries"
     if listed:
-        text += (f", {_range(listed)} listed images per query, "
-                 f"{_range(holders)} holding the person")
+        text += f", {_range(listed)} listed images per query, {_range(holders)} holding the person"
     duplicates = sum(len(np.unique(q.gallery)) < len(q.gallery) for q in protocol.queries)
     own = sum(index.get(q.image, -1) in q.gallery for q in protocol.queries)
     if duplicates:
@@ -228,8 +238,9 @@ def protocol_problems(protocol: Any, test_scenes: dict[str, Any]) -> list[str]:
         for j in query.gallery[query.holds_person]:
             gallery_scene = test_scenes.get(protocol.images[j])
             if gallery_scene is None or not np.any(gallery_scene.pids == query.pid):
-                problems.append(f"{where}: listed image {protocol.images[j]} has no box of that "
-                                "person")
+                problems.append(
+                    f"{where}: listed image {protocol.images[j]} has no box of that person"
+                )
     if no_target:
         problems.append(f"{no_target} queries have no gallery image holding their person (AP 0)")
     return problems
@@ -260,8 +271,13 @@ def _cuhk_identity_lists(dataset: Any, report: DatasetReport) -> list[str]:
     line = f"{TRAIN_MAT}: {len(listed)} identities"
     if listed == found:
         return [line + ", the same as the training images' labels"]
-    report.warn(TRAIN_MAT, [f"{len(listed - found)} listed identities are not labelled in the "
-                            f"training images, {len(found - listed)} labelled ones are not listed"])
+    report.warn(
+        TRAIN_MAT,
+        [
+            f"{len(listed - found)} listed identities are not labelled in the "
+            f"training images, {len(found - listed)} labelled ones are not listed"
+        ],
+    )
     return [line]
 
 
@@ -273,11 +289,18 @@ def _prw_identity_lists(dataset: Any, report: DatasetReport) -> list[str]:
     for split, (filename, _) in ID_LISTS.items():
         listed = {int(p) for p in read_id_list(dataset.root, split)}
         found = {int(p) for p in dataset.identities(split)}
-        lines.append(f"{filename}: {len(listed)} identities listed, {len(found & listed)} of them "
-                     f"labelled in the {split} frames")
+        lines.append(
+            f"{filename}: {len(listed)} identities listed, {len(found & listed)} of them "
+            f"labelled in the {split} frames"
+        )
         if found - listed:
-            report.warn(filename, [f"{len(found - listed)} identities labelled in the {split} "
-                                   f"frames are not listed, e.g. {min(found - listed)}"])
+            report.warn(
+                filename,
+                [
+                    f"{len(found - listed)} identities labelled in the {split} "
+                    f"frames are not listed, e.g. {min(found - listed)}"
+                ],
+            )
     return lines
 
 
@@ -303,8 +326,13 @@ def _check_crops(
         gallery_cameras.setdefault(pid, set()).add(camera)
     lonely = [c for c in dataset.query if not gallery_cameras.get(c.pid, set()) - {c.camera}]
     if lonely:
-        report.warn("query", [f"{len(lonely)} queries have no gallery crop of their person from "
-                              f"another camera, e.g. {lonely[0].path.name}"])
+        report.warn(
+            "query",
+            [
+                f"{len(lonely)} queries have no gallery crop of their person from "
+                f"another camera, e.g. {lonely[0].path.name}"
+            ],
+        )
     if name == "cuhk03":
         from personsearch.data.cuhk03 import protocol_report
 
@@ -334,12 +362,16 @@ def _check_classes(name: str, root: Path, report: DatasetReport) -> None:
     for split in ("train", "test"):
         records = getattr(dataset, split)
         per_class = np.bincount(records.fine, minlength=NUM_CLASSES)
-        report.note(f"  {split}: {len(records)} images ({records.path.name}), "
-                    f"{int((per_class > 0).sum())} of {NUM_CLASSES} classes, "
-                    f"{_range(per_class.tolist())} images per class")
+        report.note(
+            f"  {split}: {len(records)} images ({records.path.name}), "
+            f"{int((per_class > 0).sum())} of {NUM_CLASSES} classes, "
+            f"{_range(per_class.tolist())} images per class"
+        )
         if len(records) != RELEASE_RECORDS[split]:
-            report.warn(records.path.name, [f"{len(records)} records; the release has "
-                                            f"{RELEASE_RECORDS[split]}"])
+            report.warn(
+                records.path.name,
+                [f"{len(records)} records; the release has {RELEASE_RECORDS[split]}"],
+            )
     names = "found" if dataset.fine_names else "not found (not needed to train or evaluate)"
     report.note(f"  class names (fine_label_names.txt): {names}")
 
@@ -357,8 +389,13 @@ def check_images(items: list[tuple[Path, Any]], read_images: bool) -> list[tuple
 
     problems: list[PersonSearchError] = []
     sizes = []
-    progress = tqdm(items, desc="checking images", unit="image", mininterval=0.5,
-                    disable=len(items) < PROGRESS_MIN_IMAGES)
+    progress = tqdm(
+        items,
+        desc="checking images",
+        unit="image",
+        mininterval=0.5,
+        disable=len(items) < PROGRESS_MIN_IMAGES,
+    )
     for path, boxes in progress:
         if not read_images:
             if not path.is_file():
@@ -390,17 +427,24 @@ def box_outside(path: Path, boxes: Any, size: tuple[int, int]) -> str | None:
     width, height = size
     tol_x = max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * width)
     tol_y = max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * height)
-    excess = np.stack([
-        (-boxes[:, 0]) / tol_x, (-boxes[:, 1]) / tol_y,
-        (boxes[:, 2] - width) / tol_x, (boxes[:, 3] - height) / tol_y,
-    ], axis=1)
+    excess = np.stack(
+        [
+            (-boxes[:, 0]) / tol_x,
+            (-boxes[:, 1]) / tol_y,
+            (boxes[:, 2] - width) / tol_x,
+            (boxes[:, 3] - height) / tol_y,
+        ],
+        axis=1,
+    )
     bad = np.flatnonzero((excess > 1).any(axis=1))
     if not bad.size:
         return None
     i = int(bad[0])
     box = " ".join(f"{v:g}" for v in boxes[i])
-    return (f"{path}: box {i + 1} [x1 y1 x2 y2 = {box}] extends outside the {width}x{height} image "
-            f"({len(bad)} such boxes in this image)")
+    return (
+        f"{path}: box {i + 1} [x1 y1 x2 y2 = {box}] extends outside the {width}x{height} image "
+        f"({len(bad)} such boxes in this image)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,8 +46,23 @@ from personsearch.data.images import MAX_PIXELS
 from personsearch.errors import PersonSearchError
 
 #: File suffixes read as videos (case-insensitive); anything PyAV opens works through the API.
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts",
-                  ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".mov",
+    ".avi",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ogv",
+)
 DEFAULT_FPS = 2.0  #: frames per second sampled by default: people stay in view for seconds
 
 
@@ -148,8 +163,13 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
             # AVI is estimated from the file size, so a cut file would look complete)
             duration = int(stream.frames) / float(stream.average_rate or fps)
         return VideoInfo(
-            path=str(path), width=width, height=height, fps=fps, duration_s=duration,
-            frames_in_header=int(stream.frames) or None, rotation=_header_rotation(stream),
+            path=str(path),
+            width=width,
+            height=height,
+            fps=fps,
+            duration_s=duration,
+            frames_in_header=int(stream.frames) or None,
+            rotation=_header_rotation(stream),
             codec=stream.codec_context.name,
             timing="frame-rate" if path.suffix.lower() == ".avi" else "pts",
         )
@@ -181,9 +201,14 @@ class _Sampler:
         return True
 
 
-def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ignore[no-untyped-def]
-                    estimate_index: bool,
-                    check_end: bool = True) -> Iterator[tuple[int, float, object]]:
+def _decoded_frames(
+    container,
+    stream,
+    path: Path,
+    info: VideoInfo,  # type: ignore[no-untyped-def]
+    estimate_index: bool,
+    check_end: bool = True,
+) -> Iterator[tuple[int, float, object]]:
     """(index, time, frame) for every decoded frame; a decoding error becomes a VideoError that
     says how far decoding got, and so does a video that ends long before its header says."""
     av = _import_av()
@@ -197,8 +222,11 @@ def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ign
             break
         except (av.error.FFmpegError, ValueError) as error:
             where = f" ({last_time:.2f} s)" if last_time is not None else ""
-            raise VideoError(f"{path}: decoding failed after {decoded} frames{where}: {error}",
-                             decoded, last_time) from None
+            raise VideoError(
+                f"{path}: decoding failed after {decoded} frames{where}: {error}",
+                decoded,
+                last_time,
+            ) from None
         if info.timing == "pts" and frame.time is not None:
             time_s = float(frame.time) - start
         else:
@@ -208,11 +236,18 @@ def _decoded_frames(container, stream, path: Path, info: VideoInfo,  # type: ign
         yield index, time_s, frame
     # FFmpeg ends a cut-off file quietly: a video that stops well before its header's duration
     # was truncated (frame counts in headers are often wrong, durations rarely by this much)
-    if check_end and info.duration_s and last_time is not None and (
-            last_time < 0.9 * info.duration_s - 1.0):
-        raise VideoError(f"{path}: the video ends at {last_time:.2f} s of the {info.duration_s:.2f} "
-                         f"s its header gives, after {decoded} frames: truncated?", decoded,
-                         last_time)
+    if (
+        check_end
+        and info.duration_s
+        and last_time is not None
+        and (last_time < 0.9 * info.duration_s - 1.0)
+    ):
+        raise VideoError(
+            f"{path}: the video ends at {last_time:.2f} s of the {info.duration_s:.2f} "
+            f"s its header gives, after {decoded} frames: truncated?",
+            decoded,
+            last_time,
+        )
 
 
 def read_video_frames(
@@ -230,8 +265,10 @@ def read_video_frames(
     path = Path(path)
     info = probe_video(path)
     if info.width * info.height > max_pixels:
-        raise VideoError(f"{path}: frames of {info.width} x {info.height} pixels are more than "
-                         f"the limit of {max_pixels:,} (a decompression bomb?)")
+        raise VideoError(
+            f"{path}: frames of {info.width} x {info.height} pixels are more than "
+            f"the limit of {max_pixels:,} (a decompression bomb?)"
+        )
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -241,21 +278,26 @@ def read_video_frames(
         if skip_b_frames is None:  # only where sampling leaves most frames unused anyway
             skip_b_frames = fps is not None and fps <= info.fps / 2
         # a stream without B-frames has nothing to skip (and keeps exact frame numbers)
-        skip_b_frames = (skip_b_frames and info.timing == "pts"
-                         and bool(stream.codec_context.has_b_frames))
+        skip_b_frames = (
+            skip_b_frames and info.timing == "pts" and bool(stream.codec_context.has_b_frames)
+        )
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
         elif skip_b_frames:
             stream.codec_context.skip_frame = "BIDIR"
         sampler = _Sampler(fps)
-        for index, time_s, frame in _decoded_frames(container, stream, path, info,
-                                                    keyframes or bool(skip_b_frames),
-                                                    check_end=not keyframes):
+        for index, time_s, frame in _decoded_frames(
+            container, stream, path, info, keyframes or bool(skip_b_frames), check_end=not keyframes
+        ):
             if not sampler.keep(time_s) or (start_after is not None and index <= start_after):
                 continue
             if frame.width * frame.height > max_pixels:
-                raise VideoError(f"{path}: frame {index} is {frame.width} x {frame.height} "
-                                 f"pixels, more than the limit of {max_pixels:,}", index, time_s)
+                raise VideoError(
+                    f"{path}: frame {index} is {frame.width} x {frame.height} "
+                    f"pixels, more than the limit of {max_pixels:,}",
+                    index,
+                    time_s,
+                )
             image = frame.to_ndarray(format="rgb24")
             rotation = int(getattr(frame, "rotation", 0) or 0) or info.rotation
             yield VideoFrame(index, time_s, _upright(image, rotation))

@@ -108,4 +108,3 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The run's last complete checkpoint (checkpoints/last.pt), or None."""
     path = Path(run_dir) / "checkpoints" / "last.pt"
     return path if path.is_file() else None
-

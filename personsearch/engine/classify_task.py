@@ -171,4 +171,3 @@ def top1_scores(
             metrics[f"top1_{name}"] = accuracy(per_level[:, k])
     metrics["images"] = float(len(labels))
     return metrics
-

@@ -60,7 +60,9 @@ def detect_scenes(
     try:
         for images, targets in loader:
             images = [image.to(dist_info.device, non_blocking=True) for image in images]
-            with torch.autocast(device_type=dist_info.device.type, enabled=dist_info.device.type == "cuda"):
+            with torch.autocast(
+                device_type=dist_info.device.type, enabled=dist_info.device.type == "cuda"
+            ):
                 outputs = model(images)
             for output, target in zip(outputs, targets, strict=True):
                 boxes = output["boxes"].float().cpu().numpy()

@@ -57,17 +57,28 @@ def _train(config: Config, checkpoint: Path | None, dist_info: DistInfo) -> dict
         raise DatasetError(f"{config.data.root}: no training scenes in {config.data.dataset}")
     model = build_detector(detector_config(config))
     if dist_info.is_main:
-        start = (f"torchvision COCO {model.config.coco_start}" if model.config.coco_start
-                 else f"backbone {model.config.backbone}")
+        start = (
+            f"torchvision COCO {model.config.coco_start}"
+            if model.config.coco_start
+            else f"backbone {model.config.backbone}"
+        )
         print(f"detector from {start}, initial weights: {model.weights_source}")
-    train_set = SceneDetectionDataset(scenes.train, flip_prob=FLIP_PROB if config.data.flip else 0.0)
+    train_set = SceneDetectionDataset(
+        scenes.train, flip_prob=FLIP_PROB if config.data.flip else 0.0
+    )
     loader = build_train_loader(train_set, config, dist_info, collate_fn=collate_detection)
 
     def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
         save_detector(config.run_dir / MODEL_FILE, module, config)  # type: ignore[arg-type]
 
-    trainer = Trainer(model, loader, config, dist_info,
-                      evaluate=detector_evaluator(scenes.test, config, dist_info), export=export)
+    trainer = Trainer(
+        model,
+        loader,
+        config,
+        dist_info,
+        evaluate=detector_evaluator(scenes.test, config, dist_info),
+        export=export,
+    )
     if checkpoint is not None:
         trainer.resume(checkpoint)
     return trainer.train()
@@ -92,4 +103,3 @@ def detector_evaluator(
         return detection_metrics(scenes, detections, det_thresh=module.config.score_thresh)  # type: ignore[union-attr]
 
     return evaluate
-

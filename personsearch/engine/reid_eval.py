@@ -212,7 +212,7 @@ BUILTIN_EMBEDDERS = ("colour", "bands", "imagenet")
 
 
 def build_embedder(spec: str, device: str | torch.device = "cpu") -> Embedder:
-    """"colour", "bands", "imagenet" or the path of an ONNX embedder config (YAML/JSON)."""
+    """ "colour", "bands", "imagenet" or the path of an ONNX embedder config (YAML/JSON)."""
     if spec == "colour":
         return ColorHistogramEmbedder()
     if spec == "bands":

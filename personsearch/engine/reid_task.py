@@ -141,8 +141,9 @@ def _train(
     def export(module: nn.Module) -> None:  # after the last checkpoint, before the final eval
         save_reid_model(config.run_dir / MODEL_FILE, module, config, pids)
 
-    trainer = Trainer(model, loader, config, dist_info, evaluate=evaluator, export=export,
-                      extra_hooks=extra_hooks)
+    trainer = Trainer(
+        model, loader, config, dist_info, evaluate=evaluator, export=export, extra_hooks=extra_hooks
+    )
     if checkpoint is not None:
         trainer.resume(checkpoint)
     return trainer.train()
@@ -161,4 +162,3 @@ def reid_evaluator(
         return evaluate_crops(module, query, gallery, batch, dist_info, workers)
 
     return evaluate
-

@@ -176,12 +176,16 @@ class Trainer:
         self.loader = loader
         sampler = loader.sampler
         if not (hasattr(sampler, "set_epoch") and hasattr(sampler, "batches_per_epoch")):
-            raise TypeError("the loader's sampler needs set_epoch(epoch, start_batch) (EpochSampler)")
+            raise TypeError(
+                "the loader's sampler needs set_epoch(epoch, start_batch) (EpochSampler)"
+            )
         self.sampler = sampler
         self.iters_per_epoch = int(sampler.batches_per_epoch)
         optim = config.optim
         self.iters_per_unit = 1 if config.iteration_based else self.iters_per_epoch
-        self.max_iter = optim.iterations if config.iteration_based else optim.epochs * self.iters_per_epoch
+        self.max_iter = (
+            optim.iterations if config.iteration_based else optim.epochs * self.iters_per_epoch
+        )
         self.iteration = 0
         if optim.warmup_iterations > self.max_iter:
             raise ConfigError(
@@ -390,15 +394,17 @@ class LoggingHook(Hook):
         # turning the sums into floats above waited for the GPU: the clock covers its work
         now = time.perf_counter()
         seconds = now - self.started - (trainer.hook_seconds - self.hook_seconds)
-        values["speed/images_per_s"] = self.count * trainer.config.optim.batch_size / max(
-            seconds, 1e-9
+        values["speed/images_per_s"] = (
+            self.count * trainer.config.optim.batch_size / max(seconds, 1e-9)
         )
         if trainer.device.type == "cuda":
             values["speed/peak_mem_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
         self.started, self.hook_seconds = now, trainer.hook_seconds
         epoch = trainer.iteration / trainer.iters_per_epoch
         trainer.logger.log("train", trainer.iteration, epoch, nest_keys(values))
-        self.bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{values['total']:.4f}", lr=f"{values['lr']:.2g}")
+        self.bar.set_postfix(
+            epoch=f"{epoch:.2f}", loss=f"{values['total']:.4f}", lr=f"{values['lr']:.2g}"
+        )
         self.sums, self.count = {}, 0
 
     def after_train(self, trainer: Trainer) -> None:

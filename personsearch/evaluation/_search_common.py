@@ -141,7 +141,12 @@ def flatten_protocol(protocol: SearchProtocol, duplicates: Duplicates) -> Entrie
         # SeqNet: an image listed twice is evaluated once, with its first entry's box
         _, first = np.unique(named_query * num_images + named_image, return_index=True)
         evaluated = np.sort(first)
-        query, image, gt, holds = query[evaluated], image[evaluated], gt[evaluated], holds[evaluated]
+        query, image, gt, holds = (
+            query[evaluated],
+            image[evaluated],
+            gt[evaluated],
+            holds[evaluated],
+        )
     index = protocol.image_index()
     own = np.array([index.get(t.image, -1) for t in queries], dtype=np.int64)
     camera = np.array([t.camera for t in queries], dtype=np.int64)
@@ -156,7 +161,6 @@ def flatten_protocol(protocol: SearchProtocol, duplicates: Duplicates) -> Entrie
         own_image=own,
         camera=camera,
     )
-
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -189,7 +193,6 @@ def positive_scores(
     return entry_query[qual_entry[starts]], np.maximum.reduceat(qual_sim, starts)
 
 
-
 def score_band(
     pos_query: np.ndarray, pos_score: np.ndarray, exact: ExactPairs | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +209,6 @@ def score_band(
     return upper, lower
 
 
-
 class ExactPairs:
     """Exact similarities of chosen (query, detection) pairs, and the error bound of float32 products.
 
@@ -218,7 +220,9 @@ class ExactPairs:
     remembered: the positives found first come back in the error bands of the counting.
     """
 
-    def __init__(self, queries: np.ndarray, feats: np.ndarray, det_norm: Callable[[], float]) -> None:
+    def __init__(
+        self, queries: np.ndarray, feats: np.ndarray, det_norm: Callable[[], float]
+    ) -> None:
         self.queries = queries
         self.feats = feats
         self._det_norm = det_norm
@@ -233,12 +237,16 @@ class ExactPairs:
         gamma = dim * u / (1 - dim * u)
         return (gamma + 4 * u) * _row_norms(self.queries) * self._det_norm() * 1.001
 
-    def __call__(self, query: np.ndarray, det: np.ndarray, threads: int = MAX_THREADS) -> np.ndarray:
+    def __call__(
+        self, query: np.ndarray, det: np.ndarray, threads: int = MAX_THREADS
+    ) -> np.ndarray:
         """Exact similarities of pairs (query[i], detection row det[i]), on up to `threads`."""
         keys = np.asarray(query, dtype=np.int64) * len(self.feats) + det
         out = np.empty(len(keys), dtype=np.float32)
         at = np.minimum(np.searchsorted(self._known_keys, keys), len(self._known_keys) - 1)
-        known = (self._known_keys[at] == keys) if len(self._known_keys) else np.zeros(len(keys), bool)
+        known = (
+            (self._known_keys[at] == keys) if len(self._known_keys) else np.zeros(len(keys), bool)
+        )
         out[known] = self._known_values[at[known]]
         missing = np.flatnonzero(~known)
         out[missing] = self._compute(query[missing], det[missing], threads)
@@ -248,7 +256,9 @@ class ExactPairs:
         self._known_values = np.r_[self._known_values, out[missing]][order]
         return out
 
-    def _compute(self, query: np.ndarray, det: np.ndarray, threads: int, chunk: int = 1024) -> np.ndarray:
+    def _compute(
+        self, query: np.ndarray, det: np.ndarray, threads: int, chunk: int = 1024
+    ) -> np.ndarray:
         out = np.empty(len(query), dtype=np.float32)
 
         def part(span: slice) -> None:
@@ -291,7 +301,6 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(squares / (1 - gamma)) * (1 + 2 * eps)
 
 
-
 def in_threads(
     function: Callable[[slice], T], total: int, min_chunk: int, max_threads: int = MAX_THREADS
 ) -> list[T]:
@@ -303,7 +312,9 @@ def in_threads(
         return [function(slice(0, total))]
     cuts = np.linspace(0, total, threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(function, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+        return list(
+            pool.map(function, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+        )
 
 
 def cpu_count() -> int:
@@ -312,4 +323,3 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return os.cpu_count() or 1
-

@@ -79,7 +79,9 @@ def _dense(
         queries = np.asarray(query_feats, dtype=np.float32)
         feats32 = np.asarray(feats, dtype=np.float32)
         known = gallery.norm_bound
-        exact = ExactPairs(query_feats, feats, lambda: known if known is not None else max_row_norm(feats))
+        exact = ExactPairs(
+            query_feats, feats, lambda: known if known is not None else max_row_norm(feats)
+        )
     else:
         queries = np.asarray(query_feats, dtype=np.float64)
     out_query, out_score, out_cand = [], [], []
@@ -105,7 +107,9 @@ def _dense(
         else:
             qual_sim = sims[entries.query[entry] - q0, column]
         pos_query, pos_score = positive_scores(entry, qual_sim, entries.query)
-        cand = _count_dense(sims, weights, q0, pos_query, pos_score, *score_band(pos_query, pos_score, exact), exact)
+        cand = _count_dense(
+            sims, weights, q0, pos_query, pos_score, *score_band(pos_query, pos_score, exact), exact
+        )
         out_query.append(pos_query)
         out_score.append(pos_score)
         out_cand.append(cand)
@@ -166,7 +170,9 @@ def _count_dense(
         owner = ranges(bounds[local], per_pair)
         pair = np.repeat(np.arange(len(local)), per_pair)
         counted = value[pair] >= pos_score[owner]
-        cand += np.bincount(owner[counted], weights=extra[pair][counted], minlength=len(cand)).astype(np.int64)
+        cand += np.bincount(
+            owner[counted], weights=extra[pair][counted], minlength=len(cand)
+        ).astype(np.int64)
     return cand
 
 

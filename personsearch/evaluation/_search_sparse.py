@@ -77,7 +77,8 @@ def _sparse(
         # detections are named by their row in the caller's array: no reordered copy is made
         known = gallery.norm_bound
         det_norm = (
-            (lambda: known) if known is not None
+            (lambda: known)
+            if known is not None
             else background.submit(max_row_norm, gallery.source_feats, 1).result
         )
         exact = ExactPairs(query_feats, gallery.source_feats, det_norm)
@@ -114,8 +115,14 @@ def _sparse(
         if context is not None:
             by_query = _stable_argsort(pair_query)  # images stay sorted within each query
             _cbgm_sparse(
-                sims, pair_query[by_query], pair_image[by_query], pair_bounds[:-1][by_query],
-                pair_len[by_query], gallery, cbgm, context,
+                sims,
+                pair_query[by_query],
+                pair_image[by_query],
+                pair_bounds[:-1][by_query],
+                pair_len[by_query],
+                gallery,
+                cbgm,
+                context,
             )
         pair_of = entry_pair[np.searchsorted(searched, qual_entry)]
         qual_sim = sims[pair_bounds[pair_of] + (qual_det - gallery.offsets[pair_image[pair_of]])]
@@ -125,11 +132,16 @@ def _sparse(
         return gallery.feat_rows[gallery.offsets[pair_image[pair]] + (rows - pair_bounds[pair])]
 
     cand = _count_at_least(
-        sims, pair_bounds, pair_query, weight if (weight != 1).any() else None,
-        pos_query, pos_score, exact, row_det,
+        sims,
+        pair_bounds,
+        pair_query,
+        weight if (weight != 1).any() else None,
+        pos_query,
+        pos_score,
+        exact,
+        row_det,
     )
     return entries.count_gt, pos_query, pos_score, cand
-
 
 
 def _count_at_least(
@@ -164,10 +176,13 @@ def _count_at_least(
     floor = np.full(num_queries, np.inf, dtype=np.float32)
     floor[has_pos] = np.minimum.reduceat(lower, pos_bounds[has_pos])
     pair_floor = np.repeat(floor[pair_query], np.diff(pair_bounds))
-    kept = np.concatenate(in_threads(
-        lambda rows: rows.start + np.flatnonzero(sims[rows] >= pair_floor[rows]),
-        len(sims), _ELEMENTS_PER_THREAD,
-    ))
+    kept = np.concatenate(
+        in_threads(
+            lambda rows: rows.start + np.flatnonzero(sims[rows] >= pair_floor[rows]),
+            len(sims),
+            _ELEMENTS_PER_THREAD,
+        )
+    )
     pair = np.searchsorted(pair_bounds, kept, side="right") - 1
     query = pair_query[pair]
     per_row = pos_bounds[query + 1] - pos_bounds[query]
@@ -193,7 +208,6 @@ def _count_at_least(
     return count
 
 
-
 def _weighted_count(
     flags: np.ndarray, owner: np.ndarray, weight: np.ndarray | None, size: int
 ) -> np.ndarray:
@@ -212,7 +226,6 @@ def _chunks(lengths: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
         hi = max(lo + 1, int(np.searchsorted(ends, start + budget, side="right")))
         yield lo, hi
         lo = hi
-
 
 
 def _stable_argsort(values: np.ndarray) -> np.ndarray:
@@ -297,7 +310,6 @@ def _pair_similarities(
     return out
 
 
-
 @contextlib.contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """Keep BLAS to one thread: waking its thread pool costs ten times more than each of the
@@ -335,4 +347,3 @@ def _cbgm_sparse(
             span = slice(pair_start[p], pair_start[p] + pair_len[p])
             lo, hi = gallery.offsets[g], gallery.offsets[g + 1]
             sims[span] = rescore_image(sims[span], context[q], gallery.feats[lo:hi])
-

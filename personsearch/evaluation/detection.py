@@ -113,7 +113,9 @@ def evaluate_detection(
     scores = det_scores[det_index]
     order = np.argsort(-scores, kind="stable")
     scores, hits = scores[order], matched[order]
-    last_of_tie = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else np.zeros(0, int)
+    last_of_tie = (
+        np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else np.zeros(0, int)
+    )
     tp = np.cumsum(hits)[last_of_tie]
     precision = tp / (last_of_tie + 1)
     recall_curve = tp / count_gt if count_gt else np.zeros(len(tp))

@@ -135,14 +135,20 @@ def _checked_inputs(
     g_pids = np.asarray(gallery_pids, dtype=np.int64).reshape(-1)
     q_cams = np.asarray(query_cams, dtype=np.int64).reshape(-1)
     g_cams = np.asarray(gallery_cams, dtype=np.int64).reshape(-1)
-    if scores.shape != (len(q_pids), len(g_pids)) or len(q_cams) != len(q_pids) or len(g_cams) != len(g_pids):
+    if (
+        scores.shape != (len(q_pids), len(g_pids))
+        or len(q_cams) != len(q_pids)
+        or len(g_cams) != len(g_pids)
+    ):
         raise ValueError(
             f"score matrix {scores.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery"
         )
     if exclude is not None:
         exclude = np.asarray(exclude, dtype=bool)
         if exclude.shape != scores.shape:
-            raise ValueError(f"exclude mask {exclude.shape} does not match the score matrix {scores.shape}")
+            raise ValueError(
+                f"exclude mask {exclude.shape} does not match the score matrix {scores.shape}"
+            )
     if kind not in ("similarity", "distance"):
         raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
     if scores.dtype.kind != "f":

@@ -252,7 +252,9 @@ def _check_normalised(feats: np.ndarray, name: str, source: str) -> None:
         )
 
 
-def _context(arrays: dict[str, np.ndarray], dim: int, source: str, num_queries: int) -> QueryContext | None:
+def _context(
+    arrays: dict[str, np.ndarray], dim: int, source: str, num_queries: int
+) -> QueryContext | None:
     present = [name for name in CONTEXT if name in arrays]
     if not present:
         return None

@@ -68,7 +68,9 @@ class ScaleBin:
 # 1/3 or 2/3 rounds to it: the edges are exact for integer-pixel boxes.
 SCALE_BINS: tuple[ScaleBin, ...] = (
     ScaleBin("smaller_3x", "gallery >=3x smaller", "r <= 1/3", 0.0, 1 / 3, False, True),
-    ScaleBin("smaller_1.5x", "gallery 1.5-3x smaller", "1/3 < r <= 2/3", 1 / 3, 1 / 1.5, False, True),
+    ScaleBin(
+        "smaller_1.5x", "gallery 1.5-3x smaller", "1/3 < r <= 2/3", 1 / 3, 1 / 1.5, False, True
+    ),
     ScaleBin("same", "within 1.5x", "2/3 < r < 1.5", 1 / 1.5, 1.5, False, False),
     ScaleBin("larger_1.5x", "gallery 1.5-3x larger", "1.5 <= r < 3", 1.5, 3.0, True, False),
     ScaleBin("larger_3x", "gallery >=3x larger", "r >= 3", 3.0, np.inf, True, False),
@@ -100,10 +102,17 @@ def box_heights(boxes: np.ndarray) -> np.ndarray:
     return boxes[..., 3].astype(np.float64) - boxes[..., 1].astype(np.float64)
 
 
-def _bin_entry(spec: ScaleBin, mean_ap: float, top1: float, queries: int, pairs: int,
-               top_key: str) -> dict[str, Any]:
-    return {"mAP": float(mean_ap), top_key: float(top1), "queries": int(queries),
-            "pairs": int(pairs), "label": spec.label, "range": spec.range}
+def _bin_entry(
+    spec: ScaleBin, mean_ap: float, top1: float, queries: int, pairs: int, top_key: str
+) -> dict[str, Any]:
+    return {
+        "mAP": float(mean_ap),
+        top_key: float(top1),
+        "queries": int(queries),
+        "pairs": int(pairs),
+        "label": spec.label,
+        "range": spec.range,
+    }
 
 
 # ---------------------------------------------------------------------------- re-id on crops
@@ -133,7 +142,11 @@ def reid_by_scale(
     q_heights = np.asarray(query_heights, dtype=np.float64).reshape(-1)
     g_heights = np.asarray(gallery_heights, dtype=np.float64).reshape(-1)
     num_queries, num_gallery = len(q_pids), len(g_pids)
-    if scores.shape != (num_queries, num_gallery) or len(q_cams) != num_queries or len(g_cams) != num_gallery:
+    if (
+        scores.shape != (num_queries, num_gallery)
+        or len(q_cams) != num_queries
+        or len(g_cams) != num_gallery
+    ):
         raise ValueError(
             f"score matrix {scores.shape} does not match {num_queries} queries x {num_gallery} gallery"
         )
@@ -172,10 +185,12 @@ def reid_by_scale(
         exclude = np.zeros((len(counted), num_gallery), dtype=bool)
         exclude[local[row[outside]], col[outside]] = True
         sub = scores if len(counted) == num_queries else scores[counted]
-        result = evaluate_reid(sub, q_pids[counted], g_pids, q_cams[counted], g_cams, kind=kind,
-                               exclude=exclude)
-        out[spec.key] = _bin_entry(spec, result.mAP, result.rank1, result.num_valid_queries,
-                                   int(in_bin.sum()), "rank1")
+        result = evaluate_reid(
+            sub, q_pids[counted], g_pids, q_cams[counted], g_cams, kind=kind, exclude=exclude
+        )
+        out[spec.key] = _bin_entry(
+            spec, result.mAP, result.rank1, result.num_valid_queries, int(in_bin.sum()), "rank1"
+        )
     return out
 
 
@@ -228,7 +243,11 @@ def scale_protocols(protocol: SearchProtocol) -> dict[str, BinProtocols]:
                 kept.append(task)
                 kept_index.append(q)
             elif protocol.unlisted == "none":
-                kept.append(dataclasses.replace(task, gallery=task.gallery[keep], gt_boxes=task.gt_boxes[keep]))
+                kept.append(
+                    dataclasses.replace(
+                        task, gallery=task.gallery[keep], gt_boxes=task.gt_boxes[keep]
+                    )
+                )
                 kept_index.append(q)
             else:
                 explicit.append(_written_out(protocol, task, keep, index))
@@ -236,17 +255,24 @@ def scale_protocols(protocol: SearchProtocol) -> dict[str, BinProtocols]:
         parts = []
         name = f"{protocol.name}[{spec.key}]"
         if kept:
-            parts.append((dataclasses.replace(protocol, name=name, queries=tuple(kept)),
-                          np.array(kept_index, dtype=np.int64)))
+            parts.append(
+                (
+                    dataclasses.replace(protocol, name=name, queries=tuple(kept)),
+                    np.array(kept_index, dtype=np.int64),
+                )
+            )
         for lo in range(0, len(explicit), chunk):
-            sub = dataclasses.replace(protocol, name=name, queries=tuple(explicit[lo : lo + chunk]),
-                                      unlisted="none")
+            sub = dataclasses.replace(
+                protocol, name=name, queries=tuple(explicit[lo : lo + chunk]), unlisted="none"
+            )
             parts.append((sub, np.array(explicit_index[lo : lo + chunk], dtype=np.int64)))
         out[spec.key] = BinProtocols(tuple(parts), len(kept) + len(explicit), pairs)
     return out
 
 
-def _written_out(protocol: SearchProtocol, task: QueryTask, keep: np.ndarray, index: dict[str, int]) -> QueryTask:
+def _written_out(
+    protocol: SearchProtocol, task: QueryTask, keep: np.ndarray, index: dict[str, int]
+) -> QueryTask:
     """`task` with entries `keep` plus, listed without the person, every image the protocol
     searches unlisted for it: not named in its list (removed entries included), not its own
     image, and with "other-cameras" from another camera."""
@@ -259,11 +285,16 @@ def _written_out(protocol: SearchProtocol, task: QueryTask, keep: np.ndarray, in
         searched &= protocol.image_cameras != task.camera
     extra = np.flatnonzero(searched)
     gt = np.full((len(extra), 4), np.nan, dtype=np.float32)
-    return dataclasses.replace(task, gallery=np.r_[task.gallery[keep], extra],
-                               gt_boxes=np.concatenate([task.gt_boxes[keep], gt]))
+    return dataclasses.replace(
+        task,
+        gallery=np.r_[task.gallery[keep], extra],
+        gt_boxes=np.concatenate([task.gt_boxes[keep], gt]),
+    )
 
 
-def _context_subset(context: QueryContext | None, queries: np.ndarray, total: int) -> QueryContext | None:
+def _context_subset(
+    context: QueryContext | None, queries: np.ndarray, total: int
+) -> QueryContext | None:
     """The context rows of `queries`, renumbered to their position in it."""
     if context is None:
         return None
@@ -272,7 +303,9 @@ def _context_subset(context: QueryContext | None, queries: np.ndarray, total: in
     index = local[np.asarray(context.query_index, dtype=np.int64)]
     rows = np.flatnonzero(index >= 0)
     boxes = None if context.boxes is None else np.asarray(context.boxes)[rows]
-    return QueryContext(index[rows], np.asarray(context.feats)[rows], np.asarray(context.scores)[rows], boxes)
+    return QueryContext(
+        index[rows], np.asarray(context.feats)[rows], np.asarray(context.scores)[rows], boxes
+    )
 
 
 def search_by_scale(
@@ -310,7 +343,12 @@ def search_by_scale(
         ap, top1 = [], []
         for sub, queries in part.parts:
             result = evaluate_search(
-                sub, gallery, query_feats[queries], duplicates=duplicates, ks=(1,), cbgm=cbgm,
+                sub,
+                gallery,
+                query_feats[queries],
+                duplicates=duplicates,
+                ks=(1,),
+                cbgm=cbgm,
                 query_context=_context_subset(query_context, queries, len(protocol.queries)),
             )
             ap.append(result.ap)
@@ -333,6 +371,8 @@ def scale_table(by_scale: dict[str, dict[str, Any]], title: str = "") -> str:
         mean_ap = f"{100 * values['mAP']:>8.2f}" if counted else f"{'-':>8}"
         top = f"{100 * values[top_key]:>8.2f}" if counted else f"{'-':>8}"
         label = values.get("label", key)
-        lines.append(f"{label:<24}{values.get('range', ''):<17}{values['queries']:>8}"
-                     f"{values['pairs']:>8}{mean_ap}{top}")
+        lines.append(
+            f"{label:<24}{values.get('range', ''):<17}{values['queries']:>8}"
+            f"{values['pairs']:>8}{mean_ap}{top}"
+        )
     return "\n".join(lines)

@@ -55,14 +55,21 @@ def score_detections(
     gt_boxes = np.concatenate([s.boxes for s in scenes] + [np.zeros((0, 4), np.float32)])
     gt_labeled = np.concatenate([s.labeled for s in scenes] + [np.zeros(0, bool)])
     return evaluate_detection(
-        gt_image.astype(np.int64), gt_boxes, detections.det_image, detections.det_boxes,
-        detections.det_scores, len(scenes), det_thresh=det_thresh, gt_labeled=gt_labeled,
+        gt_image.astype(np.int64),
+        gt_boxes,
+        detections.det_image,
+        detections.det_boxes,
+        detections.det_scores,
+        len(scenes),
+        det_thresh=det_thresh,
+        gt_labeled=gt_labeled,
         labeled_only=labeled_only,
     )
 
 
-def detection_metrics(scenes: Sequence[Scene], detections: SceneDetections,
-                      det_thresh: float = 0.5) -> dict[str, float]:
+def detection_metrics(
+    scenes: Sequence[Scene], detections: SceneDetections, det_thresh: float = 0.5
+) -> dict[str, float]:
     """The numbers a run reports, in %: recall and AP at det_thresh, then over all detections."""
     at_thresh = score_detections(scenes, detections, det_thresh)
     everything = score_detections(scenes, detections, 0.0)
@@ -74,5 +81,7 @@ def detection_metrics(scenes: Sequence[Scene], detections: SceneDetections,
         "ap_all": 100 * everything.ap,
         "labeled_recall": 100 * labeled.recall,
         "labeled_ap": 100 * labeled.ap,
-        "detections_per_image": float((detections.det_scores >= det_thresh).sum() / max(len(scenes), 1)),
+        "detections_per_image": float(
+            (detections.det_scores >= det_thresh).sum() / max(len(scenes), 1)
+        ),
     }

@@ -38,8 +38,15 @@ from personsearch.evaluation.cbgm import CBGMOptions, QueryContext
 
 # GalleryDetections and Duplicates are this module's API; they live in _search_common because
 # both kernels need them too (importing them from here would be a cycle).
-__all__ = ["Duplicates", "GalleryDetections", "SearchPath", "SearchScores", "TOP_K",
-           "evaluate_search", "similarity"]
+__all__ = [
+    "Duplicates",
+    "GalleryDetections",
+    "SearchPath",
+    "SearchScores",
+    "TOP_K",
+    "evaluate_search",
+    "similarity",
+]
 
 SearchPath = Literal["auto", "sparse", "dense"]
 TOP_K = (1, 5, 10)
@@ -81,7 +88,6 @@ class SearchScores:
         out = {"mAP": self.mAP}
         out.update({f"top{k}": self.top(k) for k in self.ks})
         return out
-
 
 
 def _finish(
@@ -157,7 +163,9 @@ def evaluate_search(
     if cbgm is not None:
         if query_context is None:
             raise ValueError("CBGM needs the query images' context detections (query_context)")
-        query_boxes = np.stack([t.box for t in protocol.queries]) if protocol.queries else np.zeros((0, 4))
+        query_boxes = (
+            np.stack([t.box for t in protocol.queries]) if protocol.queries else np.zeros((0, 4))
+        )
         context = query_context.persons_per_query(query_boxes, cbgm.k2 - 1)
     ks = tuple(int(k) for k in ks)
     if _chosen_path(protocol, gallery, path) == "sparse":

@@ -88,8 +88,9 @@ def _size_entry(row: GalleryEvaluation) -> dict[str, Any]:
     return entry
 
 
-def search_gallery_sizes(dataset: str, root: str | os.PathLike[str],
-                         gallery_size: int | str = MAIN_GALLERY_SIZE) -> list[GallerySize]:
+def search_gallery_sizes(
+    dataset: str, root: str | os.PathLike[str], gallery_size: int | str = MAIN_GALLERY_SIZE
+) -> list[GallerySize]:
     """The gallery sizes to evaluate: [None] for PRW; for CUHK-SYSU the one asked for, or with
     "all-sizes" every size whose TestG file exists plus "full" ([100] if none exists)."""
     if dataset == "prw":
@@ -99,19 +100,29 @@ def search_gallery_sizes(dataset: str, root: str | os.PathLike[str],
     return [gallery_size if gallery_size == "full" else int(gallery_size)]
 
 
-def iter_protocols(dataset: str, root: str | os.PathLike[str], sizes: Sequence[GallerySize],
-                   cross_camera: bool = False) -> Iterator[tuple[GallerySize, SearchProtocol]]:
+def iter_protocols(
+    dataset: str,
+    root: str | os.PathLike[str],
+    sizes: Sequence[GallerySize],
+    cross_camera: bool = False,
+) -> Iterator[tuple[GallerySize, SearchProtocol]]:
     """(size, protocol) for each size, each read when reached (several CUHK-SYSU files are
     first parsed in parallel into the protocol cache)."""
     if dataset == "cuhk-sysu" and len(sizes) > 1:
         cache_protocols(root, sizes)  # first parse of every .mat file, in parallel
     for size in sizes:
         gallery_size = MAIN_GALLERY_SIZE if size is None else size
-        yield size, load_search_protocol(dataset, root, gallery_size=gallery_size,
-                                         cross_camera=cross_camera)
+        yield (
+            size,
+            load_search_protocol(
+                dataset, root, gallery_size=gallery_size, cross_camera=cross_camera
+            ),
+        )
 
 
-def check_queries(results: ResultsFile, protocol: SearchProtocol, source: str | os.PathLike[str]) -> None:
+def check_queries(
+    results: ResultsFile, protocol: SearchProtocol, source: str | os.PathLike[str]
+) -> None:
     """ResultsError unless the results file holds one query feature per protocol query."""
     if len(results.query_feats) != len(protocol.queries):
         raise ResultsError(
@@ -149,8 +160,13 @@ def evaluate_protocols(
     return rows
 
 
-def cbgm_options(dataset: str, results: ResultsFile, source: str | os.PathLike[str],
-                 k1: int | None = None, k2: int | None = None) -> CBGMOptions:
+def cbgm_options(
+    dataset: str,
+    results: ResultsFile,
+    source: str | os.PathLike[str],
+    k1: int | None = None,
+    k2: int | None = None,
+) -> CBGMOptions:
     """CBGM's settings (the dataset's defaults where k1/k2 are None), refused when the results
     file lacks the query images' detections."""
     if results.context is None:
@@ -185,8 +201,15 @@ def evaluate_results_file(
     options = cbgm_options(dataset, results, results_path, cbgm_k1, cbgm_k2) if cbgm else None
     sizes = search_gallery_sizes(dataset, root, gallery_size)
     protocols = iter_protocols(dataset, root, sizes, cross_camera)
-    rows = evaluate_protocols(results, protocols, det_thresh=det_thresh, duplicates=duplicates,
-                              cbgm=options, by_scale=by_scale, source=results_path)
+    rows = evaluate_protocols(
+        results,
+        protocols,
+        det_thresh=det_thresh,
+        duplicates=duplicates,
+        cbgm=options,
+        by_scale=by_scale,
+        source=results_path,
+    )
     return SearchEvaluation(dataset, Path(results_path), det_thresh, duplicates, options, rows)
 
 
@@ -194,7 +217,11 @@ def write_per_query(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluati
     """A CSV row per query of every gallery size: AP, counts and the top-k hits."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         ks = rows[0].result.ks
-        handle.write("protocol,query,image,pid,ap,count_gt,count_tp," + ",".join(f"top{k}" for k in ks) + "\n")
+        handle.write(
+            "protocol,query,image,pid,ap,count_gt,count_tp,"
+            + ",".join(f"top{k}" for k in ks)
+            + "\n"
+        )
         for row in rows:
             protocol, result = row.protocol, row.result
             for i, task in enumerate(protocol.queries):

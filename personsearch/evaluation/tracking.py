@@ -36,9 +36,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def match_detections(det_frame: np.ndarray, det_boxes: np.ndarray, gt_frame: np.ndarray,
-                     gt_boxes: np.ndarray, gt_pid: np.ndarray,
-                     min_iou: float = MATCH_IOU) -> np.ndarray:
+def match_detections(
+    det_frame: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_frame: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_pid: np.ndarray,
+    min_iou: float = MATCH_IOU,
+) -> np.ndarray:
     """(M,) the identity of the ground-truth box each detection matches (-1: none)."""
     matched = np.full(len(det_frame), -1, dtype=np.int64)
     for frame in np.intersect1d(det_frame, gt_frame):
@@ -52,8 +57,9 @@ def match_detections(det_frame: np.ndarray, det_boxes: np.ndarray, gt_frame: np.
     return matched
 
 
-def track_quality(det_frame: np.ndarray, det_track: np.ndarray, det_pid: np.ndarray,
-                  gt_boxes_total: int) -> dict[str, Any]:
+def track_quality(
+    det_frame: np.ndarray, det_track: np.ndarray, det_pid: np.ndarray, gt_boxes_total: int
+) -> dict[str, Any]:
     """Identity switches, fragments, purity and IDF1 of one video's tracked detections.
 
     `det_pid` is `match_detections`' output; `det_track` each detection's track (-1: none);
@@ -99,8 +105,12 @@ def tracks_kept(found_sampled: set[Any], found_every_frame: set[Any]) -> float:
     return len(found_sampled & found_every_frame) / len(found_every_frame)
 
 
-def track_search_ap(track_scores: np.ndarray, track_relevant: np.ndarray, relevant_total: int,
-                    track_trajectory: np.ndarray | None = None) -> float:
+def track_search_ap(
+    track_scores: np.ndarray,
+    track_relevant: np.ndarray,
+    relevant_total: int,
+    track_trajectory: np.ndarray | None = None,
+) -> float:
     """Average precision of one query over a gallery of tracks (one hit per track).
 
     `track_relevant` says whether each track's majority identity is the query's;

@@ -94,17 +94,29 @@ def export_reid_onnx(
     path = Path(path)
     with atomic_path(path) as tmp:
         _torch_export(
-            model, (sample,), tmp, ["images"], ["embeddings"],
+            model,
+            (sample,),
+            tmp,
+            ["images"],
+            ["embeddings"],
             {"images": {0: "batch"}, "embeddings": {0: "batch"}},
         )
-        check = torch.randn(check_batch, 3, height, width, generator=torch.Generator().manual_seed(1))
+        check = torch.randn(
+            check_batch, 3, height, width, generator=torch.Generator().manual_seed(1)
+        )
         with torch.no_grad():
             expected = [model(check)]
         diff = onnx_parity(tmp, {"images": check}, expected, tolerance, what=f"re-id export {path}")
         config = OnnxEmbedderConfig(
-            model=str(path), input_height=height, input_width=width,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_scale=255.0, channel_order="rgb",
-            name=name or path.stem, extra=dict(extra or {}),
+            model=str(path),
+            input_height=height,
+            input_width=width,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            pixel_scale=255.0,
+            channel_order="rgb",
+            name=name or path.stem,
+            extra=dict(extra or {}),
         )
         config_path = embedder_config_path(path)
         write_embedder_config(config_path, config)
@@ -123,7 +135,9 @@ def export_reid_run(
     out = Path(out) if out is not None else folder / "reid.onnx"
     extra = {"run": str(folder), "dataset": str(meta.get("dataset", ""))}
     head = meta.get("model_config", {}).get("head", "reid")
-    return export_reid_onnx(model, out, crop_size, name=f"{head}-{folder.name}", extra=extra, **kwargs)
+    return export_reid_onnx(
+        model, out, crop_size, name=f"{head}-{folder.name}", extra=extra, **kwargs
+    )
 
 
 def export_detector_run(
@@ -141,8 +155,11 @@ def export_detector_run(
 
 
 def export_coco_detector(
-    name: str, out: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
-    score_thresh: float = 0.5, image_size: Sequence[int] = (480, 640),
+    name: str,
+    out: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    score_thresh: float = 0.5,
+    image_size: Sequence[int] = (480, 640),
 ) -> ExportReport:
     """Export one of torchvision's COCO detectors (`personsearch.models.coco`) as an
     ONNX person detector: the graph keeps the person class only, so it reads as the
@@ -151,8 +168,12 @@ def export_coco_detector(
 
     detector = CocoDetector(name, weights=weights, score_thresh=0.0)
     return export_detector_onnx(
-        _PersonsOnly(detector.network), out, image_size, score_thresh=score_thresh,
-        name=f"torchvision-{name}", extra={"torchvision": name, "weights": detector.weights_source},
+        _PersonsOnly(detector.network),
+        out,
+        image_size,
+        score_thresh=score_thresh,
+        name=f"torchvision-{name}",
+        extra={"torchvision": name, "weights": detector.weights_source},
         parity_top=20,
     )
 
@@ -221,7 +242,8 @@ def export_pipeline(
             detector = "hog" if hog_available() else "whole-image"
         elif detector not in ("hog", "whole-image"):
             detector_report = export_detector_run(
-                resolve_spec_path(source, detector), work / "detector.onnx",
+                resolve_spec_path(source, detector),
+                work / "detector.onnx",
                 score_thresh=det_thresh,
             )
             detector = str(out / detector_report.config_path.name)
@@ -229,8 +251,9 @@ def export_pipeline(
             config = read_embedder_config(resolve_spec_path(source, reid))
             model = work / Path(config.model).name
             shutil.copyfile(config.model, model)
-            write_embedder_config(work / "reid.onnx.yaml",
-                                  dataclasses.replace(config, model=str(model)))
+            write_embedder_config(
+                work / "reid.onnx.yaml", dataclasses.replace(config, model=str(model))
+            )
             reid = str(out / "reid.onnx.yaml")
         else:
             reid_report = export_reid_run(resolve_spec_path(source, reid), work / "reid.onnx")
@@ -238,8 +261,11 @@ def export_pipeline(
         for written in work.iterdir():  # configs name their models relative: they move together
             os.replace(written, out / written.name)
     detector_report, reid_report = (
-        None if report is None else dataclasses.replace(
-            report, path=out / report.path.name, config_path=out / report.config_path.name)
+        None
+        if report is None
+        else dataclasses.replace(
+            report, path=out / report.path.name, config_path=out / report.config_path.name
+        )
         for report in (detector_report, reid_report)
     )
     path = write_pipeline_spec(out, detector, reid, det_thresh)
@@ -286,9 +312,16 @@ def export_detector_onnx(
     path = Path(path)
     with atomic_path(path) as tmp:
         _torch_export(
-            wrapped, (sample,), tmp, ["image"], ["boxes", "scores"],
-            {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
-             "scores": {0: "detections"}},
+            wrapped,
+            (sample,),
+            tmp,
+            ["image"],
+            ["boxes", "scores"],
+            {
+                "image": {1: "height", 2: "width"},
+                "boxes": {0: "detections"},
+                "scores": {0: "detections"},
+            },
         )
         check = torch.rand(3, height + 32, width - 64, generator=generator)
         with torch.no_grad():
@@ -296,13 +329,25 @@ def export_detector_onnx(
         # boxes are in pixels: their tolerance is relative to the image size
         scales = (float(max(check.shape[1:])), 1.0)
         diff = onnx_parity(
-            tmp, {"image": check}, expected, tolerance, scales=scales,
-            what=f"detector export {path}", top=parity_top,
+            tmp,
+            {"image": check},
+            expected,
+            tolerance,
+            scales=scales,
+            what=f"detector export {path}",
+            top=parity_top,
         )
         config = OnnxDetectorConfig(
-            model=str(path), layout="boxes_scores_labels", resize="none", batch_axis=False,
-            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), pixel_scale=255.0,
-            labels_output=None, score_thresh=score_thresh, name=name or path.stem,
+            model=str(path),
+            layout="boxes_scores_labels",
+            resize="none",
+            batch_axis=False,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            pixel_scale=255.0,
+            labels_output=None,
+            score_thresh=score_thresh,
+            name=name or path.stem,
             extra=dict(extra or {}),
         )
         config_path = embedder_config_path(path)
@@ -335,8 +380,14 @@ def _torch_export(
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, args, str(path), dynamo=False, opset_version=OPSET,
-                input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                module,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
         except Exception as error:  # the exporter raises many types for unsupported operators
@@ -389,9 +440,14 @@ def onnx_parity(
     return worst
 
 
-def _detection_set_parity(outputs: Sequence[np.ndarray], expected: Sequence[torch.Tensor],
-                          top: int, tolerance: float, scales: Sequence[float] | None,
-                          what: str) -> float:
+def _detection_set_parity(
+    outputs: Sequence[np.ndarray],
+    expected: Sequence[torch.Tensor],
+    top: int,
+    tolerance: float,
+    scales: Sequence[float] | None,
+    what: str,
+) -> float:
     """(boxes, scores) compared as sets over the best `top` detections: equal sorted scores, and
     each ONNX box equal to a PyTorch box of (nearly) the same score. Detections whose scores
     tie may come out in either order, and the last few may differ at the score and NMS
@@ -400,15 +456,19 @@ def _detection_set_parity(outputs: Sequence[np.ndarray], expected: Sequence[torc
     ref_boxes, ref_scores = (t.detach().cpu().numpy().astype(np.float64) for t in expected[:2])
     rows = min(top, len(scores), len(ref_scores))
     scale = (scales or [1.0])[0]
-    worst = float(np.abs(np.sort(scores)[::-1][:rows] - np.sort(ref_scores)[::-1][:rows]).max(
-        initial=0.0))
+    worst = float(
+        np.abs(np.sort(scores)[::-1][:rows] - np.sort(ref_scores)[::-1][:rows]).max(initial=0.0)
+    )
     for box, score in zip(boxes[:rows], scores[:rows], strict=True):
         near = np.abs(ref_scores - score) <= max(tolerance, 1e-6) * 10
         if not near.any():
-            raise ParityError(f"{what}: ONNX Runtime scores a box {score:.6f}, PyTorch has no box "
-                              "scored so")
+            raise ParityError(
+                f"{what}: ONNX Runtime scores a box {score:.6f}, PyTorch has no box scored so"
+            )
         worst = max(worst, float(np.abs(ref_boxes[near] - box).max(axis=1).min() / scale))
     if worst > tolerance:
-        raise ParityError(f"{what}: ONNX Runtime differs from PyTorch by up to {worst:.3g} "
-                          f"(> {tolerance:g}) over the best {rows} detections")
+        raise ParityError(
+            f"{what}: ONNX Runtime differs from PyTorch by up to {worst:.3g} "
+            f"(> {tolerance:g}) over the best {rows} detections"
+        )
     return worst

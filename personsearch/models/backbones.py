@@ -137,9 +137,7 @@ def _mobilenet_v2(
     net = torchvision.models.mobilenet_v2(weights=None)
     # Weights are loaded into the intact torchvision network; the pieces below share its modules.
     source = load_pretrained(net, "mobilenet_v2", pretrained, missing)
-    modules = {
-        name: list(net.features[a:b]) for name, (a, b) in MOBILENET_V2_SPLITS.items()
-    }
+    modules = {name: list(net.features[a:b]) for name, (a, b) in MOBILENET_V2_SPLITS.items()}
     if taps == "expanded":
         for name, index in MOBILENET_V2_EXPANDED_TAPS.items():
             following = STAGES[STAGES.index(name) + 1]
@@ -168,26 +166,34 @@ def _split_after_expansion(block: nn.Module, index: int) -> tuple[nn.Module, lis
     return block.conv[0], list(block.conv[1:])
 
 
-def _resnet_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
-                     taps: str) -> Backbone:
+def _resnet_backbone(
+    name: str, pretrained: bool | str | Path, missing: MissingWeights, taps: str
+) -> Backbone:
     return _resnet(name, pretrained, missing)
 
 
-def _mobilenet_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
-                        taps: str) -> Backbone:
+def _mobilenet_backbone(
+    name: str, pretrained: bool | str | Path, missing: MissingWeights, taps: str
+) -> Backbone:
     return _mobilenet_v2(pretrained, missing, taps)
 
 
-def _cifar_backbone(name: str, pretrained: bool | str | Path, missing: MissingWeights,
-                    taps: str) -> Backbone:
+def _cifar_backbone(
+    name: str, pretrained: bool | str | Path, missing: MissingWeights, taps: str
+) -> Backbone:
     if pretrained is not False:
         raise ConfigError(
             f"{name} has no pretrained weights (CIFAR ResNets train from scratch): set "
             "model.pretrained=false"
         )
     stem, stages = cifar_resnet(name)
-    return Backbone(stem, stages, CIFAR_STAGE_CHANNELS, weights_source="random",
-                    stage_strides=CIFAR_STAGE_STRIDES)
+    return Backbone(
+        stem,
+        stages,
+        CIFAR_STAGE_CHANNELS,
+        weights_source="random",
+        stage_strides=CIFAR_STAGE_STRIDES,
+    )
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ def infer_spatial_scale(feature: Tensor, image_shapes: list[tuple[int, int]]) ->
 class RegionPooler(nn.Module):
     """Pool every proposal's region of one named feature map to `output_size` x `output_size`."""
 
-    def __init__(self, mode: PoolingMode = "crop_resize_maxpool", featmap_name: str = "res4",
-                 output_size: int = 7) -> None:
+    def __init__(
+        self,
+        mode: PoolingMode = "crop_resize_maxpool",
+        featmap_name: str = "res4",
+        output_size: int = 7,
+    ) -> None:
         super().__init__()
         if mode not in POOLING_MODES:
             raise ValueError(f"unknown pooling {mode!r}: choose one of {', '.join(POOLING_MODES)}")
@@ -55,8 +59,12 @@ class RegionPooler(nn.Module):
         self.featmap_name = featmap_name
         self.output_size = output_size
 
-    def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
-                image_shapes: list[tuple[int, int]]) -> Tensor:
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> Tensor:
         feature = features[self.featmap_name]
         scale = infer_spatial_scale(feature, image_shapes)
         return self.pool(feature, proposals, scale)
@@ -65,15 +73,31 @@ class RegionPooler(nn.Module):
         """Pool `boxes` (one x1y1x2y2 tensor per image) given the feature map's scale."""
         size = self.output_size
         if self.mode == "crop_resize_maxpool":
-            crops = roi_align(feature, boxes, output_size=2 * size, spatial_scale=spatial_scale,
-                              sampling_ratio=1, aligned=True)
+            crops = roi_align(
+                feature,
+                boxes,
+                output_size=2 * size,
+                spatial_scale=spatial_scale,
+                sampling_ratio=1,
+                aligned=True,
+            )
             return F.max_pool2d(crops, kernel_size=2, stride=2)
         if self.mode == "roi_align":
-            return roi_align(feature, boxes, output_size=size, spatial_scale=spatial_scale,
-                             sampling_ratio=2, aligned=True)
+            return roi_align(
+                feature,
+                boxes,
+                output_size=size,
+                spatial_scale=spatial_scale,
+                sampling_ratio=2,
+                aligned=True,
+            )
         # roi_pool has no half-precision kernel on every device; pool in float32 under AMP
-        pooled = roi_pool(feature.float(), [b.float() for b in boxes], output_size=size,
-                          spatial_scale=spatial_scale)
+        pooled = roi_pool(
+            feature.float(),
+            [b.float() for b in boxes],
+            output_size=size,
+            spatial_scale=spatial_scale,
+        )
         return pooled.to(feature.dtype)
 
     def extra_repr(self) -> str:

@@ -40,31 +40,46 @@ class CocoDetectorSpec:
 
 COCO_DETECTORS: dict[str, CocoDetectorSpec] = {
     "fasterrcnn_resnet50_fpn_v2": CocoDetectorSpec(
-        "fasterrcnn_resnet50_fpn_v2", "FasterRCNN_ResNet50_FPN_V2_Weights"),
+        "fasterrcnn_resnet50_fpn_v2", "FasterRCNN_ResNet50_FPN_V2_Weights"
+    ),
     "fasterrcnn_resnet50_fpn": CocoDetectorSpec(
-        "fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights"),
+        "fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights"
+    ),
     "fasterrcnn_mobilenet_v3_large_fpn": CocoDetectorSpec(
-        "fasterrcnn_mobilenet_v3_large_fpn", "FasterRCNN_MobileNet_V3_Large_FPN_Weights"),
+        "fasterrcnn_mobilenet_v3_large_fpn", "FasterRCNN_MobileNet_V3_Large_FPN_Weights"
+    ),
     "fasterrcnn_mobilenet_v3_large_320_fpn": CocoDetectorSpec(
-        "fasterrcnn_mobilenet_v3_large_320_fpn", "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights"),
+        "fasterrcnn_mobilenet_v3_large_320_fpn", "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights"
+    ),
     "retinanet_resnet50_fpn_v2": CocoDetectorSpec(
-        "retinanet_resnet50_fpn_v2", "RetinaNet_ResNet50_FPN_V2_Weights",
-        cap_key="detections_per_img", thresh_key="score_thresh"),
+        "retinanet_resnet50_fpn_v2",
+        "RetinaNet_ResNet50_FPN_V2_Weights",
+        cap_key="detections_per_img",
+        thresh_key="score_thresh",
+    ),
     "fcos_resnet50_fpn": CocoDetectorSpec(
-        "fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights",
-        cap_key="detections_per_img", thresh_key="score_thresh"),
+        "fcos_resnet50_fpn",
+        "FCOS_ResNet50_FPN_Weights",
+        cap_key="detections_per_img",
+        thresh_key="score_thresh",
+    ),
     "ssdlite320_mobilenet_v3_large": CocoDetectorSpec(
-        "ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights",
-        cap_key="detections_per_img", thresh_key="score_thresh"),
+        "ssdlite320_mobilenet_v3_large",
+        "SSDLite320_MobileNet_V3_Large_Weights",
+        cap_key="detections_per_img",
+        thresh_key="score_thresh",
+    ),
     "keypointrcnn_resnet50_fpn": CocoDetectorSpec(
-        "keypointrcnn_resnet50_fpn", "KeypointRCNN_ResNet50_FPN_Weights", num_classes=2),
+        "keypointrcnn_resnet50_fpn", "KeypointRCNN_ResNet50_FPN_Weights", num_classes=2
+    ),
 }
 
 
 def coco_spec(name: str) -> CocoDetectorSpec:
     if name not in COCO_DETECTORS:
-        raise ConfigError(f"unknown torchvision COCO detector {name!r}; known: "
-                          f"{', '.join(COCO_DETECTORS)}")
+        raise ConfigError(
+            f"unknown torchvision COCO detector {name!r}; known: {', '.join(COCO_DETECTORS)}"
+        )
     return COCO_DETECTORS[name]
 
 
@@ -95,8 +110,9 @@ def coco_state_dict(name: str, weights: str | os.PathLike[str] | None = None) ->
         return read_weights_file(cached)
     entry = weights_entry(name)
     try:
-        return torch.hub.load_state_dict_from_url(entry.url, progress=False, check_hash=True,
-                                                  weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            entry.url, progress=False, check_hash=True, weights_only=True
+        )
     except Exception as error:  # offline: URLError, OSError, hash errors; all mean "not here"
         raise WeightsUnavailableError(
             f"COCO weights for {name} are not in the torch hub cache ({cached}) and could not be "
@@ -107,8 +123,9 @@ def coco_state_dict(name: str, weights: str | os.PathLike[str] | None = None) ->
         ) from None
 
 
-def build_coco_network(name: str, weights: str | os.PathLike[str] | None = None,
-                       max_detections: int = 300) -> tuple[torch.nn.Module, str]:
+def build_coco_network(
+    name: str, weights: str | os.PathLike[str] | None = None, max_detections: int = 300
+) -> tuple[torch.nn.Module, str]:
     """The torchvision network with its COCO weights (or random ones); returns it and the source."""
     import torchvision.models.detection as detection
 
@@ -119,7 +136,8 @@ def build_coco_network(name: str, weights: str | os.PathLike[str] | None = None,
     if spec.thresh_key:
         kwargs[spec.thresh_key] = 0.01
     network = getattr(detection, spec.builder)(
-        weights=None, weights_backbone=None, num_classes=spec.num_classes, **kwargs)
+        weights=None, weights_backbone=None, num_classes=spec.num_classes, **kwargs
+    )
     if str(weights) == RANDOM_WEIGHTS:
         return network.eval(), RANDOM_WEIGHTS
     state = coco_state_dict(name, weights)
@@ -128,6 +146,7 @@ def build_coco_network(name: str, weights: str | os.PathLike[str] | None = None,
     except (RuntimeError, KeyError) as error:
         where = weights or weights_cache_path(name)
         first = str(error).strip().splitlines()[0][:300]
-        raise ConfigError(f"{where} does not hold the weights of {name} (another architecture?): "
-                          f"{first}") from None
+        raise ConfigError(
+            f"{where} does not hold the weights of {name} (another architecture?): {first}"
+        ) from None
     return network.eval(), (f"file:{weights}" if weights else f"torchvision:{spec.weights}")

@@ -51,8 +51,12 @@ FEATURE_STAGE = "res4"  # the RPN and the region pooling read this stage
 HEAD_STAGE = "res5"  # the box head runs this stage on the pooled regions
 FIRST_BLOCK_LAST_STAGE = "res2"  # the first block is every module up to and including res2
 #: torchvision COCO detectors training can start from (the Faster R-CNN family: RPN + box head)
-COCO_START_MODELS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn",
-                     "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn")
+COCO_START_MODELS = (
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
 COCO_PERSON_CLASS = 1  # COCO's category id of "person" in torchvision's 91-way heads
 
 
@@ -112,21 +116,40 @@ class DetectorConfig(ConfigBase):
         if problems:
             raise ConfigError(f"invalid detector config: {problems[0]}")
         if self.pooling not in POOLING_MODES:
-            raise ConfigError(f"detector.pooling={self.pooling!r}: choose one of {', '.join(POOLING_MODES)}")
+            raise ConfigError(
+                f"detector.pooling={self.pooling!r}: choose one of {', '.join(POOLING_MODES)}"
+            )
         if not 0 < self.min_size <= self.max_size:
-            raise ConfigError(f"detector.min_size={self.min_size} must be in (0, max_size={self.max_size}]")
+            raise ConfigError(
+                f"detector.min_size={self.min_size} must be in (0, max_size={self.max_size}]"
+            )
         if not self.anchor_sizes or min(self.anchor_sizes) <= 0:
-            raise ConfigError(f"detector.anchor_sizes={self.anchor_sizes} must be positive and not empty")
+            raise ConfigError(
+                f"detector.anchor_sizes={self.anchor_sizes} must be positive and not empty"
+            )
         if not self.anchor_aspect_ratios or min(self.anchor_aspect_ratios) <= 0:
-            raise ConfigError(f"detector.anchor_aspect_ratios={self.anchor_aspect_ratios} must be positive")
-        for name in ("score_thresh", "nms_thresh", "rpn_nms_thresh", "rpn_positive_fraction",
-                     "box_positive_fraction"):
+            raise ConfigError(
+                f"detector.anchor_aspect_ratios={self.anchor_aspect_ratios} must be positive"
+            )
+        for name in (
+            "score_thresh",
+            "nms_thresh",
+            "rpn_nms_thresh",
+            "rpn_positive_fraction",
+            "box_positive_fraction",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"detector.{name}={value} must be in [0, 1]")
-        for name in ("rpn_batch_size_per_image", "box_batch_size_per_image", "detections_per_img",
-                     "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
-                     "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test"):
+        for name in (
+            "rpn_batch_size_per_image",
+            "box_batch_size_per_image",
+            "detections_per_img",
+            "rpn_pre_nms_top_n_train",
+            "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_train",
+            "rpn_post_nms_top_n_test",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"detector.{name}={getattr(self, name)} must be positive")
         if self.proposal_min_size < 0:
@@ -135,12 +158,16 @@ class DetectorConfig(ConfigBase):
 
     def _validate_coco_start(self) -> None:
         if self.coco_start is not None and self.coco_start not in COCO_START_MODELS:
-            raise ConfigError(f"detector.coco_start={self.coco_start!r}: choose one of "
-                              f"{', '.join(COCO_START_MODELS)} (two-stage detectors: the "
-                              "person-search detector is a Faster R-CNN)")
+            raise ConfigError(
+                f"detector.coco_start={self.coco_start!r}: choose one of "
+                f"{', '.join(COCO_START_MODELS)} (two-stage detectors: the "
+                "person-search detector is a Faster R-CNN)"
+            )
         if self.coco_weights is not None and self.coco_start is None:
-            raise ConfigError("detector.coco_weights is set but detector.coco_start is not: "
-                              "name the COCO detector the weights belong to")
+            raise ConfigError(
+                "detector.coco_weights is set but detector.coco_start is not: "
+                "name the COCO detector the weights belong to"
+            )
 
 
 class PersonDetector(GeneralizedRCNN):
@@ -151,8 +178,14 @@ class PersonDetector(GeneralizedRCNN):
     eval returns one {"boxes": N x 4 x1y1x2y2 in the input image's pixels, "scores": N} per image.
     """
 
-    def __init__(self, config: DetectorConfig, trunk: nn.Module, rpn: RegionProposalNetwork,
-                 roi_heads: RoIHeads, transform: GeneralizedRCNNTransform) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig,
+        trunk: nn.Module,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: GeneralizedRCNNTransform,
+    ) -> None:
         super().__init__(trunk, rpn, roi_heads, transform)
         self.config = config
         self.weights_source = "random"  #: where the backbone's initial weights came from
@@ -215,13 +248,19 @@ def split_backbone_stages(backbone: nn.Module) -> OrderedDict[str, nn.Module]:
     stem precedes res2.
     """
     container = getattr(backbone, "stages", None)
-    children = container.named_children() if isinstance(container, nn.ModuleDict) else backbone.named_children()
+    children = (
+        container.named_children()
+        if isinstance(container, nn.ModuleDict)
+        else backbone.named_children()
+    )
     stages = OrderedDict((name, module) for name, module in children)
     names = list(stages)
     for required in (FIRST_BLOCK_LAST_STAGE, "res3", FEATURE_STAGE, HEAD_STAGE):
         if required not in stages:
-            raise ConfigError(f"backbone {type(backbone).__name__} has no stage {required!r} "
-                              f"(children: {', '.join(names)})")
+            raise ConfigError(
+                f"backbone {type(backbone).__name__} has no stage {required!r} "
+                f"(children: {', '.join(names)})"
+            )
     return OrderedDict((name, stages[name]) for name in names[: names.index(HEAD_STAGE) + 1])
 
 
@@ -262,8 +301,9 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
     config = config or DetectorConfig()
     if config.coco_start is not None:
         return _detector_from_coco(config)
-    backbone = build_backbone(config.backbone, pretrained=config.pretrained,
-                              missing_weights=config.missing_weights)  # type: ignore[arg-type]
+    backbone = build_backbone(
+        config.backbone, pretrained=config.pretrained, missing_weights=config.missing_weights
+    )  # type: ignore[arg-type]
     channels = dict(backbone.stage_channels)
     stages = split_backbone_stages(backbone)
     head_stage = stages.pop(HEAD_STAGE)
@@ -280,8 +320,9 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
         set_stride_one(head_stage)
 
     trunk = _Trunk(stages, channels[FEATURE_STAGE])
-    anchors = AnchorGenerator(sizes=(config.anchor_sizes,),
-                              aspect_ratios=(config.anchor_aspect_ratios,))
+    anchors = AnchorGenerator(
+        sizes=(config.anchor_sizes,), aspect_ratios=(config.anchor_aspect_ratios,)
+    )
     rpn = RegionProposalNetwork(
         anchors,
         RPNHead(channels[FEATURE_STAGE], anchors.num_anchors_per_location()[0]),
@@ -289,10 +330,14 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
         bg_iou_thresh=config.rpn_bg_iou_thresh,
         batch_size_per_image=config.rpn_batch_size_per_image,
         positive_fraction=config.rpn_positive_fraction,
-        pre_nms_top_n={"training": config.rpn_pre_nms_top_n_train,
-                       "testing": config.rpn_pre_nms_top_n_test},
-        post_nms_top_n={"training": config.rpn_post_nms_top_n_train,
-                        "testing": config.rpn_post_nms_top_n_test},
+        pre_nms_top_n={
+            "training": config.rpn_pre_nms_top_n_train,
+            "testing": config.rpn_pre_nms_top_n_test,
+        },
+        post_nms_top_n={
+            "training": config.rpn_post_nms_top_n_train,
+            "testing": config.rpn_post_nms_top_n_test,
+        },
         nms_thresh=config.rpn_nms_thresh,
     )
     # torchvision drops proposals with a side below rpn.min_size (1e-3) before NMS, using >=;
@@ -312,12 +357,12 @@ def build_detector(config: DetectorConfig | None = None) -> PersonDetector:
         nms_thresh=config.nms_thresh,
         detections_per_img=config.detections_per_img,
     )
-    transform = GeneralizedRCNNTransform(config.min_size, config.max_size,
-                                         list(IMAGENET_MEAN), list(IMAGENET_STD))
+    transform = GeneralizedRCNNTransform(
+        config.min_size, config.max_size, list(IMAGENET_MEAN), list(IMAGENET_STD)
+    )
     detector = PersonDetector(config, trunk, rpn, roi_heads, transform)
     detector.weights_source = backbone.weights_source
     return detector
-
 
 
 def _person_predictor(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
@@ -349,8 +394,11 @@ def _detector_from_coco(config: DetectorConfig) -> PersonDetector:
     """A torchvision COCO Faster R-CNN turned into a person detector (see `coco_start`)."""
     from personsearch.models.coco import build_coco_network
 
-    network, source = build_coco_network(config.coco_start, config.coco_weights,  # type: ignore[arg-type]
-                                         config.detections_per_img)
+    network, source = build_coco_network(
+        config.coco_start,
+        config.coco_weights,  # type: ignore[arg-type]
+        config.detections_per_img,
+    )
     roi_heads = network.roi_heads
     roi_heads.box_predictor = _person_predictor(roi_heads.box_predictor)
     roi_heads.nms_thresh = config.nms_thresh
@@ -360,8 +408,9 @@ def _detector_from_coco(config: DetectorConfig) -> PersonDetector:
         backbone = freeze_batchnorm(backbone)
     if config.freeze_first_block:
         _freeze_coco_first_block(backbone.body)
-    transform = GeneralizedRCNNTransform(config.min_size, config.max_size,
-                                         list(IMAGENET_MEAN), list(IMAGENET_STD))
+    transform = GeneralizedRCNNTransform(
+        config.min_size, config.max_size, list(IMAGENET_MEAN), list(IMAGENET_STD)
+    )
     detector = PersonDetector(config, backbone, network.rpn, roi_heads, transform)
     detector.score_thresh = config.score_thresh
     detector.weights_source = source

@@ -67,8 +67,13 @@ def fuse_conv_batchnorm(model: nn.Module) -> int:
     for conv_name, norm_name in pairs:
         conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
         weight, bias = fuse_conv_bn_weights(
-            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
-            norm.weight, norm.bias,
+            conv.weight,
+            conv.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+            norm.weight,
+            norm.bias,
         )
         conv.weight, conv.bias = weight, bias
         _replace(model, norm_name, nn.Identity())
@@ -95,7 +100,9 @@ def _fusable_pairs(module: nn.Module, prefix: str) -> Iterator[tuple[str, str]]:
             continue
         conv_name = sources.pop()
         conv = modules[conv_name]
-        if not isinstance(conv, nn.Conv2d) or conv.out_channels != len(modules[target].running_mean):
+        if not isinstance(conv, nn.Conv2d) or conv.out_channels != len(
+            modules[target].running_mean
+        ):
             continue
         conv_calls = calls[conv_name]
         if all(len(c.users) == 1 and next(iter(c.users)).target == target for c in conv_calls):

@@ -94,7 +94,11 @@ HEAD_SPECS = {
     ),
     # Each smaller scale is classified with the shared classifier and its own CE.
     "mst": HeadSpec(
-        ("res5",), level_ce_weight=1.0, kl_weight=0.0, build=_mst_head, one_stage=True,
+        ("res5",),
+        level_ce_weight=1.0,
+        kl_weight=0.0,
+        build=_mst_head,
+        one_stage=True,
         scale_levels=True,
     ),
 }

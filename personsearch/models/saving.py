@@ -37,7 +37,12 @@ DETECTOR_TASK = "detector"
 CLASSIFY_TASK = "classify"
 #: The keys every training checkpoint holds (engine/checkpoint.py writes and requires them).
 TRAINING_CHECKPOINT_KEYS = (
-    "format_version", "model", "optimizer", "scheduler", "iteration", "fingerprint",
+    "format_version",
+    "model",
+    "optimizer",
+    "scheduler",
+    "iteration",
+    "fingerprint",
 )
 
 
@@ -97,15 +102,18 @@ def save_reid_model(
 ) -> None:
     """Write the final weights with everything needed to rebuild the model (atomically)."""
     model_config = model.config.to_dict() if hasattr(model, "config") else config.model.given()
-    write_model_file(path, {
-        "format_version": MODEL_FORMAT,
-        "task": REID_TASK,
-        "model_config": model_config,
-        "state_dict": model.state_dict(),
-        "crop_size": [config.data.crop_height, config.data.crop_width],
-        "train_pids": list(pids),
-        "dataset": config.data.dataset,
-    })
+    write_model_file(
+        path,
+        {
+            "format_version": MODEL_FORMAT,
+            "task": REID_TASK,
+            "model_config": model_config,
+            "state_dict": model.state_dict(),
+            "crop_size": [config.data.crop_height, config.data.crop_width],
+            "train_pids": list(pids),
+            "dataset": config.data.dataset,
+        },
+    )
 
 
 def load_reid_model(
@@ -173,14 +181,17 @@ def _reid_state_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> dict[
 
 def save_detector(path: str | os.PathLike[str], model: PersonDetector, config: Config) -> None:
     """Write the final weights with the detector config that rebuilds them (atomically)."""
-    write_model_file(path, {
-        "format_version": MODEL_FORMAT,
-        "task": DETECTOR_TASK,
-        "model_config": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "dataset": config.data.dataset,
-        "weights_source": model.weights_source,
-    })
+    write_model_file(
+        path,
+        {
+            "format_version": MODEL_FORMAT,
+            "task": DETECTOR_TASK,
+            "model_config": model.config.to_dict(),
+            "state_dict": model.state_dict(),
+            "dataset": config.data.dataset,
+            "weights_source": model.weights_source,
+        },
+    )
 
 
 def load_detector(
@@ -220,15 +231,18 @@ def save_classifier(
     class_names: tuple[str, ...] | None = None,
 ) -> None:
     """Write a classification run's final weights and model config (atomically)."""
-    write_model_file(path, {
-        "format_version": MODEL_FORMAT,
-        "task": CLASSIFY_TASK,
-        "model_config": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "image_size": [config.data.crop_height, config.data.crop_width],
-        "class_names": list(class_names or []),
-        "dataset": config.data.dataset,
-    })
+    write_model_file(
+        path,
+        {
+            "format_version": MODEL_FORMAT,
+            "task": CLASSIFY_TASK,
+            "model_config": model.config.to_dict(),
+            "state_dict": model.state_dict(),
+            "image_size": [config.data.crop_height, config.data.crop_width],
+            "class_names": list(class_names or []),
+            "dataset": config.data.dataset,
+        },
+    )
 
 
 def load_classifier(

@@ -8,11 +8,13 @@ Each name is imported on first use.
 
 from personsearch._exports import export_table, lazy_exports
 
-_EXPORTS = export_table({
-    "personsearch.report.demo_report": ("write_demo_report",),
-    "personsearch.report.search_picture": ("write_results_picture",),
-    "personsearch.report.gallery_curve": ("plot_gallery_curve", "plot_gallery_sizes"),
-    "personsearch.report.synthetic_previews": ("write_contact_sheet", "write_scale_histogram"),
-})
+_EXPORTS = export_table(
+    {
+        "personsearch.report.demo_report": ("write_demo_report",),
+        "personsearch.report.search_picture": ("write_results_picture",),
+        "personsearch.report.gallery_curve": ("plot_gallery_curve", "plot_gallery_sizes"),
+        "personsearch.report.synthetic_previews": ("write_contact_sheet", "write_scale_histogram"),
+    }
+)
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,11 +19,17 @@ SCHEDULE_NOTE = (
     "The re-id net is trained on {schedule}, a few percent of the paper's 100 epochs (lr 0.01 / 10 "
     "at epochs 40 and 80), so its CLSA teacher has not converged: this demo shows the system "
     "working, not whether CLSA beats its baselines. That comparison, on the paper's schedule, is "
-    "in docs/models.md, section \"CLSA on the paper's schedule\"."
+    'in docs/models.md, section "CLSA on the paper\'s schedule".'
 )
 #: CLSA on CUHK-SYSU as published (ECCV 2018, ResNet-50), in %: mAP and top-1 per gallery size.
-PAPER_CLSA = {"50": (88.4, None), "100": (87.2, 88.5), "500": (85.4, None), "1000": (84.6, None),
-              "2000": (83.4, None), "4000": (77.5, None)}
+PAPER_CLSA = {
+    "50": (88.4, None),
+    "100": (87.2, 88.5),
+    "500": (85.4, None),
+    "1000": (84.6, None),
+    "2000": (83.4, None),
+    "4000": (77.5, None),
+}
 
 
 def _pct(value: float | None) -> str:
@@ -42,8 +48,14 @@ def _gallery_plot(search: dict[str, dict[str, float]]) -> Any:
     ax.plot(sizes, [100 * v["mAP"] for _, v in items], "o-", label="mAP (this demo)")
     ax.plot(sizes, [100 * v["top1"] for _, v in items], "s-", label="top-1 (this demo)")
     paper = [(int(k), v[0]) for k, v in PAPER_CLSA.items()]
-    ax.plot([s for s, _ in paper], [m for _, m in paper], "o--", color="gray", alpha=0.7,
-            label="CLSA mAP, CUHK-SYSU (paper)")
+    ax.plot(
+        [s for s, _ in paper],
+        [m for _, m in paper],
+        "o--",
+        color="gray",
+        alpha=0.7,
+        label="CLSA mAP, CUHK-SYSU (paper)",
+    )
     ax.set_xscale("log")
     ax.set_xticks(sizes)
     ax.set_xticklabels([k if k != "full" else f"full\n({v['images']})" for k, v in items])
@@ -94,9 +106,14 @@ def _scale_plot(scales: dict[str, dict[str, dict[str, Any]]]) -> Any:
         offset = (i - (len(series) - 1) / 2) * width
         # a size's two bars share a shade: the first size solid, the next ones lighter
         alpha = 1.0 if size == sizes[0] else 0.45
-        ax.bar(x + offset, values, width, alpha=alpha,
-               color="tab:blue" if metric == "mAP" else "tab:orange",
-               label=f"{'mAP' if metric == 'mAP' else 'top-1'}, gallery {size}")
+        ax.bar(
+            x + offset,
+            values,
+            width,
+            alpha=alpha,
+            color="tab:blue" if metric == "mAP" else "tab:orange",
+            label=f"{'mAP' if metric == 'mAP' else 'top-1'}, gallery {size}",
+        )
     for j, key in enumerate(bins):
         if not any(scales[size][key]["queries"] for size in sizes):
             ax.text(j, 2, "no query", ha="center", fontsize=8, color="gray")
@@ -104,12 +121,19 @@ def _scale_plot(scales: dict[str, dict[str, dict[str, Any]]]) -> Any:
     first = scales[sizes[0]]
     ax.set_xticks(x)
     ax.set_xlim(-0.5, len(bins) - 0.5)  # an empty last bin still gets its place
-    ax.set_xticklabels([f"{first[k]['label']}\n{first[k]['range']}\nn = {n}" for k, n in zip(bins, counts, strict=True)],
-                       fontsize=7)
+    ax.set_xticklabels(
+        [
+            f"{first[k]['label']}\n{first[k]['range']}\nn = {n}"
+            for k, n in zip(bins, counts, strict=True)
+        ],
+        fontsize=7,
+    )
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(
+        fontsize=7, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False
+    )
     fig.tight_layout()
     return fig
 
@@ -118,7 +142,9 @@ def _example_rankings(results_path: Path, protocol: SearchProtocol, count: int, 
     """For `count` evenly spaced queries: the top-k detections of its listed gallery, hit or miss."""
     results = load_results(results_path)
     name_to_row = {name: i for i, name in enumerate(results.image_names)}
-    picks = np.linspace(0, len(protocol.queries) - 1, num=min(count, len(protocol.queries))).astype(int)
+    picks = np.linspace(0, len(protocol.queries) - 1, num=min(count, len(protocol.queries))).astype(
+        int
+    )
     keep = results.det_scores >= 0.5
     examples = []
     for q in picks:
@@ -137,7 +163,14 @@ def _example_rankings(results_path: Path, protocol: SearchProtocol, count: int, 
             if not np.isnan(gt[0]):
                 iou = box_iou(box[None], gt[None])[0, 0]
                 hit = bool(iou >= search_iou_threshold(gt[None])[0])
-            ranked.append((results.image_names[row], box, float(results.det_feats[det] @ results.query_feats[q]), hit))
+            ranked.append(
+                (
+                    results.image_names[row],
+                    box,
+                    float(results.det_feats[det] @ results.query_feats[q]),
+                    hit,
+                )
+            )
         examples.append((query, ranked))
     return examples
 
@@ -189,52 +222,86 @@ def write_demo_report(
     rows = []
     for size, values in sorted(search.items(), key=lambda kv: kv[1]["images"]):
         paper = PAPER_CLSA.get(size, (None, None))
-        rows.append([
-            f"{size}" + (f" ({values['images']} images)" if size == "full" else ""),
-            _pct(values["mAP"]), _pct(values["top1"]), _pct(values["top5"]), _pct(values["top10"]),
-            "–" if paper[0] is None else f"{paper[0]:.1f}", "–" if paper[1] is None else f"{paper[1]:.1f}",
-        ])
+        rows.append(
+            [
+                f"{size}" + (f" ({values['images']} images)" if size == "full" else ""),
+                _pct(values["mAP"]),
+                _pct(values["top1"]),
+                _pct(values["top5"]),
+                _pct(values["top10"]),
+                "–" if paper[0] is None else f"{paper[0]:.1f}",
+                "–" if paper[1] is None else f"{paper[1]:.1f}",
+            ]
+        )
     report.add(
         "Person search (detections scored >= 0.5)",
-        table(["gallery size", "mAP %", "top-1 %", "top-5 %", "top-10 %",
-               "paper mAP % (CUHK-SYSU)", "paper top-1 % (CUHK-SYSU)"], rows)
+        table(
+            [
+                "gallery size",
+                "mAP %",
+                "top-1 %",
+                "top-5 %",
+                "top-10 %",
+                "paper mAP % (CUHK-SYSU)",
+                "paper top-1 % (CUHK-SYSU)",
+            ],
+            rows,
+        )
         + "<p class='note'>Each query's gallery lists the scenes that hold the person plus "
-          "distractor scenes; 'full' searches every test scene. Protocol and evaluator are the "
-          "ones used for the real CUHK-SYSU (docs/evaluation.md).</p>"
+        "distractor scenes; 'full' searches every test scene. Protocol and evaluator are the "
+        "ones used for the real CUHK-SYSU (docs/evaluation.md).</p>"
         + figure(png_data_uri(_gallery_plot(search)), "mAP and top-1 against gallery size"),
     )
-    scales = {size: values["by_scale"] for size, values in sorted(search.items(), key=lambda kv: kv[1]["images"])
-              if "by_scale" in values}
+    scales = {
+        size: values["by_scale"]
+        for size, values in sorted(search.items(), key=lambda kv: kv[1]["images"])
+        if "by_scale" in values
+    }
     if scales:
         report.add(
             "Search across scales (gallery / query person height)",
-            figure(png_data_uri(_scale_plot(scales)),
-                   "r = gallery person height / query person height; in each bin a query is scored "
-                   "against only its true matches at that scale (its other ones removed from its "
-                   "gallery), and queries without one are not counted (n = queries, gallery "
-                   + " / ".join(scales) + ")."),
+            figure(
+                png_data_uri(_scale_plot(scales)),
+                "r = gallery person height / query person height; in each bin a query is scored "
+                "against only its true matches at that scale (its other ones removed from its "
+                "gallery), and queries without one are not counted (n = queries, gallery "
+                + " / ".join(scales)
+                + ").",
+            ),
         )
     det = metrics["detection"]
     report.add(
         "Detection (IoU 0.5)",
-        table(["persons", "recall %", "AP %"], [
-            ["all (labelled and background)", _pct(det["recall"]), _pct(det["ap"])],
-            ["labelled only", _pct(det["labeled_recall"]), _pct(det["labeled_ap"])],
-        ])
+        table(
+            ["persons", "recall %", "AP %"],
+            [
+                ["all (labelled and background)", _pct(det["recall"]), _pct(det["ap"])],
+                ["labelled only", _pct(det["labeled_recall"]), _pct(det["labeled_ap"])],
+            ],
+        )
         + f"<p class='note'>{det['detections_per_image']:.1f} detections per test image kept "
-          "(score >= 0.5), as indexed.</p>"
+        "(score >= 0.5), as indexed.</p>"
         + figure(png_data_uri(_pr_plot(det["pr_recall"], det["pr_precision"])), "precision-recall"),
     )
 
     by_name = {scene.name: scene for scene in dataset.test}
     blocks = []
     for query, ranked in _example_rankings(results_path, protocol, examples):
-        cells = [figure(jpeg_data_uri(_probe_thumb(by_name[query.image].path, query.box)),
-                        f"probe (id {query.pid})")]
+        cells = [
+            figure(
+                jpeg_data_uri(_probe_thumb(by_name[query.image].path, query.box)),
+                f"probe (id {query.pid})",
+            )
+        ]
         for rank, (name, box, sim, hit) in enumerate(ranked, start=1):
             thumb = _scene_thumb(by_name[name].path, box, "#22aa22" if hit else "#cc2222")
-            cells.append(figure(jpeg_data_uri(thumb), f"#{rank} {'hit' if hit else 'miss'} · {sim:.2f}",
-                                css_class="hit" if hit else "miss"))
+            cells.append(
+                figure(
+                    jpeg_data_uri(thumb),
+                    f"#{rank} {'hit' if hit else 'miss'} · {sim:.2f}",
+                    css_class="hit" if hit else "miss",
+                )
+            )
         blocks.append(f"<div class='row'>{''.join(cells)}</div>")
     report.add(
         "Example queries: top-5 scenes (gallery 100)",

@@ -41,8 +41,14 @@ def plot_gallery_curve(
     ax.plot(sizes, [100 * v for v in top1], "s-", color="tab:orange", label="top-1")
     if show_published:
         ref = sorted(CLSA_PUBLISHED_MAP.items())
-        ax.plot([s for s, _ in ref], [v for _, v in ref], "o--", color="tab:gray", alpha=0.7,
-                label="CLSA mAP (published)")
+        ax.plot(
+            [s for s, _ in ref],
+            [v for _, v in ref],
+            "o--",
+            color="tab:gray",
+            alpha=0.7,
+            label="CLSA mAP (published)",
+        )
     ax.set_xscale("log")
     ax.set_xticks(list(sizes))
     ax.set_xticklabels(labels)
@@ -64,7 +70,13 @@ def plot_gallery_curve(
 def plot_gallery_sizes(path: str | os.PathLike[str], rows: Sequence[GalleryEvaluation]) -> Path:
     """The plot of mAP and top-1 against gallery size ("full" placed at the pool's size)."""
     sizes = [len(r.protocol.images) if r.size == "full" else int(r.size) for r in rows]  # type: ignore[arg-type]
-    labels = [f"full\n({len(r.protocol.images)})" if r.size == "full" else str(r.size) for r in rows]
+    labels = [
+        f"full\n({len(r.protocol.images)})" if r.size == "full" else str(r.size) for r in rows
+    ]
     return plot_gallery_curve(
-        sizes, [r.result.mAP for r in rows], [r.result.top(1) for r in rows], Path(path), labels=labels
+        sizes,
+        [r.result.mAP for r in rows],
+        [r.result.top(1) for r in rows],
+        Path(path),
+        labels=labels,
     )

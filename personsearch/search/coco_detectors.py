@@ -29,9 +29,14 @@ from personsearch.models.coco import COCO_PERSON, build_coco_network
 class CocoDetector:
     """A `Detector`: a torchvision COCO detector whose person boxes are kept (scores >= thresh)."""
 
-    def __init__(self, name: str, weights: str | os.PathLike[str] | None = None,
-                 score_thresh: float = 0.5, device: str | torch.device | None = None,
-                 max_detections: int = 300) -> None:
+    def __init__(
+        self,
+        name: str,
+        weights: str | os.PathLike[str] | None = None,
+        score_thresh: float = 0.5,
+        device: str | torch.device | None = None,
+        max_detections: int = 300,
+    ) -> None:
         if not (isinstance(score_thresh, int | float) and 0 <= score_thresh <= 1):
             raise ConfigError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
         if not (isinstance(max_detections, int) and max_detections >= 1):
@@ -41,8 +46,9 @@ class CocoDetector:
         self.network, self.weights_source = build_coco_network(name, weights, max_detections)
         self.network.to(self.device)
         self.score_thresh = float(score_thresh)
-        self.fingerprint = (f"torchvision-coco:{name}:{_weights_digest(self.network)}:"
-                            f"{self.score_thresh:g}")
+        self.fingerprint = (
+            f"torchvision-coco:{name}:{_weights_digest(self.network)}:{self.score_thresh:g}"
+        )
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.detect_batch([image])[0]
@@ -54,17 +60,24 @@ class CocoDetector:
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
                 raise ValueError(
-                    f"an image must be a non-empty H x W x 3 array, got shape {image.shape}")
-            tensors.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8))
-                           .permute(2, 0, 1).to(self.device, torch.float32) / 255.0)
+                    f"an image must be a non-empty H x W x 3 array, got shape {image.shape}"
+                )
+            tensors.append(
+                torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8))
+                .permute(2, 0, 1)
+                .to(self.device, torch.float32)
+                / 255.0
+            )
         results = []
         for output in self.network(tensors):
             keep = (output["labels"] == COCO_PERSON) & (output["scores"] >= self.score_thresh)
             boxes = output["boxes"][keep].float().cpu().numpy()
             scores = output["scores"][keep].float().cpu().numpy()
             if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-                raise PersonSearchError(f"torchvision detector {self.name} returned NaN or "
-                                        "infinite boxes or scores: its weights are broken")
+                raise PersonSearchError(
+                    f"torchvision detector {self.name} returned NaN or "
+                    "infinite boxes or scores: its weights are broken"
+                )
             results.append((boxes.reshape(-1, 4), scores))
         return results
 

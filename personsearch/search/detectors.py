@@ -184,8 +184,9 @@ def hog_available() -> bool:
     return hasattr(cv2, "HOGDescriptor")
 
 
-def detect_scene_images(detector: Detector, scenes: Sequence[Scene], progress: bool = False,
-                        min_score: float = 0.0) -> SceneDetections:
+def detect_scene_images(
+    detector: Detector, scenes: Sequence[Scene], progress: bool = False, min_score: float = 0.0
+) -> SceneDetections:
     """Run any `Detector` over the scenes' images: the detections `evaluate-detector` scores.
 
     Boxes scored below `min_score` are dropped (the detector's own threshold applies first).
@@ -198,8 +199,11 @@ def detect_scene_images(detector: Detector, scenes: Sequence[Scene], progress: b
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         keep = scores >= min_score
-        rows.append(np.hstack([np.full((int(keep.sum()), 1), float(index)), boxes[keep],
-                               scores[keep, None]]))
+        rows.append(
+            np.hstack(
+                [np.full((int(keep.sum()), 1), float(index)), boxes[keep], scores[keep, None]]
+            )
+        )
     table = np.concatenate(rows)
     return SceneDetections(
         image_names=tuple(scene.name for scene in scenes),

@@ -145,8 +145,10 @@ class OnnxDetectorConfig(ModelConfigFile):
         if self.channel_order not in ("rgb", "bgr"):
             problems.append(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
         if self.letterbox_align not in LETTERBOX_ALIGNS:
-            problems.append(f"letterbox_align must be one of {', '.join(LETTERBOX_ALIGNS)}, got "
-                            f"{self.letterbox_align!r}")
+            problems.append(
+                f"letterbox_align must be one of {', '.join(LETTERBOX_ALIGNS)}, got "
+                f"{self.letterbox_align!r}"
+            )
         for key in ("batch_axis", "yolo_rows_first", "yolo_objectness"):
             if not isinstance(getattr(self, key), bool):
                 problems.append(f"{key} must be true or false, got {getattr(self, key)!r}")
@@ -154,8 +156,14 @@ class OnnxDetectorConfig(ModelConfigFile):
 
     def _check_sizes(self) -> list[str]:
         problems = []
-        for key in ("input_height", "input_width", "shorter_side", "longer_side",
-                    "max_detections", "person_class"):
+        for key in (
+            "input_height",
+            "input_width",
+            "shorter_side",
+            "longer_side",
+            "max_detections",
+            "person_class",
+        ):
             value = getattr(self, key)
             lowest = 0 if key == "person_class" else 1
             if value is not None and (not _is_int(value) or value < lowest):
@@ -168,22 +176,30 @@ class OnnxDetectorConfig(ModelConfigFile):
             problems.append("resize: keep_ratio needs shorter_side (and optionally longer_side)")
         if self.yolo_strides is not None:
             strides = self.yolo_strides
-            if not (isinstance(strides, list | tuple) and strides
-                    and all(_is_int(v) and v >= 1 for v in strides)):
+            if not (
+                isinstance(strides, list | tuple)
+                and strides
+                and all(_is_int(v) and v >= 1 for v in strides)
+            ):
                 problems.append(f"yolo_strides must be a list of integers >= 1, got {strides!r}")
             else:
                 object.__setattr__(self, "yolo_strides", tuple(strides))
                 if self.input_height is None or self.input_width is None:
-                    problems.append("yolo_strides (raw grid outputs) needs input_height and "
-                                    "input_width: the grid is laid over the input")
+                    problems.append(
+                        "yolo_strides (raw grid outputs) needs input_height and "
+                        "input_width: the grid is laid over the input"
+                    )
         return problems
 
     def _check_numbers(self) -> list[str]:
         problems = []
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if not (isinstance(value, list | tuple) and len(value) == 3
-                    and all(_is_number(v) for v in value)):
+            if not (
+                isinstance(value, list | tuple)
+                and len(value) == 3
+                and all(_is_number(v) for v in value)
+            ):
                 problems.append(f"{key} must be 3 finite numbers (one per channel), got {value!r}")
             else:
                 object.__setattr__(self, key, tuple(float(v) for v in value))
@@ -198,7 +214,6 @@ class OnnxDetectorConfig(ModelConfigFile):
         if self.nms_iou is not None and (not _is_number(self.nms_iou) or not 0 < self.nms_iou <= 1):
             problems.append(f"nms_iou must be a number in (0, 1] or null, got {self.nms_iou!r}")
         return problems
-
 
 
 def _is_int(value: Any) -> bool:
@@ -275,8 +290,13 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def decode_yolo(
-    output: np.ndarray, person_class: int, score_thresh: float, nms_iou: float | None,
-    max_detections: int, rows_first: bool = False, objectness: bool = False,
+    output: np.ndarray,
+    person_class: int,
+    score_thresh: float,
+    nms_iou: float | None,
+    max_detections: int,
+    rows_first: bool = False,
+    objectness: bool = False,
     grid: tuple[tuple[int, ...], int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A YOLO output (1 x (4+C) x N, or 1 x N x (4+C) when `rows_first`; 4 + 1 + C columns with
@@ -306,8 +326,9 @@ def decode_yolo(
             + (" after its objectness column" if objectness else "")
         )
     if not np.isfinite(rows).all():
-        raise PersonSearchError("the YOLO output holds NaN or infinite values: the model or its "
-                                "export is broken")
+        raise PersonSearchError(
+            "the YOLO output holds NaN or infinite values: the model or its export is broken"
+        )
     if grid is not None:
         rows = decode_grid(rows, *grid)
     scores = rows[:, first_class + person_class]
@@ -350,14 +371,21 @@ def decode_grid(
 
 
 def decode_boxes_scores_labels(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray | None, person_class: int,
-    score_thresh: float, nms_iou: float | None, max_detections: int,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    person_class: int,
+    score_thresh: float,
+    nms_iou: float | None,
+    max_detections: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """torchvision-style outputs -> person boxes and scores (labels absent: all persons)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if len(boxes) != len(scores):
-        raise PersonSearchError(f"the detector returned {len(boxes)} boxes but {len(scores)} scores")
+        raise PersonSearchError(
+            f"the detector returned {len(boxes)} boxes but {len(scores)} scores"
+        )
     keep = scores >= score_thresh
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
@@ -427,7 +455,9 @@ class OnnxDetector:
 
     def _fingerprint(self, model: Path) -> str:
         digest = file_hash(model)
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model", "name", "extra")}
+        settings = {
+            k: v for k, v in self.config.to_dict().items() if k not in ("model", "name", "extra")
+        }
         for key, default in LATER_DEFAULTS.items():  # indexes built before these keys existed
             if settings.get(key) == default:  # keep their fingerprint
                 settings.pop(key, None)
@@ -444,21 +474,35 @@ class OnnxDetector:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise ValueError(f"an image must be a non-empty H x W x 3 array, got shape {image.shape}")
+            raise ValueError(
+                f"an image must be a non-empty H x W x 3 array, got shape {image.shape}"
+            )
         tensor, geometry = self.network_input(image)
         outputs = self._session.run(self._outputs, {self._input: tensor})
         c = self.config
         if c.layout == "yolo":
-            grid = None if c.yolo_strides is None else (
-                c.yolo_strides, c.input_height, c.input_width)
+            grid = (
+                None if c.yolo_strides is None else (c.yolo_strides, c.input_height, c.input_width)
+            )
             boxes, scores = decode_yolo(
-                outputs[0], c.person_class, c.score_thresh, c.nms_iou, c.max_detections,
-                c.yolo_rows_first, c.yolo_objectness, grid,
+                outputs[0],
+                c.person_class,
+                c.score_thresh,
+                c.nms_iou,
+                c.max_detections,
+                c.yolo_rows_first,
+                c.yolo_objectness,
+                grid,
             )
         else:
             labels = outputs[2] if len(outputs) > 2 else None
             boxes, scores = decode_boxes_scores_labels(
-                outputs[0], outputs[1], labels, c.person_class, c.score_thresh, c.nms_iou,
+                outputs[0],
+                outputs[1],
+                labels,
+                c.person_class,
+                c.score_thresh,
+                c.nms_iou,
                 c.max_detections,
             )
         if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):

@@ -68,8 +68,10 @@ class OnnxEmbedderConfig(ModelConfigFile):
         problems = []
         for key in ("mean", "std"):
             value = getattr(self, key)
-            numbers = isinstance(value, list | tuple) and len(value) == 3 and all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            numbers = (
+                isinstance(value, list | tuple)
+                and len(value) == 3
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
             )
             if not numbers:
                 problems.append(f"{key} must be 3 numbers (one per channel), got {value!r}")
@@ -97,7 +99,6 @@ class OnnxEmbedderConfig(ModelConfigFile):
             problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if problems:
             raise ConfigError("invalid ONNX embedder config: " + "; ".join(problems))
-
 
 
 def read_embedder_config(path: str | os.PathLike[str]) -> OnnxEmbedderConfig:
@@ -165,8 +166,16 @@ class OnnxEmbedder:
         c = self.config
         digest.update(
             repr(
-                (self.height, self.width, c.mean, c.std, c.pixel_scale, c.channel_order,
-                 self._input.name, self._output)
+                (
+                    self.height,
+                    self.width,
+                    c.mean,
+                    c.std,
+                    c.pixel_scale,
+                    c.channel_order,
+                    self._input.name,
+                    self._output,
+                )
             ).encode()
         )
         return f"onnx:{c.name or model.stem}:{digest.hexdigest()[:16]}"
@@ -190,8 +199,13 @@ class OnnxEmbedder:
         outputs = []
         for start in range(0, len(crops), chunk):
             batch = preprocess_crops(
-                crops[start : start + chunk], self.height, self.width,
-                c.mean, c.std, c.pixel_scale, c.channel_order,
+                crops[start : start + chunk],
+                self.height,
+                self.width,
+                c.mean,
+                c.std,
+                c.pixel_scale,
+                c.channel_order,
             )
             outputs.append(self._run(batch))
         features = np.concatenate(outputs)

@@ -80,7 +80,9 @@ def baseline_detector() -> Detector:
 
 def baseline_pipeline() -> Pipeline:
     """The dependency-free weak baseline: HOG people detector (or whole image) + colour histograms."""
-    return Pipeline(detector=baseline_detector(), embedder=ColorHistogramEmbedder(), source="baseline")
+    return Pipeline(
+        detector=baseline_detector(), embedder=ColorHistogramEmbedder(), source="baseline"
+    )
 
 
 def open_searcher(
@@ -247,7 +249,7 @@ def _torchvision_detector(request: SourceRequest) -> Detector:
     """torchvision:NAME[?weights=FILE]: one of torchvision's COCO detectors, persons only."""
     from personsearch.search.coco_detectors import CocoDetector  # imports torch
 
-    name, _, query = request.value[len(TORCHVISION_PREFIX):].partition("?")
+    name, _, query = request.value[len(TORCHVISION_PREFIX) :].partition("?")
     weights = None
     if query:
         key, _, weights = query.partition("=")
@@ -255,14 +257,17 @@ def _torchvision_detector(request: SourceRequest) -> Detector:
             raise ConfigError(f"detector {request.value!r}: the only option is ?weights=FILE")
         # "random": untrained weights (tests, export checks), else a file
         weights = weights if weights == "random" else str(request.resolve(weights))
-    return CocoDetector(name, weights=weights, score_thresh=request.det_thresh,
-                        device=request.device)
+    return CocoDetector(
+        name, weights=weights, score_thresh=request.det_thresh, device=request.device
+    )
 
 
 def _torch_detector(request: SourceRequest) -> Detector:
     from personsearch.search.torch_detector import TorchDetector  # imports torch
 
-    return TorchDetector.from_run(request.resolve(request.value), request.det_thresh, request.device)
+    return TorchDetector.from_run(
+        request.resolve(request.value), request.det_thresh, request.device
+    )
 
 
 def _imagenet_embedder(request: SourceRequest) -> Embedder:
@@ -281,8 +286,11 @@ def _torch_embedder(request: SourceRequest) -> Embedder:
 DETECTOR_SOURCES = (
     SourceSpec("hog", _named("hog"), lambda _: HogPeopleDetector(), builtin=True),
     SourceSpec("whole-image", _named("whole-image"), lambda _: WholeImageDetector(), builtin=True),
-    SourceSpec("torchvision:NAME[?weights=FILE]",
-               lambda value: value.startswith(TORCHVISION_PREFIX), _torchvision_detector),
+    SourceSpec(
+        "torchvision:NAME[?weights=FILE]",
+        lambda value: value.startswith(TORCHVISION_PREFIX),
+        _torchvision_detector,
+    ),
     SourceSpec("an ONNX detector's config", _config_file, _onnx_detector),  # any ONNX detector
     SourceSpec("a detector run folder or its model.pt", lambda _: True, _torch_detector),
 )
@@ -290,8 +298,11 @@ DETECTOR_SOURCES = (
 REID_SOURCES = (
     # pooled ImageNet features: before any re-id net is trained
     SourceSpec("imagenet", _named("imagenet"), _imagenet_embedder, builtin=True),
-    SourceSpec("an ONNX embedder's config", _config_file,  # any exported re-id model
-               lambda request: load_onnx_embedder(request.resolve(request.value))),
+    SourceSpec(
+        "an ONNX embedder's config",
+        _config_file,  # any exported re-id model
+        lambda request: load_onnx_embedder(request.resolve(request.value)),
+    ),
     SourceSpec("a re-id run folder or its model.pt", lambda _: True, _torch_embedder),
 )
 #: The sources named, not found at a path.
@@ -322,8 +333,13 @@ def pipeline_from_spec(folder: Path, spec: dict[str, Any], device: str | None = 
             "(a detection score)"
         )
 
-    request = partial(SourceRequest, resolve=lambda value: resolve_spec_path(folder, value),
-                      det_thresh=det_thresh, thresh_given="det_thresh" in spec, device=device)
+    request = partial(
+        SourceRequest,
+        resolve=lambda value: resolve_spec_path(folder, value),
+        det_thresh=det_thresh,
+        thresh_given="det_thresh" in spec,
+        device=device,
+    )
     detector = build_source(DETECTOR_SOURCES, request(str(spec["detector"])))
     embedder = build_source(REID_SOURCES, request(str(spec["reid"])))
     if spec.get("slices") is not None:
@@ -338,12 +354,15 @@ def sliced_detector(detector: Detector, settings: Any, where: Path) -> Detector:
     if settings is True:
         settings = {}
     if not isinstance(settings, dict):
-        raise ConfigError(f"{where}: slices={settings!r} must be true or a mapping of "
-                          f"{', '.join(SLICE_KEYS)}")
+        raise ConfigError(
+            f"{where}: slices={settings!r} must be true or a mapping of {', '.join(SLICE_KEYS)}"
+        )
     unknown = sorted(set(settings) - set(SLICE_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown slices settings {', '.join(unknown)} "
-                          f"(known: {', '.join(SLICE_KEYS)})")
+        raise ConfigError(
+            f"{where}: unknown slices settings {', '.join(unknown)} "
+            f"(known: {', '.join(SLICE_KEYS)})"
+        )
     values = dict(settings)
     if "tile" in values:
         tile = values["tile"]
@@ -354,12 +373,22 @@ def sliced_detector(detector: Detector, settings: Any, where: Path) -> Detector:
         raise ConfigError(f"{where}: slices: {error}") from error
 
 
-def detector_from_spec(value: str, folder: Path, det_thresh: float, thresh_given: bool = True,
-                       device: str | None = None) -> Detector:
+def detector_from_spec(
+    value: str,
+    folder: Path,
+    det_thresh: float,
+    thresh_given: bool = True,
+    device: str | None = None,
+) -> Detector:
     """The detector a pipeline.yaml's `detector:` names (paths relative to `folder`), through
     `DETECTOR_SOURCES`; `evaluate-detector --detector` uses it for any detector."""
-    request = SourceRequest(value, resolve=lambda path: resolve_spec_path(folder, path),
-                            det_thresh=det_thresh, thresh_given=thresh_given, device=device)
+    request = SourceRequest(
+        value,
+        resolve=lambda path: resolve_spec_path(folder, path),
+        det_thresh=det_thresh,
+        thresh_given=thresh_given,
+        device=device,
+    )
     return build_source(DETECTOR_SOURCES, request)
 
 
@@ -379,7 +408,9 @@ def pipeline_from_run(run: Path, config: dict[str, Any], checkpoint: Path) -> Pi
     if task == "reid":
         from personsearch.search.torch_embedders import TorchReidEmbedder  # imports torch
 
-        return Pipeline(baseline_detector(), TorchReidEmbedder.from_run(checkpoint), source=str(run))
+        return Pipeline(
+            baseline_detector(), TorchReidEmbedder.from_run(checkpoint), source=str(run)
+        )
     raise PersonSearchError(
         f"{run} is a {task!r} run; search needs a detector and a re-id net: write a "
         f"{PIPELINE_FILE} naming both (see personsearch.search.pipeline) and pass its folder"

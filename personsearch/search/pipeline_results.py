@@ -77,8 +77,11 @@ def detect_and_embed(
             for scene, image, (boxes, scores) in zip(chunk, images, found, strict=True):
                 boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
                 feats = embedder.embed_crops([crop_box(image, box) for box in boxes])
-                out[scene.name] = (boxes, np.asarray(scores, np.float32).reshape(-1),
-                                   np.asarray(feats, np.float32).reshape(len(boxes), embedder.dim))
+                out[scene.name] = (
+                    boxes,
+                    np.asarray(scores, np.float32).reshape(-1),
+                    np.asarray(feats, np.float32).reshape(len(boxes), embedder.dim),
+                )
             bar.update(len(chunk))
     return out
 
@@ -174,8 +177,9 @@ def pipeline_results_file(
     file `out`; returns its path."""
     pipeline = load_pipeline(pipeline_dir)
     scene_dataset = load_scene_dataset(dataset, root)
-    protocol = load_search_protocol(dataset, root, gallery_size=MAIN_GALLERY_SIZE,
-                                    cross_camera=cross_camera)
+    protocol = load_search_protocol(
+        dataset, root, gallery_size=MAIN_GALLERY_SIZE, cross_camera=cross_camera
+    )
     scenes = protocol_scenes(scene_dataset.test, protocol)
     detector = None if gt_boxes else pipeline.detector
     detections = detect_and_embed(detector, pipeline.embedder, scenes)

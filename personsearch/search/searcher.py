@@ -164,8 +164,9 @@ class PersonSearcher:
         folder = Path(folder)
         if not folder.is_dir():
             raise PersonSearchError(f"gallery folder not found: {folder}")
-        return self.index_paths(list_images(folder), progress=progress, camera_of=camera_of,
-                                folder=folder)
+        return self.index_paths(
+            list_images(folder), progress=progress, camera_of=camera_of, folder=folder
+        )
 
     def index_paths(
         self,

@@ -59,20 +59,26 @@ class SlicedDetector:
         self.detector, self.tile, self.overlap = detector, (height, width), float(overlap)
         self.full_frame, self.nms_iou, self.edge_margin = full_frame, float(nms_iou), edge_margin
         self.score_thresh = getattr(detector, "score_thresh", None)
-        self.fingerprint = (f"sliced({detector_fingerprint(detector)};tile={height}x{width};"
-                            f"overlap={overlap:g};full={int(full_frame)};nms={nms_iou:g})")
+        self.fingerprint = (
+            f"sliced({detector_fingerprint(detector)};tile={height}x{width};"
+            f"overlap={overlap:g};full={int(full_frame)};nms={nms_iou:g})"
+        )
 
     def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """The tiles (x1, y1, x2, y2) of an image of this size, row by row."""
         tile_h, tile_w = self.tile
-        return [(x, y, min(x + tile_w, width), min(y + tile_h, height))
-                for y in tile_origins(height, tile_h, self.overlap)
-                for x in tile_origins(width, tile_w, self.overlap)]
+        return [
+            (x, y, min(x + tile_w, width), min(y + tile_h, height))
+            for y in tile_origins(height, tile_h, self.overlap)
+            for x in tile_origins(width, tile_w, self.overlap)
+        ]
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise ValueError(f"an image must be a non-empty H x W x 3 array, got shape {image.shape}")
+            raise ValueError(
+                f"an image must be a non-empty H x W x 3 array, got shape {image.shape}"
+            )
         height, width = image.shape[:2]
         windows = self.windows(height, width)
         if len(windows) == 1:  # the image fits one tile: slicing adds nothing
@@ -82,8 +88,11 @@ class SlicedDetector:
             boxes, scores = self.detector.detect(np.ascontiguousarray(image[y1:y2, x1:x2]))
             boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
             # without the whole-frame pass a person larger than a tile is only ever seen cut
-            keep = (self._away_from_inner_edges(boxes, (x1, y1, x2, y2), height, width)
-                    if self.full_frame else np.ones(len(boxes), dtype=bool))
+            keep = (
+                self._away_from_inner_edges(boxes, (x1, y1, x2, y2), height, width)
+                if self.full_frame
+                else np.ones(len(boxes), dtype=bool)
+            )
             all_boxes.append(boxes[keep] + np.array([x1, y1, x1, y1], np.float32))
             all_scores.append(np.asarray(scores, np.float32).reshape(-1)[keep])
         if self.full_frame:
@@ -96,8 +105,9 @@ class SlicedDetector:
         kept = nms(boxes, scores, self.nms_iou)
         return boxes[kept], scores[kept]
 
-    def _away_from_inner_edges(self, boxes: np.ndarray, window: tuple[int, int, int, int],
-                               height: int, width: int) -> np.ndarray:
+    def _away_from_inner_edges(
+        self, boxes: np.ndarray, window: tuple[int, int, int, int], height: int, width: int
+    ) -> np.ndarray:
         """False for boxes cut by a tile edge that lies inside the image (another tile, or the
         whole frame, holds that person whole)."""
         x1, y1, x2, y2 = window

@@ -46,7 +46,9 @@ class TorchDetector:
         path = Path(path)
         model_file = path / MODEL_FILE if path.is_dir() else path
         model, _ = load_detector(model_file, device="cpu")
-        return cls(model, f"detector:{file_digest(model_file)}@{score_thresh:g}", score_thresh, device)
+        return cls(
+            model, f"detector:{file_digest(model_file)}@{score_thresh:g}", score_thresh, device
+        )
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.detect_batch([image])[0]
@@ -54,7 +56,8 @@ class TorchDetector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Detect persons in several images in one forward pass."""
         tensors = [
-            torch.from_numpy(np.array(img, dtype=np.uint8)).to(self.device).permute(2, 0, 1).float() / 255.0
+            torch.from_numpy(np.array(img, dtype=np.uint8)).to(self.device).permute(2, 0, 1).float()
+            / 255.0
             for img in images
         ]
         with torch.inference_mode():

@@ -114,7 +114,9 @@ class ImageNetEmbedder:
         self.height, self.width = (int(s) for s in input_size)
         self.batch_size = max(1, int(batch_size))
         self.dim = int(network.stage_channels["res5"])
-        self.fingerprint = f"imagenet-{backbone}:{_weights_digest(network)}:{self.height}x{self.width}"
+        self.fingerprint = (
+            f"imagenet-{backbone}:{_weights_digest(network)}:{self.height}x{self.width}"
+        )
         self._network = prepare_for_inference(network.to(self.device))
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -123,8 +125,11 @@ class ImageNetEmbedder:
         outputs = []
         for start in range(0, len(crops), self.batch_size):
             batch = preprocess_crops(
-                crops[start : start + self.batch_size], self.height, self.width,
-                IMAGENET_MEAN, IMAGENET_STD,
+                crops[start : start + self.batch_size],
+                self.height,
+                self.width,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
             )
             images = torch.from_numpy(batch).to(self.device)
             images = images.contiguous(memory_format=torch.channels_last)

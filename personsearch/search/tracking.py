@@ -64,13 +64,20 @@ class TrackerSettings:
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ConfigError(f"tracker setting {name}={value!r} must be a finite number")
-        for name in ("high_score", "low_score", "new_track_score", "min_iou", "low_min_iou",
-                     "appearance_weight"):
+        for name in (
+            "high_score",
+            "low_score",
+            "new_track_score",
+            "min_iou",
+            "low_min_iou",
+            "appearance_weight",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"tracker setting {name}={getattr(self, name)} must be in [0, 1]")
         if self.low_score > self.high_score:
-            raise ConfigError(f"tracker low_score {self.low_score} is above high_score "
-                              f"{self.high_score}")
+            raise ConfigError(
+                f"tracker low_score {self.low_score} is above high_score {self.high_score}"
+            )
         if self.max_speed <= 0:
             raise ConfigError(f"tracker max_speed={self.max_speed} must be > 0 heights per second")
         if self.max_lost_s <= 0:
@@ -96,17 +103,26 @@ class _Track:
     hits: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"track_id": self.track_id, "mean": self.mean.tolist(), "cov": self.cov.tolist(),
-                "last_time": self.last_time, "hits": self.hits,
-                "feature": None if self.feature is None else self.feature.tolist()}
+        return {
+            "track_id": self.track_id,
+            "mean": self.mean.tolist(),
+            "cov": self.cov.tolist(),
+            "last_time": self.last_time,
+            "hits": self.hits,
+            "feature": None if self.feature is None else self.feature.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _Track:
         feature = data.get("feature")
-        return cls(int(data["track_id"]), np.asarray(data["mean"], dtype=np.float64),
-                   np.asarray(data["cov"], dtype=np.float64), float(data["last_time"]),
-                   None if feature is None else np.asarray(feature, dtype=np.float32),
-                   int(data["hits"]))
+        return cls(
+            int(data["track_id"]),
+            np.asarray(data["mean"], dtype=np.float64),
+            np.asarray(data["cov"], dtype=np.float64),
+            float(data["last_time"]),
+            None if feature is None else np.asarray(feature, dtype=np.float32),
+            int(data["hits"]),
+        )
 
 
 def _to_xyah(box: np.ndarray) -> np.ndarray:
@@ -143,8 +159,9 @@ def _predict(mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.ndarray, 
 def _correct(mean: np.ndarray, cov: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     measured = _to_xyah(box)
     height = mean[3]
-    noise = np.diag(np.square([_MEASURE_STD * height, _MEASURE_STD * height, 1e-1,
-                               _MEASURE_STD * height]))
+    noise = np.diag(
+        np.square([_MEASURE_STD * height, _MEASURE_STD * height, 1e-1, _MEASURE_STD * height])
+    )
     projected_cov = cov[:4, :4] + noise
     gain = np.linalg.solve(projected_cov, cov[:4, :]).T  # (8, 4)
     mean = mean + gain @ (measured - mean[:4])
@@ -184,6 +201,18 @@ def _assign(cost: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
 
 
 @dataclass
+class _Frame:
+    """One `update`'s working state: the frame's detections and what is matched so far."""
+
+    time_s: float
+    boxes: np.ndarray
+    features: np.ndarray | None
+    ids: np.ndarray  #: track id per detection (-1: none yet)
+    predicted: list[tuple[np.ndarray, np.ndarray]]  #: each track's predicted mean, covariance
+    free_tracks: set[int]  #: indices of the tracks not matched yet in this frame
+
+
+@dataclass
 class Tracker:
     """Tracks of one video; call `update` once per sampled frame, in time order."""
 
@@ -192,8 +221,13 @@ class Tracker:
     next_id: int = 0
     last_time: float | None = None
 
-    def update(self, time_s: float, boxes: np.ndarray, scores: np.ndarray,
-               features: np.ndarray | None = None) -> np.ndarray:
+    def update(
+        self,
+        time_s: float,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The track id of each detection of the frame at `time_s` (-1: joined none)."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -207,62 +241,99 @@ class Tracker:
             norms = np.linalg.norm(features, axis=1, keepdims=True)
             features = features / np.maximum(norms, 1e-12)
         if self.last_time is not None and time_s < self.last_time:
-            raise ValueError(f"frame at {time_s:.3f} s comes before the last one "
-                             f"({self.last_time:.3f} s): feed frames in time order")
+            raise ValueError(
+                f"frame at {time_s:.3f} s comes before the last one "
+                f"({self.last_time:.3f} s): feed frames in time order"
+            )
         s = self.settings
         self._end_lost_tracks(time_s)
-        predicted = []
-        for track in self.tracks:
-            mean, cov = _predict(track.mean, track.cov, time_s - track.last_time)
-            predicted.append((mean, cov))
-        track_boxes = np.array([_to_xyxy(mean) for mean, _ in predicted]).reshape(-1, 4)
-        ids = np.full(len(boxes), -1, dtype=np.int64)
-        free_tracks = set(range(len(self.tracks)))
-
-        def match(candidates: np.ndarray, min_iou: float, recent: bool) -> None:
-            candidates = np.array([d for d in candidates if ids[d] < 0], dtype=np.int64)
-            open_tracks = np.array([t for t in sorted(free_tracks)
-                                    if (self.tracks[t].last_time == self.last_time) == recent],
-                                   dtype=np.int64)
-            if not len(candidates) or not len(open_tracks):
-                return
-            iou = box_iou(boxes[candidates], track_boxes[open_tracks])
-            allowed = iou >= min_iou
-            # IoU alone cannot tell apart two people crossing at the same depth (their boxes
-            # overlap alike); the distance to each track's motion-predicted centre can.
-            cost = 1.0 - iou + 0.5 * _centre_distance(boxes[candidates], track_boxes[open_tracks])
-            similarity = self._similarity(features, candidates, open_tracks)
-            if similarity is not None:
-                known = ~np.isnan(similarity)
-                allowed &= ~known | (similarity >= s.min_similarity)
-                mixed = (1 - s.appearance_weight) * cost + s.appearance_weight * (1 - similarity)
-                cost = np.where(known, mixed, cost)
-            for row, col in _assign(cost, allowed):
-                self._join(open_tracks[col], candidates[row], predicted, boxes, features, time_s)
-                ids[candidates[row]] = self.tracks[open_tracks[col]].track_id
-                free_tracks.discard(int(open_tracks[col]))
-
+        frame = _Frame(
+            time_s,
+            boxes,
+            features,
+            np.full(len(boxes), -1, dtype=np.int64),
+            [_predict(t.mean, t.cov, time_s - t.last_time) for t in self.tracks],
+            set(range(len(self.tracks))),
+        )
         high = np.flatnonzero(scores >= s.high_score)
         low = np.flatnonzero((scores >= s.low_score) & (scores < s.high_score))
         # Tracks seen in the previous frame are matched before lost ones (DeepSORT's cascade):
         # a lost track's predicted box drifts, and would otherwise take over a passer-by.
-        match(high, s.min_iou, recent=True)
-        match(high, s.min_iou, recent=False)
-        match(low, s.low_min_iou, recent=True)
-        self._match_by_distance(high, ids, free_tracks, predicted, boxes, features, time_s)
-        self._rejoin_on_looks(high, ids, free_tracks, predicted, boxes, features, time_s)
+        self._match_by_iou(frame, high, s.min_iou, recent=True)
+        self._match_by_iou(frame, high, s.min_iou, recent=False)
+        self._match_by_iou(frame, low, s.low_min_iou, recent=True)
+        self._match_by_distance(frame, high)
+        self._rejoin_on_looks(frame, high)
         for det in high:
-            if ids[det] < 0 and scores[det] >= s.new_track_score:
+            if frame.ids[det] < 0 and scores[det] >= s.new_track_score:
                 mean, cov = _start(boxes[det])
                 feature = None if features is None else features[det].copy()
                 self.tracks.append(_Track(self.next_id, mean, cov, time_s, feature))
-                ids[det] = self.next_id
+                frame.ids[det] = self.next_id
                 self.next_id += 1
         self.last_time = time_s
-        return ids
+        return frame.ids
 
-    def _similarity(self, features: np.ndarray | None, dets: np.ndarray,
-                    tracks: np.ndarray) -> np.ndarray | None:
+    def _open(
+        self, frame: _Frame, candidates: np.ndarray, recent: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Still unmatched detections among `candidates`, and the free tracks (only those seen
+        in the previous frame, or only those not, when `recent` says so)."""
+        dets = np.array([d for d in candidates if frame.ids[d] < 0], dtype=np.int64)
+        tracks = [
+            t
+            for t in sorted(frame.free_tracks)
+            if recent is None or (self.tracks[t].last_time == self.last_time) == recent
+        ]
+        return dets, np.array(tracks, dtype=np.int64)
+
+    def _gate_by_looks(
+        self,
+        frame: _Frame,
+        dets: np.ndarray,
+        tracks: np.ndarray,
+        cost: np.ndarray,
+        allowed: np.ndarray,
+        weight: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mix appearance into a motion cost and refuse pairs less alike than min_similarity."""
+        similarity = self._similarity(frame.features, dets, tracks)
+        if similarity is None:
+            return cost, allowed
+        known = ~np.isnan(similarity)
+        allowed = allowed & (~known | (similarity >= self.settings.min_similarity))
+        mixed = (1 - weight) * cost + weight * (1 - similarity)
+        return np.where(known, mixed, cost), allowed
+
+    def _take(
+        self, frame: _Frame, pairs: list[tuple[int, int]], dets: np.ndarray, tracks: np.ndarray
+    ) -> None:
+        """Each (detection row, track column) pair: the detection joins the track."""
+        for row, col in pairs:
+            index, det = int(tracks[col]), int(dets[row])
+            self._join(index, det, frame)
+            frame.ids[det] = self.tracks[index].track_id
+            frame.free_tracks.discard(index)
+
+    def _match_by_iou(
+        self, frame: _Frame, candidates: np.ndarray, min_iou: float, recent: bool
+    ) -> None:
+        dets, tracks = self._open(frame, candidates, recent)
+        if not len(dets) or not len(tracks):
+            return
+        track_boxes = np.array([_to_xyxy(frame.predicted[t][0]) for t in tracks]).reshape(-1, 4)
+        iou = box_iou(frame.boxes[dets], track_boxes)
+        # IoU alone cannot tell apart two people crossing at the same depth (their boxes
+        # overlap alike); the distance to each track's motion-predicted centre can.
+        cost = 1.0 - iou + 0.5 * _centre_distance(frame.boxes[dets], track_boxes)
+        cost, allowed = self._gate_by_looks(
+            frame, dets, tracks, cost, iou >= min_iou, self.settings.appearance_weight
+        )
+        self._take(frame, _assign(cost, allowed), dets, tracks)
+
+    def _similarity(
+        self, features: np.ndarray | None, dets: np.ndarray, tracks: np.ndarray
+    ) -> np.ndarray | None:
         """Cosine similarity of detections and tracks (NaN where a track has no feature)."""
         if features is None:
             return None
@@ -273,73 +344,55 @@ class Tracker:
                 out[:, col] = features[dets] @ feature
         return out
 
-    def _match_by_distance(self, high: np.ndarray, ids: np.ndarray, free_tracks: set[int],
-                           predicted: list[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
-                           features: np.ndarray | None, time_s: float) -> None:
+    def _match_by_distance(self, frame: _Frame, high: np.ndarray) -> None:
         """Confident detections that overlap no predicted box, matched to the nearest track that
         a person of its size could have walked from since it was last seen.
 
         At a low sampling rate a walking person's consecutive boxes often do not overlap at all;
-        distance in body heights, bounded by a walking speed, still tells who went where."""
+        distance in body heights, bounded by a walking speed, still tells who went where. Only
+        tracks seen in the previous frame take part: a lost track's position is a guess."""
         s = self.settings
-        candidates = np.array([d for d in high if ids[d] < 0], dtype=np.int64)
-        # Only tracks seen in the previous frame: a lost track's position is a guess.
-        open_tracks = np.array([t for t in sorted(free_tracks)
-                                if self.tracks[t].last_time == self.last_time], dtype=np.int64)
-        if not len(candidates) or not len(open_tracks):
+        dets, tracks = self._open(frame, high, recent=True)
+        if not len(dets) or not len(tracks):
             return
-        centres = (boxes[candidates, :2] + boxes[candidates, 2:]) / 2
-        heights = boxes[candidates, 3] - boxes[candidates, 1]
-        track_centres = np.array([predicted[t][0][:2] for t in open_tracks])
-        track_heights = np.array([max(predicted[t][0][3], 1e-6) for t in open_tracks])
-        gaps = np.array([time_s - self.tracks[t].last_time for t in open_tracks])
+        boxes = frame.boxes[dets]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        heights = boxes[:, 3] - boxes[:, 1]
+        track_centres = np.array([frame.predicted[t][0][:2] for t in tracks])
+        track_heights = np.array([max(frame.predicted[t][0][3], 1e-6) for t in tracks])
+        gaps = np.array([frame.time_s - self.tracks[t].last_time for t in tracks])
         distance = np.linalg.norm(centres[:, None] - track_centres[None], axis=2) / track_heights
         ratio = heights[:, None] / track_heights[None]
-        # Half a height of slack covers the detector's own jitter and a start from rest.
-        allowed = (distance <= s.max_speed * gaps[None] + 0.5) & (ratio > 0.67) & (ratio < 1.5)
-        cost = distance / (s.max_speed * gaps[None] + 0.5)
-        similarity = self._similarity(features, candidates, open_tracks)
-        if similarity is not None:
-            known = ~np.isnan(similarity)
-            allowed &= ~known | (similarity >= s.min_similarity)
-            cost = np.where(known, 0.5 * cost + 0.5 * (1 - similarity), cost)
-        for row, col in _assign(cost, allowed):
-            index = int(open_tracks[col])
-            self._join(index, candidates[row], predicted, boxes, features, time_s)
-            ids[candidates[row]] = self.tracks[index].track_id
-            free_tracks.discard(index)
+        reach = s.max_speed * gaps[None] + 0.5  # half a height of slack: jitter, a start from rest
+        allowed = (distance <= reach) & (ratio > 0.67) & (ratio < 1.5)
+        cost, allowed = self._gate_by_looks(frame, dets, tracks, distance / reach, allowed, 0.5)
+        self._take(frame, _assign(cost, allowed), dets, tracks)
 
-    def _rejoin_on_looks(self, high: np.ndarray, ids: np.ndarray, free_tracks: set[int],
-                         predicted: list[tuple[np.ndarray, np.ndarray]], boxes: np.ndarray,
-                         features: np.ndarray | None, time_s: float) -> None:
+    def _rejoin_on_looks(self, frame: _Frame, high: np.ndarray) -> None:
         """Unmatched confident detections rejoin free tracks of a person who looks the same."""
-        if features is None or self.settings.rejoin_similarity is None:
+        if frame.features is None or self.settings.rejoin_similarity is None:
             return
-        candidates = np.array([d for d in high if ids[d] < 0], dtype=np.int64)
-        open_tracks = np.array(sorted(free_tracks), dtype=np.int64)
-        if not len(candidates) or not len(open_tracks):
+        dets, tracks = self._open(frame, high)
+        if not len(dets) or not len(tracks):
             return
-        similarity = self._similarity(features, candidates, open_tracks)
+        similarity = self._similarity(frame.features, dets, tracks)
         allowed = ~np.isnan(similarity) & (similarity >= self.settings.rejoin_similarity)
-        for row, col in _assign(1 - np.nan_to_num(similarity), allowed):
-            index = int(open_tracks[col])
+        pairs = _assign(1 - np.nan_to_num(similarity), allowed)
+        for row, col in pairs:
             # The person reappeared elsewhere: restart the motion model at the new box.
-            mean, cov = _start(boxes[candidates[row]])
-            predicted[index] = (mean, cov)
-            self._join(index, candidates[row], predicted, boxes, features, time_s)
-            ids[candidates[row]] = self.tracks[index].track_id
-            free_tracks.discard(index)
+            frame.predicted[int(tracks[col])] = _start(frame.boxes[dets[row]])
+        self._take(frame, pairs, dets, tracks)
 
-    def _join(self, index: int, det: int, predicted: list[tuple[np.ndarray, np.ndarray]],
-              boxes: np.ndarray, features: np.ndarray | None, time_s: float) -> None:
+    def _join(self, index: int, det: int, frame: _Frame) -> None:
         track = self.tracks[index]
-        mean, cov = predicted[index]
-        track.mean, track.cov = _correct(mean, cov, boxes[det])
-        track.last_time = time_s
+        mean, cov = frame.predicted[index]
+        track.mean, track.cov = _correct(mean, cov, frame.boxes[det])
+        track.last_time = frame.time_s
         track.hits += 1
-        if features is not None:
+        if frame.features is not None:
             # A slow running mean: one bad crop (occlusion, blur) barely moves a track's looks.
-            new = features[det] if track.feature is None else 0.9 * track.feature + 0.1 * features[det]
+            feature = frame.features[det]
+            new = feature if track.feature is None else 0.9 * track.feature + 0.1 * feature
             track.feature = (new / max(float(np.linalg.norm(new)), 1e-12)).astype(np.float32)
 
     def _end_lost_tracks(self, time_s: float) -> None:
@@ -347,23 +400,34 @@ class Tracker:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to go on after the last frame fed (JSON-serialisable)."""
-        return {"settings": asdict(self.settings), "next_id": self.next_id,
-                "last_time": self.last_time, "tracks": [t.to_dict() for t in self.tracks]}
+        return {
+            "settings": asdict(self.settings),
+            "next_id": self.next_id,
+            "last_time": self.last_time,
+            "tracks": [t.to_dict() for t in self.tracks],
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Tracker:
         try:
-            return cls(TrackerSettings(**state["settings"]),
-                       [_Track.from_dict(t) for t in state["tracks"]],
-                       int(state["next_id"]),
-                       None if state["last_time"] is None else float(state["last_time"]))
+            return cls(
+                TrackerSettings(**state["settings"]),
+                [_Track.from_dict(t) for t in state["tracks"]],
+                int(state["next_id"]),
+                None if state["last_time"] is None else float(state["last_time"]),
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"tracker state is malformed ({error})") from error
 
 
-def track_all(times: np.ndarray, frame_of: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-              features: np.ndarray | None = None,
-              settings: TrackerSettings | None = None) -> np.ndarray:
+def track_all(
+    times: np.ndarray,
+    frame_of: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    features: np.ndarray | None = None,
+    settings: TrackerSettings | None = None,
+) -> np.ndarray:
     """Track ids for a whole video's detections given as flat arrays.
 
     `frame_of` (M,) is each detection's frame number, `times` (M,) its frame's time in seconds;
@@ -374,8 +438,12 @@ def track_all(times: np.ndarray, frame_of: np.ndarray, boxes: np.ndarray, scores
     order = np.lexsort((frame_of, times))  # by time, then frame: each frame's rows contiguous
     breaks = np.flatnonzero(np.diff(frame_of[order])) + 1
     for members in np.split(order, breaks) if len(order) else []:
-        ids[members] = tracker.update(float(times[members[0]]), boxes[members], scores[members],
-                                      None if features is None else features[members])
+        ids[members] = tracker.update(
+            float(times[members[0]]),
+            boxes[members],
+            scores[members],
+            None if features is None else features[members],
+        )
     return ids
 
 

@@ -48,10 +48,17 @@ def _crops(image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def scan_video(path: str | os.PathLike[str], detector: Detector, embedder: Embedder, *,
-               fps: float | None = DEFAULT_FPS, keyframes: bool = False,
-               tracker: Tracker | None = None, start_after: int | None = None,
-               timings: dict[str, float] | None = None) -> Iterator[ScannedFrame]:
+def scan_video(
+    path: str | os.PathLike[str],
+    detector: Detector,
+    embedder: Embedder,
+    *,
+    fps: float | None = DEFAULT_FPS,
+    keyframes: bool = False,
+    tracker: Tracker | None = None,
+    start_after: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> Iterator[ScannedFrame]:
     """Detect, embed and track the sampled frames of one video (see the module docstring).
 
     `timings`, when given, accumulates the seconds spent decoding, detecting, embedding and
@@ -84,5 +91,6 @@ def scan_video(path: str | os.PathLike[str], detector: Detector, embedder: Embed
         tracks = tracker.update(frame.time_s, boxes, scores, features)
         clock["track"] += time.perf_counter() - start
         height, width = frame.image.shape[:2]
-        yield ScannedFrame(frame.index, frame.time_s, boxes, scores, features, tracks,
-                           width, height)
+        yield ScannedFrame(
+            frame.index, frame.time_s, boxes, scores, features, tracks, width, height
+        )

@@ -122,6 +122,10 @@ class IndexCatalog:
 
 def _image(row: ImageSummary) -> CatalogImage:
     return CatalogImage(
-        int(row.id), Path(row.path).name, int(row.width), int(row.height), int(row.camera),
+        int(row.id),
+        Path(row.path).name,
+        int(row.width),
+        int(row.height),
+        int(row.camera),
         int(row.persons),
     )

@@ -80,8 +80,7 @@ def has_images(folder: Path) -> bool:
 def image_counts(conn: sqlite3.Connection) -> tuple[int, int]:
     """(images indexed successfully, images that failed)."""
     ((ok, failed),) = conn.execute(
-        "SELECT COALESCE(SUM(status = 'ok'), 0), COALESCE(SUM(status = 'failed'), 0) "
-        "FROM images"
+        "SELECT COALESCE(SUM(status = 'ok'), 0), COALESCE(SUM(status = 'failed'), 0) FROM images"
     ).fetchall()
     return int(ok), int(failed)
 
@@ -93,9 +92,7 @@ def box_count(conn: sqlite3.Connection) -> int:
 
 def cameras(conn: sqlite3.Connection) -> list[int]:
     """The known cameras (>= 0) of the successfully indexed images, ascending."""
-    query = (
-        "SELECT DISTINCT camera FROM images WHERE status = 'ok' AND camera >= 0 ORDER BY camera"
-    )
+    query = "SELECT DISTINCT camera FROM images WHERE status = 'ok' AND camera >= 0 ORDER BY camera"
     return [c for (c,) in conn.execute(query).fetchall()]
 
 

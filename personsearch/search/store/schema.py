@@ -115,5 +115,5 @@ def chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
 
 
 def placeholders(values: Sequence[Any]) -> str:
-    """"?,?,?" for binding `values` in an IN (...) list."""
+    """ "?,?,?" for binding `values` in an IN (...) list."""
     return ",".join("?" * len(values))
