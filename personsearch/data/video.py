@@ -17,12 +17,15 @@ the time is frame number / frame rate. `frame.index` is the frame's number in de
 from the first frame (in keyframes mode, and when B-frames are skipped, estimated from its time
 and the frame rate, since the frames between are never decoded).
 
-Sampling at a rate well below the video's (`fps` <= half the frame rate) skips decoding
+Sampling at a rate well below the video's (`fps` <= a quarter of the frame rate) skips decoding
 B-frames (`skip_b_frames`, on by default there): no other frame refers to them, so the I- and
 P-frames decode alike, and a sampled frame is then the first I- or P-frame at or after each
 sampling time (a frame or two later, with its own exact timestamp). Decoding, the floor of
 footage speed, takes about half the time for typical H.264 (measured in
-`benchmarks/bench_video.py`). AVI, timed by frame count, always decodes every frame.
+`benchmarks/bench_video.py`). Only at a quarter of the rate or less: at half (5 of 10 fps) the
+next I/P frames came unevenly spaced, 230 frames instead of 300 in 60 s of the synthetic world,
+and tracking got worse (`experiments/video_tracking.py`). AVI, timed by frame count, always
+decodes every frame.
 
 Rotation metadata (phones record portrait video as landscape plus a rotation) is applied, so
 the image is upright. A frame larger than `images.MAX_PIXELS` is refused before conversion.
@@ -276,7 +279,7 @@ def read_video_frames(
         if threads:
             stream.codec_context.thread_count = threads
         if skip_b_frames is None:  # only where sampling leaves most frames unused anyway
-            skip_b_frames = fps is not None and fps <= info.fps / 2
+            skip_b_frames = fps is not None and fps <= info.fps / 4
         # a stream without B-frames has nothing to skip (and keeps exact frame numbers)
         skip_b_frames = (
             skip_b_frames and info.timing == "pts" and bool(stream.codec_context.has_b_frames)
