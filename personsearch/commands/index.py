@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.search.pipeline import baseline_pipeline, load_pipeline
     from personsearch.search.searcher import PersonSearcher
 
+    _note_videos(Path(args.gallery))
     pipeline = load_pipeline(args.pipeline) if args.pipeline else baseline_pipeline()
     info = {"pipeline": pipeline.source}
     if args.pipeline:
@@ -123,6 +124,22 @@ def run(args: argparse.Namespace) -> int:
             raise _os_error(out, error) from error
         raise
     return 0
+
+
+def _note_videos(gallery: Path) -> None:
+    """Say so when the gallery holds videos: the index reads images only, for now."""
+    from personsearch.data.video import VIDEO_SUFFIXES
+
+    if not gallery.is_dir():
+        return
+    videos = [p for p in gallery.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    if videos:
+        print(
+            f"note: {len(videos)} video file(s) in {gallery} (e.g. {videos[0].name}) are not "
+            "indexed: the index reads images only; video galleries are not built yet (the "
+            "library's personsearch.search.video_scan reads them: docs/footage.md)",
+            file=sys.stderr,
+        )
 
 
 def _os_error(out: Path, error: OSError) -> Exception:
