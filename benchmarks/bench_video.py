@@ -41,18 +41,6 @@ def _detector(spec: str):  # type: ignore[no-untyped-def]
     return load_onnx_detector(spec, threads=1)
 
 
-def _embedder(spec: str):  # type: ignore[no-untyped-def]
-    from personsearch.engine.reid_eval import build_embedder
-
-    return build_embedder(spec) if spec not in ("colour", "bands") else _builtin(spec)
-
-
-def _builtin(spec: str):  # type: ignore[no-untyped-def]
-    from personsearch.search.embedders import BandColourEmbedder, ColorHistogramEmbedder
-
-    return BandColourEmbedder() if spec == "bands" else ColorHistogramEmbedder()
-
-
 def _found(frames: list, truth: dict[str, np.ndarray] | None) -> set[int] | None:
     """Identities with at least one tracked detection matching their true box."""
     if truth is None:
@@ -116,10 +104,11 @@ def main() -> int:
         f"{video.codec}",
         flush=True,
     )
+    from personsearch.engine.reid_eval import build_embedder
     from personsearch.search.tracking import Tracker
     from personsearch.search.video_scan import scan_video
 
-    detector, embedder = _detector(args.detector), _embedder(args.embedder)
+    detector, embedder = _detector(args.detector), build_embedder(args.embedder)
     rows: list[dict[str, Any]] = []
     passes = [("every frame", None, False)] + [(f"{r:g} fps", r, False) for r in args.rates]
     passes.append(("keyframes", None, True))

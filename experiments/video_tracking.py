@@ -53,25 +53,13 @@ from personsearch.search.tracking import TrackerSettings, track_all  # noqa: E40
 
 
 def build_detector(spec: str):  # type: ignore[no-untyped-def]
+    """None for the ground truth; else what a pipeline.yaml's detector names (its own
+    threshold kept)."""
     if spec == "truth":
         return None
-    if spec == "hog":
-        from personsearch.search.detectors import HogPeopleDetector
+    from personsearch.search.pipeline import detector_from_spec
 
-        return HogPeopleDetector()
-    from personsearch.search.onnx_detector import OnnxDetector, read_detector_config
-
-    return OnnxDetector(read_detector_config(Path(spec)))
-
-
-def build_embedder(spec: str):  # type: ignore[no-untyped-def]
-    if spec in ("colour", "bands"):
-        from personsearch.search.embedders import BandColourEmbedder, ColorHistogramEmbedder
-
-        return BandColourEmbedder() if spec == "bands" else ColorHistogramEmbedder()
-    from personsearch.engine.reid_eval import build_embedder as build
-
-    return build(spec)
+    return detector_from_spec(spec, Path.cwd(), 0.5, thresh_given=False)
 
 
 def crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -266,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating the world in {args.world} (seed {args.seed})", flush=True)
         generate_video_world(args.world, VideoWorldSettings(seed=args.seed), progress=True)
     truth = read_ground_truth(args.world)
+    from personsearch.engine.reid_eval import build_embedder
+
     detector, embedder = build_detector(args.detector), build_embedder(args.embedder)
     from PIL import Image
 

@@ -22,18 +22,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from personsearch.boxes import box_iou
+
 MATCH_IOU = 0.5
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match_detections(
@@ -49,7 +40,7 @@ def match_detections(
     for frame in np.intersect1d(det_frame, gt_frame):
         dets = np.flatnonzero(det_frame == frame)
         truths = np.flatnonzero(gt_frame == frame)
-        iou = _iou(det_boxes[dets], gt_boxes[truths])
+        iou = box_iou(det_boxes[dets], gt_boxes[truths])
         rows, cols = linear_sum_assignment(-iou)
         for row, col in zip(rows, cols, strict=True):
             if iou[row, col] >= min_iou:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from personsearch.boxes import box_iou
 from personsearch.errors import ConfigError
 
 
@@ -167,20 +168,6 @@ def _correct(mean: np.ndarray, cov: np.ndarray, box: np.ndarray) -> tuple[np.nda
     mean = mean + gain @ (measured - mean[:4])
     cov = cov - gain @ projected_cov @ gain.T
     return mean, cov
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of x1 y1 x2 y2 boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def _centre_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
