@@ -113,7 +113,7 @@ def test_shards_of_uncommitted_batches_are_removed_and_ignored(tmp_path, monkeyp
             raise RuntimeError("disk full")
 
         with monkeypatch.context() as patch, pytest.raises(RuntimeError):
-            patch.setattr(store_writer, "_insert_batch", failing_insert)
+            patch.setattr(store_writer, "_insert_boxes", failing_insert)
             index.store.add_batch([record("x.jpg", 2)], unit_rows(rng, 2))
         assert len(list((folder / SHARD_DIR).iterdir())) == 2
     # a writer killed between writing its shard and committing leaves an orphan (and temp files)

@@ -220,17 +220,3 @@ def test_baseline_pipeline_works_without_opencv(monkeypatch):
     boxes, scores = baseline.detector.detect(np.zeros((20, 10, 3), np.uint8))
     assert boxes.tolist() == [[0, 0, 10, 20]] and scores.tolist() == [1.0]
     assert baseline.source == "baseline"
-
-
-def test_index_says_when_the_gallery_holds_videos(tmp_path, crops_gallery, capsys):
-    import shutil
-
-    folder = tmp_path / "gallery"  # a copy: the shared gallery stays images only
-    shutil.copytree(crops_gallery[0], folder)
-    (folder / "clip.mp4").write_bytes(b"not really a video")
-    assert (
-        main(["index", "--gallery", str(folder), "--out", str(tmp_path / "idx"), "--no-progress"])
-        == 0
-    )
-    err = capsys.readouterr().err
-    assert "1 video file(s)" in err and "clip.mp4" in err and "not indexed" in err

@@ -14,11 +14,17 @@ from personsearch.commands._pipeline import add_pipeline_argument
 from personsearch.errors import PersonSearchError
 
 COMMAND = "index"
-HELP = "index a folder of scene images for person search (incremental, resumable)"
+HELP = "index a folder of scene images and videos for person search (incremental, resumable)"
 DESCRIPTION = """\
-Detect every person in the images under --gallery, embed each person, and add them to the
-gallery index folder --out. Running it again adds only images not indexed yet; a run that was
-killed resumes where it stopped. Unreadable images are reported and skipped.
+Detect every person in the images and videos under --gallery, embed each person, and add them
+to the gallery index folder --out. Running it again adds only files not indexed yet; a run that
+was killed resumes where it stopped (inside a video: after its last committed frame).
+Unreadable files are reported and skipped; a video whose decoding fails part-way keeps the
+frames before the fault.
+
+Videos (mp4, mkv, avi, mov, webm, ...) are sampled at --fps frames per second (default 2;
+--keyframes: only keyframes, the fast mode; --every-frame: all of them); each person is tracked
+across the sampled frames, and a search returns one hit per track (docs/footage.md).
 
 --pipeline is a trained pipeline folder (pipeline.yaml pairing a detector run and a re-id run,
 or a re-id run folder alone, see docs/search.md); --run is a deprecated alias of it. Without
@@ -35,6 +41,7 @@ and --out must then be on storage every node sees).
 examples:
   personsearch index --gallery frames/ --out gallery.index
   personsearch index --gallery frames/ --out gallery.index --pipeline runs/pipeline
+  personsearch index --gallery footage/ --out footage.index --fps 4
   personsearch index --gallery frames/ --out gallery.index --ray-workers 8
   personsearch index --gallery /nfs/frames --out /nfs/gallery.index --ray-workers 64 \
       --ray-address HEAD_IP:6379
@@ -62,6 +69,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         metavar="N",
         help="images per committed batch (default 8)",
+    )
+    video = parser.add_argument_group("videos in the gallery")
+    sampling = video.add_mutually_exclusive_group()
+    sampling.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        metavar="F",
+        help="sampled frames per second of each new video (default 2)",
+    )
+    sampling.add_argument(
+        "--keyframes",
+        action="store_true",
+        help="index only the keyframes (fast: the other frames are never decoded)",
+    )
+    sampling.add_argument(
+        "--every-frame", action="store_true", help="index every frame (slow; exact tracks)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -97,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from personsearch.search.pipeline import baseline_pipeline, load_pipeline
     from personsearch.search.searcher import PersonSearcher
 
-    _note_videos(Path(args.gallery))
+    sampling = video_sampling(args)  # checked before any model is loaded
     pipeline = load_pipeline(args.pipeline) if args.pipeline else baseline_pipeline()
     info = {"pipeline": pipeline.source}
     if args.pipeline:
@@ -114,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
             batch_images=args.batch_images,
         ) as searcher:
             started = time.perf_counter()
-            report = searcher.index_folder(args.gallery, progress=not args.no_progress)
+            report = searcher.index_folder(
+                args.gallery, progress=not args.no_progress, sampling=sampling
+            )
             searcher.index.prepare()  # build the FAISS index now: the first search is then fast
             _print_report(args, report, searcher.index.store, time.perf_counter() - started)
     except BaseException as error:
@@ -126,8 +152,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def video_sampling(args: argparse.Namespace) -> Any:
+    """The VideoSampling that --fps / --keyframes / --every-frame ask for."""
+    import math
+
+    from personsearch.data.video import DEFAULT_FPS
+    from personsearch.search.video_indexing import VideoSampling
+
+    if args.keyframes:
+        return VideoSampling(None, keyframes=True)
+    if args.every_frame:
+        return VideoSampling(None)
+    fps = DEFAULT_FPS if args.fps is None else args.fps
+    if not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise PersonSearchError(f"--fps {args.fps}: give frames per second in (0, 1000]")
+    return VideoSampling(fps)
+
+
 def _note_videos(gallery: Path) -> None:
-    """Say so when the gallery holds videos: the index reads images only, for now."""
+    """Say so when a gallery indexed with Ray holds videos: Ray workers read images only."""
     from personsearch.data.video import VIDEO_SUFFIXES
 
     if not gallery.is_dir():
@@ -136,8 +179,7 @@ def _note_videos(gallery: Path) -> None:
     if videos:
         print(
             f"note: {len(videos)} video file(s) in {gallery} (e.g. {videos[0].name}) are not "
-            "indexed: the index reads images only; video galleries are not built yet (the "
-            "library's personsearch.search.video_scan reads them: docs/footage.md)",
+            "indexed: --ray-workers indexes images only; index the videos without Ray",
             file=sys.stderr,
         )
 
@@ -172,6 +214,7 @@ def _run_with_ray(args: argparse.Namespace) -> int:
 
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
+    _note_videos(Path(args.gallery))
     run_dir = str(Path(args.pipeline).resolve()) if args.pipeline else None
     out = Path(args.out)
     created = not out.exists()
@@ -204,6 +247,8 @@ def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: fl
     stream = sys.stderr if args.json else sys.stdout
     for path, error in report.failed:
         print(f"failed: {path}: {error}", file=stream)
+    for path, error in report.stopped:
+        print(f"stopped part-way: {path}: {error}", file=stream)
     print(report.summary(), file=stream)
     print(
         f"index {args.out}: {store.num_images} images, {store.num_boxes} persons, "
@@ -220,6 +265,10 @@ def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: fl
             "skipped": report.skipped,
             "failed": [{"image": path, "error": error} for path, error in report.failed],
             "changed": len(report.changed),
+            "videos": report.videos,
+            "video_frames": report.frames,
+            "videos_resumed": len(report.resumed),
+            "videos_stopped": [{"video": path, "error": error} for path, error in report.stopped],
             "images": store.num_images,
             "persons": store.num_boxes,
             "index_kind": store.index_kind,

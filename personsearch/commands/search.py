@@ -20,6 +20,10 @@ writes a picture of the top results with their boxes drawn: an HTML page (.html)
 contact sheet (.png, .jpg). Use the same --pipeline that built the index (none for the
 baseline); --run is a deprecated alias of --pipeline.
 
+A person seen in a gallery video is one result: the best-matching frame of their track, with
+the video's name, the frame's time and the track's first and last time (--every-frame: a
+result for every sampled frame instead).
+
 example:
   personsearch search --index gallery.index --probe frames/c1s1_000151.jpg \\
       --box 420,110,480,290 --top-k 10 --out results.html
@@ -39,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="C",
         help="only gallery persons from this camera (repeatable)",
+    )
+    parser.add_argument(
+        "--every-frame",
+        action="store_true",
+        help="videos: a result for every sampled frame of a person, not one per track",
     )
     add_pipeline_argument(parser, "the trained pipeline folder that built the index")
     parser.add_argument("--out", metavar="FILE", help="write a picture: .html, .png or .jpg")
@@ -64,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         if out.suffix.lower() in (".jpg", ".jpeg"):
             check_jpeg_sheet(args.top_k)
     with open_searcher(args.index, args.pipeline) as searcher:
-        hits = searcher.search(args.probe, box=box, top_k=args.top_k, cameras=args.camera)
+        hits = searcher.search(
+            args.probe,
+            box=box,
+            top_k=args.top_k,
+            cameras=args.camera,
+            per_track=not args.every_frame,
+        )
     if args.json:
         print(json.dumps(search_document(args, box, hits), indent=2))
     else:
@@ -79,39 +94,72 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(hits: list) -> None:
-    print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image")
+    print(f"{'rank':>4}  {'similarity':>10}  {'det':>5}  {'cam':>3}  {'box':<24}  image or video")
     for rank, hit in enumerate(hits, 1):
         box_text = ",".join(f"{v:.0f}" for v in hit.box)
         print(
             f"{rank:>4}  {hit.similarity:>10.4f}  {hit.det_score:>5.2f}  {hit.camera:>3}  "
-            f"{box_text:<24}  {hit.image_path}"
+            f"{box_text:<24}  {hit.image_path}{video_place(hit)}"
         )
     if not hits:
         print("no results: the index holds no persons (or none pass the camera filter)")
+
+
+def video_place(hit: object) -> str:
+    """ " at 12.5 s (frame 125; track 3, 10.0-17.5 s)" for a video hit, "" for an image's."""
+    if getattr(hit, "frame", None) is None:
+        return ""
+    text = f" at {format_time(hit.time_s)} (frame {hit.frame}"
+    if hit.track is not None and hit.track >= 0:
+        text += f"; track {hit.track}"
+        if hit.track_start_s is not None:
+            text += f", {format_time(hit.track_start_s)}-{format_time(hit.track_end_s)}"
+    return text + ")"
+
+
+def format_time(seconds: float) -> str:
+    """Seconds as m:ss.s (h:mm:ss.s past an hour)."""
+    minutes, secs = divmod(float(seconds), 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+def hit_document(rank: int, hit: object) -> dict:
+    """One hit of `--json` (and of the server's /api/search): image or video, place, track."""
+    doc = {
+        "rank": rank,
+        "image": hit.image_path,
+        "box": [round(float(v), 2) for v in hit.box],
+        "similarity": float(hit.similarity),
+        "det_score": float(hit.det_score),
+        "camera": int(hit.camera),
+    }
+    if getattr(hit, "frame", None) is not None:
+        doc["video"] = hit.image_path
+        doc["frame"] = int(hit.frame)
+        doc["time_s"] = round(float(hit.time_s), 3)
+        doc["track"] = int(hit.track)
+        if hit.track_start_s is not None:
+            doc["track_start_s"] = round(float(hit.track_start_s), 3)
+            doc["track_end_s"] = round(float(hit.track_end_s), 3)
+            doc["track_frames"] = int(hit.track_frames)
+    return doc
 
 
 def search_document(
     args: argparse.Namespace, box: tuple[float, float, float, float] | None, hits: list
 ) -> dict:
     """The `--json` output: the query and its ranked hits (boxes in the gallery image's pixels;
-    camera -1 where unknown)."""
+    camera -1 where unknown; a video's hits also carry video, frame, time_s, track and the
+    track's start and end)."""
     return {
         "index": str(args.index),
         "probe": str(args.probe),
         "box": list(box) if box is not None else None,
         "top_k": args.top_k,
         "cameras": args.camera,
-        "hits": [
-            {
-                "rank": rank,
-                "image": hit.image_path,
-                "box": [round(float(v), 2) for v in hit.box],
-                "similarity": float(hit.similarity),
-                "det_score": float(hit.det_score),
-                "camera": int(hit.camera),
-            }
-            for rank, hit in enumerate(hits, 1)
-        ],
+        "one_hit_per_track": not getattr(args, "every_frame", False),
+        "hits": [hit_document(rank, hit) for rank, hit in enumerate(hits, 1)],
     }
 
 

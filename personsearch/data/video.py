@@ -306,3 +306,53 @@ def read_video_frames(
             yield VideoFrame(index, time_s, _upright(image, rotation))
     finally:
         container.close()
+
+
+def read_frame_at(
+    path: str | os.PathLike[str], time_s: float, max_pixels: int = MAX_PIXELS
+) -> VideoFrame:
+    """The frame shown at `time_s` seconds (the first frame at or after it), upright RGB.
+
+    What a search hit's `time_s` names: the same frame the indexer read. Seeks to the keyframe
+    before the time and decodes from there, so it costs a keyframe interval of decoding, not
+    the video up to that time; AVI, timed by frame count, is decoded from its start.
+    """
+    if not (isinstance(time_s, int | float) and np.isfinite(time_s) and time_s >= 0):
+        raise PersonSearchError(
+            f"a frame time must be a finite number of seconds >= 0, got {time_s!r}"
+        )
+    path = Path(path)
+    info = probe_video(path)
+    if info.width * info.height > max_pixels:
+        raise VideoError(
+            f"{path}: frames of {info.width} x {info.height} pixels are more than "
+            f"the limit of {max_pixels:,} (a decompression bomb?)"
+        )
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        seekable = info.timing == "pts" and stream.time_base
+        if seekable and time_s > 0:
+            target = int((time_s + start) / stream.time_base)
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        tolerance = 0.25 / max(info.fps, 1.0)  # a quarter frame: the indexed time, rounded
+        found = None
+        for index, frame_time, frame in _decoded_frames(
+            container, stream, path, info, estimate_index=bool(seekable), check_end=False
+        ):
+            if seekable and frame.time is not None:
+                frame_time = float(frame.time) - start
+                index = round(frame_time * info.fps)
+            found = (index, frame_time, frame)
+            if frame_time >= time_s - tolerance:
+                break
+        if found is None:
+            raise VideoError(f"{path}: no frame could be decoded at {time_s:.2f} s")
+        index, frame_time, frame = found
+        image = frame.to_ndarray(format="rgb24")
+        rotation = int(getattr(frame, "rotation", 0) or 0) or info.rotation
+        return VideoFrame(index, frame_time, _upright(image, rotation))
+    finally:
+        container.close()

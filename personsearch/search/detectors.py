@@ -47,6 +47,25 @@ def detector_fingerprint(detector: Detector) -> str:
     return str(getattr(detector, "fingerprint", type(detector).__name__))
 
 
+def detect_checked(
+    detector: Detector, image: np.ndarray, source: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `detector` on `image`; clip its boxes to the image and drop the empty and non-finite
+    ones. `source` names the image in the error raised when boxes and scores do not pair up."""
+    boxes, scores = detector.detect(image)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(boxes) != len(scores):
+        raise PersonSearchError(
+            f"detector returned {len(boxes)} boxes but {len(scores)} scores for {source}"
+        )
+    height, width = image.shape[:2]
+    boxes = clip_boxes(boxes, width, height)
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    return boxes[keep], scores[keep]
+
+
 class WholeImageDetector:
     """Every image is one person: for galleries made of person crops."""
 

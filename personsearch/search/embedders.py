@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from personsearch.errors import PersonSearchError
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -41,6 +43,26 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
+
+
+def embed_checked(embedder: Embedder, crops: Sequence[np.ndarray]) -> np.ndarray:
+    """The embedder's features of `crops`, checked (one finite row of `dim` per crop) and
+    L2-normalised: inner product ranks correctly only on unit vectors."""
+    if not len(crops):
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    features = np.asarray(embedder.embed_crops(list(crops)), dtype=np.float32)
+    if features.shape != (len(crops), embedder.dim):
+        raise PersonSearchError(
+            f"embedder {embedder.fingerprint!r} returned features of shape "
+            f"{features.shape} for {len(crops)} crops; expected ({len(crops)}, {embedder.dim})"
+        )
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():  # a NaN row would rank nowhere (FAISS drops it) or everywhere (inf)
+        raise PersonSearchError(
+            f"embedder {embedder.fingerprint!r} returned NaN or infinite features for "
+            f"{int(bad.sum())} of {len(crops)} crops: the model is broken"
+        )
+    return l2_normalize(features)
 
 
 def _checked_crop(crop: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from personsearch.search.store.gallery import GalleryStore
 from personsearch.search.store.journal import InterruptedImage
 from personsearch.search.store.records import GalleryIndexError, ImageRecord, IndexedImage
 from personsearch.search.store.schema import CACHE_DIR
+from personsearch.search.tracking import one_hit_per_track
 
 __all__ = [
     "INDEX_KINDS",
@@ -39,7 +40,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One ranked result: a person box in a gallery image."""
+    """One ranked result: a person box in a gallery image, or in a frame of a gallery video.
+
+    For a video, `image_path` is the video file, `frame` and `time_s` say where in it the box
+    is, and `track` names the person's track within the video; in a search with one hit per
+    track (the default), the hit is the track's best-matching frame and `track_start_s`,
+    `track_end_s`, `track_frames` say when the track is in view. All are None for a still image.
+    """
 
     image_path: str
     box: tuple[float, float, float, float]  #: x1 y1 x2 y2 in pixels
@@ -47,6 +54,16 @@ class SearchHit:
     similarity: float  #: inner product of L2-normalised features (cosine)
     camera: int  #: -1 where unknown
     row: int  #: the feature row / boxes.id in the index
+    frame: int | None = None  #: videos: the frame number
+    time_s: float | None = None  #: videos: seconds from the start
+    track: int | None = None  #: videos: the track id within the video (-1: in no track)
+    track_start_s: float | None = None  #: videos, one hit per track: the track's first time
+    track_end_s: float | None = None  #: ... its last time
+    track_frames: int | None = None  #: ... its sampled frames
+
+    @property
+    def is_video(self) -> bool:
+        return self.frame is not None
 
 
 class GalleryIndex:
@@ -59,6 +76,7 @@ class GalleryIndex:
         self.store = store
         self.folder = store.folder
         self._faiss = FaissCache(store.folder / CACHE_DIR, label=str(store.folder))
+        self._track_keys: np.ndarray | None = None  # store.track_keys(), for its num_boxes
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -136,12 +154,15 @@ class GalleryIndex:
         exclude_paths: Iterable[str] | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        per_track: bool = True,
     ) -> list[list[SearchHit]]:
         """Rank gallery boxes for each query (Q x dim, L2-normalised): best first, top_k each.
 
         `cameras` keeps only boxes from those cameras; `exclude_paths` drops boxes of those
         images (e.g. the probe's own image). `ef_search` (HNSW) and `nprobe` (IVF) trade speed
-        for recall.
+        for recall. `per_track` (the default) returns one hit per video track, its best frame,
+        instead of a hit for every sampled frame of the same person (no effect on still
+        images): top_k then counts tracks.
         """
         store = self.store
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -157,18 +178,69 @@ class GalleryIndex:
         if k <= 0:
             return [[] for _ in range(len(queries))]
         index = self._faiss_index()
-        params = search_params(index, allowed, k, ef_search, nprobe)
-        similarities, rows = index.search(queries, k, params=params)
-        self._check_search_output(similarities, rows, exact=store.index_kind == "flat")
-        metadata = store.box_metadata(rows[rows >= 0].tolist())
-        return [
-            [
-                SearchHit(**metadata[int(r)], similarity=float(s), row=int(r))
-                for s, r in zip(sims, ids, strict=True)
-                if r >= 0
-            ]
-            for sims, ids in zip(similarities, rows, strict=True)
-        ]
+        keys = self._keys_of_tracks() if per_track else None
+        ranked: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+        todo, depth = np.arange(len(queries)), k
+        while len(todo):
+            # With tracks, a deeper ranking is collapsed to one row per track, deepened until
+            # it holds top_k tracks or every candidate (so the result is exact on a flat index).
+            if keys is not None:
+                depth = min(candidates, max(depth, 4 * k))
+            params = search_params(index, allowed, depth, ef_search, nprobe)
+            similarities, rows = index.search(queries[todo], depth, params=params)
+            self._check_search_output(similarities, rows, exact=store.index_kind == "flat")
+            unfinished = []
+            for query, sims, ids in zip(todo, similarities, rows, strict=True):
+                found = ids >= 0
+                sims, ids = sims[found], ids[found]
+                if keys is not None:
+                    best = one_hit_per_track(sims, keys[ids])
+                    if len(best) < k and depth < candidates and len(ids) == depth:
+                        unfinished.append(query)
+                        continue
+                    sims, ids = sims[best], ids[best]
+                ranked[query] = list(zip(sims[:k].tolist(), ids[:k].tolist(), strict=True))
+            todo, depth = np.asarray(unfinished, dtype=np.int64), depth * 4
+        return self._hits(ranked, spans=keys is not None)
+
+    def _hits(self, ranked: list[list[tuple[float, int]]], spans: bool) -> list[list[SearchHit]]:
+        """SearchHits of (similarity, row) rankings; with `spans`, video hits carry their
+        track's start and end."""
+        store = self.store
+        metadata = store.box_metadata([row for ranking in ranked for _, row in ranking])
+        tracks = {
+            (m["image_id"], m["track"])
+            for m in metadata.values()
+            if m["track"] is not None and m["track"] >= 0
+        }
+        found = store.track_spans(tracks) if spans else {}
+        hits = []
+        for ranking in ranked:
+            own = []
+            for similarity, row in ranking:
+                meta = dict(metadata[row])
+                span = found.get((meta.pop("image_id"), meta["track"]))
+                extra = {}
+                if span is not None:
+                    extra = {
+                        "track_start_s": span.start_s,
+                        "track_end_s": span.end_s,
+                        "track_frames": span.frames,
+                    }
+                own.append(SearchHit(**meta, **extra, similarity=float(similarity), row=row))
+            hits.append(own)
+        return hits
+
+    def _keys_of_tracks(self) -> np.ndarray | None:
+        """Per row, its track's key (see GalleryStore.track_keys); None when no row is in a
+        track (still images only: nothing to collapse)."""
+        store = self.store
+        if self._track_keys is None or len(self._track_keys) != store.num_boxes:
+            self._track_keys = store.track_keys()
+        keys = self._track_keys
+        if np.array_equal(keys, np.arange(len(keys))):
+            return None
+        return keys
 
     def search_one(self, query: np.ndarray, top_k: int = 10, **filters: Any) -> list[SearchHit]:
         """`search` for a single feature vector."""

@@ -16,6 +16,10 @@ process died on (a crash in native code) is retried once, then recorded as faile
 cannot stop every later run: the rules of the store's indexing journal
 (`personsearch.search.store.journal`), applied here.
 
+Videos in the gallery (`personsearch.data.video.VIDEO_SUFFIXES`) are sampled (2 frames per
+second by default, `VideoSampling`), tracked, and committed in chunks of frames that a killed run
+resumes after (`personsearch.search.video_indexing`).
+
 Images are read with `read_scaled` (personsearch/data/images.py): one whose longer side is above
 DETECT_MAX_SIDE is detected and cropped at a reduced scale, and its boxes are mapped back, so the
 index always holds boxes, widths and heights in full-resolution pixels of the image as shown.
@@ -31,19 +35,30 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from personsearch.boxes import clip_boxes, crop_bounds
 from personsearch.data.images import ScaledImage, read_scaled
+from personsearch.data.video import VIDEO_SUFFIXES, is_video
 from personsearch.errors import ImageError, PersonSearchError
 from personsearch.io import file_digest
-from personsearch.search.detectors import Detector, detector_fingerprint
-from personsearch.search.embedders import Embedder, l2_normalize
+from personsearch.search.detectors import Detector, detect_checked, detector_fingerprint
+from personsearch.search.embedders import Embedder, embed_checked
 from personsearch.search.index import GalleryIndex, GalleryIndexError, ImageRecord, SearchHit
 from personsearch.search.store.journal import CRASH_LIMIT, crash_error, is_crash_error
+from personsearch.search.tracking import TrackerSettings
+from personsearch.search.video_indexing import VideoSampling, index_video, record_stopped
 
-__all__ = ["IMAGE_SUFFIXES", "IndexReport", "PersonSearcher", "SearchHit", "validate_box"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "IndexReport",
+    "PersonSearcher",
+    "SearchHit",
+    "VideoSampling",
+    "validate_box",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +81,17 @@ class IndexReport:
     """What one `index_folder` call did."""
 
     folder: Path
-    found: int = 0  #: image files found in the folder
-    added: int = 0  #: images newly indexed
+    found: int = 0  #: image and video files found in the folder
+    added: int = 0  #: images and videos newly indexed (a video: read to its end or its fault)
     boxes: int = 0  #: person boxes added
     skipped: int = 0  #: images already in the index, left as they were
     failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error) not indexed
     changed: list[str] = field(default_factory=list)  #: indexed earlier, file modified since
+    videos: int = 0  #: of `found`, video files
+    frames: int = 0  #: sampled video frames indexed
+    resumed: list[str] = field(default_factory=list)  #: videos continued after a stopped run
+    #: (path, error) of videos whose decoding stopped part-way: the frames before are indexed
+    stopped: list[tuple[str, str]] = field(default_factory=list)
 
     def count(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
         """Count records just added to the index; returns those that failed."""
@@ -84,10 +104,19 @@ class IndexReport:
         return failed
 
     def summary(self) -> str:
+        files = f"{self.found} images"
+        if self.videos:
+            files = f"{self.found - self.videos} images and {self.videos} videos"
         text = (
-            f"{self.found} images in {self.folder}: {self.added} indexed ({self.boxes} persons), "
+            f"{files} in {self.folder}: {self.added} indexed ({self.boxes} persons), "
             f"{self.skipped} already in the index, {len(self.failed)} failed"
         )
+        if self.videos:
+            text += f"; {self.frames} video frames sampled"
+        if self.resumed:
+            text += f", {len(self.resumed)} video(s) resumed"
+        if self.stopped:
+            text += f", {len(self.stopped)} video(s) stopped part-way (frames before kept)"
         if self.changed:
             text += f"; {len(self.changed)} changed since indexed (kept; rebuild to refresh)"
         return text
@@ -154,18 +183,27 @@ class PersonSearcher:
         *,
         progress: bool = True,
         camera_of: Callable[[Path], int] = camera_from_name,
+        sampling: VideoSampling | None = None,
+        tracker_settings: TrackerSettings | None = None,
     ) -> IndexReport:
-        """Index the images under `folder` (recursively) that the index does not hold yet.
+        """Index the images and videos under `folder` (recursively) not indexed yet.
 
         Unreadable images are recorded as failed, reported, and retried on the next call. An
         exception from the detector or the embedder stops indexing; every batch committed before
-        it stays, so calling again resumes.
+        it stays, so calling again resumes (inside a video too). `sampling` says which frames
+        of a new video are indexed (default: 2 per second); a video indexed part-way keeps its
+        own. `tracker_settings` tune the tracker that links a video's detections.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise PersonSearchError(f"gallery folder not found: {folder}")
         return self.index_paths(
-            list_images(folder), progress=progress, camera_of=camera_of, folder=folder
+            list_gallery_files(folder),
+            progress=progress,
+            camera_of=camera_of,
+            folder=folder,
+            sampling=sampling,
+            tracker_settings=tracker_settings,
         )
 
     def index_paths(
@@ -175,21 +213,26 @@ class PersonSearcher:
         progress: bool = True,
         camera_of: Callable[[Path], int] = camera_from_name,
         folder: Path | None = None,
+        sampling: VideoSampling | None = None,
+        tracker_settings: TrackerSettings | None = None,
     ) -> IndexReport:
-        """Index the given image files that the index does not hold yet (see `index_folder`)."""
+        """Index the given image and video files not indexed yet (see `index_folder`)."""
         if self.detector is None:
             raise PersonSearchError("indexing needs a detector; this searcher has none")
         check_same_detector(self.index, self.detector)
         paths = [Path(p) for p in paths]
         report = IndexReport(folder=folder or Path("."), found=len(paths))
+        report.videos = sum(is_video(p) for p in paths)
         deaths = self._recover_interrupted_image()
         todo = images_to_index(self.index, paths, report)
+        images = [p for p in todo if not is_video(p)]
+        videos = [p for p in todo if is_video(p)]
 
         from tqdm import tqdm
 
-        with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
-            for start in range(0, len(todo), self.batch_images):
-                batch = todo[start : start + self.batch_images]
+        with tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress) as bar:
+            for start in range(0, len(images), self.batch_images):
+                batch = images[start : start + self.batch_images]
                 records, crops = self._read_and_detect(batch, camera_of, deaths)
                 self.index.store.add_batch(records, self._embed(crops))
                 for record in report.count(records):
@@ -197,7 +240,55 @@ class PersonSearcher:
                     if progress:
                         bar.write(f"skipped (cannot read): {record.error}")
                 bar.update(len(batch))
+            for path in videos:
+                self._index_one_video(
+                    path, camera_of, deaths, sampling, tracker_settings, report, bar
+                )
+                bar.update(1)
         return report
+
+    def _index_one_video(
+        self,
+        path: Path,
+        camera_of: Callable[[Path], int],
+        deaths: dict[str, int],
+        sampling: VideoSampling | None,
+        tracker_settings: TrackerSettings | None,
+        report: IndexReport,
+        bar: Any,
+    ) -> None:
+        key = str(path.resolve())
+
+        def show(frame: Any) -> None:
+            bar.set_postfix_str(f"{path.name} {frame.time_s:.0f} s", refresh=False)
+
+        outcome = index_video(
+            self.index.store,
+            self.detector,
+            self.embedder,
+            path,
+            key,
+            camera=camera_of(path),
+            sampling=sampling,
+            deaths=deaths.get(key, 0),
+            tracker_settings=tracker_settings,
+            on_frame=show,
+        )
+        if outcome.resumed_after is not None:
+            report.resumed.append(key)
+        report.boxes += outcome.boxes
+        report.frames += outcome.frames
+        if outcome.failed:
+            report.failed.append((key, str(outcome.error)))
+            if not bar.disable:
+                bar.write(f"skipped (cannot read): {outcome.error}")
+            return
+        report.added += 1
+        if outcome.error is not None:
+            report.stopped.append((key, outcome.error))
+            log.warning("stopped part-way: %s", outcome.error)
+            if not bar.disable:
+                bar.write(f"stopped part-way: {outcome.error}")
 
     def _recover_interrupted_image(self) -> dict[str, int]:
         """Deal with the image a previous run died on; return {path: deaths} to retry it with.
@@ -211,8 +302,9 @@ class PersonSearcher:
         if interrupted is None:
             return {}
         seen = store.known_images().get(interrupted.path)
-        if seen is not None and seen.status == "ok":  # died after it was done with it
-            return {}
+        video = store.video_progress().get(interrupted.path)
+        if seen is not None and seen.status == "ok" and (video is None or video.complete):
+            return {}  # died after it was done with it
         if interrupted.deaths < CRASH_LIMIT:
             log.warning(
                 "the last indexing run died while reading or detecting %s; trying it again",
@@ -224,6 +316,10 @@ class PersonSearcher:
             stat = Path(interrupted.path).stat()
             size, mtime = stat.st_size, stat.st_mtime
         error = crash_error(interrupted.deaths)
+        if video is not None:  # indexed part-way: the frames so far stay
+            record_stopped(store, interrupted.path, error, self.embedder.dim)
+            log.warning("stopped for good: %s: %s", interrupted.path, error)
+            return {}
         record = ImageRecord(interrupted.path, None, size, mtime, error=error)
         store.add_batch([record], np.zeros((0, self.embedder.dim), dtype=np.float32))
         log.warning("recorded as failed: %s: %s", interrupted.path, error)
@@ -276,38 +372,10 @@ class PersonSearcher:
         return record, crops
 
     def _detect(self, image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Run the detector; clip its boxes to the image and drop the empty ones."""
-        boxes, scores = self.detector.detect(image)
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        if len(boxes) != len(scores):
-            raise PersonSearchError(
-                f"detector returned {len(boxes)} boxes but {len(scores)} scores for {path}"
-            )
-        height, width = image.shape[:2]
-        boxes = clip_boxes(boxes, width, height)
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-        return boxes[keep], scores[keep]
+        return detect_checked(self.detector, image, path)
 
     def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        if not crops:
-            return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        features = np.asarray(self.embedder.embed_crops(crops), dtype=np.float32)
-        if features.shape != (len(crops), self.embedder.dim):
-            raise PersonSearchError(
-                f"embedder {self.embedder.fingerprint!r} returned features of shape "
-                f"{features.shape} for {len(crops)} crops; expected ({len(crops)}, "
-                f"{self.embedder.dim})"
-            )
-        bad = ~np.isfinite(features).all(axis=1)
-        if bad.any():  # a NaN row would rank nowhere (FAISS drops it) or everywhere (inf)
-            raise PersonSearchError(
-                f"embedder {self.embedder.fingerprint!r} returned NaN or infinite features for "
-                f"{int(bad.sum())} of {len(crops)} crops: the model is broken"
-            )
-        # Inner product ranks correctly only on unit vectors: normalise whatever came back.
-        return l2_normalize(features)
+        return embed_checked(self.embedder, crops)
 
     # ---- searching -----------------------------------------------------------------------
 
@@ -337,12 +405,15 @@ class PersonSearcher:
         *,
         cameras: Iterable[int] | None = None,
         exclude_probe_image: bool = True,
+        per_track: bool = True,
     ) -> list[SearchHit]:
         """Rank the gallery's persons by similarity to the probe person, best first.
 
         `probe` is an image path (or an H x W x 3 array); `box` (x1, y1, x2, y2) marks the person
         in it, or None when the probe is itself a person crop. When the probe image is in the
-        gallery, its own boxes are left out (`exclude_probe_image`).
+        gallery, its own boxes are left out (`exclude_probe_image`). A person seen in a video
+        is one hit, the best frame of their track, unless `per_track` is False (every sampled
+        frame is a hit).
         """
         if int(top_k) <= 0:
             raise PersonSearchError(f"top_k must be positive, got {top_k}")
@@ -350,7 +421,9 @@ class PersonSearcher:
         excluded = []
         if exclude_probe_image and not isinstance(probe, np.ndarray):
             excluded.append(str(Path(probe).resolve()))
-        return self.index.search_one(feature, top_k, cameras=cameras, exclude_paths=excluded)
+        return self.index.search_one(
+            feature, top_k, cameras=cameras, exclude_paths=excluded, per_track=per_track
+        )
 
 
 def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexReport) -> list[Path]:
@@ -359,6 +432,7 @@ def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexRep
     the indexing process died on is not retried while its file is unchanged: it is reported as
     failed again."""
     known = index.store.known_images()
+    videos = index.store.video_progress()
     todo = []
     for path in paths:
         key = str(path.resolve())  # how the index stores paths
@@ -373,6 +447,9 @@ def images_to_index(index: GalleryIndex, paths: Sequence[Path], report: IndexRep
                 report.failed.append((key, str(seen.error)))
             else:
                 todo.append(path)
+            continue
+        if unchanged and key in videos and not videos[key].complete:
+            todo.append(path)  # indexed part-way by a run that stopped: resume it
             continue
         report.skipped += 1
         if not unchanged:
@@ -396,6 +473,12 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
+
+
+def list_gallery_files(folder: Path) -> list[Path]:
+    """Image and video files under `folder`, recursively, in a stable (sorted) order."""
+    suffixes = IMAGE_SUFFIXES | set(VIDEO_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def validate_box(

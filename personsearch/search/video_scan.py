@@ -22,8 +22,8 @@ import numpy as np
 
 from personsearch.boxes import crop_bounds
 from personsearch.data.video import DEFAULT_FPS, read_video_frames
-from personsearch.search.detectors import Detector
-from personsearch.search.embedders import Embedder
+from personsearch.search.detectors import Detector, detect_checked
+from personsearch.search.embedders import Embedder, embed_checked
 from personsearch.search.tracking import Tracker
 
 
@@ -31,9 +31,9 @@ from personsearch.search.tracking import Tracker
 class ScannedFrame:
     index: int  #: frame number in the video
     time_s: float  #: seconds from the video's start
-    boxes: np.ndarray  #: (K, 4) float32 x1 y1 x2 y2 in the upright frame's pixels
+    boxes: np.ndarray  #: (K, 4) float32 x1 y1 x2 y2 in the upright frame's pixels, clipped
     scores: np.ndarray  #: (K,) float32
-    features: np.ndarray  #: (K, D) float32, L2-normalised
+    features: np.ndarray  #: (K, D) float32, L2-normalised (checked: finite, one per box)
     tracks: np.ndarray  #: (K,) int64 track id within the video (-1: none)
     width: int
     height: int
@@ -46,6 +46,10 @@ def _crops(image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         x1, y1, x2, y2 = crop_bounds(box, width, height)
         out.append(image[y1:y2, x1:x2])
     return out
+
+
+def _frame_name(path: object, index: int) -> str:
+    return f"{path} frame {index}"
 
 
 def scan_video(
@@ -77,15 +81,10 @@ def scan_video(
         if frame is None:
             return
         start = time.perf_counter()
-        boxes, scores = detector.detect(frame.image)
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        boxes, scores = detect_checked(detector, frame.image, _frame_name(path, frame.index))
         clock["detect"] += time.perf_counter() - start
         start = time.perf_counter()
-        if len(boxes):
-            features = np.asarray(embedder.embed_crops(_crops(frame.image, boxes)), np.float32)
-        else:
-            features = np.zeros((0, embedder.dim), dtype=np.float32)
+        features = embed_checked(embedder, _crops(frame.image, boxes))
         clock["embed"] += time.perf_counter() - start
         start = time.perf_counter()
         tracks = tracker.update(frame.time_s, boxes, scores, features)

@@ -38,6 +38,8 @@ class CatalogImage:
     height: int
     camera: int  #: -1 where unknown
     persons: int  #: person boxes indexed in it
+    video: bool = False  #: a video file (its frames are served one at a time, and the file)
+    duration_s: float | None = None  #: a video's indexed length in seconds
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,13 @@ class IndexCatalog:
         rows = self._query(lambda conn: queries.boxes_of_image(conn, image_id))
         return [CatalogBox(int(r), box, float(s)) for r, box, s in rows]
 
+    def frame_boxes(self, image_id: int, time_s: float) -> tuple[float | None, list[CatalogBox]]:
+        """A video's boxes at the sampled time nearest `time_s` (and that time)."""
+        if image_id not in SQLITE_INTEGERS:
+            return None, []
+        found, rows = self._query(lambda conn: queries.boxes_of_frame(conn, image_id, time_s))
+        return found, [CatalogBox(int(r), box, float(s)) for r, box, s in rows]
+
     def images_by_path(self, paths: Iterable[str]) -> dict[str, CatalogImage]:
         """{stored path: image} for search hits, which name their image by its stored path.
 
@@ -128,4 +137,6 @@ def _image(row: ImageSummary) -> CatalogImage:
         int(row.height),
         int(row.camera),
         int(row.persons),
+        bool(row.video),
+        None if row.duration_s is None else float(row.duration_s),
     )

@@ -132,6 +132,27 @@ def open_indexed_probe(
     return probe
 
 
+def open_video_frame_probe(
+    path: Path, image_id: int, time_s: float, box: list[float] | None, limits: ServeLimits
+) -> ProbeImage:
+    """The frame at `time_s` of an indexed video as the probe (decoded now: a video frame has
+    no header to plan from). A video that cannot be read now is a 404."""
+    from personsearch.data.video import VideoError, read_frame_at
+
+    what = f"video {image_id} at {time_s:.2f} s"
+    try:
+        frame = read_frame_at(path, time_s, max_pixels=limits.max_gallery_pixels)
+    except (OSError, VideoError) as error:
+        reason = str(error).replace(str(path), path.name)  # the file, never its folder
+        raise ImageRejected(404, f"{what} cannot be read now ({reason})") from None
+    image = Image.fromarray(frame.image)
+    try:
+        return _plan_probe(image, what, False, box, limits)
+    except BaseException:
+        image.close()
+        raise
+
+
 def _plan_probe(
     image: Image.Image, what: str, upload: bool, box: list[float] | None, limits: ServeLimits
 ) -> ProbeImage:

@@ -135,6 +135,30 @@ def render_jpeg(path: Path, max_side: int | None, max_pixels: int, name: str) ->
     return buffer.getvalue()
 
 
+def render_video_frame(
+    path: Path, time_s: float, max_side: int | None, max_pixels: int, name: str
+) -> bytes:
+    """The frame of a gallery video shown at `time_s` as JPEG bytes, whole or fitted into
+    max_side x max_side; decoded as the indexer decodes it (`personsearch.data.video`, upright),
+    so the index's boxes fit it. ImageRejected(404) when the video can no longer be read."""
+    from personsearch.data.video import VideoError, read_frame_at
+
+    try:
+        frame = read_frame_at(path, time_s, max_pixels=max_pixels)
+    except (FileNotFoundError, PermissionError):
+        raise ImageRejected(404, f"video {name} is in the index but its file is gone") from None
+    except (OSError, VideoError) as error:
+        reason = str(error).replace(str(path), name)
+        raise ImageRejected(404, f"video {name} cannot be read now: {reason}") from None
+    image = Image.fromarray(frame.image)
+    if max_side is not None:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    quality = SCENE_QUALITY if max_side is None else THUMBNAIL_QUALITY
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class FileStamp:
     """What tells whether a file changed: part of every cache key and ETag."""

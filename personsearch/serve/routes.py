@@ -38,9 +38,10 @@ from personsearch.serve.decoding import (
     decode_probe,
     open_indexed_probe,
     open_upload_probe,
+    open_video_frame_probe,
     render_plan,
 )
-from personsearch.serve.imaging import BytesLRU, FileStamp, render_jpeg
+from personsearch.serve.imaging import BytesLRU, FileStamp, render_jpeg, render_video_frame
 from personsearch.serve.limits import DecodeBudget, ServeLimits, check_top_k, read_upload
 from personsearch.serve.schemas import (
     INT64_MAX,
@@ -48,7 +49,9 @@ from personsearch.serve.schemas import (
     JPEG_RESPONSE,
     MAX_CAMERAS,
     THUMBNAIL_SIZES,
+    VIDEO_TYPES,
     CameraId,
+    FrameTime,
     Health,
     Hit,
     ImageDetail,
@@ -61,6 +64,7 @@ from personsearch.serve.schemas import (
     Probe,
     SearchResult,
     Stats,
+    VideoPlace,
     parse_box,
 )
 
@@ -109,10 +113,13 @@ def _rank(
     top_k: int,
     cameras: list[int] | None,
     exclude_paths: list[str],
+    per_track: bool = True,
 ) -> list[SearchHit]:
     """On the searcher's thread: embed the probe person (already cut out), rank the gallery's."""
     feature = searcher.embed_probe(person)
-    return searcher.index.search_one(feature, top_k, cameras=cameras, exclude_paths=exclude_paths)
+    return searcher.index.search_one(
+        feature, top_k, cameras=cameras, exclude_paths=exclude_paths, per_track=per_track
+    )
 
 
 @dataclass(frozen=True)
@@ -179,21 +186,26 @@ def add_index_routes(router: APIRouter, served: Served) -> None:
         return ImagePage(total=total, offset=offset, images=[_info(i) for i in images])
 
     @router.get("/images/{image_id}", response_model=ImageDetail, tags=["index"])
-    def image_detail(image_id: ImageId) -> ImageDetail:
-        """An indexed image and the person boxes found in it."""
+    def image_detail(image_id: ImageId, t: FrameTime = None) -> ImageDetail:
+        """An indexed image and the person boxes found in it; for a video, the boxes of its
+        sampled frame nearest `t` seconds (default 0), and that frame's time as `time_s`."""
         image = _known_image(catalog, image_id)
-        boxes = [
-            PersonBox(row=b.row, box=list(b.box), det_score=b.det_score)
-            for b in catalog.boxes(image_id)
-        ]
-        return ImageDetail(**_info(image).model_dump(), boxes=boxes)
+        time_s = None
+        if image.video:
+            time_s, found = catalog.frame_boxes(image_id, t or 0.0)
+        else:
+            found = catalog.boxes(image_id)
+        boxes = [PersonBox(row=b.row, box=list(b.box), det_score=b.det_score) for b in found]
+        return ImageDetail(**_info(image).model_dump(), boxes=boxes, time_s=time_s)
 
 
 # ---- indexed images as JPEG ------------------------------------------------------------------
 
 
 def add_image_routes(router: APIRouter, served: Served) -> None:
-    """GET /images/{image_id}/scene and /images/{image_id}/thumbnail, as JPEG with an ETag."""
+    """GET /images/{image_id}/scene and /images/{image_id}/thumbnail, as JPEG with an ETag; for
+    a video, /images/{image_id}/frame (one frame as JPEG) and /images/{image_id}/video (the
+    file, with HTTP range requests so that a player can seek)."""
 
     @router.get(
         "/images/{image_id}/scene",
@@ -218,25 +230,74 @@ def add_image_routes(router: APIRouter, served: Served) -> None:
         image_id: ImageId,
         size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1])] = 320,
     ) -> Response:
-        """The scene fitted into size x size pixels (never enlarged), as JPEG."""
+        """The scene fitted into size x size pixels (never enlarged), as JPEG (a video: its
+        first frame)."""
         return await send_jpeg(served, request, image_id, size)
+
+    @router.get(
+        "/images/{image_id}/frame",
+        response_class=Response,
+        responses=JPEG_RESPONSE,
+        tags=["index"],
+    )
+    async def video_frame(
+        request: Request,
+        image_id: ImageId,
+        t: FrameTime = None,
+        size: Annotated[int | None, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1])] = None,
+    ) -> Response:
+        """The frame of an indexed video shown at `t` seconds (the one a hit's time_s names),
+        as JPEG: whole, or fitted into size x size pixels. 404 for a still image."""
+        return await send_jpeg(served, request, image_id, size, time_s=t or 0.0, video_only=True)
+
+    @router.get(
+        "/images/{image_id}/video",
+        response_class=FileResponse,
+        responses={200: {"description": "the video file"}, 206: {"description": "a byte range"}},
+        tags=["index"],
+    )
+    async def video_file(image_id: ImageId) -> FileResponse:
+        """The indexed video file itself, with HTTP range requests (a player seeks with them:
+        `<video src=".../video#t=12.5">` plays from 12.5 s). Only indexed videos are served."""
+        found = await run_in_threadpool(served.catalog.image_and_path, image_id)
+        if found is None:
+            raise HTTPException(404, _unknown_image(image_id))
+        image, path = found
+        if not image.video:
+            raise HTTPException(404, f"image {image_id} is a still image, not a video")
+        if not await run_in_threadpool(path.is_file):
+            raise HTTPException(404, f"video {image_id} is in the index but its file is gone")
+        return FileResponse(
+            path,
+            media_type=VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+            headers={"Cache-Control": IMAGE_CACHE_CONTROL},
+        )
 
 
 async def send_jpeg(
-    served: Served, request: Request, image_id: int, max_side: int | None
+    served: Served,
+    request: Request,
+    image_id: int,
+    max_side: int | None,
+    time_s: float = 0.0,
+    video_only: bool = False,
 ) -> Response:
-    """An indexed image as JPEG, fitted into `max_side` (None: the scene, within the scene
-    limit): 304 when the client's ETag still matches, else from the cache, else rendered within
-    the decode budget."""
+    """An indexed image (a video: its frame at `time_s`) as JPEG, fitted into `max_side` (None:
+    the scene, within the scene limit): 304 when the client's ETag still matches, else from the
+    cache, else rendered within the decode budget."""
     catalog, limits = served.catalog, served.limits
     found = await run_in_threadpool(catalog.image_and_path, image_id)
     if found is None:
         raise HTTPException(404, _unknown_image(image_id))
     image, path = found
+    if video_only and not image.video:
+        raise HTTPException(404, f"image {image_id} is a still image, not a video")
     stamp = await run_in_threadpool(FileStamp.of, path)
     if stamp is None:
         raise HTTPException(404, f"image {image_id} is in the index but its file is gone")
     kind = "scene" if max_side is None else f"thumb{max_side}"
+    if image.video:
+        kind += f"-t{time_s:.3f}"
     etag = f'"{kind}-{image_id}-{stamp.mtime_ns}-{stamp.size}"'
     headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
     if request.headers.get("if-none-match") == etag:
@@ -249,9 +310,14 @@ async def send_jpeg(
             render_plan, path, max_side, image.width * image.height, limits
         )
         async with served.budget.reserve(pixels, limits.decode_wait_s):
-            data = await run_in_threadpool(
-                render_jpeg, path, side, limits.max_gallery_pixels, image.name
-            )
+            if image.video:
+                data = await run_in_threadpool(
+                    render_video_frame, path, time_s, side, limits.max_gallery_pixels, image.name
+                )
+            else:
+                data = await run_in_threadpool(
+                    render_jpeg, path, side, limits.max_gallery_pixels, image.name
+                )
         data = served.cache.get_or_make(key, lambda: data)
     return Response(data, media_type="image/jpeg", headers=headers)
 
@@ -286,24 +352,43 @@ def add_search_routes(router: APIRouter, served: Served) -> None:
                 description="only persons seen by this camera (repeatable)",
             ),
         ] = None,
+        every_frame: Annotated[
+            bool, Form(description="videos: a hit per sampled frame, not per track")
+        ] = False,
     ) -> SearchResult:
-        """Search with a person in an uploaded image."""
+        """Search with a person in an uploaded image. A person seen in a video is one hit (the
+        best frame of their track) unless every_frame is set."""
         data = await read_upload(file, limits)
         probe = await run_in_threadpool(open_upload_probe, data, parse_box(box), limits)
         del data
-        return await run_search(served, probe, top_k, camera)
+        return await run_search(served, probe, top_k, camera, per_track=not every_frame)
 
     @router.post("/search/indexed", response_model=SearchResult, tags=["search"])
     async def search_indexed(request_body: IndexedSearch) -> SearchResult:
-        """Search with a person in an indexed image; that image's own persons are left out."""
+        """Search with a person in an indexed image, or in the frame at `time_s` of an indexed
+        video; that image's (video's) own persons are left out."""
         image_id = request_body.image_id
         found = await run_in_threadpool(catalog.image_and_path, image_id)
         if found is None:
             raise HTTPException(404, _unknown_image(image_id))
-        path = found[1]
-        probe = await run_in_threadpool(
-            open_indexed_probe, path, image_id, request_body.box, limits
-        )
+        image, path = found
+        if image.video:
+            if request_body.time_s is None:
+                raise HTTPException(
+                    400, f"image {image_id} is a video: give the frame's time_s to search from"
+                )
+            probe = await run_in_threadpool(
+                open_video_frame_probe,
+                path,
+                image_id,
+                request_body.time_s,
+                request_body.box,
+                limits,
+            )
+        else:
+            probe = await run_in_threadpool(
+                open_indexed_probe, path, image_id, request_body.box, limits
+            )
         return await run_search(
             served,
             probe,
@@ -311,6 +396,7 @@ def add_search_routes(router: APIRouter, served: Served) -> None:
             request_body.cameras,
             image_id=image_id,
             exclude=[str(path)],
+            per_track=not request_body.every_frame,
         )
 
 
@@ -321,6 +407,7 @@ async def run_search(
     cameras: list[int] | None,
     image_id: int | None = None,
     exclude: list[str] | None = None,
+    per_track: bool = True,
 ) -> SearchResult:
     """Decode the probe within the decode budget, then rank on the searcher's thread; the
     budget holds the probe's pixels until the ranking is done."""
@@ -331,7 +418,9 @@ async def run_search(
         async with served.budget.reserve(probe.decode_pixels, limits.decode_wait_s) as held:
             person = await run_in_threadpool(decode_probe, probe)
             held.shrink(person.shape[0] * person.shape[1])
-            hits = await served.service.call(_rank, person, top_k, cameras, exclude or [])
+            hits = await served.service.call(
+                _rank, person, top_k, cameras, exclude or [], per_track
+            )
             del person
     finally:
         probe.close()
@@ -348,6 +437,7 @@ async def run_search(
                 box=list(hit.box),
                 similarity=hit.similarity,
                 det_score=hit.det_score,
+                video=_place(hit),
             )
             for rank, hit in enumerate(hits, 1)
             if hit.image_path in images
@@ -381,6 +471,21 @@ def _info(image: CatalogImage) -> ImageInfo:
         height=image.height,
         camera=image.camera,
         persons=image.persons,
+        kind="video" if image.video else "image",
+        duration_s=image.duration_s,
+    )
+
+
+def _place(hit: SearchHit) -> VideoPlace | None:
+    if hit.frame is None:
+        return None
+    return VideoPlace(
+        frame=hit.frame,
+        time_s=hit.time_s,
+        track=hit.track if hit.track is not None else -1,
+        track_start_s=hit.track_start_s,
+        track_end_s=hit.track_end_s,
+        track_frames=hit.track_frames,
     )
 
 

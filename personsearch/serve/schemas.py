@@ -9,9 +9,10 @@ Every error body is `ErrorBody`: {"error": <kind>, "message": <what went wrong, 
 # time, and ImageId is used in route signatures.
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
+from fastapi import Query
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -59,6 +60,10 @@ class ImageInfo(BaseModel):
     height: int
     camera: int = Field(description="-1 where unknown")
     persons: int
+    kind: Literal["image", "video"] = Field(
+        "image", description="video: its frames come from /frame?t=, the file from /video"
+    )
+    duration_s: float | None = Field(None, description="a video's indexed length in seconds")
 
 
 class ImagePage(BaseModel):
@@ -75,6 +80,18 @@ class PersonBox(BaseModel):
 
 class ImageDetail(ImageInfo):
     boxes: list[PersonBox]
+    time_s: float | None = Field(None, description="a video: the sampled frame's time shown")
+
+
+class VideoPlace(BaseModel):
+    """Where in a video a hit is, and (one hit per track) when its track is in view."""
+
+    frame: int = Field(description="the frame number in the video")
+    time_s: float = Field(description="seconds from the video's start")
+    track: int = Field(description="the person's track id within the video (-1: none)")
+    track_start_s: float | None = None
+    track_end_s: float | None = None
+    track_frames: int | None = Field(None, description="sampled frames of the track")
 
 
 class Hit(BaseModel):
@@ -84,6 +101,7 @@ class Hit(BaseModel):
     box: list[float] = Field(description="the matched person: x1, y1, x2, y2 in pixels")
     similarity: float = Field(description="cosine similarity of the two persons' features")
     det_score: float
+    video: VideoPlace | None = Field(None, description="for a hit in a video: where in it")
 
 
 class Probe(BaseModel):
@@ -111,7 +129,34 @@ class IndexedSearch(BaseModel):
     cameras: list[CameraId] | None = Field(
         None, max_length=MAX_CAMERAS, description="only persons seen by these cameras"
     )
+    time_s: float | None = Field(
+        None, ge=0, le=1e7, description="an indexed video: the frame's time in seconds"
+    )
+    every_frame: bool = Field(False, description="videos: a hit per sampled frame, not per track")
 
+
+#: A time in a video, in seconds (a query parameter).
+FrameTime = Annotated[
+    float | None, Query(ge=0, le=1e7, allow_inf_nan=False, description="seconds into the video")
+]
+#: Media types of the video files served, by suffix.
+VIDEO_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+    ".ogv": "video/ogg",
+    ".mpg": "video/mpeg",
+    ".mpeg": "video/mpeg",
+    ".ts": "video/mp2t",
+    ".mts": "video/mp2t",
+    ".m2ts": "video/mp2t",
+    ".wmv": "video/x-ms-wmv",
+    ".flv": "video/x-flv",
+    ".3gp": "video/3gpp",
+}
 
 ImageId = Annotated[int, PathParam(ge=1, le=INT64_MAX, description="an indexed image's id")]
 

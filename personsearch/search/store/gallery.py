@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,39 @@ import numpy as np
 
 from personsearch.search.store import writer
 from personsearch.search.store.journal import IndexingJournal
-from personsearch.search.store.records import GalleryIndexError, ImageRecord, IndexedImage
+from personsearch.search.store.records import (
+    GalleryIndexError,
+    ImageRecord,
+    IndexedImage,
+    VideoChunk,
+    VideoProgress,
+)
 from personsearch.search.store.schema import (
     DB_NAME,
     SHARD_DIR,
     SQLITE_INTEGERS,
+    TRACK_INDEX,
     check_version,
     chunks,
     connect,
+    has_video_columns,
     placeholders,
     read_meta,
+    upgrade,
 )
+
+#: What a box's video columns read as in a version-1 index (opened read-only, not upgraded).
+_NO_VIDEO_COLUMNS = "NULL, NULL, NULL"
+
+
+@dataclass(frozen=True)
+class TrackSpan:
+    """When a video track is in view: its first and last sampled frame's times, and how many
+    sampled frames it has."""
+
+    start_s: float
+    end_s: float
+    frames: int
 
 
 class GalleryStore:
@@ -45,6 +68,9 @@ class GalleryStore:
         self._conn = conn
         self._lock = lock
         self._meta = read_meta(conn)
+        self._video_columns = (
+            "b.frame, b.time_s, b.track" if has_video_columns(conn) else _NO_VIDEO_COLUMNS
+        )
         self.journal = IndexingJournal(folder, lambda: self.writable)
 
     # ---- opening -------------------------------------------------------------------------
@@ -100,6 +126,9 @@ class GalleryStore:
             store = cls(folder, conn, lock)
             check_version(store._meta, folder)
             store.check_model(fingerprint, int(dim))
+            upgrade(conn, store._meta)  # an older index gains the video columns, in place
+            conn.execute(TRACK_INDEX)
+            store._video_columns = "b.frame, b.time_s, b.track"
             if index_kind is not None and index_kind != store.index_kind:
                 writer.set_meta(conn, "index_kind", index_kind)
                 store._meta["index_kind"] = index_kind
@@ -174,6 +203,14 @@ class GalleryStore:
             self._conn, self.folder, records, features, first_row=self.num_boxes, dim=self.dim
         )
 
+    def add_video_chunk(self, chunk: VideoChunk, features: np.ndarray) -> None:
+        """Record a chunk of a video's frames and the video's progress (see `writer`)."""
+        if not self.writable:
+            raise GalleryIndexError(f"gallery index {self.folder} was opened read-only")
+        writer.write_video_chunk(
+            self._conn, self.folder, chunk, features, first_row=self.num_boxes, dim=self.dim
+        )
+
     # ---- images and rows -----------------------------------------------------------------
 
     @property
@@ -194,11 +231,49 @@ class GalleryStore:
         return {row[0]: IndexedImage(*row) for row in rows}
 
     def failed_images(self) -> list[tuple[str, str]]:
-        """(path, error) of every image that could not be indexed."""
+        """(path, error) of every image that could not be indexed, and of every video whose
+        decoding stopped before its end (its frames before the fault are indexed)."""
         rows = self._conn.execute(
             "SELECT path, COALESCE(error, '') FROM images WHERE status='failed' ORDER BY path"
-        )
+        ).fetchall()
+        if self._has_videos_table():
+            rows += self._conn.execute(
+                "SELECT i.path, v.error FROM videos v JOIN images i ON i.id = v.image_id "
+                "WHERE v.error IS NOT NULL ORDER BY i.path"
+            ).fetchall()
         return [(path, error) for path, error in rows]
+
+    def video_progress(self) -> dict[str, VideoProgress]:
+        """How far indexing got in each video the index holds, by stored path."""
+        if not self._has_videos_table():
+            return {}
+        query = (
+            "SELECT i.path, v.sampling, v.frames_sampled, v.last_frame, v.last_time_s, "
+            "v.tracker, v.complete, v.error, v.duration_s FROM videos v "
+            "JOIN images i ON i.id = v.image_id"
+        )
+        return {
+            path: VideoProgress(sampling, n, last, t, state, bool(done), error, duration)
+            for path, sampling, n, last, t, state, done, error, duration in self._conn.execute(
+                query
+            )
+        }
+
+    def track_spans(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TrackSpan]:
+        """{(image_id, track): TrackSpan} of the given tracks of videos (track >= 0)."""
+        found: dict[tuple[int, int], TrackSpan] = {}
+        for image_id, track in sorted(set(keys)):
+            row = self._conn.execute(
+                "SELECT MIN(time_s), MAX(time_s), COUNT(*) FROM boxes "
+                "WHERE image_id = ? AND track = ?",
+                (image_id, track),
+            ).fetchone()
+            found[(image_id, track)] = TrackSpan(float(row[0]), float(row[1]), int(row[2]))
+        return found
+
+    def _has_videos_table(self) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'videos'"
+        return self._conn.execute(query).fetchone() is not None
 
     def rows(self) -> list[tuple[str, tuple[float, float, float, float], float]]:
         """(image path, box, detection score) of every feature row, in row order."""
@@ -260,21 +335,57 @@ class GalleryStore:
         return np.unique(np.array(rows, dtype=np.int64))
 
     def box_metadata(self, rows: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """{row: image_path, box, det_score, camera} of the given feature rows."""
+        """{row: image_path, box, det_score, camera, image_id, frame, time_s, track} of the
+        given feature rows (frame, time_s and track are None for a still image)."""
         found: dict[int, dict[str, Any]] = {}
         for chunk in chunks(sorted(set(rows))):
             query = (
-                "SELECT b.id, i.path, b.x1, b.y1, b.x2, b.y2, b.det_score, i.camera FROM boxes b "
+                "SELECT b.id, i.path, b.x1, b.y1, b.x2, b.y2, b.det_score, i.camera, i.id, "
+                f"{self._video_columns} FROM boxes b "
                 f"JOIN images i ON i.id = b.image_id WHERE b.id IN ({placeholders(chunk)})"
             )
-            for row, path, x1, y1, x2, y2, score, camera in self._conn.execute(query, chunk):
+            for (
+                row,
+                path,
+                x1,
+                y1,
+                x2,
+                y2,
+                score,
+                camera,
+                image_id,
+                frame,
+                time_s,
+                track,
+            ) in self._conn.execute(query, chunk):
                 found[row] = {
                     "image_path": path,
                     "box": (x1, y1, x2, y2),
                     "det_score": score,
                     "camera": camera,
+                    "image_id": image_id,
+                    "frame": frame,
+                    "time_s": time_s,
+                    "track": track,
                 }
         return found
+
+    def track_keys(self) -> np.ndarray:
+        """Per feature row, the key of its track: rows of one video track share a key, every
+        other row (a still image's box, a detection in no track) has its own. For collapsing a
+        ranking to one hit per track (`personsearch.search.tracking.one_hit_per_track`)."""
+        keys = np.arange(self.num_boxes, dtype=np.int64)
+        if self._video_columns == _NO_VIDEO_COLUMNS:
+            return keys
+        query = "SELECT id, image_id, track FROM boxes WHERE track >= 0 ORDER BY id"
+        rows = np.asarray(self._conn.execute(query).fetchall(), dtype=np.int64).reshape(-1, 3)
+        if len(rows):
+            # (image, track) -> the first row of that track: distinct from every other key
+            _, first = np.unique(rows[:, 1:], axis=0, return_inverse=True)
+            first_row = np.full(first.max() + 1, np.iinfo(np.int64).max)
+            np.minimum.at(first_row, first.reshape(-1), rows[:, 0])
+            keys[rows[:, 0]] = first_row[first.reshape(-1)]
+        return keys
 
     # ---- features ------------------------------------------------------------------------
 

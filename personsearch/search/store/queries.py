@@ -18,6 +18,7 @@ from personsearch.search.store.schema import DB_NAME, chunks, placeholders, read
 __all__ = [
     "ImageSummary",
     "box_count",
+    "boxes_of_frame",
     "boxes_of_image",
     "cameras",
     "connect_shared_reader",
@@ -31,7 +32,8 @@ __all__ = [
 
 
 class ImageSummary(NamedTuple):
-    """An indexed image as the server lists it: its row in `images` and its box count."""
+    """An indexed image or video as the server lists it: its row in `images`, its box count,
+    and for a video its duration (None for an image)."""
 
     id: int
     path: str
@@ -39,12 +41,33 @@ class ImageSummary(NamedTuple):
     height: int
     camera: int
     persons: int
+    video: bool = False
+    duration_s: float | None = None
 
 
-_IMAGE_COLUMNS = (
+_BASE_COLUMNS = (
     "i.id, i.path, i.width, i.height, i.camera, "
     "(SELECT COUNT(*) FROM boxes b WHERE b.image_id = i.id)"
 )
+
+
+def _image_columns(conn: sqlite3.Connection) -> str:
+    """The ImageSummary columns; an index of format version 1 (read-only, not upgraded) has no
+    videos table: everything in it is an image."""
+    has_videos = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'videos'"
+    ).fetchone()
+    if not has_videos:
+        return f"{_BASE_COLUMNS}, 0, NULL"
+    return (
+        f"{_BASE_COLUMNS}, EXISTS (SELECT 1 FROM videos v WHERE v.image_id = i.id), "
+        "(SELECT COALESCE(v.last_time_s, v.duration_s) FROM videos v WHERE v.image_id = i.id)"
+    )
+
+
+def _summary(row: tuple) -> ImageSummary:
+    *head, video, duration = row
+    return ImageSummary(*head, bool(video), duration)
 
 
 def connect_shared_reader(db: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
@@ -106,18 +129,19 @@ def list_images(
         args.append(camera)
     (total,) = conn.execute(f"SELECT COUNT(*) FROM images i WHERE {where}", args).fetchone()
     rows = conn.execute(
-        f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE {where} ORDER BY i.id LIMIT ? OFFSET ?",
+        f"SELECT {_image_columns(conn)} FROM images i WHERE {where} ORDER BY i.id LIMIT ? OFFSET ?",
         [*args, limit, offset],
     ).fetchall()
-    return int(total), [ImageSummary(*row) for row in rows]
+    return int(total), [_summary(row) for row in rows]
 
 
 def image_by_id(conn: sqlite3.Connection, image_id: int) -> ImageSummary | None:
     """The image with this `images.id`, if it was indexed successfully."""
     row = conn.execute(
-        f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE i.id = ? AND i.status = 'ok'", [image_id]
+        f"SELECT {_image_columns(conn)} FROM images i WHERE i.id = ? AND i.status = 'ok'",
+        [image_id],
     ).fetchone()
-    return None if row is None else ImageSummary(*row)
+    return None if row is None else _summary(row)
 
 
 def boxes_of_image(
@@ -131,13 +155,33 @@ def boxes_of_image(
     return [(r, (x1, y1, x2, y2), s) for r, x1, y1, x2, y2, s in rows]
 
 
+def boxes_of_frame(
+    conn: sqlite3.Connection, image_id: int, time_s: float
+) -> tuple[float | None, list[tuple[int, tuple[float, float, float, float], float]]]:
+    """(the sampled time nearest `time_s`, the video's boxes at that time) of a video."""
+    row = conn.execute(
+        "SELECT time_s FROM boxes WHERE image_id = ? AND time_s IS NOT NULL "
+        "ORDER BY ABS(time_s - ?) LIMIT 1",
+        [image_id, float(time_s)],
+    ).fetchone()
+    if row is None:
+        return None, []
+    rows = conn.execute(
+        "SELECT id, x1, y1, x2, y2, det_score FROM boxes WHERE image_id = ? AND time_s = ? "
+        "ORDER BY id",
+        [image_id, row[0]],
+    ).fetchall()
+    return float(row[0]), [(r, (x1, y1, x2, y2), s) for r, x1, y1, x2, y2, s in rows]
+
+
 def images_by_path(conn: sqlite3.Connection, paths: Iterable[str]) -> list[ImageSummary]:
     """The images (any status) stored under these paths; any number, looked up in chunks."""
     found: list[ImageSummary] = []
+    columns = _image_columns(conn)
     for chunk in chunks(sorted(set(paths))):
         rows = conn.execute(
-            f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE i.path IN ({placeholders(chunk)})",
+            f"SELECT {columns} FROM images i WHERE i.path IN ({placeholders(chunk)})",
             chunk,
         ).fetchall()
-        found += [ImageSummary(*row) for row in rows]
+        found += [_summary(row) for row in rows]
     return found

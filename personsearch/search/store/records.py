@@ -52,3 +52,59 @@ class IndexedImage:
     mtime: float
     status: str
     error: str | None
+
+
+@dataclass(frozen=True)
+class VideoChunk:
+    """Consecutive sampled frames of one video, committed together with the video's progress.
+
+    `video` names the file (its path, sha1, size, mtime, upright width and height, camera; its
+    boxes and scores are the chunk's detections). `frames`, `times` and `tracks` give each box
+    its frame number, time in seconds and track id. After the chunk, indexing has reached
+    `last_frame` (at `last_time_s`), the tracker is in `tracker_state` (JSON), and `complete`
+    says whether the video is done (read to its end, or stopped for good with `error`).
+    """
+
+    video: ImageRecord
+    frames: np.ndarray
+    times: np.ndarray
+    tracks: np.ndarray
+    sampling: str
+    fps: float
+    duration_s: float | None
+    frames_sampled: int  #: sampled frames in this chunk (detections or not)
+    last_frame: int
+    last_time_s: float | None
+    tracker_state: str
+    complete: bool = False
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.video.boxes)
+        frames = np.asarray(self.frames, dtype=np.int64).reshape(-1)
+        times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        tracks = np.asarray(self.tracks, dtype=np.int64).reshape(-1)
+        if not len(frames) == len(times) == len(tracks) == n:
+            raise ValueError(
+                f"{self.video.path}: {n} boxes but {len(frames)} frames, {len(times)} times, "
+                f"{len(tracks)} tracks"
+            )
+        if self.video.error is not None:
+            raise ValueError(f"{self.video.path}: a video chunk's error goes in `error`")
+        object.__setattr__(self, "frames", frames)
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "tracks", tracks)
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    """How far indexing got in a video (its row in `videos`)."""
+
+    sampling: str
+    frames_sampled: int
+    last_frame: int
+    last_time_s: float | None
+    tracker_state: str
+    complete: bool
+    error: str | None
+    duration_s: float | None

@@ -1,14 +1,20 @@
 """The index folder's layout and its database schema: the one place that defines them.
 
-    index.sqlite         metadata: meta(key, value), images, boxes, shards (SCHEMA below)
+    index.sqlite         metadata: meta(key, value), images, boxes, shards, videos (SCHEMA below)
     shards/*.npy         features, float32 rows; feature row r belongs to boxes.id = r
     faiss/<kind>-<rows>.faiss   cached FAISS index covering the first <rows> rows (derived data,
                          see `personsearch.search.faiss_backends`)
     write.lock           held (flock) by the one process allowed to add images
     in-progress.json     the image the writer is reading and detecting now (see `journal`)
 
-A new column or table goes into SCHEMA here (with INDEX_VERSION raised if old indexes cannot be
-read any more); the statements that fill and read it live in `writer`, `gallery` and `queries`.
+A new column or table goes into SCHEMA here (with INDEX_VERSION raised and a step added to
+MIGRATIONS); the statements that fill and read it live in `writer`, `gallery` and `queries`.
+
+A video is one row of `images` (its path, size, the upright frame's width and height) plus one
+row of `videos` (how it is sampled, how far indexing got, the tracker's state there); each of its
+boxes records the frame number, the time in seconds and the track it belongs to (NULL for a
+still image). Version 1 indexes (images only) are read as they are and upgraded in place (three
+columns and a table added, nothing rewritten) the first time they are opened for writing.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from typing import Any
 
 from personsearch.search.store.records import GalleryIndexError
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
+#: Versions this code reads; older ones are upgraded when opened for writing.
+READABLE_VERSIONS = ("1", "2")
 
 DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
@@ -59,10 +67,36 @@ CREATE TABLE IF NOT EXISTS boxes (
     image_id INTEGER NOT NULL REFERENCES images(id),
     x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
     det_score REAL NOT NULL,
-    shard_id INTEGER NOT NULL REFERENCES shards(id)
+    shard_id INTEGER NOT NULL REFERENCES shards(id),
+    frame INTEGER,  -- videos: the frame number (NULL: a still image)
+    time_s REAL,    -- videos: seconds from the start
+    track INTEGER   -- videos: the track id within the video (-1: in no track)
 );
 CREATE INDEX IF NOT EXISTS boxes_image ON boxes(image_id);
+CREATE TABLE IF NOT EXISTS videos (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    sampling TEXT NOT NULL,          -- "fps=2", "keyframes" or "every frame"
+    fps REAL NOT NULL,               -- the stream's frame rate
+    duration_s REAL,                 -- as the header says (NULL: unknown)
+    frames_sampled INTEGER NOT NULL, -- sampled frames committed so far
+    last_frame INTEGER NOT NULL,     -- the last committed frame's number (-1: none yet)
+    last_time_s REAL,                -- and its time
+    tracker TEXT NOT NULL,           -- the tracker's state after last_frame (JSON)
+    complete INTEGER NOT NULL DEFAULT 0,  -- 1: read to its end, or stopped for good (error)
+    error TEXT                       -- why decoding stopped before the end (frames before stay)
+);
 """
+
+#: Statements upgrading an index of the key's version to the next one.
+MIGRATIONS = {
+    "1": (
+        "ALTER TABLE boxes ADD COLUMN frame INTEGER",
+        "ALTER TABLE boxes ADD COLUMN time_s REAL",
+        "ALTER TABLE boxes ADD COLUMN track INTEGER",
+    ),
+}
+#: Created after the migrations (they need the new columns).
+TRACK_INDEX = "CREATE INDEX IF NOT EXISTS boxes_track ON boxes(image_id, track)"
 
 
 def connect(db: Path, read_only: bool = False) -> sqlite3.Connection:
@@ -99,13 +133,33 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 
 def check_version(meta: dict[str, str], folder: Path) -> None:
-    """Refuse an index of another format version than this code reads."""
+    """Refuse an index of a format version this code does not read."""
     version = meta.get("version")
-    if version != INDEX_VERSION:
+    if version not in READABLE_VERSIONS:
         raise GalleryIndexError(
             f"gallery index {folder} has format version {version!r}; this personsearch "
-            f"reads version {INDEX_VERSION!r}: rebuild the index"
+            f"reads versions {', '.join(READABLE_VERSIONS)}: rebuild the index (or use the "
+            "personsearch that built it)"
         )
+
+
+def upgrade(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
+    """Bring an index of an older readable version to INDEX_VERSION, in one transaction."""
+    version = meta.get("version")
+    if version == INDEX_VERSION:
+        return
+    with transaction(conn):
+        while version != INDEX_VERSION:
+            for statement in MIGRATIONS[str(version)]:
+                conn.execute(statement)
+            version = str(int(version) + 1)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (INDEX_VERSION,))
+    meta["version"] = INDEX_VERSION
+
+
+def has_video_columns(conn: sqlite3.Connection) -> bool:
+    """Whether the boxes table has the frame, time and track columns (version 2 on)."""
+    return "track" in {row[1] for row in conn.execute("PRAGMA table_info(boxes)")}
 
 
 def chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
