@@ -3,6 +3,7 @@ the store's video columns (and old indexes), and the server's frames and video f
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sqlite3
@@ -275,3 +276,100 @@ def _downgrade_to_version_1(index: Path) -> None:
             conn.execute(f"ALTER TABLE boxes DROP COLUMN {column}")
         conn.execute("DROP TABLE videos")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+
+
+def test_search_writes_a_page_with_video_frames(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "hog_available", lambda: False)
+    gallery = _gallery_of(world, tmp_path / "g", "cam0.mp4")
+    index = tmp_path / "i"
+    assert main(["index", "--gallery", str(gallery), "--out", str(index), "--no-progress"]) == 0
+    page = tmp_path / "r.html"
+    probe = str(world / "queries" / "0000.jpg")
+    assert main(["search", "--index", str(index), "--probe", probe, "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "cam0.mp4 at 0:" in text and "missing" not in text
+
+
+@pytest.fixture(scope="module")
+def video_server(world, tmp_path_factory):
+    """A server over an index of one video and one still image (one box per frame)."""
+    pytest.importorskip("fastapi", reason="the web extras (fastapi) are not installed")
+    pytest.importorskip("multipart", reason="the web extras (python-multipart) are not installed")
+    from fastapi.testclient import TestClient
+
+    from personsearch.search.detectors import WholeImageDetector
+    from personsearch.search.embedders import ColorHistogramEmbedder
+    from personsearch.serve.app import create_app
+
+    folder = tmp_path_factory.mktemp("served")
+    gallery = _gallery_of(world, folder / "g", "cam0.mp4")
+    shutil.copy(world / "queries" / "0001.jpg", gallery / "still.jpg")
+    with PersonSearcher.open(
+        folder / "i", WholeImageDetector(), ColorHistogramEmbedder(), info={"pipeline": "baseline"}
+    ) as searcher:
+        searcher.index_folder(gallery, progress=False)
+        searcher.index.prepare()
+    with TestClient(create_app(folder / "i"), base_url="http://127.0.0.1") as client:
+        images = {i["name"]: i for i in client.get("/api/images").json()["images"]}
+        yield client, images, gallery
+
+
+def test_the_server_lists_videos_and_serves_their_frames_and_boxes(video_server):
+    client, images, gallery = video_server
+    video, still = images["cam0.mp4"], images["still.jpg"]
+    assert (video["kind"], still["kind"]) == ("video", "image")
+    assert video["duration_s"] == pytest.approx(7.6) and video["persons"] == 16
+    detail = client.get(f"/api/images/{video['id']}", params={"t": 3.1}).json()
+    assert detail["time_s"] == pytest.approx(3.0) and len(detail["boxes"]) == 1
+    frame = client.get(f"/api/images/{video['id']}/frame", params={"t": 3.0})
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+    from PIL import Image
+
+    from personsearch.data.video import read_frame_at
+
+    shown = np.asarray(Image.open(io.BytesIO(frame.content)), dtype=np.float64)
+    decoded = read_frame_at(gallery / "cam0.mp4", 3.0).image.astype(np.float64)
+    assert shown.shape == decoded.shape and np.abs(shown - decoded).mean() < 3  # JPEG's loss
+    small = client.get(f"/api/images/{video['id']}/frame", params={"t": 3.0, "size": 160})
+    assert Image.open(io.BytesIO(small.content)).size == (160, 90)
+    assert client.get(f"/api/images/{video['id']}/thumbnail").status_code == 200
+    assert client.get(f"/api/images/{still['id']}/frame").status_code == 404
+    assert client.get(f"/api/images/{video['id']}/frame", params={"t": "nan"}).status_code == 422
+    assert client.get(f"/api/images/{video['id']}/frame", params={"t": -1}).status_code == 422
+
+
+def test_the_server_plays_only_indexed_videos_with_range_requests(video_server):
+    client, images, gallery = video_server
+    video, still = images["cam0.mp4"], images["still.jpg"]
+    data = (gallery / "cam0.mp4").read_bytes()
+    whole = client.get(f"/api/images/{video['id']}/video")
+    assert whole.status_code == 200 and whole.content == data
+    assert (
+        whole.headers["content-type"] == "video/mp4" and whole.headers["accept-ranges"] == "bytes"
+    )
+    part = client.get(f"/api/images/{video['id']}/video", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert client.get(f"/api/images/{still['id']}/video").status_code == 404
+    assert client.get("/api/images/999/video").status_code == 404
+    for path in ("/api/images/../../etc/passwd/video", "/api/images/cam0.mp4/video"):
+        assert client.get(path).status_code in (404, 422)
+
+
+def test_the_servers_search_gives_video_places_one_hit_per_track(video_server, world):
+    client, images, _ = video_server
+    video = images["cam0.mp4"]
+    probe = (world / "queries" / "0000.jpg").read_bytes()
+    files = {"file": ("p.jpg", probe, "image/jpeg")}
+    result = client.post("/api/search/upload", files=files, data={"top_k": "50"}).json()
+    places = [h["video"] for h in result["results"] if h["image"]["kind"] == "video"]
+    assert len(places) == 1 and places[0]["track"] == 0 and places[0]["track_frames"] == 16
+    assert places[0]["track_start_s"] <= places[0]["time_s"] <= places[0]["track_end_s"]
+    data = {"top_k": "50", "every_frame": "true"}
+    every = client.post("/api/search/upload", files=files, data=data).json()["results"]
+    assert len([h for h in every if h["video"] is not None]) == 16
+    # from a frame of the indexed video: its time is needed, and its own persons are left out
+    body = {"image_id": video["id"], "top_k": 5}
+    assert client.post("/api/search/indexed", json=body).status_code == 400
+    found = client.post("/api/search/indexed", json={**body, "time_s": 2.0}).json()
+    assert found["results"] and all(h["image"]["kind"] == "image" for h in found["results"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.data.images import open_rgb
-from personsearch.errors import ImageError, PersonSearchError
+from personsearch.errors import PersonSearchError
 from personsearch.io import atomic_open, atomic_path
 
 THUMB_HEIGHT = 240
@@ -45,20 +45,34 @@ def write_results_picture(
 ) -> None:
     """The probe and its top hits with boxes drawn: an HTML page or a contact-sheet image."""
     probe_tile = _tile(probe, probe_box, PROBE_COLOUR)
-    tiles = [_tile(Path(hit.image_path), hit.box, HIT_COLOUR) for hit in hits]
+    tiles = [
+        _tile(Path(hit.image_path), hit.box, HIT_COLOUR, getattr(hit, "time_s", None))
+        for hit in hits
+    ]
     if out.suffix.lower() in (".html", ".htm"):
         _write_html(out, probe, probe_tile, hits, tiles)
     else:
         _write_sheet(out, probe_tile, hits, tiles)
 
 
-def _tile(path: Path, box: Sequence[float] | None, colour: tuple[int, int, int]) -> Any:
-    """The image scaled to THUMB_HEIGHT with the box drawn; a grey placeholder if unreadable."""
+def _tile(
+    path: Path,
+    box: Sequence[float] | None,
+    colour: tuple[int, int, int],
+    time_s: float | None = None,
+) -> Any:
+    """The image (a video: its frame at `time_s`) scaled to THUMB_HEIGHT with the box drawn; a
+    grey placeholder if unreadable."""
     from PIL import Image, ImageDraw
 
     try:
-        image = open_rgb(path)
-    except ImageError:
+        if time_s is None:
+            image = open_rgb(path)
+        else:
+            from personsearch.data.video import read_frame_at
+
+            image = Image.fromarray(read_frame_at(path, time_s).image)
+    except PersonSearchError:  # an unreadable image (ImageError) or video (VideoError)
         placeholder = Image.new("RGB", (THUMB_HEIGHT // 2, THUMB_HEIGHT), (128, 128, 128))
         ImageDraw.Draw(placeholder).text((4, 4), "missing", fill=(255, 255, 255))
         return placeholder
@@ -84,6 +98,15 @@ def _tile(path: Path, box: Sequence[float] | None, colour: tuple[int, int, int])
     return tile
 
 
+def _place(hit: Any) -> str:
+    """ " at 0:12.5" for a hit in a video, "" for one in an image."""
+    time_s = getattr(hit, "time_s", None)
+    if time_s is None:
+        return ""
+    minutes, seconds = divmod(float(time_s), 60.0)
+    return f" at {int(minutes)}:{seconds:04.1f}"
+
+
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
@@ -102,7 +125,7 @@ def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], ti
         cells.append(
             f"<figure>{img(tile)}<figcaption>#{rank} sim {hit.similarity:.3f} "
             f"det {hit.det_score:.2f}<br>{html.escape(os.path.basename(hit.image_path))}"
-            f"</figcaption></figure>"
+            f"{html.escape(_place(hit))}</figcaption></figure>"
         )
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>person search: "
@@ -120,7 +143,7 @@ def _write_html(out: Path, probe: Path, probe_tile: Any, hits: Sequence[Any], ti
 def _write_sheet(out: Path, probe_tile: Any, hits: Sequence[Any], tiles: list) -> None:
     from PIL import Image, ImageDraw
 
-    captions = ["probe"] + [f"#{r} {h.similarity:.3f}" for r, h in enumerate(hits, 1)]
+    captions = ["probe"] + [f"#{r} {h.similarity:.3f}{_place(h)}" for r, h in enumerate(hits, 1)]
     tiles = [probe_tile, *tiles]
     columns = min(COLUMNS, len(tiles))
     cell_width = max(t.width for t in tiles)
