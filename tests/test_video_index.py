@@ -373,3 +373,40 @@ def test_the_servers_search_gives_video_places_one_hit_per_track(video_server, w
     assert client.post("/api/search/indexed", json=body).status_code == 400
     found = client.post("/api/search/indexed", json={**body, "time_s": 2.0}).json()
     assert found["results"] and all(h["image"]["kind"] == "image" for h in found["results"])
+
+
+def test_a_token_guarded_server_plays_a_video_through_a_ticket_only(world, video_server):
+    from fastapi.testclient import TestClient
+
+    from personsearch.serve.app import create_app
+    from personsearch.serve.tickets import VideoTickets
+
+    _, images, gallery = video_server
+    video, still = images["cam0.mp4"], images["still.jpg"]
+    index = gallery.parent / "i"
+    token = {"Authorization": "Bearer a-long-enough-token"}
+    app = create_app(index, token="a-long-enough-token")
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get(f"/api/images/{video['id']}/video").status_code == 401
+        assert client.post(f"/api/images/{video['id']}/video-ticket").status_code == 401
+        ticket = client.post(f"/api/images/{video['id']}/video-ticket", headers=token).json()
+        assert "token" not in ticket["url"]
+        played = client.get(ticket["url"], headers={"Range": "bytes=0-9"})
+        assert (
+            played.status_code == 206 and played.content == (gallery / "cam0.mp4").read_bytes()[:10]
+        )
+        # the ticket opens that one video only, and only with its own signature
+        other = ticket["url"].replace(f"/videos/{video['id']}?", f"/videos/{still['id']}?")
+        assert client.get(other).status_code == 403
+        forged = ticket["url"][:-4] + ("0000" if not ticket["url"].endswith("0000") else "1111")
+        assert client.get(forged).status_code == 403
+        assert (
+            client.post(f"/api/images/{still['id']}/video-ticket", headers=token).status_code == 404
+        )
+    tickets = VideoTickets(ttl_s=10)
+    url, expires = tickets.issue(5, now=1000.0)
+    sig = url.rsplit("sig=", 1)[1]
+    assert tickets.valid(5, expires, sig, now=1005.0)
+    assert not tickets.valid(5, expires, sig, now=1011.0)  # expired
+    assert not tickets.valid(6, expires, sig, now=1005.0)
+    assert not VideoTickets().valid(5, expires, sig, now=1005.0)  # another server's secret

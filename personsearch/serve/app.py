@@ -49,6 +49,7 @@ from personsearch.serve.routes import (
     add_health_route,
     add_image_routes,
     add_index_routes,
+    add_media_routes,
     add_page_routes,
     add_search_routes,
 )
@@ -102,6 +103,9 @@ def create_app(
     add_search_routes(guarded, served)
     api.include_router(guarded)
     app.include_router(api)
+    media = APIRouter()  # opened by a ticket, not the token: see personsearch.serve.tickets
+    add_media_routes(media, served)
+    app.include_router(media)
     add_page_routes(app)
     return app
 

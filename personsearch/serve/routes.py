@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,8 +65,10 @@ from personsearch.serve.schemas import (
     SearchResult,
     Stats,
     VideoPlace,
+    VideoTicket,
     parse_box,
 )
+from personsearch.serve.tickets import VideoTickets
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 IMAGE_CACHE_CONTROL = "private, max-age=3600"  # private: the API may sit behind a token
@@ -132,6 +134,7 @@ class Served:
     cache: BytesLRU  #: rendered thumbnails and scenes
     budget: DecodeBudget
     index_name: str  #: the index folder's name (never its path)
+    tickets: VideoTickets = field(default_factory=VideoTickets)
 
 
 # ---- the server and the index ----------------------------------------------------------------
@@ -259,19 +262,51 @@ def add_image_routes(router: APIRouter, served: Served) -> None:
     async def video_file(image_id: ImageId) -> FileResponse:
         """The indexed video file itself, with HTTP range requests (a player seeks with them:
         `<video src=".../video#t=12.5">` plays from 12.5 s). Only indexed videos are served."""
+        return await send_video(served, image_id)
+
+    @router.post("/images/{image_id}/video-ticket", response_model=VideoTicket, tags=["index"])
+    async def video_ticket(image_id: ImageId) -> VideoTicket:
+        """A URL that plays this indexed video without the token, for a `<video>` element
+        (which cannot send headers): it opens this one video, for an hour."""
         found = await run_in_threadpool(served.catalog.image_and_path, image_id)
         if found is None:
             raise HTTPException(404, _unknown_image(image_id))
-        image, path = found
-        if not image.video:
+        if not found[0].video:
             raise HTTPException(404, f"image {image_id} is a still image, not a video")
-        if not await run_in_threadpool(path.is_file):
-            raise HTTPException(404, f"video {image_id} is in the index but its file is gone")
-        return FileResponse(
-            path,
-            media_type=VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream"),
-            headers={"Cache-Control": IMAGE_CACHE_CONTROL},
-        )
+        url, expires = served.tickets.issue(image_id)
+        return VideoTicket(url=url, expires=expires)
+
+
+def add_media_routes(router: APIRouter, served: Served) -> None:
+    """GET /media/videos/{image_id}: an indexed video for a `<video>` element, opened by a
+    ticket (`personsearch.serve.tickets`) instead of the token."""
+
+    @router.get("/media/videos/{image_id}", response_class=FileResponse, include_in_schema=False)
+    async def media_video(
+        image_id: ImageId,
+        expires: Annotated[int, Query(ge=0, le=INT64_MAX)],
+        sig: Annotated[str, Query(min_length=64, max_length=64)],
+    ) -> FileResponse:
+        if not served.tickets.valid(image_id, expires, sig):
+            raise HTTPException(403, "this video ticket is not valid (expired?): ask for another")
+        return await send_video(served, image_id)
+
+
+async def send_video(served: Served, image_id: int) -> FileResponse:
+    """An indexed video file, with range requests (FileResponse answers them: 206)."""
+    found = await run_in_threadpool(served.catalog.image_and_path, image_id)
+    if found is None:
+        raise HTTPException(404, _unknown_image(image_id))
+    image, path = found
+    if not image.video:
+        raise HTTPException(404, f"image {image_id} is a still image, not a video")
+    if not await run_in_threadpool(path.is_file):
+        raise HTTPException(404, f"video {image_id} is in the index but its file is gone")
+    return FileResponse(
+        path,
+        media_type=VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+        headers={"Cache-Control": IMAGE_CACHE_CONTROL},
+    )
 
 
 async def send_jpeg(

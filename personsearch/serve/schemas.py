@@ -94,6 +94,11 @@ class VideoPlace(BaseModel):
     track_frames: int | None = Field(None, description="sampled frames of the track")
 
 
+class VideoTicket(BaseModel):
+    url: str = Field(description="plays the video without the token, until `expires`")
+    expires: int = Field(description="Unix time in seconds")
+
+
 class Hit(BaseModel):
     rank: int
     image: ImageInfo

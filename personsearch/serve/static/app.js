@@ -168,14 +168,21 @@ async function loadUpload(file) {
   setProbe({ kind: "upload", file, image, width: image.width, height: image.height });
 }
 
-async function loadIndexedProbe(imageId, box = null) {
-  const detail = await apiJson(`/api/images/${imageId}`);
+// An indexed image, or the frame of an indexed video at `timeS` seconds, as the probe.
+async function loadIndexedProbe(imageId, box = null, timeS = null) {
+  const at = timeS === null ? "" : `?t=${timeS}`;
+  const detail = await apiJson(`/api/images/${imageId}${at}`);
+  const video = detail.kind === "video";
+  const frameTime = video ? detail.time_s ?? timeS ?? 0 : null;
   const image = new Image();
-  image.src = await imageUrl(`/api/images/${imageId}/scene`);
+  image.src = await imageUrl(
+    video ? `/api/images/${imageId}/frame?t=${frameTime}` : `/api/images/${imageId}/scene`
+  );
   await image.decode();
   setProbe({
     kind: "indexed",
     imageId,
+    timeS: frameTime,
     image,
     width: detail.width,
     height: detail.height,
@@ -332,7 +339,13 @@ async function search() {
       result = await apiJson("/api/search/indexed", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ image_id: probe.imageId, box: state.box, top_k: topK, cameras }),
+        body: JSON.stringify({
+          image_id: probe.imageId,
+          time_s: probe.timeS,
+          box: state.box,
+          top_k: topK,
+          cameras,
+        }),
       });
     }
     showResults(result);
@@ -380,7 +393,9 @@ function showResults(result) {
     card.dataset.imageId = String(hit.image.id);
     card.dataset.name = hit.image.name;
     card.dataset.similarity = String(hit.similarity);
-    const path = `/api/images/${hit.image.id}/thumbnail?size=${THUMB_SIZE}`;
+    const path = hit.video
+      ? `/api/images/${hit.image.id}/frame?t=${hit.video.time_s}&size=${THUMB_SIZE}`
+      : `/api/images/${hit.image.id}/thumbnail?size=${THUMB_SIZE}`;
     const line = el("div", "card-line");
     line.append(el("span", "rank", `#${hit.rank}`), el("span", "sim", hit.similarity.toFixed(3)));
     const bar = el("div", "simbar");
@@ -388,21 +403,44 @@ function showResults(result) {
     fill.style.width = `${Math.max(0, Math.min(1, hit.similarity)) * 100}%`;
     bar.append(fill);
     const camera = hit.image.camera >= 0 ? ` · camera ${hit.image.camera}` : "";
-    card.append(sceneView(hit.image, hit.box, path), line, bar, el("div", "sub", hit.image.name + camera));
-    card.title = `${hit.image.name}: similarity ${hit.similarity.toFixed(3)}`;
+    const place = hit.video ? ` at ${clock(hit.video.time_s)}` : "";
+    card.append(
+      sceneView(hit.image, hit.box, path),
+      line,
+      bar,
+      el("div", "sub", hit.image.name + place + camera)
+    );
+    card.title = `${hit.image.name}${place}: similarity ${hit.similarity.toFixed(3)}`;
     card.addEventListener("click", () => openScene(hit));
     grid.append(card);
   }
 }
 
+// Seconds as m:ss.s
+function clock(seconds) {
+  const minutes = Math.floor(seconds / 60);
+  return `${minutes}:${(seconds - 60 * minutes).toFixed(1).padStart(4, "0")}`;
+}
+
 function openScene(hit) {
   state.hit = hit;
   const frame = $("scene-frame");
-  const view = sceneView(hit.image, hit.box, `/api/images/${hit.image.id}/scene`);
+  const id = hit.image.id;
+  const path = hit.video ? `/api/images/${id}/frame?t=${hit.video.time_s}` : `/api/images/${id}/scene`;
+  const view = sceneView(hit.image, hit.box, path);
   const { width, height } = hit.image;
   view.style.width = `min(100%, calc(70vh * ${width} / ${height}))`;
   frame.replaceChildren(view);
-  $("scene-title").textContent = `#${hit.rank} · ${hit.image.name}`;
+  let place = "";
+  if (hit.video) {
+    const v = hit.video;
+    place = ` at ${clock(v.time_s)} (frame ${v.frame})`;
+    if (v.track_start_s !== null && v.track_start_s !== undefined) {
+      place += ` · in view ${clock(v.track_start_s)}–${clock(v.track_end_s)}`;
+    }
+    frame.append(videoPlayer(id, v.time_s, width, height));
+  }
+  $("scene-title").textContent = `#${hit.rank} · ${hit.image.name}${place}`;
   const camera = hit.image.camera >= 0 ? ` · camera ${hit.image.camera}` : "";
   $("scene-caption").textContent =
     `similarity ${hit.similarity.toFixed(3)} · detection ${hit.det_score.toFixed(2)}` +
@@ -410,11 +448,30 @@ function openScene(hit) {
   $("scene-dialog").showModal();
 }
 
+// The video, ready to play from the hit's moment. Its URL carries a short-lived ticket for
+// this one video (never the token: a <video> element cannot send headers), and the browser
+// fetches it with range requests, so it seeks without downloading the file.
+function videoPlayer(imageId, timeS, width, height) {
+  const player = el("video", "player");
+  player.controls = true;
+  player.preload = "metadata";
+  player.style.aspectRatio = `${width} / ${height}`;
+  apiJson(`/api/images/${imageId}/video-ticket`, { method: "POST" }).then(
+    (ticket) => {
+      player.src = `${ticket.url}#t=${timeS}`;
+    },
+    (error) => {
+      player.replaceWith(el("p", "note", `the video cannot be played: ${error.message}`));
+    }
+  );
+  return player;
+}
+
 $("search-this").addEventListener("click", async () => {
   const hit = state.hit;
   $("scene-dialog").close();
   try {
-    await loadIndexedProbe(hit.image.id, hit.box);
+    await loadIndexedProbe(hit.image.id, hit.box, hit.video ? hit.video.time_s : null);
     await search();
   } catch (error) {
     setStatus(error.message, true);
@@ -433,7 +490,9 @@ async function loadGalleryPage() {
       card.dataset.imageId = String(image.id);
       const path = `/api/images/${image.id}/thumbnail?size=${GALLERY_THUMB_SIZE}`;
       const camera = image.camera >= 0 ? ` · camera ${image.camera}` : "";
-      const persons = `${image.persons} ${image.persons === 1 ? "person" : "persons"}`;
+      const persons =
+        `${image.persons} ${image.persons === 1 ? "person" : "persons"}` +
+        (image.kind === "video" ? ` · video, ${clock(image.duration_s || 0)}` : "");
       card.append(
         sceneView(image, null, path),
         el("div", "sub", image.name),
