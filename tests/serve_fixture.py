@@ -40,3 +40,34 @@ def build_served_gallery(folder: Path, n_images: int = 12, seed: int = 0) -> Ser
         searcher.index.prepare()
     probe = folder / "probe.png"
     return ServedGallery(folder / "index", images, probe, make_probe(probe))
+
+
+@dataclass(frozen=True)
+class ServedVideoGallery:
+    index_dir: Path
+    gallery: Path  #: holds cam0.mp4 (8 s at 5 fps, 320 x 180) and still.jpg
+    probe: Path  #: a person crop of the world (a query image)
+
+
+def build_video_gallery(folder: Path) -> ServedVideoGallery:
+    """A world-in-motion video and a still image, indexed at 2 fps with one box per frame (the
+    whole frame) and the baseline embedder, as `personsearch serve` without --pipeline opens."""
+    import shutil
+
+    from personsearch.data.synthetic_video import VideoWorldSettings, generate_video_world
+    from personsearch.search.detectors import WholeImageDetector
+
+    settings = VideoWorldSettings(
+        cameras=2, identities=3, duration_s=8, fps=5, width=320, height=180, visit_s=(2.0, 5.0)
+    )
+    world = generate_video_world(folder / "world", settings)
+    gallery = folder / "g"
+    gallery.mkdir()
+    shutil.copy(world / "videos" / "cam0.mp4", gallery / "cam0.mp4")
+    shutil.copy(world / "queries" / "0001.jpg", gallery / "still.jpg")
+    with PersonSearcher.open(
+        folder / "i", WholeImageDetector(), ColorHistogramEmbedder(), info={"pipeline": "baseline"}
+    ) as searcher:
+        searcher.index_folder(gallery, progress=False)
+        searcher.index.prepare()
+    return ServedVideoGallery(folder / "i", gallery, world / "queries" / "0000.jpg")

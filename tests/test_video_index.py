@@ -291,27 +291,19 @@ def test_search_writes_a_page_with_video_frames(world, tmp_path, monkeypatch, ca
 
 
 @pytest.fixture(scope="module")
-def video_server(world, tmp_path_factory):
+def video_server(tmp_path_factory):
     """A server over an index of one video and one still image (one box per frame)."""
     pytest.importorskip("fastapi", reason="the web extras (fastapi) are not installed")
     pytest.importorskip("multipart", reason="the web extras (python-multipart) are not installed")
     from fastapi.testclient import TestClient
+    from serve_fixture import build_video_gallery
 
-    from personsearch.search.detectors import WholeImageDetector
-    from personsearch.search.embedders import ColorHistogramEmbedder
     from personsearch.serve.app import create_app
 
-    folder = tmp_path_factory.mktemp("served")
-    gallery = _gallery_of(world, folder / "g", "cam0.mp4")
-    shutil.copy(world / "queries" / "0001.jpg", gallery / "still.jpg")
-    with PersonSearcher.open(
-        folder / "i", WholeImageDetector(), ColorHistogramEmbedder(), info={"pipeline": "baseline"}
-    ) as searcher:
-        searcher.index_folder(gallery, progress=False)
-        searcher.index.prepare()
-    with TestClient(create_app(folder / "i"), base_url="http://127.0.0.1") as client:
+    served = build_video_gallery(tmp_path_factory.mktemp("served"))
+    with TestClient(create_app(served.index_dir), base_url="http://127.0.0.1") as client:
         images = {i["name"]: i for i in client.get("/api/images").json()["images"]}
-        yield client, images, gallery
+        yield client, images, served.gallery
 
 
 def test_the_server_lists_videos_and_serves_their_frames_and_boxes(video_server):
@@ -383,7 +375,7 @@ def test_a_token_guarded_server_plays_a_video_through_a_ticket_only(world, video
 
     _, images, gallery = video_server
     video, still = images["cam0.mp4"], images["still.jpg"]
-    index = gallery.parent / "i"
+    index = gallery.parent / "i"  # build_video_gallery's layout
     token = {"Authorization": "Bearer a-long-enough-token"}
     app = create_app(index, token="a-long-enough-token")
     with TestClient(app, base_url="http://127.0.0.1") as client:
