@@ -22,6 +22,7 @@ _EXPORTS = export_table(
             "write_pipeline_spec",
         ),
         "personsearch.search.searcher": ("PersonSearcher",),
+        "personsearch.search.video_indexing": ("VideoSampling",),
         "personsearch.search.index": ("GalleryIndex", "SearchHit"),
         "personsearch.search.ray_indexing": ("RunPipeline", "index_with_ray"),
         "personsearch.evaluation.search": ("GalleryDetections", "SearchScores", "evaluate_search"),

@@ -19,7 +19,15 @@ _EXPORTS = export_table(
             "write_pipeline_spec",
             "read_pipeline_spec",
         ),
-        "personsearch.search.searcher": ("PersonSearcher", "IndexReport", "list_images"),
+        "personsearch.search.searcher": (
+            "PersonSearcher",
+            "IndexReport",
+            "list_images",
+            "list_gallery_files",
+        ),
+        "personsearch.search.video_indexing": ("VideoSampling", "index_video"),
+        "personsearch.search.video_scan": ("scan_video", "ScannedFrame"),
+        "personsearch.search.tracking": ("Tracker", "TrackerSettings", "one_hit_per_track"),
         "personsearch.search.index": ("GalleryIndex", "SearchHit"),
         "personsearch.search.detectors": (
             "Detector",
