@@ -241,6 +241,13 @@ def _run_with_ray(args: argparse.Namespace) -> int:
     return 0
 
 
+def _files(store: Any) -> str:
+    """ "12 images" or "12 images and 3 videos": what an index holds."""
+    videos = store.num_videos
+    images = f"{store.num_images - videos} images"
+    return f"{images} and {videos} videos" if videos else images
+
+
 def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: float) -> None:
     """The run's outcome (`store`: the index's GalleryStore): readable lines, or (--json) the
     same on stderr and one JSON line."""
@@ -251,7 +258,7 @@ def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: fl
         print(f"stopped part-way: {path}: {error}", file=stream)
     print(report.summary(), file=stream)
     print(
-        f"index {args.out}: {store.num_images} images, {store.num_boxes} persons, "
+        f"index {args.out}: {_files(store)}, {store.num_boxes} persons, "
         f"{store.index_kind} FAISS index, model {store.fingerprint}",
         file=stream,
     )
@@ -269,7 +276,8 @@ def _print_report(args: argparse.Namespace, report: Any, store: Any, seconds: fl
             "video_frames": report.frames,
             "videos_resumed": len(report.resumed),
             "videos_stopped": [{"video": path, "error": error} for path, error in report.stopped],
-            "images": store.num_images,
+            "images": store.num_images - store.num_videos,
+            "videos_indexed": store.num_videos,
             "persons": store.num_boxes,
             "index_kind": store.index_kind,
             "model": store.fingerprint,

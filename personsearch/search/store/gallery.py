@@ -225,6 +225,13 @@ class GalleryStore:
             self._conn.execute("SELECT COUNT(*) FROM images WHERE status='ok'").fetchone()[0]
         )
 
+    @property
+    def num_videos(self) -> int:
+        """Of `num_images`, the videos."""
+        if not self._has_videos_table():
+            return 0
+        return int(self._conn.execute("SELECT COUNT(*) FROM videos").fetchone()[0])
+
     def known_images(self) -> dict[str, IndexedImage]:
         """Every image the index has seen, ok or failed, by stored path."""
         rows = self._conn.execute("SELECT path, size, mtime, status, error FROM images")
