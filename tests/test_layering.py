@@ -138,6 +138,21 @@ def test_evaluation_imports_nothing_above_it() -> None:
     assert offending == {}, f"evaluation/ imports higher layers: {offending}"
 
 
+#: Packages above data/ (the readers, the synthetic worlds, decoding): data imports none of them.
+ABOVE_DATA = ("search", "report", "engine", "commands", "serve", "export", "models", "demo", "cli")
+
+
+def test_data_imports_nothing_above_it() -> None:
+    above = {f"personsearch.{name}" for name in ABOVE_DATA}
+    offending = {
+        module: sorted(t for t in all_imports(module) if _package_of(t, above))
+        for module in MODULES
+        if module.startswith("personsearch.data")
+    }
+    offending = {module: targets for module, targets in offending.items() if targets}
+    assert offending == {}, f"data/ imports higher layers: {offending}"
+
+
 def _package_of(module: str, packages: set[str]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 

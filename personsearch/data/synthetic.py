@@ -37,7 +37,7 @@ from personsearch.data.synthetic_render import (
 )
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.io import write_json
-from personsearch.report.synthetic_previews import write_contact_sheet, write_scale_histogram
+from personsearch.data.synthetic_previews import write_contact_sheet, write_scale_histogram
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 JPEG_QUALITY = 90

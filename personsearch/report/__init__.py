@@ -1,5 +1,5 @@
 """Pictures and pages made from results: the demo report, search result sheets, the mAP against
-gallery size plot, the synthetic world's previews.
+gallery size plot (the synthetic world's previews are `personsearch.data.synthetic_previews`).
 
     from personsearch.report import write_results_picture
 
@@ -13,7 +13,6 @@ _EXPORTS = export_table(
         "personsearch.report.demo_report": ("write_demo_report",),
         "personsearch.report.search_picture": ("write_results_picture",),
         "personsearch.report.gallery_curve": ("plot_gallery_curve", "plot_gallery_sizes"),
-        "personsearch.report.synthetic_previews": ("write_contact_sheet", "write_scale_histogram"),
     }
 )
 __all__ = list(_EXPORTS)
