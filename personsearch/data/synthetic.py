@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from personsearch.data.synthetic_mat import Cell, Struct, encode_fields, write_mat
+from personsearch.data.synthetic_previews import write_contact_sheet, write_scale_histogram
 from personsearch.data.synthetic_render import (
     CLUTTER_KINDS,
     Appearance,
@@ -37,7 +38,6 @@ from personsearch.data.synthetic_render import (
 )
 from personsearch.errors import ConfigError, DatasetError
 from personsearch.io import write_json
-from personsearch.data.synthetic_previews import write_contact_sheet, write_scale_histogram
 
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 JPEG_QUALITY = 90
