@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from personsearch.boxes import crop_bounds  # noqa: E402
 from personsearch.data.synthetic_video import (  # noqa: E402
     VideoWorldSettings,
     generate_video_world,
@@ -63,10 +64,10 @@ def build_detector(spec: str):  # type: ignore[no-untyped-def]
 
 
 def crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The box's pixels, rounded as the index crops them (`boxes.crop_bounds`)."""
     height, width = image.shape[:2]
-    x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
-    x2, y2 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
-    return image[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)]
+    x1, y1, x2, y2 = crop_bounds(box, width, height)
+    return image[y1:y2, x1:x2]
 
 
 def process_video(
