@@ -402,3 +402,51 @@ def test_a_token_guarded_server_plays_a_video_through_a_ticket_only(world, video
     assert not tickets.valid(5, expires, sig, now=1011.0)  # expired
     assert not tickets.valid(6, expires, sig, now=1005.0)
     assert not VideoTickets().valid(5, expires, sig, now=1005.0)  # another server's secret
+
+
+def test_the_real_crowd_video_through_index_and_search(real_data, tmp_path, capsys):
+    """The real 1280 x 720 crowd video (AVI, H.264) indexed at 1 fps by the CLI with the real
+    YOLOX-nano and ImageNet features; a person cut from one indexed frame finds that very frame
+    first, as the best frame of a track that spans it."""
+    from PIL import Image
+
+    from personsearch.data.video import read_frame_at, read_video_frames
+
+    source = real_data("video/crowd-1280x720.avi")
+    model = real_data("models/yolox-nano-coco")
+    gallery = tmp_path / "footage"
+    gallery.mkdir()
+    (gallery / "crowd.avi").symlink_to(source)
+    (tmp_path / "yolox.yaml").write_text(
+        f"model: {model / 'yolox_nano.onnx'}\nlayout: yolo\nyolo_rows_first: true\n"
+        "yolo_objectness: true\nresize: letterbox\nletterbox_align: top_left\n"
+        "input_height: 416\ninput_width: 416\nchannel_order: bgr\npixel_scale: 1.0\n"
+        "score_thresh: 0.3\n"
+    )
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "pipeline.yaml").write_text(
+        "detector: ../yolox.yaml\nreid: imagenet\ndet_thresh: 0.3\n"
+    )
+    index = tmp_path / "i"
+    common = ["--pipeline", str(pipe)]
+    args = ["index", "--gallery", str(gallery), "--out", str(index), "--fps", "1", "--json"]
+    assert main([*args, "--no-progress", *common]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["videos"] == 1 and summary["video_frames"] == 14 and summary["failed"] == []
+    assert summary["persons"] >= 14 * 10  # a crowd: ten or more people a frame
+    # the frame the server and the picture show at a time is the frame the indexer read (AVI is
+    # timed by frame count: decoded from the start, no seek)
+    (indexed,) = [f for f in read_video_frames(source, fps=1.0) if f.index == 125]
+    assert np.array_equal(read_frame_at(source, indexed.time_s).image, indexed.image)
+    with GalleryIndex.open(index) as opened:
+        rows = opened.store.box_metadata(range(opened.store.num_boxes))
+    at_five = [m for m in rows.values() if m["frame"] == 125 and m["track"] >= 0]
+    person = max(at_five, key=lambda m: m["box"][3] - m["box"][1])  # the largest
+    x1, y1, x2, y2 = (int(round(v)) for v in person["box"])
+    probe = tmp_path / "probe.png"
+    Image.fromarray(indexed.image[y1:y2, x1:x2]).save(probe)
+    assert main(["search", "--index", str(index), "--probe", str(probe), "--json", *common]) == 0
+    first = json.loads(capsys.readouterr().out)["hits"][0]
+    assert (first["frame"], first["track"]) == (125, person["track"])
+    assert first["track_start_s"] <= 5.0 <= first["track_end_s"] and first["track_frames"] >= 2
