@@ -450,3 +450,38 @@ def test_the_real_crowd_video_through_index_and_search(real_data, tmp_path, caps
     first = json.loads(capsys.readouterr().out)["hits"][0]
     assert (first["frame"], first["track"]) == (125, person["track"])
     assert first["track_start_s"] <= 5.0 <= first["track_end_s"] and first["track_frames"] >= 2
+
+
+def test_decoding_ahead_keeps_order_hands_on_errors_and_stops_when_the_consumer_does():
+    import threading
+
+    from personsearch.search.video_scan import decoded_ahead
+
+    assert list(decoded_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise ValueError("cut short")
+
+    got = []
+    with pytest.raises(ValueError, match="cut short"):
+        for item in decoded_ahead(failing()):
+            got.append(item)
+    assert got == [0, 1, 2]  # the frames before the fault, then the fault
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()  # the source (a video's container) is closed when the consumer stops
+
+    ahead = decoded_ahead(endless(), depth=2)
+    assert [next(ahead) for _ in range(5)] == [0, 1, 2, 3, 4]
+    ahead.close()
+    assert closed.wait(5)
+    assert not any(t.name == "video-decode" for t in threading.enumerate())
