@@ -412,14 +412,16 @@ def add_search_routes(router: APIRouter, served: Served) -> None:
                 raise HTTPException(
                     400, f"image {image_id} is a video: give the frame's time_s to search from"
                 )
-            probe = await run_in_threadpool(
-                open_video_frame_probe,
-                path,
-                image_id,
-                request_body.time_s,
-                request_body.box,
-                limits,
-            )
+            # a video frame has no header to plan from: it is decoded here, within the budget
+            async with served.budget.reserve(image.width * image.height, limits.decode_wait_s):
+                probe = await run_in_threadpool(
+                    open_video_frame_probe,
+                    path,
+                    image_id,
+                    request_body.time_s,
+                    request_body.box,
+                    limits,
+                )
         else:
             probe = await run_in_threadpool(
                 open_indexed_probe, path, image_id, request_body.box, limits
