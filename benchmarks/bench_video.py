@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument("--world", type=Path, default=Path("data/synthetic-video-1080p"))
     parser.add_argument("--detector", required=True, help="an ONNX detector YAML, or hog")
     parser.add_argument("--embedder", default="bands", help="colour, bands, imagenet or a YAML")
-    parser.add_argument("--rates", nargs="*", type=float, default=[5.0, 2.0, 1.0])
+    parser.add_argument("--rates", nargs="*", type=float, default=[5.0, 3.0, 2.0, 1.0])
     parser.add_argument("--out", type=Path, default=RESULTS / "video_speed.json")
     args = parser.parse_args()
     info, started = machine_info(), time.time()
