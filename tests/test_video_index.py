@@ -310,6 +310,7 @@ def test_the_server_lists_videos_and_serves_their_frames_and_boxes(video_server)
     client, images, gallery = video_server
     video, still = images["cam0.mp4"], images["still.jpg"]
     assert (video["kind"], still["kind"]) == ("video", "image")
+    assert client.get("/api/stats").json()["videos"] == 1
     assert video["duration_s"] == pytest.approx(7.6) and video["persons"] == 16
     detail = client.get(f"/api/images/{video['id']}", params={"t": 3.1}).json()
     assert detail["time_s"] == pytest.approx(3.0) and len(detail["boxes"]) == 1

@@ -51,11 +51,12 @@ class CatalogBox:
 
 @dataclass(frozen=True)
 class CatalogStats:
-    images: int
+    images: int  #: indexed successfully, the videos among them
     failed_images: int
     persons: int
     cameras: list[int]
     meta: dict[str, str]
+    videos: int = 0  #: of `images`, the videos
 
 
 class IndexCatalog:
@@ -85,7 +86,8 @@ class IndexCatalog:
         persons = self._query(queries.box_count)
         cameras = self._query(queries.cameras)
         meta = self._query(queries.read_meta)
-        return CatalogStats(images, failed, persons, cameras, meta)
+        videos = self._query(queries.video_count)
+        return CatalogStats(images, failed, persons, cameras, meta, videos)
 
     def list_images(
         self, offset: int, limit: int, camera: int | None = None

@@ -160,6 +160,7 @@ def add_index_routes(router: APIRouter, served: Served) -> None:
         return Stats(
             index=served.index_name,
             images=found.images,
+            videos=found.videos,
             failed_images=found.failed_images,
             persons=found.persons,
             cameras=found.cameras,

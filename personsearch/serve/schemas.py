@@ -42,7 +42,8 @@ class Limits(BaseModel):
 
 class Stats(BaseModel):
     index: str = Field(description="name of the index folder")
-    images: int = Field(description="images indexed successfully")
+    images: int = Field(description="images indexed successfully (videos included)")
+    videos: int = Field(0, description="of those, the videos")
     failed_images: int = Field(description="images that could not be read when indexing")
     persons: int = Field(description="person boxes indexed")
     cameras: list[int] = Field(description="camera ids known to the index (empty: unknown)")

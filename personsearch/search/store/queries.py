@@ -28,6 +28,7 @@ __all__ = [
     "images_by_path",
     "list_images",
     "read_meta",
+    "video_count",
 ]
 
 
@@ -106,6 +107,14 @@ def image_counts(conn: sqlite3.Connection) -> tuple[int, int]:
         "SELECT COALESCE(SUM(status = 'ok'), 0), COALESCE(SUM(status = 'failed'), 0) FROM images"
     ).fetchall()
     return int(ok), int(failed)
+
+
+def video_count(conn: sqlite3.Connection) -> int:
+    """Of the images indexed successfully, the videos (0 in a version-1 index)."""
+    has_videos = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'videos'"
+    ).fetchone()
+    return int(conn.execute("SELECT COUNT(*) FROM videos").fetchone()[0]) if has_videos else 0
 
 
 def box_count(conn: sqlite3.Connection) -> int:

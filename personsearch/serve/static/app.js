@@ -106,8 +106,9 @@ async function loadStats() {
     state.stats = stats;
     $("token-form").hidden = true;
     const failed = stats.failed_images ? ` (${stats.failed_images} unreadable)` : "";
+    const videos = stats.videos ? ` (${stats.videos} of them videos)` : "";
     $("stats").textContent =
-      `${stats.images} images${failed} · ${stats.persons} persons · ` +
+      `${stats.images} images${videos}${failed} · ${stats.persons} persons · ` +
       `index “${stats.index}” · model ${stats.model}`;
     fillTopK(stats.limits.max_top_k);
     fillCameras(stats.cameras);
