@@ -13,6 +13,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "personsearch"
 #: Packages above evaluation/: evaluation may import none of them.
 ABOVE_EVALUATION = (
@@ -127,30 +129,22 @@ def test_the_module_list_is_the_package() -> None:
     assert len(MODULES) > 50
 
 
-def test_evaluation_imports_nothing_above_it() -> None:
-    above = {f"personsearch.{name}" for name in ABOVE_EVALUATION}
-    offending = {
-        module: sorted(t for t in all_imports(module) if _package_of(t, above))
-        for module in MODULES
-        if module.startswith("personsearch.evaluation")
-    }
-    offending = {module: targets for module, targets in offending.items() if targets}
-    assert offending == {}, f"evaluation/ imports higher layers: {offending}"
-
-
 #: Packages above data/ (the readers, the synthetic worlds, decoding): data imports none of them.
 ABOVE_DATA = ("search", "report", "engine", "commands", "serve", "export", "models", "demo", "cli")
 
 
-def test_data_imports_nothing_above_it() -> None:
-    above = {f"personsearch.{name}" for name in ABOVE_DATA}
+@pytest.mark.parametrize(
+    ("layer", "above"), [("evaluation", ABOVE_EVALUATION), ("data", ABOVE_DATA)]
+)
+def test_a_layer_imports_nothing_above_it(layer: str, above: tuple[str, ...]) -> None:
+    higher = {f"personsearch.{name}" for name in above}
     offending = {
-        module: sorted(t for t in all_imports(module) if _package_of(t, above))
+        module: sorted(t for t in all_imports(module) if _package_of(t, higher))
         for module in MODULES
-        if module.startswith("personsearch.data")
+        if module.startswith(f"personsearch.{layer}")
     }
     offending = {module: targets for module, targets in offending.items() if targets}
-    assert offending == {}, f"data/ imports higher layers: {offending}"
+    assert offending == {}, f"{layer}/ imports higher layers: {offending}"
 
 
 def _package_of(module: str, packages: set[str]) -> bool:

@@ -128,6 +128,18 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
     return container
 
 
+def _open_within(path: Path, max_pixels: int):  # type: ignore[no-untyped-def]
+    """(header, open container) of a video whose frames are within `max_pixels`; a bigger
+    one is refused from its header, before any frame is decoded."""
+    info = probe_video(path)
+    if info.width * info.height > max_pixels:
+        raise VideoError(
+            f"{path}: frames of {info.width} x {info.height} pixels are more than "
+            f"the limit of {max_pixels:,} (a decompression bomb?)"
+        )
+    return info, _open(path)
+
+
 def _rate(stream, constant: bool = False) -> float:  # type: ignore[no-untyped-def]
     """Frames per second. `constant` (AVI): FFmpeg's guess from the frames' own spacing comes
     first, since AVI headers of B-frame streams often give twice the real rate."""
@@ -266,13 +278,7 @@ def read_video_frames(
     if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 1000):
         raise PersonSearchError(f"fps must be a number in (0, 1000] or None, got {fps!r}")
     path = Path(path)
-    info = probe_video(path)
-    if info.width * info.height > max_pixels:
-        raise VideoError(
-            f"{path}: frames of {info.width} x {info.height} pixels are more than "
-            f"the limit of {max_pixels:,} (a decompression bomb?)"
-        )
-    container = _open(path)
+    info, container = _open_within(path, max_pixels)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame and slice threads: decoding is footage's speed floor
@@ -322,13 +328,7 @@ def read_frame_at(
             f"a frame time must be a finite number of seconds >= 0, got {time_s!r}"
         )
     path = Path(path)
-    info = probe_video(path)
-    if info.width * info.height > max_pixels:
-        raise VideoError(
-            f"{path}: frames of {info.width} x {info.height} pixels are more than "
-            f"the limit of {max_pixels:,} (a decompression bomb?)"
-        )
-    container = _open(path)
+    info, container = _open_within(path, max_pixels)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
