@@ -109,19 +109,14 @@ def video_place(hit: object) -> str:
     """ " at 12.5 s (frame 125; track 3, 10.0-17.5 s)" for a video hit, "" for an image's."""
     if getattr(hit, "frame", None) is None:
         return ""
+    from personsearch.data.video import format_time
+
     text = f" at {format_time(hit.time_s)} (frame {hit.frame}"
     if hit.track is not None and hit.track >= 0:
         text += f"; track {hit.track}"
         if hit.track_start_s is not None:
             text += f", {format_time(hit.track_start_s)}-{format_time(hit.track_end_s)}"
     return text + ")"
-
-
-def format_time(seconds: float) -> str:
-    """Seconds as m:ss.s (h:mm:ss.s past an hour)."""
-    minutes, secs = divmod(float(seconds), 60.0)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
 
 
 def hit_document(rank: int, hit: object) -> dict:

@@ -78,6 +78,13 @@ class VideoError(PersonSearchError):
         self.last_time_s = last_time_s
 
 
+def format_time(seconds: float) -> str:
+    """Seconds as m:ss.s (h:mm:ss.s from an hour on): how results name a moment of a video."""
+    minutes, secs = divmod(float(seconds), 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
 def is_video(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 

@@ -103,8 +103,9 @@ def _place(hit: Any) -> str:
     time_s = getattr(hit, "time_s", None)
     if time_s is None:
         return ""
-    minutes, seconds = divmod(float(time_s), 60.0)
-    return f" at {int(minutes)}:{seconds:04.1f}"
+    from personsearch.data.video import format_time
+
+    return f" at {format_time(time_s)}"
 
 
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
