@@ -486,3 +486,22 @@ def test_decoding_ahead_keeps_order_hands_on_errors_and_stops_when_the_consumer_
     ahead.close()
     assert closed.wait(5)
     assert not any(t.name == "video-decode" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_one_hit_per_track_on_approximate_indexes(world, tmp_path, kind):
+    truth = ground_truth_arrays(read_ground_truth(world), "videos/cam0.mp4")
+    gallery = _gallery_of(world, tmp_path / "g", "cam0.mp4")
+    index = tmp_path / "i"
+    with PersonSearcher.open(
+        index, TruthDetector(truth), BandColourEmbedder(), index_kind=kind
+    ) as searcher:
+        searcher.index_folder(gallery, progress=False, sampling=VideoSampling(None))
+        probe = world / "queries" / "0000.jpg"
+        tracks = searcher.search(probe, top_k=100)
+        every = searcher.search(probe, top_k=1000, per_track=False)
+    assert len({h.track for h in tracks}) == len(tracks) == len({h.track for h in every})
+    best = {}
+    for hit in every:
+        best[hit.track] = max(best.get(hit.track, -2.0), hit.similarity)
+    assert all(h.similarity == pytest.approx(best[h.track]) for h in tracks)
