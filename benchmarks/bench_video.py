@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--rates", nargs="*", type=float, default=[5.0, 3.0, 2.0, 1.0])
     parser.add_argument("--out", type=Path, default=RESULTS / "video_speed.json")
     args = parser.parse_args()
-    info, started = machine_info(), time.time()
+    info, started = machine_info(), time.perf_counter()
     truth = None
     if args.video is None:
         from personsearch.data.synthetic_video import (
