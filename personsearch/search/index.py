@@ -76,7 +76,8 @@ class GalleryIndex:
         self.store = store
         self.folder = store.folder
         self._faiss = FaissCache(store.folder / CACHE_DIR, label=str(store.folder))
-        self._track_keys: np.ndarray | None = None  # store.track_keys(), for its num_boxes
+        # (num_boxes, store.track_keys() or None when no row is in a track), read once per size
+        self._track_keys: tuple[int, np.ndarray | None] | None = None
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -234,13 +235,13 @@ class GalleryIndex:
     def _keys_of_tracks(self) -> np.ndarray | None:
         """Per row, its track's key (see GalleryStore.track_keys); None when no row is in a
         track (still images only: nothing to collapse)."""
-        store = self.store
-        if self._track_keys is None or len(self._track_keys) != store.num_boxes:
-            self._track_keys = store.track_keys()
-        keys = self._track_keys
-        if np.array_equal(keys, np.arange(len(keys))):
-            return None
-        return keys
+        rows = self.store.num_boxes
+        if self._track_keys is None or self._track_keys[0] != rows:
+            keys = self.store.track_keys()
+            # the every-search check is done once per index size, not on each search
+            tracked = not np.array_equal(keys, np.arange(len(keys)))
+            self._track_keys = (rows, keys if tracked else None)
+        return self._track_keys[1]
 
     def search_one(self, query: np.ndarray, top_k: int = 10, **filters: Any) -> list[SearchHit]:
         """`search` for a single feature vector."""
