@@ -290,7 +290,7 @@ def test_scan_video_resumes_after_a_kill_with_the_same_tracks(tmp_path):
             BandColourEmbedder(),
             fps=None,
             tracker=Tracker.from_state(state),
-            start_after=9,
+            resume=head[-1].resume_point(),
         )
     )
     assert [f.index for f in head + tail] == list(range(20))

@@ -10,7 +10,9 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from personsearch.data import video as video_module  # noqa: E402
 from personsearch.data.video import (  # noqa: E402
+    ResumePoint,
     VideoError,
     is_video,
     probe_video,
@@ -25,6 +27,7 @@ def write_video(
     size: tuple[int, int] = (64, 48),
     times: list[float] | None = None,
     rotate: int | None = None,
+    bframes: int = 0,
 ) -> Path:
     """A small H.264 mp4 whose frame k shows the value k in its top-left pixel block."""
     width, height = size
@@ -32,7 +35,7 @@ def write_video(
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)
-        stream.options = {"g": "10", "bf": "0"}  # a keyframe every 10 frames
+        stream.options = {"g": "10", "bf": str(bframes)}  # a keyframe every 10 frames
         if rotate is not None:
             stream.metadata["rotate"] = str(rotate)
         for k in range(frames):
@@ -71,11 +74,75 @@ def test_variable_frame_rate_is_sampled_by_its_timestamps(tmp_path: Path) -> Non
     assert [f.index for f in sampled] == [0, 3, 7]
 
 
-def test_resume_after_a_frame_gives_the_rest_once(tmp_path: Path) -> None:
+def test_resume_after_a_frame_number_gives_the_rest_once(tmp_path: Path) -> None:
     video = write_video(tmp_path / "a.mp4", frames=50)
     first = list(read_video_frames(video, fps=5.0))
-    rest = list(read_video_frames(video, fps=5.0, start_after=first[3].index))
+    rest = list(read_video_frames(video, fps=5.0, resume=ResumePoint(first[3].index)))
     assert [f.index for f in first[4:]] == [f.index for f in rest]
+
+
+def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the frames the decoder hands on (the cost resuming saves)."""
+    count = [0]
+    decoded_frames = video_module._decoded_frames
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for item in decoded_frames(*args, **kwargs):
+            count[0] += 1
+            yield item
+
+    monkeypatch.setattr(video_module, "_decoded_frames", counted)
+    return count
+
+
+def _same_frames(a: list, b: list) -> None:  # type: ignore[type-arg]
+    assert [f.index for f in a] == [f.index for f in b]
+    np.testing.assert_allclose([f.time_s for f in a], [f.time_s for f in b], atol=1e-6)
+    assert [f.next_sample_s for f in a] == pytest.approx([f.next_sample_s for f in b])
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+
+
+@pytest.mark.parametrize(
+    "fps, keyframes, bframes",
+    [(5.0, False, 0), (None, False, 0), (3.0, False, 2), (2.0, False, 2), (None, True, 0)],
+    ids=["sampled", "every-frame", "b-frames", "b-frames-skipped", "keyframes"],
+)
+def test_resume_from_a_frames_point_seeks_and_gives_what_an_unbroken_read_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fps, keyframes, bframes
+) -> None:
+    video = write_video(tmp_path / "a.mp4", frames=150, bframes=bframes)
+    whole = list(read_video_frames(video, fps=fps, keyframes=keyframes))
+    k = len(whole) * 3 // 4
+    decodes = _counting_decodes(monkeypatch)
+    rest = list(
+        read_video_frames(video, fps=fps, keyframes=keyframes, resume=whole[k].resume_point())
+    )
+    _same_frames(rest, whole[k + 1 :])
+    # the frames after a seek to the keyframe before the resume frame (keyframes every 10), not
+    # the 150 frames from the start
+    assert decodes[0] <= 150 - whole[k].index + 10, decodes[0]
+
+
+def test_resume_on_a_variable_frame_rate_seeks_by_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    times = [0.1 * k for k in range(40)] + [6.0 + 0.1 * k for k in range(40)]  # a gap at 4-6 s
+    video = write_video(tmp_path / "vfr.mp4", frames=len(times), times=times)
+    whole = list(read_video_frames(video, fps=2.0))
+    k = [f.time_s for f in whole].index(next(t for t in (f.time_s for f in whole) if t > 6.5))
+    decodes = _counting_decodes(monkeypatch)
+    rest = list(read_video_frames(video, fps=2.0, resume=whole[k].resume_point()))
+    _same_frames(rest, whole[k + 1 :])
+    assert decodes[0] <= 40  # from the keyframe at 6.0 s, not the 80 frames from the start
+
+
+def test_resume_whose_time_no_frame_has_decodes_from_the_start_instead(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "a.mp4", frames=60)
+    whole = list(read_video_frames(video, fps=5.0))
+    point = whole[5].resume_point()
+    off = ResumePoint(point.frame, point.time_s + 0.5 / 25, point.next_sample_s)  # between frames
+    _same_frames(list(read_video_frames(video, fps=5.0, resume=off)), whole[6:])
 
 
 def test_rotation_metadata_makes_frames_upright(tmp_path: Path) -> None:

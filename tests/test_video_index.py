@@ -70,8 +70,9 @@ def _rows(index_dir: Path) -> list[tuple]:
         return conn.execute(query).fetchall()
 
 
+@pytest.mark.parametrize("written_by", ["this version", "version 2"])
 def test_a_killed_run_resumes_inside_a_video_with_the_same_tracks_and_nothing_twice(
-    world, tmp_path
+    world, tmp_path, written_by
 ):
     truth = ground_truth_arrays(read_ground_truth(world), "videos/cam0.mp4")
     gallery = _gallery_of(world, tmp_path / "g", "cam0.mp4")
@@ -87,6 +88,12 @@ def test_a_killed_run_resumes_inside_a_video_with_the_same_tracks_and_nothing_tw
             s.index_folder(gallery, progress=False, sampling=every)
         (progress,) = s.index.store.video_progress().values()
     assert (progress.last_frame, progress.frames_sampled, progress.complete) == (15, 16, False)
+    assert progress.next_sample_s is not None  # so the rerun seeks to frame 15
+    if written_by == "version 2":  # no sampler state: the rerun decodes from the start
+        _downgrade_to_version_2(killed)
+        with GalleryIndex.open(killed) as old:  # read as it is
+            (old_progress,) = old.store.video_progress().values()
+        assert old_progress.next_sample_s is None and old_progress.last_frame == 15
     # the rerun starts after frame 15 (its detector is told so) and asks for another sampling:
     # a video indexed part-way keeps its own
     detector = TruthDetector(truth, start=16)
@@ -260,12 +267,19 @@ def test_a_version_1_index_is_read_as_it_is_and_upgraded_when_written(tmp_path):
     assert [(h.row, h.similarity) for h in hits] == [(h.row, h.similarity) for h in before]
     assert all(h.frame is None for h in hits)
     with PersonSearcher.open(index, detector, embedder) as searcher:
-        assert searcher.index.store.meta["version"] == "2"
+        assert searcher.index.store.meta["version"] == "3"
         report = searcher.index_paths([im.path for im in images], progress=False)
         assert (report.added, report.skipped) == (2, 2)
     rows = _rows(index)
     assert len(rows) == sum(len(im.boxes) for im in images)
     assert all(r[5:] == (None, None, None) for r in rows)
+
+
+def _downgrade_to_version_2(index: Path) -> None:
+    """Make an index what version 2 wrote: videos without the sampler's state."""
+    with sqlite3.connect(index / "index.sqlite") as conn:
+        conn.execute("ALTER TABLE videos DROP COLUMN next_sample_s")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
 
 
 def _downgrade_to_version_1(index: Path) -> None:

@@ -32,8 +32,12 @@ the image is upright. A frame larger than `images.MAX_PIXELS` is refused before 
 
 A truncated or corrupt video raises `VideoError` after the frames decoded so far were handed on;
 its `frames_read` and `last_time_s` say how far it got (the caller records the video as failed
-there, and the rest of a gallery goes on). `start_after` resumes after a frame already handled
-(a killed indexing run): earlier frames are decoded but not converted or returned.
+there, and the rest of a gallery goes on). `resume` goes on after a frame already handled (a
+killed indexing run) and yields exactly the frames an uninterrupted read would have yielded
+after it: with the frame's time and the sampler's state (`VideoFrame.resume_point()`) it seeks
+to the keyframe before that frame and decodes from there, so resuming an hour into a video
+costs a keyframe interval of decoding, not an hour; with the frame number alone (or in AVI,
+timed by frame count) the frames before it are decoded but not converted or returned.
 """
 
 from __future__ import annotations
@@ -109,6 +113,25 @@ class VideoFrame:
     index: int  #: frame number in decoding order from the first frame (skipping: estimated)
     time_s: float  #: seconds from the start of the video
     image: np.ndarray  #: H x W x 3 uint8 RGB, upright
+    next_sample_s: float = 0.0  #: when the sampler takes its next frame (resuming needs it)
+
+    def resume_point(self) -> ResumePoint:
+        """Where to resume after this frame (`read_video_frames(resume=...)`)."""
+        return ResumePoint(self.index, self.time_s, self.next_sample_s)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A frame already handled, to resume after: its number and, to seek instead of decoding
+    from the start, its time and the sampler's next time after it (None: not known)."""
+
+    frame: int
+    time_s: float | None = None
+    next_sample_s: float | None = None
+
+    @property
+    def seekable(self) -> bool:
+        return self.time_s is not None and self.next_sample_s is not None
 
 
 def _import_av():  # type: ignore[no-untyped-def]
@@ -276,7 +299,7 @@ def read_video_frames(
     path: str | os.PathLike[str],
     fps: float | None = DEFAULT_FPS,
     keyframes: bool = False,
-    start_after: int | None = None,
+    resume: ResumePoint | None = None,
     skip_b_frames: bool | None = None,
     threads: int = 0,
     max_pixels: int = MAX_PIXELS,
@@ -287,24 +310,31 @@ def read_video_frames(
     path = Path(path)
     info, container = _open_within(path, max_pixels)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame and slice threads: decoding is footage's speed floor
-        if threads:
-            stream.codec_context.thread_count = threads
         if skip_b_frames is None:  # only where sampling leaves most frames unused anyway
             skip_b_frames = fps is not None and fps <= info.fps / 4
+        stream = container.streams.video[0]
         # a stream without B-frames has nothing to skip (and keeps exact frame numbers)
         skip_b_frames = (
             skip_b_frames and info.timing == "pts" and bool(stream.codec_context.has_b_frames)
         )
-        if keyframes:
-            stream.codec_context.skip_frame = "NONKEY"
-        elif skip_b_frames:
-            stream.codec_context.skip_frame = "BIDIR"
+        stream = _configured(stream, threads, keyframes, skip_b_frames)
         sampler = _Sampler(fps)
-        for index, time_s, frame in _decoded_frames(
-            container, stream, path, info, keyframes or bool(skip_b_frames), check_end=not keyframes
-        ):
+        check_end = not keyframes
+        estimate_index = keyframes or bool(skip_b_frames)
+        decoded = _decoded_frames(container, stream, path, info, estimate_index, check_end)
+        start_after = None if resume is None else resume.frame
+        if resume is not None and resume.seekable and info.timing == "pts" and stream.time_base:
+            offset = _seek_past(container, stream, decoded, resume, info)
+            if offset is None:  # the seek missed the frame: decode from the start instead
+                container.close()
+                info, container = _open_within(path, max_pixels)
+                stream = _configured(container.streams.video[0], threads, keyframes, skip_b_frames)
+                decoded = _decoded_frames(container, stream, path, info, estimate_index, check_end)
+            else:
+                decoded = ((index + offset, t, frame) for index, t, frame in decoded)
+                sampler.next_time = float(resume.next_sample_s or 0.0)
+                start_after = None
+        for index, time_s, frame in decoded:
             if not sampler.keep(time_s) or (start_after is not None and index <= start_after):
                 continue
             if frame.width * frame.height > max_pixels:
@@ -316,9 +346,42 @@ def read_video_frames(
                 )
             image = frame.to_ndarray(format="rgb24")
             rotation = int(getattr(frame, "rotation", 0) or 0) or info.rotation
-            yield VideoFrame(index, time_s, _upright(image, rotation))
+            yield VideoFrame(index, time_s, _upright(image, rotation), sampler.next_time)
     finally:
         container.close()
+
+
+def _configured(stream, threads: int, keyframes: bool, skip_b_frames: bool):  # type: ignore[no-untyped-def]
+    """The stream set to decode with threads, skipping what sampling leaves unused."""
+    stream.thread_type = "AUTO"  # frame and slice threads: decoding is footage's speed floor
+    if threads:
+        stream.codec_context.thread_count = threads
+    if keyframes:
+        stream.codec_context.skip_frame = "NONKEY"
+    elif skip_b_frames:
+        stream.codec_context.skip_frame = "BIDIR"
+    return stream
+
+
+def _seek_past(
+    container,  # type: ignore[no-untyped-def]
+    stream,
+    decoded: Iterator[tuple[int, float, object]],
+    resume: ResumePoint,
+    info: VideoInfo,
+) -> int | None:
+    """Seek to the keyframe before `resume`'s frame and decode up to that frame; then `decoded`
+    goes on after it. Returns what to add to its frame numbers (counted in decoding order, they
+    restart at the seek), or None where no frame was found at the resume frame's time.
+    """
+    resume_s = float(resume.time_s or 0.0)
+    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    container.seek(int((resume_s + start) / stream.time_base), stream=stream, backward=True)
+    tolerance = 0.25 / max(info.fps, 1.0)  # a quarter frame: the stored time was rounded
+    for index, time_s, _ in decoded:
+        if time_s >= resume_s - tolerance:
+            return resume.frame - index if time_s <= resume_s + tolerance else None
+    return None
 
 
 def read_frame_at(

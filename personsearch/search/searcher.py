@@ -302,7 +302,7 @@ class PersonSearcher:
         if interrupted is None:
             return {}
         seen = store.known_images().get(interrupted.path)
-        video = store.video_progress().get(interrupted.path)
+        video = store.video_progress(interrupted.path).get(interrupted.path)
         if seen is not None and seen.status == "ok" and (video is None or video.complete):
             return {}  # died after it was done with it
         if interrupted.deaths < CRASH_LIMIT:

@@ -3,8 +3,10 @@
 `index_video` scans a video (`personsearch.search.video_scan`: decode, detect, embed, track)
 and commits every CHUNK_FRAMES sampled frames to the store as one `VideoChunk`: the chunk's
 boxes with their frame, time and track, and the video's progress (the last frame, the tracker's
-state after it). A run killed inside a video therefore resumes after its last committed frame,
-with the tracker as it was, so track ids continue and no frame is recorded twice.
+state after it, the frame sampler's next time). A run killed inside a video therefore resumes
+after its last committed frame, with the tracker as it was, so track ids continue and no frame
+is recorded twice; it seeks there rather than decoding the video up to it (an index written
+before the sampler's state was recorded decodes from the start and skips what it has).
 
 A video that cannot be opened, or yields no frame at all, is recorded as a failed file (retried
 on the next run, like a failed image). One whose decoding stops part-way (truncated, corrupt)
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from personsearch.data.video import DEFAULT_FPS, VideoError, probe_video
+from personsearch.data.video import DEFAULT_FPS, ResumePoint, VideoError, probe_video
 from personsearch.errors import PersonSearchError
 from personsearch.io import file_digest
 from personsearch.search.detectors import Detector
@@ -100,7 +102,7 @@ def index_video(
     stopped; see the module docstring. `deaths` is passed to the journal with the first chunk
     (earlier process deaths on this video in a row); `on_frame` is called after each sampled
     frame (a progress bar)."""
-    progress = store.video_progress().get(key)
+    progress = store.video_progress(key).get(key)
     if progress is not None and progress.complete:
         return VideoOutcome()
     size, mtime, sha1 = _file_facts(path)
@@ -111,11 +113,13 @@ def index_video(
     if progress is not None:
         sampling = VideoSampling.from_label(progress.sampling)  # a video keeps its sampling
         tracker = Tracker.from_state(json.loads(progress.tracker_state))
-        start_after: int | None = progress.last_frame
+        resume: ResumePoint | None = ResumePoint(
+            progress.last_frame, progress.last_time_s, progress.next_sample_s
+        )
     else:
         sampling = sampling or VideoSampling()
         tracker = Tracker(tracker_settings or TrackerSettings())
-        start_after = None
+        resume = None
     width, height = (
         (info.height, info.width) if info.rotation % 180 == 90 else (info.width, info.height)
     )
@@ -131,7 +135,7 @@ def index_video(
             fps=sampling.fps,
             keyframes=sampling.keyframes,
             tracker=tracker,
-            start_after=start_after,
+            resume=resume,
         )
         try:
             for frame in frames:
@@ -148,12 +152,12 @@ def index_video(
             if writer.last_time_s is not None:
                 stopped += f", {writer.last_time_s:.2f} s"
             writer.commit(complete=True, error=stopped + ")")
-            return writer.outcome(start_after, stopped + ")")
+            return writer.outcome(resume, stopped + ")")
         if not writer.frames_total:
             message = f"{path}: the video has no frame to index (no decodable frame was found)"
             return _record_failure(store, key, size, mtime, message, embedder.dim, progress)
         writer.commit(complete=True)
-        return writer.outcome(start_after, None)
+        return writer.outcome(resume, None)
     finally:
         journal.end_image()
 
@@ -161,7 +165,7 @@ def index_video(
 def record_stopped(store: GalleryStore, key: str, error: str, dim: int) -> None:
     """Mark a video indexed part-way as stopped for good with `error` (its process died on it
     too often); its frames indexed so far stay."""
-    progress = store.video_progress()[key]
+    progress = store.video_progress(key)[key]
     video = ImageRecord(key, None, 0, 0.0)
     chunk = _empty_chunk(video, progress, complete=True, error=error)
     store.add_video_chunk(chunk, np.zeros((0, dim), dtype=np.float32))
@@ -185,6 +189,7 @@ class _ChunkWriter:
         self.tracker_state = progress.tracker_state if progress else "{}"
         self.last_frame = progress.last_frame if progress else -1
         self.last_time_s = progress.last_time_s if progress else None
+        self.next_sample_s = progress.next_sample_s if progress else None
         self.frames_total = progress.frames_sampled if progress else 0
         self.frames_new = 0
         self.boxes_new = 0
@@ -203,6 +208,7 @@ class _ChunkWriter:
         self.frames.append(frame)
         self.tracker_state = json.dumps(tracker.state_dict())
         self.last_frame, self.last_time_s = frame.index, frame.time_s
+        self.next_sample_s = frame.next_sample_s
         self.frames_total += 1
 
     def commit(self, *, complete: bool, error: str | None = None) -> None:
@@ -235,6 +241,7 @@ class _ChunkWriter:
             tracker_state=self.tracker_state,
             complete=complete,
             error=error,
+            next_sample_s=self.next_sample_s,
         )
         features = np.concatenate([f.features for f in frames]) if frames else np.zeros((0, dim))
         self.store.add_video_chunk(chunk, features.reshape(-1, dim))
@@ -242,8 +249,9 @@ class _ChunkWriter:
         self.boxes_new += len(video.boxes)
         self.frames = []
 
-    def outcome(self, start_after: int | None, error: str | None) -> VideoOutcome:
-        return VideoOutcome(self.boxes_new, self.frames_new, start_after, error)
+    def outcome(self, resume: ResumePoint | None, error: str | None) -> VideoOutcome:
+        resumed_after = None if resume is None else resume.frame
+        return VideoOutcome(self.boxes_new, self.frames_new, resumed_after, error)
 
 
 def _empty_chunk(
@@ -264,6 +272,7 @@ def _empty_chunk(
         tracker_state=progress.tracker_state,
         complete=complete,
         error=error,
+        next_sample_s=progress.next_sample_s,
     )
 
 

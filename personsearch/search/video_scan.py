@@ -9,8 +9,9 @@ benchmarks time. Decoding runs one frame ahead in a thread of its own (`prefetch
 FFmpeg and the detector both release the GIL, so on two cores the next frame is decoded while
 this one is detected, and the scan takes about the longer of the two instead of their sum. Frames come one at a time, so memory stays that of a frame and its detections
 whatever the video's length. The tracker is the caller's: its `state_dict()` after a frame, saved
-with that frame's detections, lets a killed run go on with `start_after=frame.index` and
-`Tracker.from_state(...)`, giving the same track ids as an uninterrupted run.
+with that frame's detections and `frame.resume_point()`, lets a killed run go on with
+`resume=` that point and `Tracker.from_state(...)`: it seeks to the frame instead of decoding the
+video up to it, and gives the same frames and track ids as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 
 from personsearch.boxes import crop_bounds
-from personsearch.data.video import DEFAULT_FPS, VideoFrame, read_video_frames
+from personsearch.data.video import DEFAULT_FPS, ResumePoint, VideoFrame, read_video_frames
 from personsearch.search.detectors import Detector, detect_checked
 from personsearch.search.embedders import Embedder, embed_checked
 from personsearch.search.tracking import Tracker
@@ -44,6 +45,11 @@ class ScannedFrame:
     tracks: np.ndarray  #: (K,) int64 track id within the video (-1: none)
     width: int
     height: int
+    next_sample_s: float = 0.0  #: the sampler's next time after this frame
+
+    def resume_point(self) -> ResumePoint:
+        """Where a scan killed after this frame resumes (`scan_video(resume=...)`)."""
+        return ResumePoint(self.index, self.time_s, self.next_sample_s)
 
 
 def _crops(image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
@@ -119,7 +125,7 @@ def scan_video(
     fps: float | None = DEFAULT_FPS,
     keyframes: bool = False,
     tracker: Tracker | None = None,
-    start_after: int | None = None,
+    resume: ResumePoint | None = None,
     timings: dict[str, float] | None = None,
     prefetch: bool = True,
 ) -> Iterator[ScannedFrame]:
@@ -134,7 +140,7 @@ def scan_video(
     clock = timings if timings is not None else {}
     for key in ("decode", "detect", "embed", "track"):
         clock.setdefault(key, 0.0)
-    frames = read_video_frames(path, fps=fps, keyframes=keyframes, start_after=start_after)
+    frames = read_video_frames(path, fps=fps, keyframes=keyframes, resume=resume)
     if prefetch:
         frames = decoded_ahead(frames)
     frames = iter(frames)
@@ -171,5 +177,13 @@ def _scan(
         clock["track"] += time.perf_counter() - start
         height, width = frame.image.shape[:2]
         yield ScannedFrame(
-            frame.index, frame.time_s, boxes, scores, features, tracks, width, height
+            frame.index,
+            frame.time_s,
+            boxes,
+            scores,
+            features,
+            tracks,
+            width,
+            height,
+            frame.next_sample_s,
         )

@@ -36,6 +36,7 @@ from personsearch.search.store.schema import (
     check_version,
     chunks,
     connect,
+    has_column,
     has_video_columns,
     placeholders,
     read_meta,
@@ -250,20 +251,25 @@ class GalleryStore:
             ).fetchall()
         return [(path, error) for path, error in rows]
 
-    def video_progress(self) -> dict[str, VideoProgress]:
-        """How far indexing got in each video the index holds, by stored path."""
+    def video_progress(self, path: str | None = None) -> dict[str, VideoProgress]:
+        """How far indexing got in each video the index holds (only `path`'s, if given), by
+        stored path."""
         if not self._has_videos_table():
             return {}
+        sampler = "v.next_sample_s" if has_column(self._conn, "videos", "next_sample_s") else "NULL"
         query = (
             "SELECT i.path, v.sampling, v.frames_sampled, v.last_frame, v.last_time_s, "
-            "v.tracker, v.complete, v.error, v.duration_s FROM videos v "
+            f"v.tracker, v.complete, v.error, v.duration_s, {sampler} FROM videos v "
             "JOIN images i ON i.id = v.image_id"
         )
+        rows = (
+            self._conn.execute(query)
+            if path is None
+            else self._conn.execute(query + " WHERE i.path = ?", (path,))
+        )
         return {
-            path: VideoProgress(sampling, n, last, t, state, bool(done), error, duration)
-            for path, sampling, n, last, t, state, done, error, duration in self._conn.execute(
-                query
-            )
+            path: VideoProgress(sampling, n, last, t, state, bool(done), error, duration, next_s)
+            for path, sampling, n, last, t, state, done, error, duration, next_s in rows
         }
 
     def track_spans(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TrackSpan]:

@@ -61,7 +61,8 @@ class VideoChunk:
     `video` names the file (its path, sha1, size, mtime, upright width and height, camera; its
     boxes and scores are the chunk's detections). `frames`, `times` and `tracks` give each box
     its frame number, time in seconds and track id. After the chunk, indexing has reached
-    `last_frame` (at `last_time_s`), the tracker is in `tracker_state` (JSON), and `complete`
+    `last_frame` (at `last_time_s`), the tracker is in `tracker_state` (JSON), the frame sampler
+    takes its next frame at `next_sample_s` seconds, and `complete`
     says whether the video is done (read to its end, or stopped for good with `error`).
     """
 
@@ -78,6 +79,7 @@ class VideoChunk:
     tracker_state: str
     complete: bool = False
     error: str | None = None
+    next_sample_s: float | None = None  #: when the frame sampler takes its next frame
 
     def __post_init__(self) -> None:
         n = len(self.video.boxes)
@@ -108,3 +110,4 @@ class VideoProgress:
     complete: bool
     error: str | None
     duration_s: float | None
+    next_sample_s: float | None = None  #: the sampler's next time (None: not recorded)

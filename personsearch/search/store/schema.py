@@ -11,10 +11,12 @@ A new column or table goes into SCHEMA here (with INDEX_VERSION raised and a ste
 MIGRATIONS); the statements that fill and read it live in `writer`, `gallery` and `queries`.
 
 A video is one row of `images` (its path, size, the upright frame's width and height) plus one
-row of `videos` (how it is sampled, how far indexing got, the tracker's state there); each of its
-boxes records the frame number, the time in seconds and the track it belongs to (NULL for a
-still image). Version 1 indexes (images only) are read as they are and upgraded in place (three
-columns and a table added, nothing rewritten) the first time they are opened for writing.
+row of `videos` (how it is sampled, how far indexing got, the tracker's and the frame sampler's
+state there); each of its boxes records the frame number, the time in seconds and the track it
+belongs to (NULL for a still image). Indexes of an older version (1: images only; 2: no sampler
+state, so a killed video resumes by decoding from its start) are read as they are and upgraded
+in place (columns and a table added, nothing rewritten) the first time they are opened for
+writing.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from typing import Any
 
 from personsearch.search.store.records import GalleryIndexError
 
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 #: Versions this code reads; older ones are upgraded when opened for writing.
-READABLE_VERSIONS = ("1", "2")
+READABLE_VERSIONS = ("1", "2", "3")
 
 DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
@@ -82,18 +84,21 @@ CREATE TABLE IF NOT EXISTS videos (
     last_frame INTEGER NOT NULL,     -- the last committed frame's number (-1: none yet)
     last_time_s REAL,                -- and its time
     tracker TEXT NOT NULL,           -- the tracker's state after last_frame (JSON)
+    next_sample_s REAL,              -- when the sampler takes its next frame (NULL: unknown)
     complete INTEGER NOT NULL DEFAULT 0,  -- 1: read to its end, or stopped for good (error)
     error TEXT                       -- why decoding stopped before the end (frames before stay)
 );
 """
 
-#: Statements upgrading an index of the key's version to the next one.
+#: The columns (table, name, type) upgrading an index of the key's version to the next one
+#: adds; tables new in a version come from SCHEMA (run before the upgrade, with every column).
 MIGRATIONS = {
     "1": (
-        "ALTER TABLE boxes ADD COLUMN frame INTEGER",
-        "ALTER TABLE boxes ADD COLUMN time_s REAL",
-        "ALTER TABLE boxes ADD COLUMN track INTEGER",
+        ("boxes", "frame", "INTEGER"),
+        ("boxes", "time_s", "REAL"),
+        ("boxes", "track", "INTEGER"),
     ),
+    "2": (("videos", "next_sample_s", "REAL"),),
 }
 #: Created after the migrations (they need the new columns).
 TRACK_INDEX = "CREATE INDEX IF NOT EXISTS boxes_track ON boxes(image_id, track)"
@@ -150,16 +155,22 @@ def upgrade(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
         return
     with transaction(conn):
         while version != INDEX_VERSION:
-            for statement in MIGRATIONS[str(version)]:
-                conn.execute(statement)
+            for table, column, kind in MIGRATIONS[str(version)]:
+                if not has_column(conn, table, column):  # a table SCHEMA just made has it
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             version = str(int(version) + 1)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (INDEX_VERSION,))
     meta["version"] = INDEX_VERSION
 
 
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether `table` has `column` (an older index, read as it is, may lack it)."""
+    return column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def has_video_columns(conn: sqlite3.Connection) -> bool:
     """Whether the boxes table has the frame, time and track columns (version 2 on)."""
-    return "track" in {row[1] for row in conn.execute("PRAGMA table_info(boxes)")}
+    return has_column(conn, "boxes", "track")
 
 
 def chunks(values: Sequence[Any]) -> Iterator[list[Any]]:

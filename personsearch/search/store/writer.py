@@ -152,12 +152,14 @@ def write_video_chunk(
             )
             conn.execute(
                 "UPDATE videos SET frames_sampled = frames_sampled + ?, last_frame = ?, "
-                "last_time_s = ?, tracker = ?, complete = ?, error = ? WHERE image_id = ?",
+                "last_time_s = ?, tracker = ?, next_sample_s = ?, complete = ?, error = ? "
+                "WHERE image_id = ?",
                 (
                     int(chunk.frames_sampled),
                     int(chunk.last_frame),
                     chunk.last_time_s,
                     chunk.tracker_state,
+                    chunk.next_sample_s,
                     int(chunk.complete),
                     chunk.error,
                     image_id,
