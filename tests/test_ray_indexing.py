@@ -62,13 +62,15 @@ def two_workers(folder: Path, out: Path, detector, kind: str):
     )
 
 
-def assert_same_index(merged_index: GalleryIndex, single_index: GalleryIndex) -> None:
+def assert_same_index(
+    merged_index: GalleryIndex, single_index: GalleryIndex, detector: str = "ground-truth"
+) -> None:
     merged, single = merged_index.store, single_index.store
     assert merged.rows() == single.rows()  # same images, boxes and scores, in the same row order
     np.testing.assert_allclose(merged.vectors(), single.vectors(), atol=1e-5)
     assert merged.known_images() == single.known_images()
     assert merged.failed_images() == single.failed_images()
-    assert merged.fingerprint == single.fingerprint and merged.meta["detector"] == "ground-truth"
+    assert merged.fingerprint == single.fingerprint and merged.meta["detector"] == detector
 
 
 def test_flat_merge_equals_single_machine_and_uses_both_workers(tmp_path, ray_local, gallery):
@@ -166,7 +168,7 @@ def test_refusals_need_no_ray(tmp_path, monkeypatch, capsys):
     empty.mkdir()
     with pytest.raises(PersonSearchError, match="gallery folder not found"):
         index_with_ray(tmp_path / "missing", tmp_path / "out")
-    with pytest.raises(PersonSearchError, match="no images under"):
+    with pytest.raises(PersonSearchError, match="no images or videos under"):
         index_with_ray(empty, tmp_path / "out")
     make_gallery(tmp_path / "g", n_images=1)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
@@ -229,3 +231,115 @@ def test_ivfpq_is_built_by_the_driver_and_searches_like_single_machine(
     assert_same_index(merged, single)
     queries = single.store.vectors()[::5]
     assert merged.search(queries, 5) == single.search(queries, 5)
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    """A folder of 3 cameras' videos (people walking through), 4 still scenes and a file named
+    .mp4 that is not a video."""
+    pytest.importorskip("av")
+    from personsearch.data.synthetic_video import VideoWorldSettings, generate_video_world
+
+    settings = VideoWorldSettings(
+        cameras=3, identities=3, duration_s=6, fps=5, width=320, height=180, visit_s=(2.0, 4.0)
+    )
+    world = generate_video_world(tmp_path_factory.mktemp("world") / "w", settings)
+    folder = tmp_path_factory.mktemp("footage")
+    for video in sorted((world / "videos").glob("*.mp4")):
+        shutil.copy(video, folder / video.name)
+    make_gallery(folder / "stills", n_images=4, seed=5)
+    (folder / "notes.mp4").write_bytes(b"not a video at all")
+    return folder
+
+
+def _video_rows(index: GalleryIndex) -> list[tuple]:
+    query = (
+        "SELECT i.path, b.x1, b.y1, b.x2, b.y2, b.det_score, b.frame, b.time_s, b.track "
+        "FROM boxes b JOIN images i ON i.id = b.image_id ORDER BY b.id"
+    )
+    return index.store._conn.execute(query).fetchall()
+
+
+def test_videos_are_one_shard_each_and_merge_into_the_single_machine_index(
+    tmp_path, ray_local, footage
+):
+    from personsearch.search.detectors import WholeImageDetector
+    from personsearch.search.video_indexing import VideoSampling
+
+    detector, sampling = WholeImageDetector(), VideoSampling(3.0)
+    with PersonSearcher.open(tmp_path / "single", detector, ColorHistogramEmbedder()) as searcher:
+        expected = searcher.index_folder(footage, progress=False, sampling=sampling)
+        searcher.index.prepare()
+    report = index_with_ray(
+        footage,
+        tmp_path / "merged",
+        pipeline=pipeline_of(detector, ColorHistogramEmbedder()),
+        num_workers=2,
+        shard_images=8,
+        progress=False,
+        sampling=sampling,
+    )
+    # one shard of the 4 stills, one per video file (the broken one fails in its worker)
+    assert report.shards == 1 + 4 and (report.found, report.videos) == (8, 4)
+    assert (report.added, report.boxes, report.frames) == (
+        expected.added,
+        expected.boxes,
+        expected.frames,
+    )
+    assert report.frames == 3 * 18  # 6 s at 3 fps, three cameras
+    assert [Path(p).name for p, _ in report.failed] == ["notes.mp4"]
+    with (
+        GalleryIndex.open(tmp_path / "merged") as merged,
+        GalleryIndex.open(tmp_path / "single") as single,
+    ):
+        assert_same_index(merged, single, detector="whole-image")
+        assert _video_rows(merged) == _video_rows(single)  # frames, times and track ids too
+        assert merged.store.video_progress() == single.store.video_progress()
+        assert merged.store.num_videos == 3
+        queries = single.store.vectors()[::5]
+        assert merged.search(queries, 8) == single.search(queries, 8)
+
+
+def test_a_video_left_part_way_by_a_single_machine_run_is_resumed_by_the_driver(
+    tmp_path, ray_local, footage
+):
+    from personsearch.search.detectors import WholeImageDetector
+    from personsearch.search.video_indexing import VideoSampling
+
+    class DiesAt:
+        fingerprint = WholeImageDetector.fingerprint
+
+        def __init__(self, frames: int) -> None:
+            self.left = frames
+
+        def detect(self, image):  # type: ignore[no-untyped-def]
+            self.left -= 1
+            if self.left < 0:
+                raise KeyboardInterrupt  # a kill inside the video
+            return WholeImageDetector().detect(image)
+
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(footage / "cam0.mp4", one / "cam0.mp4")
+    index = tmp_path / "i"
+    every = VideoSampling(None)  # 30 frames: the first chunk of 16 is committed before the kill
+    with (
+        PersonSearcher.open(index, DiesAt(20), ColorHistogramEmbedder()) as searcher,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        searcher.index_folder(one, progress=False, sampling=every)
+    report = index_with_ray(
+        one,
+        index,
+        pipeline=pipeline_of(WholeImageDetector(), ColorHistogramEmbedder()),
+        num_workers=2,
+        progress=False,
+    )
+    # no shard: the driver resumes it (with the sampling it was started with) after frame 15
+    assert report.shards == 0 and len(report.resumed) == 1 and report.frames == 30 - 16
+    with PersonSearcher.open(
+        tmp_path / "whole", WholeImageDetector(), ColorHistogramEmbedder()
+    ) as searcher:
+        searcher.index_folder(one, progress=False, sampling=every)
+    with GalleryIndex.open(index) as resumed, GalleryIndex.open(tmp_path / "whole") as whole:
+        assert _video_rows(resumed) == _video_rows(whole)

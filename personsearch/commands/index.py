@@ -32,9 +32,10 @@ or a re-id run folder alone, see docs/search.md); --run is a deprecated alias of
 else each image is one person; colour-histogram features): fine to try the tools, not to
 measure anything.
 
-With --ray-workers N the images are detected and embedded by N Ray worker processes (the
-optional extra: pip install 'personsearch[ray]'), each writing index shards that are merged into
---out with FAISS's merge tools; the result equals the single-process index. Without
+With --ray-workers N the images and videos are detected and embedded by N Ray worker processes
+(the optional extra: pip install 'personsearch[ray]'), each writing index shards (a run of
+images, or one whole video) that are merged into --out with FAISS's merge tools; the result
+equals the single-process index. Without
 --ray-address a local Ray instance is started; with it, the job joins that cluster (the gallery
 and --out must then be on storage every node sees).
 
@@ -169,21 +170,6 @@ def video_sampling(args: argparse.Namespace) -> Any:
     return VideoSampling(fps)
 
 
-def _note_videos(gallery: Path) -> None:
-    """Say so when a gallery indexed with Ray holds videos: Ray workers read images only."""
-    from personsearch.data.video import VIDEO_SUFFIXES
-
-    if not gallery.is_dir():
-        return
-    videos = [p for p in gallery.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
-    if videos:
-        print(
-            f"note: {len(videos)} video file(s) in {gallery} (e.g. {videos[0].name}) are not "
-            "indexed: --ray-workers indexes images only; index the videos without Ray",
-            file=sys.stderr,
-        )
-
-
 def _os_error(out: Path, error: OSError) -> Exception:
     """One line for an OSError: a write into the index, or anything else (reading the gallery)."""
     name = str(error.filename or "")
@@ -214,7 +200,6 @@ def _run_with_ray(args: argparse.Namespace) -> int:
 
     if args.ray_workers is None:
         raise PersonSearchError("--ray-address needs --ray-workers N: how many workers to use")
-    _note_videos(Path(args.gallery))
     run_dir = str(Path(args.pipeline).resolve()) if args.pipeline else None
     out = Path(args.out)
     created = not out.exists()
@@ -231,6 +216,7 @@ def _run_with_ray(args: argparse.Namespace) -> int:
             batch_images=args.batch_images,
             info={"run": str(args.pipeline)} if args.pipeline else None,
             progress=not args.no_progress,
+            sampling=video_sampling(args),
         )
     except BaseException:
         if created:  # as without Ray: a failed first run leaves no empty index behind

@@ -1,6 +1,6 @@
 """CUHK-SYSU reader: scenes from the release's annotation/*.mat files, and its search protocols.
 
-Layout (see shared/datasets.md): `Image/SSM/<name>.jpg` and `annotation/` holding Images.mat
+Layout (see docs/datasets.md): `Image/SSM/<name>.jpg` and `annotation/` holding Images.mat
 (every box of every image), pool.mat (the test images), Person.mat (every labelled person and
 where they appear) and test/train_test/ (Train.mat, TestG<N>.mat).
 

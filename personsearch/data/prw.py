@@ -1,6 +1,6 @@
 """PRW reader: video frames with per-frame annotation files, and the search protocol.
 
-Layout (see shared/datasets.md): `frames/<frame>.jpg`, `annotations/<frame>.jpg.mat` (an N x 5
+Layout (see docs/datasets.md): `frames/<frame>.jpg`, `annotations/<frame>.jpg.mat` (an N x 5
 matrix of rows `id x y w h` under the key box_new, else anno_file, else anno_previous; id -2 is an
 unlabelled person), frame_train.mat / frame_test.mat (frame names without extension),
 ID_train.mat / ID_test.mat (identity lists) and query_info.txt (`pid x y w h frame` per line).

@@ -1,6 +1,6 @@
 """Person-search evaluation: mAP and top-k over a SearchProtocol, as the field computes them.
 
-The protocol (../shared/evaluation.md): for each query, every detection of every gallery image it
+The protocol (docs/evaluation.md): for each query, every detection of every gallery image it
 is searched in is a candidate scored by cosine similarity. In an image that holds the query
 person, the highest-similarity detection whose IoU with the person's box reaches
 min(0.5, wh / ((w+10)(h+10))) is the one positive; everything else is a negative.

@@ -3,8 +3,10 @@
 One machine indexes a folder with `PersonSearcher.index_folder`. Past one machine, the same work
 runs as a Ray Data job (needs the optional extra: `pip install 'personsearch[ray]'`):
 
-1. The driver lists the images the index does not hold yet and cuts them into shards of
-   `shard_images` consecutive images (consecutive in the single-machine order).
+1. The driver lists the files the index does not hold yet and cuts them into shards: runs of
+   `shard_images` consecutive images (consecutive in the single-machine order), then one shard
+   per video (a video is one scan: its frames are tracked in order, so it is not split). Videos
+   are where many workers pay off for footage: N cameras' videos are scanned N at a time.
 2. `ray.data.from_items(shards).map_batches(_ShardIndexer, compute=ActorPoolStrategy(size=N))`:
    each of N worker actors builds the pipeline once (the detector and embedder `personsearch
    index` would use) and indexes each shard it is given with the single-machine code itself
@@ -12,16 +14,20 @@ runs as a Ray Data job (needs the optional extra: `pip install 'personsearch[ray
    temporary name and renamed when complete. For a flat index the worker also writes the
    shard's FAISS index.
 3. The driver merges shards as they arrive, in shard order: each shard's records and features
-   go into the output index with `GalleryStore.add_batch` (one transaction per shard, so a
-   killed merge resumes), and the shards' FAISS indexes are merged with FAISS's own
+   go into the output index with `GalleryStore.add_batch`, and a video shard's video, whole, as
+   one `VideoChunk` (its boxes with their frames, times and tracks, and its progress) with
+   `add_video_chunk` (one transaction per shard, so a killed merge resumes), and the shards' FAISS indexes are merged with FAISS's own
    `merge_from`. For IVF, FAISS's distributed recipe: the driver trains the coarse quantizer
    once (on the very sample a single machine would use), the workers add their shard's vectors
    to copies of that trained empty index, and the driver merges those with `merge_from`.
    HNSW graphs cannot be merged: the driver builds that one.
 
-Because shards are consecutive runs of the single-machine order and are merged in that order,
-the merged index is row for row the index `personsearch index` builds on one machine: same
-images, boxes, scores, features, FAISS ids, and search results.
+Because shards are consecutive runs of the single-machine order (images, then videos) and are
+merged in that order, the merged index is row for row the index `personsearch index` builds on
+one machine: same images, videos, boxes, scores, frames, times, track ids, features, FAISS ids,
+and search results. A video an earlier single-machine run left part-way is finished by the
+driver after the merge, resuming where that run stopped (a Ray worker's own shard is not
+resumable: a video whose worker died is scanned again from its start by the retried task).
 
 Every worker reads the gallery and writes shards under the output folder, so on a cluster the
 gallery, the output folder and any `--run` folder must be on storage all nodes see (e.g. NFS).
@@ -43,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from personsearch.data.video import is_video
 from personsearch.errors import PersonSearchError
 from personsearch.io import atomic_path
 from personsearch.search.detectors import detector_fingerprint
@@ -59,9 +66,10 @@ from personsearch.search.searcher import (
     PersonSearcher,
     check_same_detector,
     images_to_index,
-    list_images,
+    list_gallery_files,
 )
 from personsearch.search.store.gallery import GalleryStore
+from personsearch.search.video_indexing import VideoSampling
 
 RAY_INSTALL_HINT = "pip install 'personsearch[ray]'   (or: pip install 'ray[data]==2.60.0')"
 SHARDS_DIR = "ray-shards"  #: inside the output index folder; removed when the job ends
@@ -122,8 +130,10 @@ def index_with_ray(
     batch_images: int = 8,
     info: Mapping[str, str] | None = None,
     progress: bool = True,
+    sampling: VideoSampling | None = None,
 ) -> RayIndexReport:
-    """Index the images under `gallery` into the gallery index `out` with `num_workers` Ray workers.
+    """Index the images and videos under `gallery` into the gallery index `out` with
+    `num_workers` Ray workers (videos sampled by `sampling`, as `index_folder` does).
 
     `pipeline` builds the detector + embedder (default: the baseline, as `personsearch index`
     without --run); it must be picklable, since each worker calls it. Ray is joined at `address`
@@ -140,10 +150,11 @@ def index_with_ray(
         raise PersonSearchError(
             f"need at least 1 worker and 1 image per shard, got {num_workers} and {shard_images}"
         )
-    paths = list_images(gallery)
+    paths = list_gallery_files(gallery)
     if not paths:
         raise PersonSearchError(
-            f"no images under {gallery} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"no images or videos under {gallery} (looked for "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} and the video suffixes)"
         )
     ray = import_ray()
     factory = pipeline or RunPipeline()
@@ -164,13 +175,19 @@ def index_with_ray(
         )
         check_same_detector(index, here.detector)
         report = RayIndexReport(folder=gallery, found=len(paths))
+        report.videos = sum(is_video(p) for p in paths)
         todo = images_to_index(index, paths, report)
+        started_videos = index.store.video_progress()  # part-way: the driver resumes them
+        images = [p for p in todo if not is_video(p)]
+        videos = [p for p in todo if is_video(p) and str(p.resolve()) not in started_videos]
+        unfinished = [p for p in todo if is_video(p) and str(p.resolve()) in started_videos]
         shard_root = out / SHARDS_DIR
         shutil.rmtree(shard_root, ignore_errors=True)  # left by a killed job: we hold the lock
         shard_root.mkdir()
         cleanup.callback(shutil.rmtree, shard_root, ignore_errors=True)
         fresh = index.store.num_boxes == 0
-        shards = [todo[i : i + shard_images] for i in range(0, len(todo), shard_images)]
+        shards = [images[i : i + shard_images] for i in range(0, len(images), shard_images)]
+        shards += [[video] for video in videos]
         with _data_context(ray):
             merged = _index_shards(
                 ray,
@@ -182,8 +199,11 @@ def index_with_ray(
                 num_workers=int(num_workers),
                 batch_images=batch_images,
                 progress=progress,
+                sampling=sampling,
             )
             report.shards = len(shards)
+            if unfinished:
+                _finish_on_driver(index, here, unfinished, sampling, report, progress)
             _finish_faiss(ray, index, merged, fresh, int(num_workers), report)
         report.seconds = time.perf_counter() - started
         return report
@@ -210,6 +230,7 @@ def _index_shards(
     num_workers: int,
     batch_images: int,
     progress: bool,
+    sampling: VideoSampling | None,
 ) -> list[_MergedShard]:
     """Run the workers; merge each shard into `index` as soon as all shards before it are in."""
     if not shards:
@@ -224,6 +245,7 @@ def _index_shards(
             "shard_root": str(shard_root),
             "batch_images": batch_images,
             "flat": index.store.index_kind == "flat",
+            "sampling": sampling,
         },
         batch_size=1,
         batch_format="numpy",
@@ -235,16 +257,16 @@ def _index_shards(
     merged: list[_MergedShard] = []
     desc = f"indexing ({num_workers} Ray workers)"
     total = sum(len(chunk) for chunk in shards)
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=desc, unit="file", disable=not progress) as bar:
         for row in _ray_errors(ray, dataset.iter_rows()):
             arrived[int(row["shard"])] = Path(str(row["folder"]))
             report.workers.add(str(row["worker"]))
             while len(merged) in arrived:  # merge in shard order: rows as on one machine
                 folder = arrived.pop(len(merged))
                 first_row = index.store.num_boxes
-                images = _merge_shard(index.store, folder, report)
+                files = _merge_shard(index.store, folder, report)
                 merged.append(_MergedShard(folder, first_row, index.store.num_boxes - first_row))
-                bar.update(images)
+                bar.update(files)
     if len(merged) != len(shards):
         raise PersonSearchError(
             f"the Ray job returned {len(merged)} of {len(shards)} shards; run it again to resume"
@@ -264,9 +286,36 @@ def _merge_shard(store: GalleryStore, folder: Path, report: RayIndexReport) -> i
                 "must have the same detector (same weights and OpenCV version)"
             )
         records, vectors = shard.records(), shard.vectors()
-    store.add_batch(records, vectors)
+        image_rows, videos = shard.image_rows(), shard.video_chunks()
+    store.add_batch(records, vectors[image_rows])
     report.count(records)
-    return len(records)
+    for chunk, rows in videos:
+        store.add_video_chunk(chunk, vectors[rows])
+        report.added += 1
+        report.boxes += len(rows)
+        report.frames += chunk.frames_sampled
+        if chunk.error is not None:
+            report.stopped.append((chunk.video.path, chunk.error))
+    return len(records) + len(videos)
+
+
+def _finish_on_driver(
+    index: GalleryIndex,
+    pipeline: Pipeline,
+    videos: list[Path],
+    sampling: VideoSampling | None,
+    report: RayIndexReport,
+    progress: bool,
+) -> None:
+    """Index videos an earlier run left part-way with the driver's pipeline, resuming them."""
+    searcher = PersonSearcher(pipeline.detector, pipeline.embedder, index)
+    done = searcher.index_paths(videos, progress=progress, sampling=sampling)
+    report.added += done.added
+    report.boxes += done.boxes
+    report.frames += done.frames
+    report.failed += done.failed
+    report.resumed += done.resumed
+    report.stopped += done.stopped
 
 
 def _finish_faiss(
@@ -418,13 +467,19 @@ class _ShardIndexer:
     """One per Ray worker actor: builds the pipeline once, then indexes the shards it is given."""
 
     def __init__(
-        self, pipeline: PipelineFactory, shard_root: str, batch_images: int, flat: bool
+        self,
+        pipeline: PipelineFactory,
+        shard_root: str,
+        batch_images: int,
+        flat: bool,
+        sampling: VideoSampling | None = None,
     ) -> None:
         built = pipeline()
         self.detector, self.embedder = built.detector, built.embedder
         self.shard_root = Path(shard_root)
         self.batch_images = batch_images
         self.flat = flat
+        self.sampling = sampling
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -448,7 +503,7 @@ class _ShardIndexer:
                 tmp, self.detector, self.embedder, batch_images=self.batch_images
             ) as searcher:
                 # the single-machine code itself: same reading, boxes, crops and features
-                searcher.index_paths(paths, progress=False)
+                searcher.index_paths(paths, progress=False, sampling=self.sampling)
                 if self.flat:
                     part = build_faiss_index(searcher.index.store.vectors(), "flat")
                     _write_faiss(part, tmp / FLAT_PART)

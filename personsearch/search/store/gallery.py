@@ -297,24 +297,98 @@ class GalleryStore:
         return [(p, (x1, y1, x2, y2), s) for p, x1, y1, x2, y2, s in self._conn.execute(query)]
 
     def records(self) -> list[ImageRecord]:
-        """Every image as recorded, in the order it was added, with its boxes in row order.
+        """Every still image (and failed file) as recorded, in the order it was added, with its
+        boxes in row order; videos are `video_chunks()`.
 
-        With `vectors()` this is exactly what `add_batch` took: adding both to an empty index
-        reproduces this one row for row (how shards built elsewhere are merged).
+        With their feature rows this is exactly what `add_batch` took: adding both to an empty
+        index reproduces it row for row (how shards built elsewhere are merged).
         """
+        videos = self._video_image_ids()
         boxes: dict[int, list[tuple[float, float, float, float, float]]] = {}
         query = "SELECT image_id, x1, y1, x2, y2, det_score FROM boxes ORDER BY id"
         for image_id, x1, y1, x2, y2, score in self._conn.execute(query):
-            boxes.setdefault(image_id, []).append((x1, y1, x2, y2, score))
+            if image_id not in videos:
+                boxes.setdefault(image_id, []).append((x1, y1, x2, y2, score))
         records = []
         query = (
             "SELECT id, path, sha1, size, mtime, width, height, camera, error FROM images "
             "ORDER BY id"
         )
         for image_id, *fields, error in self._conn.execute(query).fetchall():
+            if image_id in videos:
+                continue
             own = np.asarray(boxes.get(image_id, []), dtype=np.float32).reshape(-1, 5)
             records.append(ImageRecord(*fields, boxes=own[:, :4], scores=own[:, 4], error=error))
         return records
+
+    def image_rows(self) -> np.ndarray:
+        """The feature rows of the boxes of `records()` (still images), in order."""
+        videos = sorted(self._video_image_ids())
+        query = "SELECT id FROM boxes"
+        if videos:
+            query += f" WHERE image_id NOT IN ({','.join(map(str, videos))})"
+        return np.asarray([r[0] for r in self._conn.execute(query + " ORDER BY id")], np.int64)
+
+    def video_chunks(self) -> list[tuple[VideoChunk, np.ndarray]]:
+        """Every video as one VideoChunk holding all its boxes and its progress, with the
+        feature rows of those boxes, in the order the videos were added: what `add_video_chunk`
+        needs to reproduce them in another index (a Ray shard merged into the index)."""
+        if not self._has_videos_table():
+            return []
+        sampler = "v.next_sample_s" if has_column(self._conn, "videos", "next_sample_s") else "NULL"
+        query = (
+            "SELECT i.id, i.path, i.sha1, i.size, i.mtime, i.width, i.height, i.camera, "
+            "v.sampling, v.fps, v.duration_s, v.frames_sampled, v.last_frame, v.last_time_s, "
+            f"v.tracker, v.complete, v.error, {sampler} FROM videos v "
+            "JOIN images i ON i.id = v.image_id ORDER BY i.id"
+        )
+        found = []
+        for (
+            image_id,
+            *file,
+            sampling,
+            fps,
+            duration,
+            n,
+            last,
+            t,
+            state,
+            done,
+            error,
+            next_s,
+        ) in self._conn.execute(query).fetchall():
+            rows = self._conn.execute(
+                "SELECT id, x1, y1, x2, y2, det_score, frame, time_s, track FROM boxes "
+                "WHERE image_id = ? ORDER BY id",
+                (image_id,),
+            ).fetchall()
+            table = np.asarray(rows, dtype=np.float64).reshape(-1, 9)
+            video = ImageRecord(
+                *file, boxes=table[:, 1:5].astype(np.float32), scores=table[:, 5].astype(np.float32)
+            )
+            chunk = VideoChunk(
+                video,
+                frames=table[:, 6],
+                times=table[:, 7],
+                tracks=table[:, 8],
+                sampling=sampling,
+                fps=fps,
+                duration_s=duration,
+                frames_sampled=n,
+                last_frame=last,
+                last_time_s=t,
+                tracker_state=state,
+                complete=bool(done),
+                error=error,
+                next_sample_s=next_s,
+            )
+            found.append((chunk, table[:, 0].astype(np.int64)))
+        return found
+
+    def _video_image_ids(self) -> set[int]:
+        if not self._has_videos_table():
+            return set()
+        return {r[0] for r in self._conn.execute("SELECT image_id FROM videos")}
 
     def allowed_rows(
         self, cameras: Iterable[int] | None, exclude_paths: Iterable[str] | None
