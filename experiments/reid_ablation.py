@@ -1535,6 +1535,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--plot", type=Path, default=REPO / "docs" / "images" / "ablation-by-scale.png"
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="with --report: also compare each row with the same row in this results file "
+        "(e.g. the same grid trained on other data)",
+    )
     parser.add_argument("--list", action="store_true", help="print the rows and groups, exit")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the results
@@ -1553,11 +1561,88 @@ def list_rows() -> str:
     return "\n".join(lines)
 
 
+def against_section(results: dict[str, Any], other: dict[str, Any], other_name: str) -> list[str]:
+    """What differs between two grids (e.g. the training data), row by row: each row present in
+    both, this grid − the other, overall and in the >= 3x bins, with Student's t over seeds;
+    then whether CLSA's lead over plain changed (the difference of the two differences)."""
+    mine, theirs = results["summary"], other["summary"]
+    shared = [name for name in results["row_order"] if name in mine and name in theirs]
+    if not shared:
+        return []
+    lines = [
+        f"### This grid against {other_name}",
+        "",
+        f"Each row's mAP here minus the same row's in {other_name} "
+        f"({other['epochs']} epochs; seeds {', '.join(map(str, theirs[shared[0]]['seeds']))} "
+        "there), Student's t over seeds.",
+        "",
+    ]
+    bins = [("overall", "overall", None)] + [
+        (b["key"], b["label"], b["key"]) for b in results["scale_bins"] if b["key"] in KEY_BINS
+    ]
+    body = []
+    for name in shared:
+        for _, label, key in bins:
+            a = mine[name]["mAP"] if key is None else mine[name]["by_scale"][key]["mAP"]
+            b = theirs[name]["mAP"] if key is None else theirs[name]["by_scale"][key]["mAP"]
+            result = compare(a, b)
+            body.append(
+                [
+                    name,
+                    label,
+                    pct(a),
+                    pct(b),
+                    "–" if result["diff"] is None else f"{100 * result['diff']:+.1f}",
+                    f"{a['n']} + {b['n']}",
+                    "–" if result["p"] is None else f"{result['p']:.3f}",
+                    reading(result),
+                ]
+            )
+    header = ["row", "bin", "here", "there", "Δ mAP (points)", "seeds", "p (t-test)", "reading"]
+    lines += _table(header, body)
+    if {"clsa", "plain"} <= set(shared):
+        lines += ["", _gap_change(mine, theirs, other_name)]
+    return lines + [""]
+
+
+def _gap_change(mine: dict[str, Any], theirs: dict[str, Any], other_name: str) -> str:
+    """CLSA − plain here against CLSA − plain there: a t-test on the difference of differences
+    (the four rows' pooled spread, df = the four n minus 4)."""
+    groups = [
+        mine["clsa"]["mAP"],
+        mine["plain"]["mAP"],
+        theirs["clsa"]["mAP"],
+        theirs["plain"]["mAP"],
+    ]
+    here = groups[0]["mean"] - groups[1]["mean"]
+    there = groups[2]["mean"] - groups[3]["mean"]
+    df = sum(g["n"] for g in groups) - 4
+    text = (
+        f"CLSA − plain: {100 * here:+.1f} here, {100 * there:+.1f} in {other_name}, "
+        f"a change of {100 * (here - there):+.1f} points"
+    )
+    if df < 1 or any(g["sd"] is None for g in groups):
+        return text + " (too few seeds for a test)."
+    pooled = math.sqrt(sum((g["n"] - 1) * g["sd"] ** 2 for g in groups) / df)
+    if pooled == 0:
+        return text + " (no spread at all)."
+    from scipy import stats as scipy_stats
+
+    t = (here - there) / (pooled * math.sqrt(sum(1 / g["n"] for g in groups)))
+    p = float(2 * scipy_stats.t.sf(abs(t), df))
+    return text + f" (t = {t:+.2f}, df = {df}, p = {p:.3f})."
+
+
 def run_report(args: argparse.Namespace) -> int:
     results = read_json(args.results)
     if not results or results.get("format") != FORMAT:
         raise AblationError(f"{args.results}: no results of this script to report")
     print(report(results))
+    if args.against is not None:
+        other = read_json(args.against)
+        if not other or other.get("format") != FORMAT:
+            raise AblationError(f"--against {args.against}: no results of this script there")
+        print("\n".join(against_section(results, other, args.against.name)))
     if plot(results, args.plot):
         print(f"\nplot written: {args.plot}")
     curves = args.plot.with_name(args.plot.stem + "-curves" + args.plot.suffix)

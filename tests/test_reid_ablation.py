@@ -87,6 +87,30 @@ def test_statistics(ablation):
     )
 
 
+def test_the_change_of_clsas_lead_between_two_grids(ablation):
+    """The difference of differences: (clsa - plain here) - (clsa - plain there), tested with
+    the four groups' pooled spread."""
+    from scipy import stats
+
+    here = {"clsa": [0.65, 0.67], "plain": [0.52, 0.54]}
+    there = {"clsa": [0.61, 0.59, 0.63], "plain": [0.55, 0.53, 0.57]}
+
+    def summary(groups):
+        return {name: {"mAP": ablation.stat(values)} for name, values in groups.items()}
+
+    text = ablation._gap_change(summary(here), summary(there), "other.json")
+    assert "+13.0 here, +6.0 in other.json, a change of +7.0 points" in text
+    # by hand: pooled variance over the 4 groups, df = 2 + 3 + 2 + 3 - 4
+    squares = sum(
+        sum((v - sum(g) / len(g)) ** 2 for v in g) for g in [*here.values(), *there.values()]
+    )
+    pooled = (squares / 6) ** 0.5
+    t = 0.07 / (pooled * (1 / 2 + 1 / 2 + 1 / 3 + 1 / 3) ** 0.5)
+    assert f"t = {t:+.2f}, df = 6, p = {2 * stats.t.sf(t, 6):.3f}" in text
+    one_seed = summary({"clsa": [0.6], "plain": [0.5]})
+    assert "too few seeds" in ablation._gap_change(one_seed, summary(there), "x")
+
+
 def test_ablation_end_to_end(ablation, tmp_path, capsys):
     root, out, results = tmp_path / "world", tmp_path / "runs", tmp_path / "ablation.json"
     argv = [
@@ -173,3 +197,9 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     assert "| clsa − plain | gallery >=3x larger |" in text
     assert "WARNING" in text or "Gate passed" in text
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --against: each row against the same row of another grid (here: itself, so no change)
+    argv = ["--report", "--results", str(results), "--plot", str(plot), "--against", str(results)]
+    assert ablation.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"### This grid against {results.name}" in text
+    assert "| clsa | overall |" in text and "a change of +0.0 points" in text
