@@ -32,14 +32,14 @@ from personsearch.data.video import probe_video, read_video_frames  # noqa: E402
 from personsearch.io import write_json  # noqa: E402
 
 
-def _detector(spec: str):  # type: ignore[no-untyped-def]
+def _detector(spec: str, threads: int):  # type: ignore[no-untyped-def]
     if spec == "hog":
         from personsearch.search.detectors import HogPeopleDetector
 
         return HogPeopleDetector()
     from personsearch.search.onnx_detector import load_onnx_detector
 
-    return load_onnx_detector(spec, threads=1)
+    return load_onnx_detector(spec, threads=threads or None)
 
 
 def _found(frames: list, truth: dict[str, np.ndarray] | None) -> set[int] | None:
@@ -88,6 +88,13 @@ def main() -> int:
     parser.add_argument("--detector", required=True, help="an ONNX detector YAML, or hog")
     parser.add_argument("--embedder", default="bands", help="colour, bands, imagenet or a YAML")
     parser.add_argument("--rates", nargs="*", type=float, default=[5.0, 3.0, 2.0, 1.0])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads of the detector (0: its default, one per core, "
+        "as `personsearch index` runs it; default 1)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "video_speed.json")
     args = parser.parse_args()
     info, started = machine_info(), time.perf_counter()
@@ -128,7 +135,7 @@ def main() -> int:
     from personsearch.search.tracking import Tracker
     from personsearch.search.video_scan import scan_video
 
-    detector, embedder = _detector(args.detector), build_embedder(args.embedder)
+    detector, embedder = _detector(args.detector, args.threads), build_embedder(args.embedder)
     rows: list[dict[str, Any]] = []
     passes = [("every frame", None, False)] + [(f"{r:g} fps", r, False) for r in args.rates]
     passes.append(("keyframes", None, True))
@@ -194,6 +201,7 @@ def main() -> int:
                 "synthetic_world": truth is not None,
             },
             "detector": args.detector,
+            "detector_threads": args.threads or "onnxruntime default",
             "embedder": args.embedder,
             "rows": rows,
             "machine": finish_info(info, started),
