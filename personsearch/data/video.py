@@ -257,7 +257,7 @@ def _decoded_frames(
     """(index, time, frame) for every decoded frame; a decoding error becomes a VideoError that
     says how far decoding got, and so does a video that ends long before its header says."""
     av = _import_av()
-    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    start = _start_s(stream)
     decoded, last_time = 0, None
     frames = container.decode(stream)
     while True:
@@ -332,7 +332,7 @@ def read_video_frames(
                 decoded = _decoded_frames(container, stream, path, info, estimate_index, check_end)
             else:
                 decoded = ((index + offset, t, frame) for index, t, frame in decoded)
-                sampler.next_time = float(resume.next_sample_s or 0.0)
+                sampler.next_time = float(resume.next_sample_s)  # type: ignore[arg-type]
                 start_after = None
         for index, time_s, frame in decoded:
             if not sampler.keep(time_s) or (start_after is not None and index <= start_after):
@@ -363,6 +363,22 @@ def _configured(stream, threads: int, keyframes: bool, skip_b_frames: bool):  # 
     return stream
 
 
+def _start_s(stream) -> float:  # type: ignore[no-untyped-def]
+    """The stream's first timestamp in seconds: frame times count from it."""
+    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+
+
+def _seek_before(container, stream, time_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Seek to the keyframe at or before `time_s` seconds from the video's start."""
+    target = int((time_s + _start_s(stream)) / stream.time_base)
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+
+
+def _time_tolerance(info: VideoInfo) -> float:
+    """A quarter frame: how far a stored (rounded) time may lie from its frame's own."""
+    return 0.25 / max(info.fps, 1.0)
+
+
 def _seek_past(
     container,  # type: ignore[no-untyped-def]
     stream,
@@ -374,10 +390,9 @@ def _seek_past(
     goes on after it. Returns what to add to its frame numbers (counted in decoding order, they
     restart at the seek), or None where no frame was found at the resume frame's time.
     """
-    resume_s = float(resume.time_s or 0.0)
-    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-    container.seek(int((resume_s + start) / stream.time_base), stream=stream, backward=True)
-    tolerance = 0.25 / max(info.fps, 1.0)  # a quarter frame: the stored time was rounded
+    resume_s = float(resume.time_s)  # type: ignore[arg-type] - seekable: it is set
+    _seek_before(container, stream, resume_s)
+    tolerance = _time_tolerance(info)
     for index, time_s, _ in decoded:
         if time_s >= resume_s - tolerance:
             return resume.frame - index if time_s <= resume_s + tolerance else None
@@ -402,12 +417,11 @@ def read_frame_at(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        start = _start_s(stream)
         seekable = info.timing == "pts" and stream.time_base
         if seekable and time_s > 0:
-            target = int((time_s + start) / stream.time_base)
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-        tolerance = 0.25 / max(info.fps, 1.0)  # a quarter frame: the indexed time, rounded
+            _seek_before(container, stream, time_s)
+        tolerance = _time_tolerance(info)
         found = None
         for index, frame_time, frame in _decoded_frames(
             container, stream, path, info, estimate_index=bool(seekable), check_end=False

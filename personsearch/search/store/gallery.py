@@ -256,10 +256,9 @@ class GalleryStore:
         stored path."""
         if not self._has_videos_table():
             return {}
-        sampler = "v.next_sample_s" if has_column(self._conn, "videos", "next_sample_s") else "NULL"
         query = (
             "SELECT i.path, v.sampling, v.frames_sampled, v.last_frame, v.last_time_s, "
-            f"v.tracker, v.complete, v.error, v.duration_s, {sampler} FROM videos v "
+            f"v.tracker, v.complete, v.error, v.duration_s, {self._sampler_column()} FROM videos v "
             "JOIN images i ON i.id = v.image_id"
         )
         rows = (
@@ -335,11 +334,10 @@ class GalleryStore:
         needs to reproduce them in another index (a Ray shard merged into the index)."""
         if not self._has_videos_table():
             return []
-        sampler = "v.next_sample_s" if has_column(self._conn, "videos", "next_sample_s") else "NULL"
         query = (
             "SELECT i.id, i.path, i.sha1, i.size, i.mtime, i.width, i.height, i.camera, "
             "v.sampling, v.fps, v.duration_s, v.frames_sampled, v.last_frame, v.last_time_s, "
-            f"v.tracker, v.complete, v.error, {sampler} FROM videos v "
+            f"v.tracker, v.complete, v.error, {self._sampler_column()} FROM videos v "
             "JOIN images i ON i.id = v.image_id ORDER BY i.id"
         )
         found = []
@@ -384,6 +382,10 @@ class GalleryStore:
             )
             found.append((chunk, table[:, 0].astype(np.int64)))
         return found
+
+    def _sampler_column(self) -> str:
+        """The videos' sampler-state column, NULL in an index of format 2 (read as it is)."""
+        return "v.next_sample_s" if has_column(self._conn, "videos", "next_sample_s") else "NULL"
 
     def _video_image_ids(self) -> set[int]:
         if not self._has_videos_table():
